@@ -1,0 +1,1 @@
+"""A thin FUSE adapter over ``modelfs.store``."""

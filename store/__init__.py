@@ -1,0 +1,1 @@
+"""Everything below the filesystem: codec, crypto, manifest, catalog, backends, cache, reads."""

@@ -1,0 +1,119 @@
+"""The interface every storage backend implements.
+
+A backend stores two kinds of things and knows nothing of codecs or keys:
+
+* small metadata objects (manifests, catalog entries, wrapped keys) under
+  slash-separated keys such as ``catalog/bert/0193ab...json``; a put is atomic
+  (readers see the old object, or none, or the whole new one);
+* shards: opaque, already-encrypted byte strings named by their shard id (64 hex
+  chars). Where a shard lands is described by a ``ShardLocation`` that the
+  manifest records, so a backend may put shards in single objects (local
+  directory, storage nodes) or back to back in one pack file per version (HDFS).
+
+Uploads go through a ``ShardWriter`` so that a backend can buffer or pack, and
+so that nothing becomes visible before ``commit``.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class ShardLocation:
+    """Where the stored bytes of one shard are.
+
+    ``container`` is empty for a content-addressed object named by the shard id;
+    otherwise it names a pack file and ``offset`` is the position in it.
+    """
+
+    container: str = ""
+    offset: int = 0
+
+
+class ShardWriter(abc.ABC):
+    """Writes the new shards of one model version; nothing is visible before commit."""
+
+    @abc.abstractmethod
+    def put(self, shard_id: str, data: bytes, index: int) -> ShardLocation:
+        """Store one shard (idempotent for an id already stored) and say where it went.
+
+        ``index`` is the shard's position in the model, for placements that keep
+        runs of neighbouring shards together.
+        """
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Make every shard put so far durable and readable."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop what was written; must not fail if nothing was."""
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class Backend(abc.ABC):
+    """A place that holds shards and metadata objects."""
+
+    #: short human name used in logs and statistics, e.g. "local", "hdfs"
+    kind: str = "backend"
+
+    # -- metadata objects ----------------------------------------------------
+    @abc.abstractmethod
+    def put_object(self, key: str, data: bytes) -> None:
+        """Atomically create or replace a small object."""
+
+    @abc.abstractmethod
+    def get_object(self, key: str) -> bytes:
+        """Return a whole object; raise ``NotFound`` if absent."""
+
+    @abc.abstractmethod
+    def list_objects(self, prefix: str) -> Iterator[str]:
+        """Yield every key that starts with ``prefix`` (a folder-like prefix ending in '/')."""
+
+    @abc.abstractmethod
+    def delete_object(self, key: str) -> None:
+        """Remove an object; absent is not an error."""
+
+    # -- shards --------------------------------------------------------------
+    @abc.abstractmethod
+    def shard_writer(self, version_id: str) -> ShardWriter:
+        """Start writing the new shards of one model version."""
+
+    @abc.abstractmethod
+    def has_shard(self, shard_id: str, location: ShardLocation) -> bool:
+        """Whether the stored shard exists (used to skip re-uploading)."""
+
+    @abc.abstractmethod
+    def read_shard(self, shard_id: str, location: ShardLocation, length: int) -> bytes:
+        """Return the ``length`` stored bytes of one shard.
+
+        Raise ``NotFound`` when it is missing and ``BackendError`` when the store
+        cannot answer. Bytes are verified by the caller (AES-GCM), so a backend
+        with replicas may also be asked to try the next replica through
+        ``read_shard_verified``.
+        """
+
+    def read_shard_verified(self, shard_id: str, location: ShardLocation, length: int,
+                            verify) -> object:
+        """Read a shard and pass it through ``verify(bytes) -> result``.
+
+        ``verify`` raises ``IntegrityError`` on bad bytes. Backends with several
+        replicas override this to fail over to the next replica on such errors;
+        the default has one copy and just calls ``verify`` once.
+        """
+        return verify(self.read_shard(shard_id, location, length))
+
+    def stats(self) -> dict:
+        """Per-node or per-connection counters for ``cache-stats`` (optional)."""
+        return {}
+
+    def close(self) -> None:
+        """Release connections and threads."""

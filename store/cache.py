@@ -1,0 +1,107 @@
+"""A byte-bounded LRU of decoded shards with single-flight loading.
+
+Concurrent misses on one shard (several readers, or a reader and readahead)
+share one fetch: the first caller loads, the others wait on its future. The
+budget covers everything the cache holds, readahead included; what a load has
+in hand before it is inserted is bounded by the number of loader threads.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+import cachetools
+
+from .stats import Stats
+
+
+class _CountingLRU(cachetools.LRUCache):
+    """LRUCache that reports what it evicts."""
+
+    def __init__(self, maxsize: int, on_evict: Callable[[Hashable, bytes], None]) -> None:
+        super().__init__(maxsize=maxsize, getsizeof=len)
+        self._on_evict = on_evict
+
+    def popitem(self):
+        key, value = super().popitem()
+        self._on_evict(key, value)
+        return key, value
+
+
+@dataclass
+class _Flight:
+    """One load in progress; ``wanted`` once a reader (not only readahead) waits on it."""
+
+    wanted: bool
+    future: Future = field(default_factory=Future)
+
+
+class ShardCache:
+    def __init__(self, budget: int, stats: Stats) -> None:
+        self.budget = budget
+        self._stats = stats
+        self._lock = threading.Lock()
+        self._lru = _CountingLRU(budget, self._evicted)
+        self._inflight: dict[Hashable, _Flight] = {}
+        self._prefetched: set[Hashable] = set()  # inserted by readahead, not read yet
+
+    @property
+    def used_bytes(self) -> int:
+        return int(self._lru.currsize)
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._lru or key in self._inflight
+
+    def _evicted(self, key: Hashable, value: bytes) -> None:
+        # called with self._lock held (inside an insert)
+        wasted = key in self._prefetched
+        self._prefetched.discard(key)
+        self._stats.add(evictions=1, evicted_bytes=len(value), readahead_wasted=int(wasted))
+
+    def get(self, key: Hashable, load: Callable[[], bytes], prefetch: bool = False) -> bytes:
+        """Return the cached value or load it once, however many callers ask at once."""
+        with self._lock:
+            value = self._lru.get(key)
+            if value is not None:
+                if not prefetch:
+                    used = key in self._prefetched
+                    self._prefetched.discard(key)
+                    self._stats.add(hits=1, hit_bytes=len(value), readahead_used=int(used))
+                return value
+            flight = self._inflight.get(key)
+            owner = flight is None
+            if owner:
+                flight = self._inflight[key] = _Flight(wanted=not prefetch)
+            elif not prefetch:
+                used_readahead = not flight.wanted
+                flight.wanted = True
+        if not owner:
+            value = flight.future.result()  # raises the loader's error
+            if not prefetch:
+                self._stats.add(hits=1, hit_bytes=len(value), readahead_used=int(used_readahead))
+            return value
+        try:
+            value = load()
+        except BaseException as e:
+            with self._lock:
+                del self._inflight[key]
+            flight.future.set_exception(e)
+            raise
+        with self._lock:
+            del self._inflight[key]
+            if len(value) <= self.budget:
+                self._lru[key] = value
+                if not flight.wanted:
+                    self._prefetched.add(key)
+            if not prefetch:
+                self._stats.add(misses=1, miss_bytes=len(value))
+        flight.future.set_result(value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._lru.clear()
+            self._prefetched.clear()

@@ -1,0 +1,139 @@
+"""Keys and authenticated encryption.
+
+Envelope scheme: a store key (32 random bytes in a file on the compute host)
+wraps one random data key per model lineage (model name). From a lineage key
+HKDF derives three keys: one that names shards (content ids), one that encrypts
+them, one that authenticates manifests. Storage only ever sees ciphertext and
+wrapped keys.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import AccessDenied, IntegrityError, InvalidInput, NotFound
+
+FORMAT_VERSION = 1
+KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+DEFAULT_KEY_FILE = Path(os.environ.get(
+    "MODELFS_KEY_FILE", str(Path.home() / ".config" / "modelfs" / "store.key")))
+
+
+# -- the store key file ----------------------------------------------------------
+def create_key_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write 32 random bytes to a new file readable by its owner only."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise InvalidInput(f"key file {path} already exists (refusing to overwrite it)") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(KEY_BYTES))
+    os.chmod(path, 0o600)
+    return path
+
+
+def load_key_file(path: str | os.PathLike) -> bytes:
+    path = Path(path).expanduser()
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"key file {path} does not exist (create one with `modelfs keygen`)") from None
+    except PermissionError:
+        raise AccessDenied(f"key file {path} is not readable") from None
+    if len(key) != KEY_BYTES:
+        raise AccessDenied(f"key file {path} is not a modelfs key ({len(key)} bytes, expected {KEY_BYTES})")
+    return key
+
+
+# -- wrapping lineage keys -------------------------------------------------------
+def wrap_key(store_key: bytes, data_key: bytes, context: bytes) -> bytes:
+    """Encrypt a data key under the store key; ``context`` (the model name) is bound in."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return nonce + AESGCM(store_key).encrypt(nonce, data_key, b"modelfs-wrap\x01" + context)
+
+
+def unwrap_key(store_key: bytes, wrapped: bytes, context: bytes) -> bytes:
+    try:
+        return AESGCM(store_key).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:],
+                                         b"modelfs-wrap\x01" + context)
+    except (InvalidTag, ValueError):
+        raise AccessDenied("wrong key: the store key cannot unwrap this model's data key") from None
+
+
+@dataclass(frozen=True)
+class LineageKeys:
+    """The keys of one model lineage, derived from its data key."""
+
+    id_key: bytes
+    enc_key: bytes
+    mac_key: bytes
+
+    @classmethod
+    def derive(cls, data_key: bytes) -> "LineageKeys":
+        def hkdf(info: bytes) -> bytes:
+            return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+                        info=b"modelfs/v1/" + info).derive(data_key)
+        return cls(hkdf(b"shard-id"), hkdf(b"shard-enc"), hkdf(b"manifest-mac"))
+
+
+def new_data_key() -> bytes:
+    return secrets.token_bytes(KEY_BYTES)
+
+
+# -- shards ----------------------------------------------------------------------
+class ShardCipher:
+    """Names, encrypts and authenticates shards of one lineage.
+
+    The shard id is an HMAC of the codec parameters and the stored plaintext, and
+    the GCM nonce is the id's first 12 bytes: the nonce is a function of exactly
+    the bytes encrypted, so equal ids mean equal bytes and a nonce is never
+    reused for different plaintexts (deterministic, misuse-resistant by design).
+    """
+
+    def __init__(self, keys: LineageKeys) -> None:
+        self._id_key = keys.id_key
+        self._aead = AESGCM(keys.enc_key)
+
+    def shard_id(self, codec_params: bytes, stored_plaintext: bytes) -> bytes:
+        mac = hmac.new(self._id_key, codec_params, hashlib.sha256)
+        mac.update(stored_plaintext)
+        return mac.digest()
+
+    @staticmethod
+    def _associated_data(shard_id: bytes) -> bytes:
+        return bytes([FORMAT_VERSION]) + shard_id
+
+    def encrypt(self, shard_id: bytes, stored_plaintext: bytes) -> bytes:
+        return self._aead.encrypt(shard_id[:NONCE_BYTES], stored_plaintext,
+                                  self._associated_data(shard_id))
+
+    def decrypt(self, shard_id: bytes, ciphertext: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(shard_id[:NONCE_BYTES], ciphertext,
+                                      self._associated_data(shard_id))
+        except InvalidTag:
+            raise IntegrityError(f"shard {shard_id.hex()[:16]} failed authentication "
+                                 f"(corrupt, truncated or tampered)") from None
+
+
+def manifest_mac(mac_key: bytes, body: bytes) -> bytes:
+    return hmac.new(mac_key, body, hashlib.sha256).digest()
+
+
+def check_manifest_mac(mac_key: bytes, body: bytes, mac: bytes) -> None:
+    if not hmac.compare_digest(manifest_mac(mac_key, body), mac):
+        raise IntegrityError("manifest failed authentication (tampered or corrupt)")

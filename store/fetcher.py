@@ -1,0 +1,172 @@
+"""Reads of one model version: byte ranges → shards → cache or backend.
+
+``ModelReader.read`` maps a range onto shards with ``numpy.searchsorted`` and
+takes each shard from the cache, loading it on a miss (fetch, authenticate,
+decrypt, decompress, un-group). ``ReadStream`` is the per-open-file view that
+detects sequential access and keeps a readahead window of whole shards loading
+on a shared thread pool: the window starts at one shard, doubles on every new
+sequential shard up to the readahead limit, and is cancelled on a seek, so a
+random reader gets no readahead at all.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from .backend import Backend
+from .cache import ShardCache
+from .codec import decode
+from .crypto import ShardCipher
+from .errors import IntegrityError, ModelfsError
+from .manifest import Manifest
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+class ModelReader:
+    """Random access to the logical bytes of one model version."""
+
+    def __init__(self, manifest: Manifest, backend: Backend, cipher: ShardCipher,
+                 cache: ShardCache, stats: Stats) -> None:
+        self.manifest = manifest
+        self.size = manifest.size
+        self._backend = backend
+        self._cipher = cipher
+        self._cache = cache
+        self._stats = stats
+        self._pool: ThreadPoolExecutor | None = None
+        self._keys = [sid.hex() for sid in manifest.shard_ids]
+        self._reported: set[int] = set()
+        self.max_window = 0  # readahead window limit, in shards; 0 = no readahead
+
+    def enable_readahead(self, pool: ThreadPoolExecutor, readahead_bytes: int) -> None:
+        """Let streams load ahead on ``pool``, inside half the cache budget so that
+        prefetched shards survive until they are read."""
+        self._pool = pool
+        limit = min(readahead_bytes, self._cache.budget // 2)
+        self.max_window = limit // max(self.manifest.shard_size, 1)
+
+    def __repr__(self) -> str:
+        return f"ModelReader({self.manifest.name}@{self.manifest.version_id})"
+
+    # -- one shard -------------------------------------------------------------
+    def _load(self, index: int) -> bytes:
+        m = self.manifest
+        shard_id = m.shard_ids[index]
+        stored_length = int(m.stored_lengths[index])
+        codec, length = int(m.codecs[index]), int(m.lengths[index])
+        started = time.monotonic()
+        fetched_at = started
+
+        def verify(stored: bytes) -> bytes:
+            nonlocal fetched_at
+            fetched_at = time.monotonic()
+            if len(stored) != stored_length:
+                raise IntegrityError(f"shard {index} is truncated ({len(stored)} of {stored_length} bytes)")
+            return decode(codec, length, self._cipher.decrypt(shard_id, stored))
+
+        try:
+            plain = self._backend.read_shard_verified(self._keys[index], m.location(index),
+                                                      stored_length, verify)
+        except ModelfsError as e:
+            self._stats.error(type(e).__name__)
+            if index not in self._reported:
+                self._reported.add(index)
+                log.error("model %s (version %s) shard %d (%s): %s", m.name, m.version_id,
+                          index, self._keys[index][:16], e)
+            raise
+        done = time.monotonic()
+        self._stats.timed(self._stats.fetch_latency, fetched_at - started)
+        self._stats.timed(self._stats.decode_latency, done - fetched_at)
+        self._stats.add(bytes_fetched=stored_length, shards_fetched=1)
+        return plain
+
+    def shard(self, index: int, prefetch: bool = False) -> bytes:
+        return self._cache.get(self._keys[index], lambda: self._load(index), prefetch=prefetch)
+
+    def prefetch(self, index: int) -> Future:
+        self._stats.add(readahead_issued=1)
+        return self._pool.submit(self._prefetch_quietly, index)
+
+    def _prefetch_quietly(self, index: int) -> None:
+        try:
+            self.shard(index, prefetch=True)
+        except ModelfsError:
+            pass  # counted and logged by _load; the reader retries and sees the error
+
+    def is_loaded(self, index: int) -> bool:
+        return self._keys[index] in self._cache
+
+    # -- byte ranges -----------------------------------------------------------
+    def shard_span(self, offset: int, length: int) -> tuple[int, int]:
+        """First and last shard index touched by a non-empty range inside the file."""
+        return self.manifest.shard_index(offset), self.manifest.shard_index(offset + length - 1)
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("negative offset or length")
+        length = min(length, self.size - offset)
+        if length <= 0:
+            return b""
+        started = time.monotonic()
+        first, last = self.shard_span(offset, length)
+        offsets = self.manifest.offsets
+        pieces = []
+        for index in range(first, last + 1):
+            data = self.shard(index)
+            start = max(offset - int(offsets[index]), 0)
+            end = min(offset + length - int(offsets[index]), len(data))
+            pieces.append(data[start:end] if (start, end) != (0, len(data)) else data)
+        out = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self._stats.add(bytes_served=len(out), reads=1)
+        self._stats.timed(self._stats.read_latency, time.monotonic() - started)
+        return out
+
+    def stream(self) -> "ReadStream":
+        return ReadStream(self)
+
+
+class ReadStream:
+    """One open file: a sequential detector driving readahead of whole shards."""
+
+    def __init__(self, reader: ModelReader) -> None:
+        self.reader = reader
+        self._last_shard = -1  # so a read from the start counts as sequential
+        self._window = 0
+        self._ahead: dict[int, Future] = {}
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = self.reader.read(offset, length)
+        if data and self.reader.max_window:
+            _, last = self.reader.shard_span(offset, len(data))
+            self._advance(last)
+        return data
+
+    def _advance(self, shard: int) -> None:
+        if shard == self._last_shard:
+            return
+        if shard == self._last_shard + 1:
+            self._window = min(max(self._window * 2, 1), self.reader.max_window)
+        else:
+            self.cancel()
+            self._window = 0
+        self._last_shard = shard
+        if not self._window:
+            return
+        for index in [i for i in self._ahead if i <= shard]:
+            del self._ahead[index]
+        end = min(shard + self._window, self.reader.manifest.shard_count - 1)
+        for index in range(shard + 1, end + 1):
+            if index not in self._ahead and not self.reader.is_loaded(index):
+                self._ahead[index] = self.reader.prefetch(index)
+
+    def cancel(self) -> None:
+        """Drop queued readahead (a seek made it useless); running loads finish into the cache."""
+        for future in self._ahead.values():
+            future.cancel()
+        self._ahead.clear()
+
+    def close(self) -> None:
+        self.cancel()

@@ -1,0 +1,155 @@
+"""The embedded default store: a plain directory (also any mounted NFS/GlusterFS).
+
+Layout under the root::
+
+    objects/<key>                 metadata objects (manifests, catalog, keys)
+    shards/<id[:2]>/<id>          one file per stored shard, content-addressed
+
+Every write goes to a temporary name in the same directory, is fsynced and
+renamed, so a crash leaves either nothing or a whole file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from .backend import Backend, ShardLocation, ShardWriter
+from .errors import BackendError, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+
+TMP_SUFFIX = ".tmp-"
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via temp file + fsync + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{TMP_SUFFIX}{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_key(key: str) -> str:
+    """Refuse object keys that could escape the store (``..``, absolute, empty parts)."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in key:
+        raise InvalidInput(f"invalid object key {key!r}")
+    return key
+
+
+def check_shard_id(shard_id: str) -> str:
+    if len(shard_id) != 64 or any(c not in "0123456789abcdef" for c in shard_id):
+        raise InvalidInput(f"invalid shard id {shard_id!r}")
+    return shard_id
+
+
+def shard_relpath(shard_id: str) -> str:
+    """Relative path of a content-addressed shard file (shared with storage nodes)."""
+    check_shard_id(shard_id)
+    return f"shards/{shard_id[:2]}/{shard_id}"
+
+
+class LocalShardWriter(ShardWriter):
+    """Shards are content-addressed files, durable when ``put`` returns."""
+
+    def __init__(self, backend: "LocalBackend") -> None:
+        self._backend = backend
+
+    def put(self, shard_id: str, data: bytes, index: int) -> ShardLocation:
+        path = self._backend.root / shard_relpath(shard_id)
+        if not (path.exists() and path.stat().st_size == len(data)):
+            write_file_atomically(path, data)
+        return ShardLocation()
+
+    def commit(self) -> None:
+        pass  # every put is already durable
+
+    def abort(self) -> None:
+        # Shards are content-addressed and may be shared with other versions;
+        # unreferenced ones are removed by garbage collection, not here.
+        pass
+
+
+class LocalBackend(Backend):
+    kind = "local"
+
+    def __init__(self, root: str | os.PathLike, create: bool = False) -> None:
+        self.root = Path(root).expanduser().resolve()
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not self.root.is_dir():
+            raise NotFound(f"store directory {self.root} does not exist")
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({str(self.root)!r})"
+
+    # -- metadata objects ----------------------------------------------------
+    def _object_path(self, key: str) -> Path:
+        return self.root / "objects" / check_key(key)
+
+    def put_object(self, key: str, data: bytes) -> None:
+        try:
+            write_file_atomically(self._object_path(key), data)
+        except OSError as e:
+            raise BackendError(f"cannot write {key} in {self.root}: {e.strerror}") from e
+
+    def get_object(self, key: str) -> bytes:
+        try:
+            return self._object_path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"{key} not found in {self.root}") from None
+        except OSError as e:
+            raise BackendError(f"cannot read {key} in {self.root}: {e.strerror}") from e
+
+    def list_objects(self, prefix: str) -> Iterator[str]:
+        base = self.root / "objects"
+        start = base / prefix.rstrip("/") if prefix else base
+        if not start.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(start):
+            for name in files:
+                if TMP_SUFFIX in name:
+                    continue
+                yield os.path.relpath(os.path.join(dirpath, name), base).replace(os.sep, "/")
+
+    def delete_object(self, key: str) -> None:
+        self._object_path(key).unlink(missing_ok=True)
+
+    # -- shards --------------------------------------------------------------
+    def shard_writer(self, version_id: str) -> ShardWriter:
+        return LocalShardWriter(self)
+
+    def has_shard(self, shard_id: str, location: ShardLocation) -> bool:
+        return (self.root / shard_relpath(shard_id)).exists()
+
+    def read_shard(self, shard_id: str, location: ShardLocation, length: int) -> bytes:
+        path = self.root / shard_relpath(shard_id)
+        try:
+            with open(path, "rb") as f:
+                return f.read(length)
+        except FileNotFoundError:
+            raise NotFound(f"shard {shard_id[:16]} missing from {self.root}") from None
+        except OSError as e:
+            raise BackendError(f"cannot read shard {shard_id[:16]}: {e.strerror}") from e
+
+    def delete_shard(self, shard_id: str) -> None:
+        (self.root / shard_relpath(shard_id)).unlink(missing_ok=True)

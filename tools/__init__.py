@@ -1,0 +1,1 @@
+"""The ``modelfs`` command line."""
