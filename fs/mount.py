@@ -44,8 +44,9 @@ class MountOptions:
 
 
 def is_stale(mountpoint: Path) -> bool:
+    """A FUSE mount whose daemon died: statfs always reaches the filesystem, stat may not."""
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as e:
         return e.errno == errno.ENOTCONN
     return False

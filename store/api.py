@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -179,6 +180,8 @@ class Library:
 
     def _gauges(self) -> dict:
         return {
+            "pid": os.getpid(),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "cache_bytes": self.cache.used_bytes,
             "cache_budget": self.cache.budget,
             "models": len(self._models),

@@ -140,25 +140,29 @@ class ReadStream:
     def read(self, offset: int, length: int) -> bytes:
         data = self.reader.read(offset, length)
         if data and self.reader.max_window:
-            _, last = self.reader.shard_span(offset, len(data))
-            self._advance(last)
+            self._advance(*self.reader.shard_span(offset, len(data)))
         return data
 
-    def _advance(self, shard: int) -> None:
-        if shard == self._last_shard:
-            return
-        if shard == self._last_shard + 1:
+    def _advance(self, first: int, last: int) -> None:
+        """Grow the window when a read continues the stream, reset it on a seek.
+
+        A read that starts in the current shard, the next one, or slightly behind
+        (the kernel may deliver concurrent requests out of order) continues it.
+        """
+        if self._last_shard - self._window <= first <= self._last_shard + 1:
+            if last <= self._last_shard:
+                return
             self._window = min(max(self._window * 2, 1), self.reader.max_window)
         else:
             self.cancel()
             self._window = 0
-        self._last_shard = shard
+        self._last_shard = last
         if not self._window:
             return
-        for index in [i for i in self._ahead if i <= shard]:
+        for index in [i for i in self._ahead if i <= last]:
             del self._ahead[index]
-        end = min(shard + self._window, self.reader.manifest.shard_count - 1)
-        for index in range(shard + 1, end + 1):
+        end = min(last + self._window, self.reader.manifest.shard_count - 1)
+        for index in range(last + 1, end + 1):
             if index not in self._ahead and not self.reader.is_loaded(index):
                 self._ahead[index] = self.reader.prefetch(index)
 

@@ -147,7 +147,7 @@ http {{
         root {root};
         autoindex on;
         autoindex_format json;
-        limit_except GET {{ deny all; }}
+        location / {{ limit_except GET {{ deny all; }} }}
     }}
 }}
 """

@@ -1,0 +1,170 @@
+"""The peer a user would otherwise pick: an rclone mount through rclone's crypt backend.
+
+The crypt remote sits directly on a local directory, so rclone pays for decryption
+and FUSE only, as modelfs does with its local store. Everything lives in a temporary
+directory: the config (passwords passed through ``rclone obscure``), the encrypted
+files and the mountpoint.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MOUNT_TIMEOUT = 30.0
+
+
+def rclone_available() -> bool:
+    return shutil.which("rclone") is not None
+
+
+def rclone_version() -> str | None:
+    if not rclone_available():
+        return None
+    out = subprocess.run(["rclone", "version"], capture_output=True, text=True, timeout=30)
+    return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout else None
+
+
+def fusermount_env(shim_dir: Path) -> dict[str, str]:
+    """An environment in which rclone finds ``fusermount``.
+
+    rclone's mount calls ``fusermount``; a fuse3-only host (Debian's fuse3 without the
+    compatibility link) has only ``fusermount3``, which takes the same arguments. Then
+    a symlink in ``shim_dir`` put first on PATH stands in for it.
+    """
+    env = dict(os.environ)
+    if shutil.which("fusermount") is None:
+        real = shutil.which("fusermount3")
+        if real is None:
+            raise RuntimeError("neither fusermount nor fusermount3 is installed (apt-get install fuse3)")
+        shim_dir.mkdir(parents=True, exist_ok=True)
+        link = shim_dir / "fusermount"
+        if not link.exists():
+            link.symlink_to(real)
+        env["PATH"] = f"{shim_dir}{os.pathsep}{env.get('PATH', '')}"
+        log.info("no fusermount on PATH: rclone uses a link to %s", real)
+    return env
+
+
+def unmount_fuse(mountpoint: Path) -> None:
+    """Unmount a FUSE mount, lazily if it is busy; quiet when nothing is mounted."""
+    if not os.path.ismount(mountpoint):
+        try:
+            os.stat(mountpoint)
+            return
+        except OSError:
+            pass  # stale mount: unmount below
+    tool = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+    result = subprocess.run([tool, "-u", str(mountpoint)], capture_output=True, text=True)
+    if result.returncode != 0:
+        log.warning("unmount of %s failed (%s); unmounting lazily", mountpoint, result.stderr.strip())
+        subprocess.run([tool, "-uz", str(mountpoint)], capture_output=True, text=True)
+
+
+@dataclass
+class RcloneCrypt:
+    """An rclone crypt remote over ``root/crypt`` holding one file, mountable read-only."""
+
+    root: Path
+    mount_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config = self.root / "rclone.conf"
+        self.crypt_dir = self.root / "crypt"
+        self.crypt_dir.mkdir(exist_ok=True)
+        self.env = fusermount_env(self.root / "bin")
+        self.file_name: str | None = None
+        self._proc: subprocess.Popen | None = None
+        self.mountpoint = self.root / "mnt"
+        self.mountpoint.mkdir(exist_ok=True)
+        self._write_config()
+
+    def _rclone(self, *args: str, timeout: float = 3600) -> str:
+        result = subprocess.run(["rclone", "--config", str(self.config), *args], capture_output=True,
+                                text=True, timeout=timeout, env=self.env)
+        if result.returncode != 0:
+            raise RuntimeError(f"rclone {args[0]} failed: {result.stderr.strip()[-2000:]}")
+        return result.stdout
+
+    def _obscure(self, password: str) -> str:
+        result = subprocess.run(["rclone", "obscure", password], capture_output=True, text=True,
+                                timeout=30, env=self.env)
+        if result.returncode != 0:
+            raise RuntimeError(f"rclone obscure failed: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    def _write_config(self) -> None:
+        password, salt = self._obscure(secrets.token_urlsafe(24)), self._obscure(secrets.token_urlsafe(24))
+        self.config.write_text(
+            "[bench-crypt]\n"
+            "type = crypt\n"
+            f"remote = {self.crypt_dir}\n"
+            "filename_encryption = standard\n"
+            "directory_name_encryption = true\n"
+            f"password = {password}\n"
+            f"password2 = {salt}\n")
+        self.config.chmod(0o600)
+
+    def upload(self, path: Path) -> float:
+        """Copy ``path`` into the crypt remote; returns seconds taken."""
+        started = time.perf_counter()
+        self._rclone("copy", str(path), "bench-crypt:")
+        self.file_name = path.name
+        return time.perf_counter() - started
+
+    @property
+    def mounted_file(self) -> Path:
+        assert self.file_name is not None
+        return self.mountpoint / self.file_name
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def mount(self) -> Path:
+        """Start ``rclone mount --read-only`` as a child; return the file's path once it shows."""
+        if self._proc is not None:
+            raise RuntimeError("rclone is already mounted")
+        log_file = self.root / "mount.log"
+        with open(log_file, "ab") as out:
+            self._proc = subprocess.Popen(
+                ["rclone", "--config", str(self.config), "mount", "bench-crypt:", str(self.mountpoint),
+                 "--read-only", *self.mount_args],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=self.env, start_new_session=True)
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self._proc = None
+                tail = log_file.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"rclone mount exited with status {code}: {tail}")
+            if os.path.ismount(self.mountpoint) and self.mounted_file.exists():
+                return self.mounted_file
+            time.sleep(0.05)
+        self.unmount()
+        raise RuntimeError(f"rclone mount did not show {self.file_name} within {MOUNT_TIMEOUT:.0f}s")
+
+    def unmount(self) -> None:
+        """Unmount and stop the rclone child (politely, then by force)."""
+        unmount_fuse(self.mountpoint)
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            unmount_fuse(self.mountpoint)

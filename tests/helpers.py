@@ -1,0 +1,67 @@
+"""Shared test helpers: run the CLI, mount a store and always unmount it."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+MODELFS = [sys.executable, "-m", "modelfs.tools.cli"]
+
+
+def run_modelfs(*args: str, check: bool = True, timeout: float = 300,
+                env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the ``modelfs`` CLI; with ``check`` a non-zero exit fails with its output."""
+    result = subprocess.run([*MODELFS, *map(str, args)], capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"modelfs {' '.join(map(str, args))} exited {result.returncode}\n"
+                             f"stdout: {result.stdout}\nstderr: {result.stderr}")
+    return result
+
+
+def force_unmount(mountpoint: Path) -> None:
+    for _ in range(50):
+        if not os.path.ismount(mountpoint):
+            try:
+                os.stat(mountpoint)
+                return
+            except OSError:
+                pass  # stale: fall through to unmount
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True)
+        if not os.path.ismount(mountpoint):
+            subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
+            return
+        time.sleep(0.1)
+    subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
+
+
+@contextlib.contextmanager
+def mounted(store_url: str | os.PathLike, key_file: str | os.PathLike, cache_size: str = "256MiB",
+            *extra: str) -> Iterator[Path]:
+    """Mount ``store_url`` in a fresh temporary directory; unmount whatever happens."""
+    parent = Path(tempfile.mkdtemp(prefix="modelfs-test-"))
+    mountpoint = parent / "mnt"
+    mountpoint.mkdir()
+    try:
+        run_modelfs("mount", str(store_url), str(mountpoint), "--key-file", str(key_file),
+                    "--cache-size", cache_size, *extra, env={"MODELFS_LOG_DIR": str(parent)})
+        yield mountpoint
+    finally:
+        force_unmount(mountpoint)
+        with contextlib.suppress(OSError):
+            mountpoint.rmdir()
+
+
+def mount_log(mountpoint: Path) -> str:
+    """The daemon log of a mount made by ``mounted``."""
+    return "".join(p.read_text(errors="replace") for p in mountpoint.parent.glob("mount-*.log"))
+
+
+def read_stats(mountpoint: Path) -> dict:
+    import json
+    return json.loads((mountpoint / ".modelfs" / "stats").read_bytes())

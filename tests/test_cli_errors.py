@@ -1,0 +1,168 @@
+"""Every bad input gets one clear message, a non-zero exit, and publishes nothing."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import MODELFS, force_unmount, mounted, run_modelfs
+
+
+def fails(*args, env=None) -> subprocess.CompletedProcess:
+    result = run_modelfs(*args, check=False, env=env)
+    assert result.returncode != 0, result
+    assert result.stderr.strip().startswith("modelfs: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def published_names(store: Path, key: Path) -> str:
+    if not store.exists():
+        return ""
+    return run_modelfs("ls", "--store", str(store), "--key-file", str(key)).stdout
+
+
+@pytest.fixture
+def model_file(tmp_path) -> Path:
+    path = tmp_path / "model.bin"
+    path.write_bytes(os.urandom(300_000))
+    return path
+
+
+def test_push_missing_file(tmp_path, key_file, store_dir):
+    r = fails("push", str(tmp_path / "nope.pt"), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    assert "does not exist" in r.stderr
+    assert "m " not in published_names(store_dir, key_file)
+
+
+def test_push_directory_is_refused(tmp_path, key_file, store_dir):
+    r = fails("push", str(tmp_path), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    assert "not a regular file" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["", "..", "../etc/passwd", "/abs", "a/../b", "a//b", "bad\nname",
+                                  "tab\tname", ".hidden", "a/.modelfs", "sp ace", "@v1"])
+def test_push_invalid_names(model_file, key_file, store_dir, name):
+    r = fails("push", str(model_file), name, "--store", str(store_dir), "--key-file", str(key_file))
+    assert "invalid model name" in r.stderr
+    assert not (store_dir / "objects" / "catalog").exists()
+
+
+def test_push_name_clash_between_file_and_directory(model_file, key_file, store_dir):
+    run_modelfs("push", str(model_file), "org/bert", "--store", str(store_dir), "--key-file", str(key_file))
+    r = fails("push", str(model_file), "org", "--store", str(store_dir), "--key-file", str(key_file))
+    assert "clashes" in r.stderr
+    r = fails("push", str(model_file), "org/bert/v2", "--store", str(store_dir), "--key-file", str(key_file))
+    assert "clashes" in r.stderr
+
+
+def test_push_bad_shard_size(model_file, key_file, store_dir):
+    r = fails("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file),
+              "--shard-size", "12 parsecs")
+    assert "invalid size" in r.stderr
+    r = fails("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file),
+              "--shard-size", "1")
+    assert "shard size" in r.stderr
+
+
+def test_unknown_store_scheme(model_file, key_file):
+    r = fails("push", str(model_file), "m", "--store", "ftp://example/x", "--key-file", str(key_file))
+    assert "unknown store" in r.stderr
+
+
+def test_ls_and_mount_of_missing_store(tmp_path, key_file):
+    r = fails("ls", "--store", str(tmp_path / "nowhere"), "--key-file", str(key_file))
+    assert "does not exist" in r.stderr
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = fails("mount", str(tmp_path / "nowhere"), str(mnt), "--key-file", str(key_file),
+              env={"MODELFS_LOG_DIR": str(tmp_path)})
+    assert "does not exist" in r.stderr and not os.path.ismount(mnt)
+
+
+def test_missing_key_file(model_file, tmp_path, key_file, store_dir):
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = fails("mount", str(store_dir), str(mnt), "--key-file", str(tmp_path / "absent.key"),
+              env={"MODELFS_LOG_DIR": str(tmp_path)})
+    assert "key file" in r.stderr and "does not exist" in r.stderr
+
+
+def test_keygen_refuses_to_overwrite(key_file):
+    before = key_file.read_bytes()
+    r = fails("keygen", "--key-file", str(key_file))
+    assert "already exists" in r.stderr
+    assert key_file.read_bytes() == before
+    assert (key_file.stat().st_mode & 0o777) == 0o600
+
+
+def test_mountpoint_problems(tmp_path, model_file, key_file, store_dir):
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    env = {"MODELFS_LOG_DIR": str(tmp_path)}
+    r = fails("mount", str(store_dir), str(tmp_path / "absent"), "--key-file", str(key_file), env=env)
+    assert "does not exist" in r.stderr
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "file").write_text("x")
+    r = fails("mount", str(store_dir), str(busy), "--key-file", str(key_file), env=env)
+    assert "not empty" in r.stderr
+    r = fails("mount", str(store_dir), str(model_file), "--key-file", str(key_file), env=env)
+    assert "not a directory" in r.stderr
+    with mounted(store_dir, key_file) as mnt:
+        r = fails("mount", str(store_dir), str(mnt), "--key-file", str(key_file), env=env)
+        assert "already" in r.stderr
+    r = fails("umount", str(tmp_path / "busy"))
+    assert "not mounted" in r.stderr
+
+
+def test_stale_mount_is_recovered(tmp_path, model_file, key_file, store_dir):
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    daemon = subprocess.Popen([*MODELFS, "mount", str(store_dir), str(mnt), "--key-file", str(key_file),
+                               "--foreground"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if os.path.ismount(mnt):
+                break
+            time.sleep(0.05)
+        assert os.path.ismount(mnt)
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(timeout=10)
+        with pytest.raises(OSError) as e:
+            os.listdir(mnt)
+        assert e.value.errno == 107  # ENOTCONN: "Transport endpoint is not connected"
+        run_modelfs("mount", str(store_dir), str(mnt), "--key-file", str(key_file),
+                    env={"MODELFS_LOG_DIR": str(tmp_path)})
+        assert (mnt / "m").read_bytes() == model_file.read_bytes()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        force_unmount(mnt)
+
+
+def test_interrupted_push_publishes_nothing(tmp_path, key_file, store_dir):
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(4 << 20))
+    push = subprocess.Popen([*MODELFS, "push", str(big), "big", "--store", str(store_dir),
+                             "--key-file", str(key_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(400):  # wait until shards are being written, then kill it mid-way
+            if (store_dir / "shards").exists() and sum(1 for _ in (store_dir / "shards").rglob("*")) > 8:
+                break
+            time.sleep(0.02)
+        push.kill()
+        push.wait(timeout=10)
+    finally:
+        if push.poll() is None:
+            push.kill()
+    assert push.returncode == -signal.SIGKILL
+    assert "big" not in published_names(store_dir, key_file)
+    assert not list((store_dir / "objects").rglob("@*.json")) if (store_dir / "objects").exists() else True

@@ -1,0 +1,259 @@
+"""HdfsBackend through the Backend interface, against a real MiniDFSCluster.
+
+Needs the ``hdfs_cluster`` plugin (tests/hdfs_cluster.py) and the harness built
+by tests/minidfs/prepare.sh.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from hdfs_native import Client
+
+from modelfs.store.backend import ShardLocation
+from modelfs.store.errors import BackendError, InvalidInput, NotFound
+from modelfs.store.hdfs import HdfsBackend
+from modelfs.store.urls import open_backend
+
+#: A read while the namenode is away must fail within this (retries included).
+FAILURE_BOUND_S = 30.0
+
+
+def shard(data: bytes) -> tuple[str, bytes]:
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def random_shards(n: int, size: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    rng = random.Random(seed)
+    return [shard(rng.randbytes(size - (i % 3) * 1000)) for i in range(n)]
+
+
+def write_pack(backend: HdfsBackend, version_id: str,
+               shards: list[tuple[str, bytes]]) -> list[ShardLocation]:
+    with backend.shard_writer(version_id) as writer:
+        locations = [writer.put(sid, data, i) for i, (sid, data) in enumerate(shards)]
+        writer.commit()
+    return locations
+
+
+def hdfs_files(cluster, url: str) -> list[str]:
+    """Every file under a store root, temporary ones included (straight from HDFS)."""
+    root = url.split("/", 3)[3]
+    client = Client(cluster.namenode_url)
+    try:
+        return sorted(s.path for s in client.list_status(f"/{root}", True) if not s.isdir)
+    except FileNotFoundError:
+        return []
+
+
+@pytest.fixture
+def backend(hdfs_cluster):
+    b = HdfsBackend.from_url(hdfs_cluster.fresh_url("backend"))
+    yield b
+    b.close()
+
+
+def test_open_backend_dispatches_hdfs_urls(hdfs_cluster):
+    b = open_backend(hdfs_cluster.fresh_url("dispatch"))
+    assert isinstance(b, HdfsBackend) and b.kind == "hdfs"
+
+
+def test_objects_put_get_list_delete(backend, hdfs_cluster):
+    backend.put_object("catalog/bert/v1.json", b"one")
+    backend.put_object("catalog/bert/v2.json", b"two")
+    backend.put_object("catalog/gpt/v1.json", b"three")
+    backend.put_object("manifests/abc", b"\x00" * 100_000)
+    assert backend.get_object("catalog/bert/v1.json") == b"one"
+    assert backend.get_object("manifests/abc") == b"\x00" * 100_000
+
+    backend.put_object("catalog/bert/v1.json", b"replaced")  # atomic replace
+    assert backend.get_object("catalog/bert/v1.json") == b"replaced"
+
+    assert sorted(backend.list_objects("catalog/bert/")) == ["catalog/bert/v1.json", "catalog/bert/v2.json"]
+    assert sorted(backend.list_objects("catalog/")) == [
+        "catalog/bert/v1.json", "catalog/bert/v2.json", "catalog/gpt/v1.json"]
+    assert list(backend.list_objects("nothing/here/")) == []
+    assert len(list(backend.list_objects(""))) == 4
+
+    backend.delete_object("catalog/bert/v2.json")
+    backend.delete_object("catalog/bert/v2.json")  # absent is not an error
+    with pytest.raises(NotFound):
+        backend.get_object("catalog/bert/v2.json")
+    assert list(backend.list_objects("catalog/bert/")) == ["catalog/bert/v1.json"]
+    # no temporary file is left behind by the atomic puts
+    assert not [p for p in hdfs_files(hdfs_cluster, backend.url) if ".tmp-" in p]
+
+    for bad in ("../escape", "/abs", "a//b", ""):
+        with pytest.raises(InvalidInput):
+            backend.put_object(bad, b"x")
+
+
+def test_pack_commit_and_read_back(backend, hdfs_cluster):
+    shards = random_shards(6, 300_000)
+    locations = write_pack(backend, "v-commit", shards)
+
+    assert {loc.container for loc in locations} == {"packs/v-commit.pack"}
+    offsets = [loc.offset for loc in locations]
+    assert offsets == [sum(len(d) for _, d in shards[:i]) for i in range(len(shards))]
+    for (sid, data), loc in zip(shards, locations):
+        assert backend.has_shard(sid, loc)
+        assert backend.read_shard(sid, loc, len(data)) == data
+    assert backend.pack_files() == ["packs/v-commit.pack"]
+    assert not backend.has_shard(shards[0][0], ShardLocation("packs/v-commit.pack", 10**9))
+    assert not backend.has_shard(shards[0][0], ShardLocation("packs/other.pack", 0))
+    with pytest.raises(NotFound):
+        backend.read_shard(shards[0][0], ShardLocation("packs/other.pack", 0), 10)
+
+
+def test_same_shard_twice_in_one_version_is_stored_once(backend):
+    sid, data = shard(b"same bytes" * 1000)
+    with backend.shard_writer("v-dup") as writer:
+        first = writer.put(sid, data, 0)
+        second = writer.put(sid, data, 1)
+        writer.commit()
+    assert first == second
+    assert backend.read_shard(sid, first, len(data)) == data
+
+
+def test_version_without_new_shards_creates_no_pack(backend, hdfs_cluster):
+    with backend.shard_writer("v-empty") as writer:
+        writer.commit()
+    assert backend.pack_files() == []
+
+
+def test_abort_leaves_no_visible_pack(backend, hdfs_cluster):
+    shards = random_shards(3, 200_000, seed=1)
+    writer = backend.shard_writer("v-abort")
+    locations = [writer.put(sid, data, i) for i, (sid, data) in enumerate(shards)]
+    writer.abort()
+    writer.abort()  # twice is fine
+    assert backend.pack_files() == []
+    assert hdfs_files(hdfs_cluster, backend.url) == []
+    assert not backend.has_shard(shards[0][0], locations[0])
+
+    # an exception inside the with-block aborts too
+    with pytest.raises(RuntimeError):
+        with backend.shard_writer("v-abort2") as writer:
+            writer.put(*shards[0], 0)
+            raise RuntimeError("publisher failed mid-way")
+    assert hdfs_files(hdfs_cluster, backend.url) == []
+
+    # aborting a writer that never wrote must not fail
+    backend.shard_writer("v-abort3").abort()
+
+
+def test_uncommitted_pack_is_invisible(backend, hdfs_cluster):
+    """A push that dies before commit leaves at most a temporary file, never a pack."""
+    shards = random_shards(2, 100_000, seed=2)
+    writer = backend.shard_writer("v-crash")
+    loc = writer.put(*shards[0], 0)
+    assert backend.pack_files() == []
+    assert not backend.has_shard(shards[0][0], loc)
+    writer.abort()
+
+
+def test_parallel_range_reads(backend):
+    shards = random_shards(32, 256 * 1024, seed=3)
+    locations = write_pack(backend, "v-parallel", shards)
+    jobs = [(sid, data, loc) for (sid, data), loc in zip(shards, locations)] * 4
+    random.Random(4).shuffle(jobs)
+
+    def check(job) -> bool:
+        sid, data, loc = job
+        return backend.read_shard(sid, loc, len(data)) == data
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert all(pool.map(check, jobs))
+    stats = backend.stats()
+    assert stats["kind"] == "hdfs" and stats["reads"] >= len(jobs)
+    assert stats["bytes_read"] >= sum(len(d) for _, d, _ in jobs)
+    assert stats["requests"] > 0 and stats["errors"] == 0
+
+
+def test_file_count_constant_in_number_of_shards(hdfs_cluster):
+    counts = {}
+    for n in (2, 40):
+        b = HdfsBackend.from_url(hdfs_cluster.fresh_url(f"count{n}"))
+        write_pack(b, "v1", random_shards(n, 4096, seed=n))
+        b.put_object("manifests/v1", b"manifest")
+        b.put_object("catalog/m/latest", b"v1")
+        counts[n] = len(hdfs_files(hdfs_cluster, b.url))
+    assert counts[2] == counts[40] == 3
+
+
+def test_read_survives_a_stopped_datanode(hdfs):
+    """Replication 2: with one datanode gone every block still has a live replica."""
+    b = HdfsBackend.from_url(hdfs.fresh_url("datanode"))
+    shards = random_shards(12, 2 * 1024 * 1024, seed=5)  # 24 MiB: three 8 MiB blocks
+    locations = write_pack(b, "v-dn", shards)
+    hdfs.stop_datanode(0)
+    for (sid, data), loc in zip(shards, locations):
+        assert b.read_shard(sid, loc, len(data)) == data
+
+
+def test_namenode_down_fails_bounded_then_recovers(hdfs):
+    b = HdfsBackend.from_url(hdfs.fresh_url("namenode"))
+    (sid, data), = random_shards(1, 500_000, seed=6)
+    loc, = write_pack(b, "v-nn", [(sid, data)])
+    b.put_object("catalog/x", b"entry")
+    assert b.read_shard(sid, loc, len(data)) == data
+
+    hdfs.stop_namenode()
+    started = time.monotonic()
+    with pytest.raises(BackendError) as err:
+        b.read_shard(sid, loc, len(data))
+    assert time.monotonic() - started < FAILURE_BOUND_S
+    assert b.url in str(err.value)
+    with pytest.raises(BackendError):
+        b.get_object("catalog/x")
+    # opening the store while the namenode is away fails at once, naming the URL
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="cannot reach the HDFS namenode"):
+        HdfsBackend.from_url(b.url)
+    assert time.monotonic() - started < 10
+    assert b.stats()["errors"] > 0
+
+    hdfs.restart_namenode()
+    # the same backend object reconnects by itself
+    assert b.read_shard(sid, loc, len(data)) == data
+    assert b.get_object("catalog/x") == b"entry"
+
+
+def test_unreachable_namenode_is_a_clear_error():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"hdfs://127.0.0.1:{port}/modelfs"
+    started = time.monotonic()
+    with pytest.raises(BackendError) as err:
+        open_backend(url)
+    assert time.monotonic() - started < 10
+    assert url in str(err.value)
+
+
+def test_hadoop_conf_dir_and_user_are_honoured(hdfs_cluster, tmp_path, monkeypatch):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "core-site.xml").write_text(
+        "<?xml version='1.0'?><configuration><property><name>fs.defaultFS</name>"
+        f"<value>{hdfs_cluster.namenode_url}</value></property></configuration>")
+    (conf / "hdfs-site.xml").write_text(
+        "<?xml version='1.0'?><configuration><property><name>dfs.client.socket-timeout</name>"
+        "<value>20000</value></property></configuration>")
+    monkeypatch.setenv("HADOOP_CONF_DIR", str(conf))
+    monkeypatch.setenv("HADOOP_USER_NAME", "alice")
+
+    root = f"/modelfs-conf-{os.getpid()}-{time.monotonic_ns()}"
+    b = HdfsBackend.from_url(f"hdfs://{root}")  # namenode from fs.defaultFS
+    assert "dfs.client.socket-timeout" not in b.config  # the user's value wins
+    assert b.config["dfs.client.failover.max.attempts"] == "1"
+    b.put_object("catalog/a", b"by alice")
+    assert b.get_object("catalog/a") == b"by alice"
+    owner = Client(hdfs_cluster.namenode_url).get_file_info(f"{root}/objects/catalog/a").owner
+    assert owner == "alice"

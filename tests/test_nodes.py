@@ -1,0 +1,458 @@
+"""Storage nodes (`modelfs serve`), placement and failover, against real node processes."""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from modelfs.store.backend import ShardLocation
+from modelfs.store.cluster import ClusterBackend
+from modelfs.store.errors import BackendError, IntegrityError, InvalidInput, NotFound
+from modelfs.store.local import LocalBackend, shard_relpath
+from modelfs.store.node_server import DIGEST_HEADER, MAX_BODY
+from modelfs.store.placement import Placement, rendezvous_order
+
+from nodes_support import TOKEN, Cluster, nginx_binary, start_cluster, start_nginx, start_node
+
+
+# -- helpers -------------------------------------------------------------------
+
+def make_shards(count: int, size: int = 20_000, seed: int = 0) -> list[tuple[str, bytes]]:
+    """Content-addressed fake shards: id = sha256(bytes)."""
+    out = []
+    for i in range(count):
+        data = hashlib.sha256(f"{seed}:{i}".encode()).digest() * (size // 32) + bytes([i % 256])
+        out.append((hashlib.sha256(data).hexdigest(), data))
+    return out
+
+
+def write_shards(backend: ClusterBackend, shards, version: str = "v1") -> list[ShardLocation]:
+    with backend.shard_writer(version) as w:
+        locations = [w.put(sid, data, i) for i, (sid, data) in enumerate(shards)]
+        w.commit()
+    return locations
+
+
+def verifier(shard_id: str):
+    def verify(data: bytes) -> bytes:
+        if hashlib.sha256(data).hexdigest() != shard_id:
+            raise IntegrityError(f"shard {shard_id[:16]} does not match its id")
+        return data
+    return verify
+
+
+def nodes_holding(cluster: Cluster, shard_id: str) -> set[str]:
+    return {n.name for n in cluster.nodes if (n.data / shard_relpath(shard_id)).exists()}
+
+
+def files_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def raw_request(port: int, method: str, path: str, body: bytes | None = None,
+                headers: dict | None = None) -> http.client.HTTPResponse:
+    """A request sent exactly as written (no client-side path normalisation)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp
+
+
+def auth(extra: dict | None = None) -> dict:
+    return {"Authorization": f"Bearer {TOKEN}", **(extra or {})}
+
+
+@pytest.fixture
+def cluster3(tmp_path):
+    cluster = start_cluster(tmp_path / "c3", 3)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def node1(tmp_path):
+    cluster = start_cluster(tmp_path / "c1", 1)
+    yield cluster.nodes[0]
+    cluster.stop()
+
+
+# -- URL and placement -----------------------------------------------------------
+
+def test_url_parsing(tmp_path):
+    token = tmp_path / "t"
+    token.write_text("abc\n")
+    b = ClusterBackend.from_url(f"http://a:1,b:2,c:3/?replicas=3&placement=range&token_file={token}")
+    assert b.names == ["a:1", "b:2", "c:3"] and b.placement.replicas == 3
+    assert b.placement.mode == "range" and not b.readonly
+    assert ClusterBackend.from_url("http://a:1,b:2/").placement.replicas == 2
+    static = ClusterBackend.from_url("http://h:8080/store/")
+    assert static.readonly and static.base_path == "/store/" and static.placement.replicas == 1
+    for bad in ("http://a:1/?replicas=2", "http://a:1,b:2/?placement=ring",
+                "http://a:1,b:2/?bogus=1", "http://a:1,a:1/?replicas=1",
+                f"http://a:1/?token_file={tmp_path}/missing"):
+        with pytest.raises(InvalidInput):
+            ClusterBackend.from_url(bad)
+
+
+def test_rendezvous_moves_only_keys_of_a_removed_node():
+    nodes = [f"n{i}" for i in range(5)]
+    keys = [f"k{i}" for i in range(2000)]
+    before = {k: rendezvous_order(k, nodes)[0] for k in keys}
+    after = {k: rendezvous_order(k, nodes[:-1])[0] for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert all(before[k] == "n4" for k in moved)
+    assert 300 < Counter(before.values())["n4"] < 500   # ~1/5 of the keys
+    loc = Placement("range", 2, run_length=4).location_for("0" * 64, 9, "ver")
+    assert loc.container == "run:ver:2"
+    assert Placement("hash").location_for("0" * 64, 9, "ver") == ShardLocation()
+
+
+# -- the node's HTTP surface -------------------------------------------------------
+
+def test_writes_need_the_token_and_refused_writes_leave_nothing(node1):
+    data = b"x" * 1000
+    sid = hashlib.sha256(data).hexdigest()
+    path = f"/{shard_relpath(sid)}"
+    digest = {DIGEST_HEADER: sid}
+    assert raw_request(node1.port, "PUT", path, data, digest).status == 401
+    assert raw_request(node1.port, "PUT", path, data,
+                       {**digest, "Authorization": "Bearer wrong"}).status == 403
+    assert raw_request(node1.port, "PUT", "/objects/catalog/x", data, digest).status == 401
+    assert raw_request(node1.port, "DELETE", path).status == 401
+    # reads need the token too on a node started with --token-file
+    assert raw_request(node1.port, "GET", path).status == 401
+    assert raw_request(node1.port, "GET", "/list/objects/").status == 401
+    assert raw_request(node1.port, "GET", "/health").status == 200
+    # a wrong digest or none at all is refused as well
+    assert raw_request(node1.port, "PUT", path, data, auth({DIGEST_HEADER: "0" * 64})).status == 400
+    assert raw_request(node1.port, "PUT", path, data, auth()).status == 400
+    assert files_under(node1.data) == []
+    assert raw_request(node1.port, "PUT", path, data, auth(digest)).status == 201
+    assert (node1.data / shard_relpath(sid)).read_bytes() == data
+    # a wrong token in the store URL surfaces as a clear access error
+    bad = node1.data.parent / "badtoken"
+    bad.write_text("nope")
+    backend = ClusterBackend.from_url(f"http://{node1.name}/?replicas=1&token_file={bad}")
+    from modelfs.store.errors import AccessDenied
+    with pytest.raises(AccessDenied):
+        backend.put_object("a/b", b"1")
+    with pytest.raises(AccessDenied):
+        backend.read_shard(sid, ShardLocation(), len(data))
+    backend.close()
+
+
+def test_node_without_token_is_read_only(tmp_path):
+    node = start_node(tmp_path / "open", None)
+    try:
+        data = b"abc"
+        sid = hashlib.sha256(data).hexdigest()
+        assert raw_request(node.port, "PUT", f"/{shard_relpath(sid)}", data,
+                           {DIGEST_HEADER: sid}).status == 403
+        assert files_under(node.data) == []
+        assert raw_request(node.port, "GET", f"/{shard_relpath(sid)}").status == 404
+    finally:
+        assert node.stop() == 0
+
+
+@pytest.mark.parametrize("path", [
+    "/objects/../../etc/passwd",
+    "/objects/a/../../../x",
+    "/objects/%2e%2e/%2e%2e/x",
+    "/objects/a%2f..%2f..%2fx",
+    "/objects//abs",
+    "/shards/ab/../../../x",
+    "/shards/zz/" + "ab" * 32,            # wrong fan-out folder
+    "/shards/ab/abc",                     # not a shard id
+    "/shards/" + "AB" * 32,
+    "/keys/secret",                       # unknown object kind
+    "/etc/passwd",
+])
+def test_traversal_and_unknown_kinds_refused(node1, path):
+    data = b"payload"
+    headers = auth({DIGEST_HEADER: hashlib.sha256(data).hexdigest()})
+    assert 400 <= raw_request(node1.port, "PUT", path, data, headers).status < 500
+    assert 400 <= raw_request(node1.port, "GET", path, headers=auth()).status < 500
+    assert 400 <= raw_request(node1.port, "DELETE", path, headers=auth()).status < 500
+    assert files_under(node1.data) == []
+
+
+def test_client_refuses_bad_ids_and_keys(cluster3):
+    backend = ClusterBackend.from_url(cluster3.url())
+    for key in ("../x", "/etc/passwd", "a/../../b", ""):
+        with pytest.raises(InvalidInput):
+            backend.put_object(key, b"1")
+        with pytest.raises(InvalidInput):
+            backend.get_object(key)
+    for sid in ("../../etc/passwd", "/etc/passwd", "ab" * 31):
+        with pytest.raises(InvalidInput):
+            backend.read_shard(sid, ShardLocation(), 1)
+        with pytest.raises(InvalidInput):
+            with backend.shard_writer("v") as w:
+                w.put(sid, b"1", 0)
+    backend.close()
+    assert all(files_under(n.data) == [] for n in cluster3.nodes)
+
+
+def test_oversized_body_refused(node1):
+    sid = "ab" * 32
+    # declared too large: refused before the body is read
+    conn = http.client.HTTPConnection("127.0.0.1", node1.port, timeout=10)
+    conn.putrequest("PUT", f"/{shard_relpath(sid)}")
+    for k, v in auth({DIGEST_HEADER: sid, "Content-Length": str(MAX_BODY + 1)}).items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    try:
+        conn.send(b"\0" * 65536)
+    except OSError:
+        pass
+    assert conn.getresponse().status == 413
+    conn.close()
+    # chunked body without a length: refused once it grows past the limit
+    conn = http.client.HTTPConnection("127.0.0.1", node1.port, timeout=30)
+    block = b"\0" * (1 << 20)
+    try:
+        conn.request("PUT", f"/{shard_relpath(sid)}", body=iter([block] * 65 + [b"x"]),
+                     headers=auth({DIGEST_HEADER: sid}), encode_chunked=True)
+    except OSError:
+        pass   # the node may close the connection while we still send
+    assert conn.getresponse().status == 413
+    conn.close()
+    assert files_under(node1.data) == []
+
+
+def test_range_head_and_node_dir_is_a_local_store(cluster3):
+    backend = ClusterBackend.from_url(cluster3.url(replicas=2))
+    shards = make_shards(3, size=100_000)
+    locations = write_shards(backend, shards)
+    backend.put_object("catalog/m/latest", b'{"v": 1}')
+    sid, data = shards[1]
+    node = cluster3.node(backend.replica_nodes(sid, locations[1])[0])
+    path = f"/{shard_relpath(sid)}"
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)
+    conn.request("GET", path, headers=auth({"Range": "bytes=1000-1999"}))
+    resp = conn.getresponse()
+    assert resp.status == 206 and resp.read() == data[1000:2000]
+    assert resp.getheader("Content-Range") == f"bytes 1000-1999/{len(data)}"
+    conn.request("GET", path, headers=auth({"Range": f"bytes={len(data) - 10}-"}))
+    resp = conn.getresponse()
+    assert resp.status == 206 and resp.read() == data[-10:]
+    conn.request("GET", path, headers=auth({"Range": f"bytes={len(data) + 5}-"}))
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 416
+    conn.request("HEAD", path, headers=auth())
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 200 and int(resp.getheader("Content-Length")) == len(data)
+    conn.close()
+    assert backend.read_shard(sid, locations[1], len(data)) == data
+    assert backend.has_shard(sid, locations[1])
+    assert backend.get_object("catalog/m/latest") == b'{"v": 1}'
+    assert list(backend.list_objects("catalog/")) == ["catalog/m/latest"]
+    # every node directory is itself a valid local store
+    local = LocalBackend(node.data)
+    assert local.read_shard(sid, ShardLocation(), len(data)) == data
+    assert local.get_object("catalog/m/latest") == b'{"v": 1}'
+    backend.delete_object("catalog/m/latest")
+    with pytest.raises(NotFound):
+        backend.get_object("catalog/m/latest")
+    backend.close()
+
+
+# -- placement on real nodes --------------------------------------------------------
+
+def test_hash_placement_spreads_shards(cluster3):
+    backend = ClusterBackend.from_url(cluster3.url(replicas=2, placement="hash"))
+    shards = make_shards(90, size=2000)
+    locations = write_shards(backend, shards)
+    assert all(loc == ShardLocation() for loc in locations)
+    per_node = Counter()
+    primaries = Counter()
+    for (sid, _), loc in zip(shards, locations):
+        holders = nodes_holding(cluster3, sid)
+        assert holders == set(backend.replica_nodes(sid, loc))
+        per_node.update(holders)
+        primaries[backend.replica_nodes(sid, loc)[0]] += 1
+    assert sum(per_node.values()) == 180
+    assert all(40 <= per_node[n.name] <= 80 for n in cluster3.nodes), per_node
+    assert all(15 <= primaries[n.name] for n in cluster3.nodes), primaries
+    backend.close()
+
+
+def test_range_placement_makes_contiguous_runs(cluster3):
+    backend = ClusterBackend.from_url(cluster3.url(replicas=2, placement="range", extra="&run_length=4"))
+    shards = make_shards(48, size=2000)
+    locations = write_shards(backend, shards, version="ver1")
+    holders = [frozenset(nodes_holding(cluster3, sid)) for sid, _ in shards]
+    for run in range(12):
+        block = holders[run * 4:(run + 1) * 4]
+        assert len(set(block)) == 1 and len(block[0]) == 2, block   # one replica set per run
+        assert all(loc.container == f"run:ver1:{run}" for loc in locations[run * 4:(run + 1) * 4])
+    assert len(set(holders)) >= 2          # runs still spread over the cluster
+    # a reader derives the replicas from the recorded location alone
+    reader = ClusterBackend.from_url(cluster3.url(replicas=2, placement="hash"))
+    for (sid, data), loc in zip(shards, locations):
+        assert set(reader.replica_nodes(sid, loc)) == set(nodes_holding(cluster3, sid))
+        assert reader.read_shard(sid, loc, len(data)) == data
+    backend.close()
+    reader.close()
+
+
+# -- failures ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("placement", ["hash", "range"])
+def test_one_node_of_three_lost_loses_nothing(cluster3, placement):
+    url = cluster3.url(replicas=2, placement=placement, extra="&run_length=3")
+    backend = ClusterBackend.from_url(url)
+    shards = make_shards(30, size=5000)
+    locations = write_shards(backend, shards)
+    backend.put_object("manifests/v1.arrow", b"manifest")
+    backend.put_object("catalog/model/latest", b"v1")
+    backend.close()
+    victim = cluster3.nodes[1]
+    victim.kill()
+    reader = ClusterBackend.from_url(url)
+    for (sid, data), loc in zip(shards, locations):
+        assert reader.read_shard_verified(sid, loc, len(data), verifier(sid)) == data
+    assert reader.get_object("manifests/v1.arrow") == b"manifest"
+    assert list(reader.list_objects("catalog/")) == ["catalog/model/latest"]
+    assert reader.get_object("catalog/model/latest") == b"v1"
+    stats = reader.stats()
+    assert stats["nodes"][victim.name]["state"] == "down"
+    assert stats["nodes"][victim.name]["errors"] >= 1
+    assert stats["failovers"] >= 1
+    json.dumps(stats)
+    reader.close()
+
+
+def test_two_nodes_dead_fail_only_shards_without_a_live_replica(cluster3):
+    url = cluster3.url(replicas=2, placement="hash")
+    backend = ClusterBackend.from_url(url)
+    shards = make_shards(40, size=3000)
+    locations = write_shards(backend, shards)
+    backend.close()
+    dead = {cluster3.nodes[0].name, cluster3.nodes[2].name}
+    cluster3.nodes[0].kill()
+    cluster3.nodes[2].kill()
+    reader = ClusterBackend.from_url(url)
+    lost = ok = 0
+    for (sid, data), loc in zip(shards, locations):
+        replicas = reader.replica_nodes(sid, loc)
+        if set(replicas) <= dead:
+            lost += 1
+            with pytest.raises(BackendError) as info:
+                reader.read_shard_verified(sid, loc, len(data), verifier(sid))
+            message = str(info.value)
+            assert sid[:16] in message and all(n in message for n in replicas)
+        else:
+            ok += 1
+            assert reader.read_shard(sid, loc, len(data)) == data
+    assert lost >= 1 and ok >= 1
+    reader.close()
+
+
+def test_corrupt_copy_fails_over_and_is_counted(cluster3):
+    url = cluster3.url(replicas=2)
+    backend = ClusterBackend.from_url(url)
+    shards = make_shards(5, size=50_000)
+    locations = write_shards(backend, shards)
+    sid, data = shards[2]
+    primary, secondary = backend.replica_nodes(sid, locations[2])
+    f = cluster3.node(primary).data / shard_relpath(sid)
+    corrupt = bytearray(f.read_bytes())
+    corrupt[100] ^= 0xFF
+    f.write_bytes(bytes(corrupt))
+    assert backend.read_shard_verified(sid, locations[2], len(data), verifier(sid)) == data
+    stats = backend.stats()
+    assert stats["integrity_errors"] == 1 and stats["failovers"] == 1
+    assert stats["nodes"][primary]["integrity_errors"] == 1
+    assert stats["nodes"][primary]["state"] == "up"      # a bad file is not a dead node
+    # a truncated copy counts as corrupt too; with both copies bad the error says so
+    g = cluster3.node(secondary).data / shard_relpath(sid)
+    g.write_bytes(data[:-7])
+    with pytest.raises(IntegrityError) as info:
+        backend.read_shard_verified(sid, locations[2], len(data), verifier(sid))
+    assert primary in str(info.value) and secondary in str(info.value)
+    assert backend.stats()["integrity_errors"] == 3
+    backend.close()
+
+
+def test_writes_fail_when_a_target_replica_is_down(tmp_path):
+    cluster = start_cluster(tmp_path / "c2", 2)
+    try:
+        url = cluster.url(replicas=2)
+        cluster.nodes[1].kill()
+        backend = ClusterBackend.from_url(url)
+        shards = make_shards(4, size=1000)
+        with pytest.raises(BackendError) as info:
+            write_shards(backend, shards)
+        assert cluster.nodes[1].name in str(info.value)
+        with pytest.raises(BackendError):
+            backend.put_object("catalog/m/latest", b"v1")
+        backend.close()
+    finally:
+        cluster.stop()
+
+
+def test_sigterm_stops_a_node_cleanly(tmp_path):
+    cluster = start_cluster(tmp_path / "c1", 1)
+    node = cluster.nodes[0]
+    backend = ClusterBackend.from_url(cluster.url(replicas=1))
+    backend.put_object("a/b", b"x" * 10)        # leaves a kept-alive connection open
+    assert backend.get_object("a/b") == b"x" * 10
+    start = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(15) == 0
+    assert time.monotonic() - start < 10
+    assert "shutting down" in node.log.read_text()
+    backend.close()
+
+
+# -- a store directory served by nginx ----------------------------------------------
+
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed")
+def test_nginx_served_store_directory(tmp_path):
+    store_dir = tmp_path / "store"
+    local = LocalBackend(store_dir, create=True)
+    shards = make_shards(6, size=70_000)
+    with local.shard_writer("v1") as w:
+        for i, (sid, data) in enumerate(shards):
+            w.put(sid, data, i)
+        w.commit()
+    local.put_object("catalog/bert/latest", b"v1")
+    local.put_object("manifests/v1.arrow", b"M" * 1000)
+    nginx = start_nginx(store_dir, tmp_path / "nginx")
+    try:
+        backend = ClusterBackend.from_url(nginx.url)
+        assert backend.readonly
+        for sid, data in shards:
+            assert backend.read_shard_verified(sid, ShardLocation(), len(data), verifier(sid)) == data
+        assert backend.get_object("manifests/v1.arrow") == b"M" * 1000
+        assert sorted(backend.list_objects("")) == ["catalog/bert/latest", "manifests/v1.arrow"]
+        assert list(backend.list_objects("catalog/")) == ["catalog/bert/latest"]
+        assert list(backend.list_objects("nothing/")) == []
+        with pytest.raises(NotFound):
+            backend.get_object("catalog/none")
+        with pytest.raises(NotFound):
+            backend.read_shard("cd" * 32, ShardLocation(), 10)
+        with pytest.raises(InvalidInput):
+            backend.put_object("catalog/x", b"1")
+        # Range through nginx
+        sid, data = shards[0]
+        conn = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10)
+        conn.request("GET", f"/{shard_relpath(sid)}", headers={"Range": "bytes=5-9"})
+        resp = conn.getresponse()
+        assert resp.status == 206 and resp.read() == data[5:10]
+        conn.close()
+        backend.close()
+    finally:
+        nginx.stop()

@@ -1,0 +1,185 @@
+"""Storage nodes end to end: push with the CLI, mount over http://, read through FUSE."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from helpers import mounted, read_stats, run_modelfs
+from modelfs.store.api import open_store
+from modelfs.store.local import shard_relpath
+from nodes_support import nginx_binary, start_cluster, start_nginx
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+
+
+@pytest.fixture
+def cluster3(tmp_path):
+    cluster = start_cluster(tmp_path / "c3", 3)
+    yield cluster
+    cluster.stop()
+
+
+def random_file(path: Path, size: int, seed: int) -> Path:
+    path.write_bytes(np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes())
+    return path
+
+
+def sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shard_table(url: str, key_file: Path, name: str) -> list[tuple[int, int, str, object]]:
+    """(offset, length, shard id, location) of every shard of a published model."""
+    store = open_store(url, key_file=key_file)
+    try:
+        m = store.open_model(name).manifest
+        return [(int(m.offsets[i]), int(m.lengths[i]), m.shard_ids[i].hex(), m.location(i))
+                for i in range(m.shard_count)]
+    finally:
+        store.close()
+
+
+def test_torch_and_safetensors_through_a_node_cluster(cluster3, tmp_path, key_file):
+    url = cluster3.url(replicas=2, placement="hash")
+    torch.manual_seed(1)
+    state = {"lin.weight": torch.randn(1024, 700), "lin.bias": torch.randn(1024),
+             "emb": torch.randn(2000, 256, dtype=torch.bfloat16)}
+    ckpt = tmp_path / "model.pt"
+    torch.save(state, ckpt)
+    tensors = {f"blocks.{i}.w": torch.randn(384, 512, dtype=torch.bfloat16) for i in range(10)}
+    tensors["head"] = torch.randn(500, 333)
+    st = tmp_path / "model.safetensors"
+    save_file(tensors, str(st))
+    for path, name in ((ckpt, "torch/ckpt"), (st, "st/model")):
+        run_modelfs("push", path, name, "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
+    # every node holds some of the shards, and each shard has exactly two copies
+    table = shard_table(url, key_file, "st/model")
+    copies = [sum((n.data / shard_relpath(sid)).exists() for n in cluster3.nodes) for _, _, sid, _ in table]
+    assert set(copies) == {2}
+    assert all(any((n.data / "shards").rglob("*")) for n in cluster3.nodes)
+    # corrupt one stored copy of a safetensors shard: reads must still be right
+    _, _, sid, loc = table[len(table) // 2]
+    from modelfs.store.cluster import ClusterBackend
+    primary = ClusterBackend.from_url(url).replica_nodes(sid, loc)[0]
+    bad = cluster3.node(primary).data / shard_relpath(sid)
+    blob = bytearray(bad.read_bytes())
+    blob[len(blob) // 2] ^= 0x55
+    bad.write_bytes(bytes(blob))
+
+    with mounted(url, key_file, "64MiB") as mnt:
+        assert sha(mnt / "torch" / "ckpt") == sha(ckpt)
+        assert sha(mnt / "st" / "model") == sha(st)
+        loaded = torch.load(mnt / "torch" / "ckpt", weights_only=True)
+        assert loaded.keys() == state.keys()
+        assert all(torch.equal(loaded[k], state[k]) for k in state)
+        mapped = torch.load(mnt / "torch" / "ckpt", weights_only=True, mmap=True)
+        assert all(torch.equal(mapped[k], state[k]) for k in state)
+        with safe_open(str(mnt / "st" / "model"), framework="pt") as f:
+            assert set(f.keys()) == set(tensors)
+            for k in tensors:
+                assert torch.equal(f.get_tensor(k), tensors[k])
+        backend = read_stats(mnt)["backend"]
+        assert backend["kind"] == "cluster"
+        assert backend["integrity_errors"] >= 1 and backend["failovers"] >= 1
+        assert backend["nodes"][primary]["integrity_errors"] >= 1
+        assert all(n["bytes"] > 0 and n["requests"] > 0 for n in backend["nodes"].values())
+        assert all(n["latency_ms"]["p50"] is not None for n in backend["nodes"].values())
+        cli = run_modelfs("cache-stats", mnt, "--json")
+        assert '"failovers"' in cli.stdout
+
+
+def test_kill_a_node_during_a_long_sequential_read(cluster3, tmp_path, key_file):
+    url = cluster3.url(replicas=2, placement="hash")
+    src = random_file(tmp_path / "big.bin", 64 << 20, seed=3)
+    run_modelfs("push", src, "big", "--store", url, "--key-file", key_file, "--shard-size", "1MiB")
+    victim = cluster3.nodes[0]
+    h = hashlib.sha256()
+    with mounted(url, key_file, "16MiB") as mnt:
+        with open(mnt / "big", "rb", buffering=0) as f:
+            done = 0
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                done += len(chunk)
+                if done == 16 << 20:
+                    victim.kill()           # kill -9 a quarter of the way through
+        assert done == src.stat().st_size
+        assert h.hexdigest() == sha(src)
+        backend = read_stats(mnt)["backend"]
+        assert backend["failovers"] >= 1
+        assert backend["nodes"][victim.name]["errors"] >= 1
+        assert backend["nodes"][victim.name]["state"] == "down"
+
+
+def test_two_dead_nodes_fail_only_ranges_without_a_live_replica(cluster3, tmp_path, key_file):
+    url = cluster3.url(replicas=2, placement="hash")
+    src = random_file(tmp_path / "m.bin", 12 << 20, seed=5)
+    run_modelfs("push", src, "m", "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
+    table = shard_table(url, key_file, "m")
+    from modelfs.store.cluster import ClusterBackend
+    backend = ClusterBackend.from_url(url)
+    original = src.read_bytes()
+    with mounted(url, key_file, "64MiB", "--readahead", "0") as mnt:
+        dead = [cluster3.nodes[0], cluster3.nodes[1]]
+        for node in dead:
+            node.kill()
+        dead_names = {n.name for n in dead}
+        lost = kept = 0
+        fd = os.open(mnt / "m", os.O_RDONLY)
+        try:
+            for offset, length, sid, loc in table:
+                if set(backend.replica_nodes(sid, loc)) <= dead_names:
+                    lost += 1
+                    with pytest.raises(OSError) as info:
+                        os.pread(fd, 4096, offset + length // 2)
+                    assert info.value.errno == errno.EIO
+                else:
+                    kept += 1
+                    assert os.pread(fd, length, offset) == original[offset:offset + length]
+        finally:
+            os.close(fd)
+        assert lost >= 1 and kept >= 1
+    backend.close()
+
+
+def test_push_with_a_target_replica_down_publishes_nothing(tmp_path, key_file):
+    cluster = start_cluster(tmp_path / "c2", 2)
+    try:
+        url = cluster.url(replicas=2)
+        src = random_file(tmp_path / "x.bin", 3 << 20, seed=9)
+        cluster.nodes[1].kill()
+        result = run_modelfs("push", src, "x", "--store", url, "--key-file", key_file,
+                             "--shard-size", "256KiB", check=False)
+        assert result.returncode != 0
+        assert cluster.nodes[1].name in result.stderr
+        live = cluster.nodes[0].data
+        assert not (live / "objects" / "catalog").exists()
+        assert not (live / "objects" / "manifests").exists()
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed")
+def test_mount_a_store_directory_served_by_nginx(tmp_path, key_file):
+    store = tmp_path / "store"
+    src = random_file(tmp_path / "n.bin", 5 << 20, seed=11)
+    run_modelfs("push", src, "org/n", "--store", store, "--key-file", key_file, "--shard-size", "512KiB")
+    nginx = start_nginx(store, tmp_path / "nginx")
+    try:
+        with mounted(nginx.url, key_file, "32MiB") as mnt:
+            assert sorted(p.name for p in (mnt / "org").iterdir()) == ["n"]
+            assert (mnt / "org" / "n").read_bytes() == src.read_bytes()
+            assert read_stats(mnt)["backend"]["kind"] == "cluster"
+    finally:
+        nginx.stop()
