@@ -6,6 +6,8 @@ error): no fork after threads, and the parent sees a failure as an exit code.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import json
 import logging
@@ -76,8 +78,26 @@ def prepare_mountpoint(mountpoint: str | os.PathLike) -> Path:
     return path
 
 
+def limit_malloc_retention() -> None:
+    """Keep freed shard buffers from piling up in the heap.
+
+    glibc raises its mmap threshold each time a large block is freed, after which
+    4 MiB shard buffers come from the heap and fragment it: RSS then grows well past
+    the cache budget. A fixed threshold (which also turns the raising off) returns
+    every large buffer to the kernel when it is freed.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_mmap_threshold, m_arena_max = -3, -8
+        libc.mallopt(m_mmap_threshold, 256 * 1024)
+        libc.mallopt(m_arena_max, 4)
+    except (OSError, AttributeError):
+        log.debug("mallopt not available; heap tuning skipped")
+
+
 def run_foreground(opts: MountOptions) -> None:
     """Open and verify the store, then serve FUSE requests until unmounted."""
+    limit_malloc_retention()
     mountpoint = prepare_mountpoint(opts.mountpoint)
     store = open_store(opts.store_url, key_file=opts.key_file)
     library = Library(store, cache_size=opts.cache_size, readahead=opts.readahead,

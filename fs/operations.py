@@ -3,7 +3,8 @@
 Model ``a/b/c`` is the file ``/a/b/c``; its prefixes are directories. The
 control directory ``/.modelfs`` holds ``stats`` (JSON counters, served with
 direct_io so every read is fresh). Model files keep the kernel page cache
-(they are immutable) and never use direct_io, so ``mmap`` works.
+(a version is immutable; ``auto_cache`` drops it when a name gets a new version)
+and never use direct_io, so ``mmap`` works.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import time
 import mfusepy
 
 from modelfs.store.api import Library
-from modelfs.store.errors import ModelfsError, NotFound
+from modelfs.store.errors import ModelfsError
 from modelfs.store.fetcher import ReadStream
 
 from .errors import errno_of
@@ -50,7 +51,9 @@ class ModelFS(mfusepy.Operations):
             conn.max_readahead = 16 << 20
             conn.max_background = 64
         if config is not None:
-            config.kernel_cache = 1
+            # Keep the page cache across opens while a name's version is unchanged; when
+            # a new version is published (new mtime and size) the next open drops it.
+            config.auto_cache = 1
         self._library.start()
         threading.Thread(target=raise_bdi_readahead, args=(self._mountpoint,),
                          name="modelfs-bdi", daemon=True).start()
@@ -67,10 +70,18 @@ class ModelFS(mfusepy.Operations):
                 dirs.add("/" + "/".join(parts[:i]))
         return dirs
 
+    def _refresh(self) -> None:
+        """Pick up new pushes; a store that fails now keeps serving what is mounted."""
+        try:
+            self._library.refresh()
+        except ModelfsError as e:
+            self._library.stats.error(type(e).__name__)
+            log.warning("catalog refresh failed: %s", e)
+
     def _model(self, path: str):
         item = self._library.get(path[1:])
         if item is None:
-            self._library.refresh()
+            self._refresh()
             item = self._library.get(path[1:])
         return item
 
@@ -91,7 +102,7 @@ class ModelFS(mfusepy.Operations):
 
     def readdir(self, path: str, fh) -> list[str]:
         if path == "/":
-            self._library.refresh()
+            self._refresh()
         if path not in self._dirs():
             raise mfusepy.FuseOSError(errno.ENOTDIR)
         if path == f"/{CONTROL_DIR}":
@@ -119,8 +130,7 @@ class ModelFS(mfusepy.Operations):
             item = self._model(path)
             if item is None:
                 raise mfusepy.FuseOSError(errno.EISDIR if path in self._dirs() else errno.ENOENT)
-            handle = item.reader.stream()
-            fi.keep_cache = 1
+            handle = item.reader.stream()  # page cache kept by auto_cache (see init)
             self._library.stats.add(open_files=1)
         with self._handles_lock:
             fi.fh = next(self._handle_ids)

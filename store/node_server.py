@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import signal
 import sys

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +241,32 @@ def test_wrong_key_refuses_mount_with_message(tmp_path, key_file):
     assert result.returncode != 0
     assert "wrong key" in result.stderr
     assert not os.path.ismount(mnt)
+
+
+def test_a_push_after_mount_appears_and_new_version_replaces_old(tmp_path, key_file):
+    store = tmp_path / "store"
+    first = os.urandom(3 * SHARD)
+    (tmp_path / "v1").write_bytes(first)
+    push(store, key_file, tmp_path / "v1", "live")
+    with mounted(store, key_file, "1MiB") as mnt:
+        assert sorted(os.listdir(mnt)) == [".modelfs", "live"]
+        assert (mnt / "live").read_bytes() == first  # now in the kernel page cache
+        (tmp_path / "other").write_bytes(b"x" * 5000)
+        push(store, key_file, tmp_path / "other", "team/other")
+        deadline = time.monotonic() + 30
+        while not (mnt / "team" / "other").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert (mnt / "team" / "other").read_bytes() == b"x" * 5000
+        # a second version shares unchanged shards with the first (stored once)
+        second = first[:2 * SHARD] + os.urandom(SHARD)
+        (tmp_path / "v2").write_bytes(second)
+        before = {p.name for p in (store / "shards").rglob("*") if p.is_file()}
+        push(store, key_file, tmp_path / "v2", "live")
+        after = {p.name for p in (store / "shards").rglob("*") if p.is_file()}
+        assert len(after - before) == 1  # only the changed shard is stored again
+        deadline = time.monotonic() + 30
+        while (mnt / "live").read_bytes() != second and time.monotonic() < deadline:
+            os.listdir(mnt)  # a directory listing refreshes the catalog
+            time.sleep(0.5)
+        # the new version replaced the old one, and no stale cached page survived
+        assert (mnt / "live").read_bytes() == second

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import signal
 import time
 from collections import Counter
@@ -14,7 +13,7 @@ import pytest
 
 from modelfs.store.backend import ShardLocation
 from modelfs.store.cluster import ClusterBackend
-from modelfs.store.errors import BackendError, IntegrityError, InvalidInput, NotFound
+from modelfs.store.errors import AccessDenied, BackendError, IntegrityError, InvalidInput, NotFound
 from modelfs.store.local import LocalBackend, shard_relpath
 from modelfs.store.node_server import DIGEST_HEADER, MAX_BODY
 from modelfs.store.placement import Placement, rendezvous_order
@@ -142,7 +141,6 @@ def test_writes_need_the_token_and_refused_writes_leave_nothing(node1):
     bad = node1.data.parent / "badtoken"
     bad.write_text("nope")
     backend = ClusterBackend.from_url(f"http://{node1.name}/?replicas=1&token_file={bad}")
-    from modelfs.store.errors import AccessDenied
     with pytest.raises(AccessDenied):
         backend.put_object("a/b", b"1")
     with pytest.raises(AccessDenied):
@@ -456,3 +454,28 @@ def test_nginx_served_store_directory(tmp_path):
         backend.close()
     finally:
         nginx.stop()
+
+
+def test_a_hung_node_costs_one_timeout_then_is_skipped(cluster3):
+    backend = ClusterBackend.from_url(cluster3.url(replicas=2, extra="&timeout=1"))
+    shards = make_shards(12, size=4000)
+    locations = write_shards(backend, shards)
+    hung = cluster3.nodes[2]
+    hung.proc.send_signal(signal.SIGSTOP)          # accepts connections, never answers
+    try:
+        first = [(sid, data, loc) for (sid, data), loc in zip(shards, locations)
+                 if backend.replica_nodes(sid, loc)[0] == hung.name]
+        assert len(first) >= 2
+        sid, data, loc = first[0]
+        assert backend.read_shard(sid, loc, len(data)) == data   # timeout, then the next replica
+        stats = backend.stats()
+        assert stats["nodes"][hung.name]["errors"] == 1          # one timeout, not retried
+        assert stats["nodes"][hung.name]["state"] == "down" and stats["failovers"] == 1
+        for sid, data, loc in first[1:]:
+            assert backend.read_shard(sid, loc, len(data)) == data
+        stats = backend.stats()
+        assert stats["nodes"][hung.name]["errors"] == 1          # marked down: not asked again
+        assert stats["skipped_down"] >= len(first) - 1
+    finally:
+        hung.proc.send_signal(signal.SIGCONT)
+    backend.close()

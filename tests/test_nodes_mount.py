@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from helpers import mounted, read_stats, run_modelfs
 from modelfs.store.api import open_store
+from modelfs.store.cluster import ClusterBackend
 from modelfs.store.local import shard_relpath
 from nodes_support import nginx_binary, start_cluster, start_nginx
 
@@ -71,7 +72,7 @@ def test_torch_and_safetensors_through_a_node_cluster(cluster3, tmp_path, key_fi
     assert all(any((n.data / "shards").rglob("*")) for n in cluster3.nodes)
     # corrupt one stored copy of a safetensors shard: reads must still be right
     _, _, sid, loc = table[len(table) // 2]
-    from modelfs.store.cluster import ClusterBackend
+
     primary = ClusterBackend.from_url(url).replica_nodes(sid, loc)[0]
     bad = cluster3.node(primary).data / shard_relpath(sid)
     blob = bytearray(bad.read_bytes())
@@ -127,7 +128,7 @@ def test_two_dead_nodes_fail_only_ranges_without_a_live_replica(cluster3, tmp_pa
     src = random_file(tmp_path / "m.bin", 12 << 20, seed=5)
     run_modelfs("push", src, "m", "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
     table = shard_table(url, key_file, "m")
-    from modelfs.store.cluster import ClusterBackend
+
     backend = ClusterBackend.from_url(url)
     original = src.read_bytes()
     with mounted(url, key_file, "64MiB", "--readahead", "0") as mnt:

@@ -1,0 +1,219 @@
+"""HDFS end to end: push with the CLI to a real MiniDFSCluster, read through a FUSE mount.
+
+Needs the ``hdfs_cluster`` plugin (tests/hdfs_cluster.py), /dev/fuse and fuse3.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hdfs_native import Client
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from helpers import MODELFS, mounted, read_stats, run_modelfs
+from modelfs.store.api import open_store
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+
+#: A read through the mount while the namenode is away must fail (EIO) within this.
+EIO_BOUND_S = 60.0
+
+
+def random_file(path: Path, size: int, seed: int) -> Path:
+    path.write_bytes(np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes())
+    return path
+
+
+def sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def store_files(cluster, url: str) -> list[str]:
+    """Every file under a store's root in HDFS, temporary ones included."""
+    root = "/" + url.split("/", 3)[3]
+    try:
+        return sorted(s.path for s in Client(cluster.namenode_url).list_status(root, True) if not s.isdir)
+    except FileNotFoundError:
+        return []
+
+
+def push(src: Path, name: str, url: str, key_file: Path, shard_size: str = "1MiB") -> None:
+    run_modelfs("push", src, name, "--store", url, "--key-file", key_file, "--shard-size", shard_size)
+
+
+def pread_with_deadline(path: Path, offset: int, length: int, timeout: float) -> bytes | OSError:
+    """pread in a thread: returns the bytes or the OSError; fails the test on a hang."""
+    box: dict = {}
+
+    def run() -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            box["data"] = os.pread(fd, length, offset)
+        except OSError as e:
+            box["error"] = e
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        pytest.fail(f"read of {path} at {offset} hung for more than {timeout:.0f}s")
+    return box.get("error") or box["data"]
+
+
+def test_torch_and_safetensors_through_hdfs(hdfs_cluster, tmp_path, key_file):
+    url = hdfs_cluster.fresh_url("formats")
+    torch.manual_seed(1)
+    state = {"lin.weight": torch.randn(1024, 700), "lin.bias": torch.randn(1024),
+             "emb": torch.randn(2000, 256, dtype=torch.bfloat16)}
+    ckpt = tmp_path / "model.pt"
+    torch.save(state, ckpt)
+    tensors = {f"blocks.{i}.w": torch.randn(384, 512, dtype=torch.bfloat16) for i in range(10)}
+    tensors["head"] = torch.randn(500, 333)
+    st = tmp_path / "model.safetensors"
+    save_file(tensors, str(st))
+    push(ckpt, "torch/ckpt", url, key_file, "256KiB")
+    push(st, "st/model", url, key_file, "256KiB")
+
+    packs = [p for p in store_files(hdfs_cluster, url) if "/packs/" in p]
+    assert len(packs) == 2 and all(p.endswith(".pack") for p in packs)
+
+    with mounted(url, key_file, "64MiB") as mnt:
+        assert sha(mnt / "torch" / "ckpt") == sha(ckpt)
+        assert sha(mnt / "st" / "model") == sha(st)
+        loaded = torch.load(mnt / "torch" / "ckpt", weights_only=True)
+        assert loaded.keys() == state.keys()
+        assert all(torch.equal(loaded[k], state[k]) for k in state)
+        mapped = torch.load(mnt / "torch" / "ckpt", weights_only=True, mmap=True)
+        assert all(torch.equal(mapped[k], state[k]) for k in state)
+        with safe_open(str(mnt / "st" / "model"), framework="pt") as f:
+            assert set(f.keys()) == set(tensors)
+            for k in tensors:
+                assert torch.equal(f.get_tensor(k), tensors[k])
+        backend = read_stats(mnt)["backend"]
+        assert backend["kind"] == "hdfs"
+        assert backend["bytes_read"] > 0 and backend["reads"] > 0
+
+
+def test_hdfs_file_count_does_not_grow_with_shards(hdfs_cluster, tmp_path, key_file):
+    counts = {}
+    for shards in (2, 48):
+        url = hdfs_cluster.fresh_url(f"count{shards}")
+        src = random_file(tmp_path / f"m{shards}.bin", shards * 64 * 1024, seed=shards)
+        push(src, "m", url, key_file, "64KiB")
+        counts[shards] = len(store_files(hdfs_cluster, url))
+    assert counts[2] == counts[48]
+    assert not [p for p in store_files(hdfs_cluster, url) if ".tmp-" in p]
+
+
+def test_stop_a_datanode_during_a_long_read(hdfs, tmp_path, key_file):
+    url = hdfs.fresh_url("datanode")
+    src = random_file(tmp_path / "big.bin", 48 << 20, seed=3)
+    push(src, "big", url, key_file)
+    h = hashlib.sha256()
+    with mounted(url, key_file, "16MiB") as mnt:
+        with open(mnt / "big", "rb", buffering=0) as f:
+            done = 0
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                done += len(chunk)
+                if done == 12 << 20:
+                    hdfs.stop_datanode(0)
+        assert done == src.stat().st_size
+        assert h.hexdigest() == sha(src)
+
+
+def test_namenode_away_gives_eio_then_reads_recover(hdfs, tmp_path, key_file):
+    url = hdfs.fresh_url("namenode")
+    src = random_file(tmp_path / "m.bin", 24 << 20, seed=4)
+    push(src, "m", url, key_file)
+    expected = src.read_bytes()
+    # no readahead and a small cache, so the ranges read below are not already fetched
+    with mounted(url, key_file, "4MiB", "--readahead", "0") as mnt:
+        path = mnt / "m"
+        assert pread_with_deadline(path, 0, 1 << 20, 60) == expected[:1 << 20]
+
+        hdfs.stop_namenode()
+        started = time.monotonic()
+        result = pread_with_deadline(path, 12 << 20, 1 << 20, EIO_BOUND_S + 30)
+        elapsed = time.monotonic() - started
+        assert isinstance(result, OSError) and result.errno == errno.EIO, result
+        assert elapsed < EIO_BOUND_S, f"EIO only after {elapsed:.1f}s"
+
+        hdfs.restart_namenode()
+        # same mount, no remount: the backend reconnects
+        assert pread_with_deadline(path, 12 << 20, 1 << 20, 60) == expected[12 << 20:13 << 20]
+        assert pread_with_deadline(path, 20 << 20, 1 << 20, 60) == expected[20 << 20:21 << 20]
+        stats = read_stats(mnt)["backend"]
+        assert stats["errors"] > 0
+
+
+def test_push_killed_mid_way_leaves_no_model(hdfs_cluster, tmp_path, key_file):
+    url = hdfs_cluster.fresh_url("killed")
+    src = random_file(tmp_path / "big.bin", 96 << 20, seed=5)
+    proc = subprocess.Popen([*MODELFS, "push", str(src), "big", "--store", url,
+                             "--key-file", str(key_file), "--shard-size", "256KiB"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in store_files(hdfs_cluster, url) if "/packs/" in p]:
+            assert proc.poll() is None, f"push ended before it wrote a pack: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "push never started writing its pack"
+            time.sleep(0.05)
+        time.sleep(0.3)  # let it get part-way into the pack
+        assert proc.poll() is None, "push finished before it could be killed: use a bigger file"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+
+    files = store_files(hdfs_cluster, url)
+    assert not [p for p in files if p.endswith(".pack")], files  # only a temporary file may be left
+    listing = run_modelfs("ls", "--store", url, "--key-file", key_file, "--json")
+    assert "big" not in listing.stdout
+    with mounted(url, key_file) as mnt:
+        assert not (mnt / "big").exists()
+        assert sorted(os.listdir(mnt)) == [".modelfs"]
+    # a later push of the same name works and is whole
+    push(src, "big", url, key_file, "4MiB")
+    with mounted(url, key_file) as mnt:
+        assert sha(mnt / "big") == sha(src)
+
+
+def test_push_failing_mid_read_publishes_nothing(hdfs_cluster, tmp_path, key_file, monkeypatch):
+    import modelfs.store.publish as publish_mod
+
+    url = hdfs_cluster.fresh_url("failing")
+    src = random_file(tmp_path / "m.bin", 8 << 20, seed=6)
+    real_chunks = publish_mod._read_chunks
+
+    def failing_chunks(f, shard_size):
+        for i, chunk in enumerate(real_chunks(f, shard_size)):
+            if i == 5:
+                raise OSError(errno.EIO, "disk went away")
+            yield chunk
+
+    monkeypatch.setattr(publish_mod, "_read_chunks", failing_chunks)
+    store = open_store(url, key_file=key_file)
+    try:
+        with pytest.raises(OSError, match="disk went away"):
+            store.publish(src, "m", shard_size=512 * 1024)
+        assert store.list() == []
+    finally:
+        store.close()
+    assert not [p for p in store_files(hdfs_cluster, url) if "/packs/" in p]
