@@ -28,7 +28,7 @@ DTYPES: dict[str, tuple[torch.dtype, str, int]] = {
 }
 
 # (hidden, intermediate, vocab) of Llama-like decoders, smallest first
-_CONFIGS = [(256, 688, 8000), (512, 1376, 16000), (1024, 2752, 32000), (2048, 5632, 32000),
+_CONFIGS = [(128, 344, 4000), (256, 688, 8000), (512, 1376, 16000), (1024, 2752, 32000), (2048, 5632, 32000),
             (4096, 11008, 32000), (8192, 22016, 32000)]
 _MIN_LAYERS = 4
 

@@ -6,6 +6,7 @@ verified manifests, and one shared cache, thread pool and set of counters.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import resource
@@ -98,6 +99,19 @@ class Store:
         if (manifest.name, manifest.version_id, manifest.size) != (entry.name, entry.version_id, entry.size):
             raise IntegrityError(f"manifest of {entry.name} does not match its catalog entry")
         return manifest
+
+    def verify(self, name: str, progress: Progress | None = None) -> CatalogEntry:
+        """Read every shard of the latest version back and check the whole-file SHA-256."""
+        entry = self.catalog.resolve(name)
+        reader = self.open_model(name, cache_size=64 << 20)
+        digest = hashlib.sha256()
+        for index in range(reader.manifest.shard_count):
+            digest.update(reader.shard(index))
+            if progress:
+                progress(int(reader.manifest.offsets[index] + reader.manifest.lengths[index]), entry.size)
+        if digest.hexdigest() != reader.manifest.sha256:
+            raise IntegrityError(f"{name} version {entry.version_id}: whole-file SHA-256 does not match")
+        return entry
 
     def open_model(self, name: str, cache_size: int = DEFAULT_CACHE_SIZE) -> ModelReader:
         """A reader of the latest version of ``name`` with its own small cache (no readahead)."""

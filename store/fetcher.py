@@ -72,11 +72,12 @@ class ModelReader:
                                                       stored_length, verify)
         except ModelfsError as e:
             self._stats.error(type(e).__name__)
-            if index not in self._reported:
+            error = type(e)(f"model {m.name} (version {m.version_id}) shard {index} "
+                            f"({self._keys[index][:16]}): {e}")
+            if index not in self._reported:  # one log line per bad shard, not one per read
                 self._reported.add(index)
-                log.error("model %s (version %s) shard %d (%s): %s", m.name, m.version_id,
-                          index, self._keys[index][:16], e)
-            raise
+                log.error("%s", error)
+            raise error from None
         done = time.monotonic()
         self._stats.timed(self._stats.fetch_latency, fetched_at - started)
         self._stats.timed(self._stats.decode_latency, done - fetched_at)

@@ -166,3 +166,16 @@ def test_interrupted_push_publishes_nothing(tmp_path, key_file, store_dir):
     assert push.returncode == -signal.SIGKILL
     assert "big" not in published_names(store_dir, key_file)
     assert not list((store_dir / "objects").rglob("@*.json")) if (store_dir / "objects").exists() else True
+
+
+def test_verify_passes_then_catches_a_corrupt_shard(model_file, key_file, store_dir):
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file),
+                "--shard-size", "64KiB")
+    ok = run_modelfs("verify", "--store", str(store_dir), "--key-file", str(key_file))
+    assert ok.stdout.startswith("ok m ")
+    victim = sorted(p for p in (store_dir / "shards").rglob("*") if p.is_file())[2]
+    blob = bytearray(victim.read_bytes())
+    blob[5] ^= 0x80
+    victim.write_bytes(bytes(blob))
+    r = fails("verify", "m", "--store", str(store_dir), "--key-file", str(key_file))
+    assert "failed authentication" in r.stderr

@@ -217,3 +217,24 @@ def test_push_failing_mid_read_publishes_nothing(hdfs_cluster, tmp_path, key_fil
     finally:
         store.close()
     assert not [p for p in store_files(hdfs_cluster, url) if "/packs/" in p]
+
+
+def test_unreachable_namenode_is_a_clear_error_at_push_and_mount(tmp_path, key_file):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"hdfs://127.0.0.1:{port}/modelfs"
+    src = random_file(tmp_path / "m.bin", 1 << 20, seed=7)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for args in (("push", src, "m", "--store", url, "--key-file", key_file),
+                 ("mount", url, mnt, "--key-file", key_file)):
+        started = time.monotonic()
+        done = run_modelfs(*args, check=False, timeout=120)
+        elapsed = time.monotonic() - started
+        assert done.returncode != 0, done
+        assert url in done.stderr and "namenode" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) <= 3, done.stderr  # a message, not a traceback
+        assert elapsed < 30, f"{args[0]} took {elapsed:.1f}s to fail"
+    assert not os.path.ismount(mnt)

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from helpers import mounted, read_stats, run_modelfs
+from helpers import mount_log, mounted, read_stats, run_modelfs
 from modelfs.store.api import open_store
 from modelfs.store.cluster import ClusterBackend
 from modelfs.store.local import shard_relpath
@@ -72,7 +72,6 @@ def test_torch_and_safetensors_through_a_node_cluster(cluster3, tmp_path, key_fi
     assert all(any((n.data / "shards").rglob("*")) for n in cluster3.nodes)
     # corrupt one stored copy of a safetensors shard: reads must still be right
     _, _, sid, loc = table[len(table) // 2]
-
     primary = ClusterBackend.from_url(url).replica_nodes(sid, loc)[0]
     bad = cluster3.node(primary).data / shard_relpath(sid)
     blob = bytearray(bad.read_bytes())
@@ -101,8 +100,9 @@ def test_torch_and_safetensors_through_a_node_cluster(cluster3, tmp_path, key_fi
         assert '"failovers"' in cli.stdout
 
 
-def test_kill_a_node_during_a_long_sequential_read(cluster3, tmp_path, key_file):
-    url = cluster3.url(replicas=2, placement="hash")
+@pytest.mark.parametrize("placement", ["hash", "range"])
+def test_kill_a_node_during_a_long_sequential_read(cluster3, tmp_path, key_file, placement):
+    url = cluster3.url(replicas=2, placement=placement, extra="&run_length=8")
     src = random_file(tmp_path / "big.bin", 64 << 20, seed=3)
     run_modelfs("push", src, "big", "--store", url, "--key-file", key_file, "--shard-size", "1MiB")
     victim = cluster3.nodes[0]
@@ -128,7 +128,6 @@ def test_two_dead_nodes_fail_only_ranges_without_a_live_replica(cluster3, tmp_pa
     src = random_file(tmp_path / "m.bin", 12 << 20, seed=5)
     run_modelfs("push", src, "m", "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
     table = shard_table(url, key_file, "m")
-
     backend = ClusterBackend.from_url(url)
     original = src.read_bytes()
     with mounted(url, key_file, "64MiB", "--readahead", "0") as mnt:
@@ -151,6 +150,9 @@ def test_two_dead_nodes_fail_only_ranges_without_a_live_replica(cluster3, tmp_pa
         finally:
             os.close(fd)
         assert lost >= 1 and kept >= 1
+        log = mount_log(mnt)   # one line per lost shard naming model, shard and nodes
+        failed = [line for line in log.splitlines() if "every replica failed" in line]
+        assert failed and all(n in failed[0] for n in dead_names) and "model m" in failed[0]
     backend.close()
 
 

@@ -78,6 +78,17 @@ def cmd_ls(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from modelfs.store.api import open_store
+    store = open_store(args.store, key_file=args.key_file)
+    names = args.names or sorted(store.catalog.latest())
+    for name in names:
+        entry = store.verify(name, progress=ProgressBar(f"verify {name}"))
+        print(f"ok {name} version {entry.version_id}: {format_size(entry.size)}, "
+              f"{entry.shard_count} shards authenticated, SHA-256 matches")
+    return 0
+
+
 def cmd_keygen(args) -> int:
     from modelfs.store.crypto import DEFAULT_KEY_FILE, create_key_file
     path = create_key_file(args.key_file or DEFAULT_KEY_FILE, overwrite=args.force)
@@ -203,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_ls)
 
+    s = sub.add_parser("verify", help="read models back from the store and check every byte")
+    s.add_argument("names", nargs="*", help="models to check (default: all)")
+    s.add_argument("--store", help=STORE_HELP)
+    s.add_argument("--key-file", help=KEY_HELP)
+    s.set_defaults(func=cmd_verify)
+
     s = sub.add_parser("keygen", help="create a store key file")
     s.add_argument("--key-file", help=KEY_HELP)
     s.add_argument("--force", action="store_true", help="overwrite an existing key file")
@@ -260,9 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-                        if getattr(args, "foreground", False) else "%(levelname)s: %(message)s")
+    daemon = getattr(args, "foreground", False)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO if daemon else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if daemon else "%(levelname)s: %(message)s")
+    if not daemon:
+        # a failed shard read is also raised, and printed once below
+        logging.getLogger("modelfs.store.fetcher").setLevel(logging.CRITICAL)
     try:
         return args.func(args)
     except ModelfsError as e:
