@@ -283,11 +283,7 @@ class Bench:
         d["peak_rss_bytes"] = max(d["peak_rss_bytes"], int(after.get("peak_rss_bytes", 0)))
         d["cache_budget"] = after.get("cache_budget")
         d["cpu_s_per_gib"].append(round(cpu / (self.model.size / 2**30), 3))
-        d["cold_stats"] = {k: after.get(k, 0) - before.get(k, 0) if isinstance(after.get(k), (int, float))
-                           and isinstance(before.get(k), (int, float)) else after.get(k)
-                           for k in ("bytes_fetched", "shards_fetched", "hits", "misses", "readahead_issued",
-                                     "readahead_used", "readahead_wasted", "evictions", "reads",
-                                     "fetch_latency", "decode_latency", "read_latency")}
+        d["cold_stats"] = stats_delta(before, after)
 
     def random(self, run: int) -> None:
         """Random 1 MiB preads at a fixed seed: fresh mount and dropped cache, plain with O_DIRECT."""
@@ -303,8 +299,10 @@ class Bench:
         with self.mount() as mnt:
             path = mnt.mountpoint / m.name
             self.cold()
+            before = mnt.stats()
             n, s, _ = measure.read_random(path, offsets, block)
             case.modelfs.seconds.append(s)
+            self.extra["random_stats"] = stats_delta(before, mnt.stats())
             if run == 0:
                 self.check("random_reads", measure.read_blocks(path, offsets, block)
                            == measure.read_blocks(m.path, offsets, block))
@@ -338,11 +336,12 @@ class Bench:
         del mounted
 
     def one_tensor_name(self) -> TensorInfo:
-        """A big tensor near the middle of the file: a loader that wants one weight."""
+        """The weight lying across the middle of the file: a loader that wants one tensor."""
         assert self.layout
         middle = self.model.size // 2
-        big = [t for t in self.layout if t.nbytes >= max(x.nbytes for x in self.layout) // 4]
-        return min(big, key=lambda t: abs(t.offset - middle))
+        sizable = [t for t in self.layout if t.nbytes >= min(1 << 20, max(x.nbytes for x in self.layout))]
+        return min(sizable, key=lambda t: 0 if t.offset <= middle < t.offset + t.nbytes
+                   else min(abs(t.offset - middle), abs(t.offset + t.nbytes - middle)))
 
     def safetensors_one(self, run: int) -> None:
         from safetensors import safe_open
@@ -363,7 +362,9 @@ class Bench:
             started = time.perf_counter()
             mounted = load(mnt.mountpoint / m.name)
             case.modelfs.seconds.append(time.perf_counter() - started)
-            fetched = mnt.stats()["bytes_fetched"] - before["bytes_fetched"]
+            after = mnt.stats()
+            fetched = after["bytes_fetched"] - before["bytes_fetched"]
+            self.extra["one_tensor_stats"] = stats_delta(before, after)
         self.check("safetensors_one", same_tensors({"t": plain}, {"t": mounted}))
         f = self.extra.setdefault("one_tensor_fetch", {"tensor": tensor.name, "tensor_bytes": tensor.nbytes,
                                                        "bytes_fetched": []})
@@ -457,6 +458,8 @@ class Bench:
             "one_tensor_fetch": fetch,
             "daemon": {**daemon, "rss_bound_bytes": opts.cache_size + RSS_ALLOWANCE} if daemon else None,
             "rclone_cpu_s_per_gib": self.extra.get("rclone_cpu_s_per_gib"),
+            "random_stats": self.extra.get("random_stats"),
+            "one_tensor_stats": self.extra.get("one_tensor_stats"),
             "rclone_verified": self.extra.get("rclone_verified"),
             "checks": self.checks,
             "verified": bool(self.checks) and all(self.checks.values()),
@@ -472,6 +475,16 @@ class Bench:
             log.info("kept the work directory %s", self.work)
         else:
             shutil.rmtree(self.work, ignore_errors=True)
+
+
+STAT_KEYS = ("bytes_fetched", "shards_fetched", "hits", "misses", "readahead_issued", "readahead_used",
+             "readahead_wasted", "evictions", "reads", "fetch_latency", "decode_latency", "read_latency")
+
+
+def stats_delta(before: dict, after: dict) -> dict:
+    """What one case did on a mount: counters as differences, latency summaries as they are."""
+    return {k: after[k] - before.get(k, 0) if isinstance(after.get(k), (int, float)) else after.get(k)
+            for k in STAT_KEYS if k in after}
 
 
 def _at_least(value: float | None, target: float) -> bool | None:
@@ -582,6 +595,11 @@ def render(report: dict) -> str:
             lines.append(f"last cold read: fetched {cs['bytes_fetched'] / MiB:.0f} MiB in {cs['shards_fetched']} shards, "
                          f"{cs['reads']} FUSE reads, readahead issued {cs['readahead_issued']} used "
                          f"{cs['readahead_used']} wasted {cs['readahead_wasted']}, evictions {cs['evictions']}")
+    rs = report.get("random_stats")
+    if rs:
+        lines.append(f"random reads on a fresh mount: fetched {rs['bytes_fetched'] / MiB:.0f} MiB in "
+                     f"{rs['shards_fetched']} shards for {report['cases']['random_1m']['modelfs']['bytes'] / MiB:.0f} MiB "
+                     f"read; readahead issued {rs['readahead_issued']} wasted {rs['readahead_wasted']}")
     t = report["targets"]
     lines.append("targets (issue 3): " + ", ".join(
         f"{k} {'-' if v is None else ('PASS' if v else 'FAIL')}" for k, v in t.items()))

@@ -50,8 +50,10 @@ BOUNDED_CLIENT_CONFIG: dict[str, str] = {
 #: HDFS is away fails well within 30 s, and a namenode restart is ridden out.
 READ_BACKOFF: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 #: Longest one HDFS call may take before we give up on it (guards against
-#: black-holed hosts, where TCP connect alone can take two minutes).
-CALL_TIMEOUT = 30.0
+#: black-holed hosts, where TCP connect alone can take two minutes) ...
+CALL_TIMEOUT = 20.0
+#: ... and longest one operation may take with all its retries.
+OPERATION_BUDGET = 30.0
 PROBE_TIMEOUT = 10.0
 
 
@@ -83,10 +85,18 @@ def configured_keys(conf_dir: Path | None) -> set[str]:
     return keys
 
 
-def client_config(extra: dict[str, str] | None = None) -> dict[str, str]:
+#: An HA nameservice (a URL host without port) needs a few failover attempts to
+#: find its active namenode; a single namenode gets none (our retries take over).
+HA_FAILOVER_ATTEMPTS = "4"
+
+
+def client_config(extra: dict[str, str] | None = None, ha: bool = False) -> dict[str, str]:
     """Our bounded defaults, minus what the user's Hadoop config sets, plus ``extra``."""
     taken = configured_keys(hadoop_conf_dir())
-    config = {k: v for k, v in BOUNDED_CLIENT_CONFIG.items() if k not in taken}
+    bounded = dict(BOUNDED_CLIENT_CONFIG)
+    if ha:
+        bounded["dfs.client.failover.max.attempts"] = HA_FAILOVER_ATTEMPTS
+    config = {k: v for k, v in bounded.items() if k not in taken}
     config.update(extra or {})
     return config
 
@@ -178,6 +188,7 @@ class HdfsPackWriter(ShardWriter):
         self._writer = None
         self._offset = 0
         self._placed: dict[str, ShardLocation] = {}
+        self._created = False  # the temporary file exists (or may: create was tried)
         self._done = False
 
     def put(self, shard_id: str, data: bytes, index: int) -> ShardLocation:
@@ -190,6 +201,7 @@ class HdfsPackWriter(ShardWriter):
         try:
             if self._writer is None:
                 from hdfs_native import WriteOptions
+                self._created = True
                 self._writer = client.create(self._tmp, WriteOptions(create_parent=True))
             self._writer.write(data)
         except Exception as e:
@@ -204,13 +216,14 @@ class HdfsPackWriter(ShardWriter):
     def commit(self) -> None:
         if self._done:
             return
-        if self._writer is None:  # no new shard in this version: no pack at all
+        if not self._created:  # no new shard in this version: no pack at all
             self._done = True
             return
         client = self._backend.client()
         try:
-            self._writer.close()  # returns when the last block is acknowledged
-            self._writer = None
+            if self._writer is not None:
+                self._writer.close()  # returns when the last block is acknowledged
+                self._writer = None
             client.rename(self._tmp, self._final, False)
         except Exception as e:
             self._backend.counters.error("commit")
@@ -230,8 +243,8 @@ class HdfsPackWriter(ShardWriter):
             except Exception as e:  # noqa: BLE001 - we are dropping it anyway
                 log.debug("closing aborted %s: %s", self._tmp, e)
             self._writer = None
-        else:
-            return  # nothing was created
+        if not self._created:
+            return
         try:
             self._backend.client().delete(self._tmp, False)
         except Exception as e:  # noqa: BLE001 - abort must not fail
@@ -245,7 +258,8 @@ class HdfsBackend(Backend):
 
     def __init__(self, url: str, config: dict[str, str] | None = None,
                  backoff: tuple[float, ...] = READ_BACKOFF,
-                 call_timeout: float = CALL_TIMEOUT) -> None:
+                 call_timeout: float = CALL_TIMEOUT,
+                 operation_budget: float = OPERATION_BUDGET) -> None:
         parts = urlsplit(url)
         if parts.scheme != "hdfs":
             raise InvalidInput(f"not an HDFS URL: {url!r}")
@@ -256,9 +270,12 @@ class HdfsBackend(Backend):
         if not root.startswith("/") or "/../" in f"{root}/":
             raise InvalidInput(f"bad path in HDFS URL {url!r}")
         self.root = root.rstrip("/") or ""
-        self.config = client_config(config)
+        # hdfs://nameservice/path (no port), or fs.defaultFS for hdfs:///path, may be an
+        # HA nameservice of the Hadoop config
+        self.config = client_config(config, ha=parts.port is None)
         self.backoff = backoff
         self.call_timeout = call_timeout
+        self.operation_budget = operation_budget
         self.counters = HdfsStats()
         self._local = threading.local()
         self._generation = 0  # bumped to make every thread build a fresh client
@@ -310,17 +327,19 @@ class HdfsBackend(Backend):
     def _call(self, fn: Callable[[object], T], what: str, retry: bool = True) -> T:
         """One HDFS operation with retries on transient errors, then BackendError."""
         delays = self.backoff if retry else ()
+        deadline = time.monotonic() + self.operation_budget
         attempt = 0
         while True:
             self.counters.add(requests=1)
             try:
                 client = self.client()
-                return call_with_deadline(lambda: fn(client), self.call_timeout, what)
+                timeout = max(1.0, min(self.call_timeout, deadline - time.monotonic()))
+                return call_with_deadline(lambda: fn(client), timeout, what)
             except Exception as e:
                 if isinstance(e, ModelfsError) or _is_not_found(e) or _is_denied(e):
                     raise self.error(what, e) from e
                 self.counters.error(type(e).__name__)
-                if attempt >= len(delays):
+                if attempt >= len(delays) or time.monotonic() + delays[attempt] >= deadline:
                     log.warning("HDFS %s: %s failed after %d attempts: %s", self.url, what, attempt + 1, e)
                     raise self.error(what, e) from e
                 log.info("HDFS %s: %s failed (%s); retrying in %.2fs", self.url, what, e, delays[attempt])

@@ -28,18 +28,16 @@ credentials get 401, wrong ones 403.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import hmac
 import logging
 import signal
-import sys
 from pathlib import Path
 
 from aiohttp import web
 
-from .errors import InvalidInput
+from .errors import BackendError, InvalidInput
 from .local import TMP_SUFFIX, LocalBackend, check_key, check_shard_id, shard_relpath, \
     write_file_atomically
 
@@ -208,7 +206,10 @@ async def _serve(data_dir: str, host: str, port: int, token: str) -> None:
 def serve(data_dir: str, host: str, port: int, token_file: str | None) -> None:
     """Run a storage node until SIGTERM/SIGINT; return after a clean shutdown."""
     token = read_token_file(token_file) if token_file else ""
-    asyncio.run(_serve(data_dir, host, port, token))
+    try:
+        asyncio.run(_serve(data_dir, host, port, token))
+    except OSError as e:
+        raise BackendError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -217,23 +218,3 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise InvalidInput(f"--listen wants HOST:PORT, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="modelfs serve", description="Run a modelfs storage node.")
-    parser.add_argument("--data", required=True, help="store directory (created if missing)")
-    parser.add_argument("--listen", default="127.0.0.1:8470", help="HOST:PORT (port 0 picks one)")
-    parser.add_argument("--token-file", help="bearer token for writes (and then reads)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        host, port = parse_listen(args.listen)
-        serve(args.data, host, port, args.token_file)
-    except (InvalidInput, OSError) as e:
-        print(f"modelfs serve: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,6 +10,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import run_modelfs  # noqa: E402
 
+pytest_plugins = ["hdfs_cluster"]  # the session's MiniDFSCluster (tests/hdfs_cluster.py)
+
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 
 

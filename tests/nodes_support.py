@@ -61,7 +61,7 @@ def spawn_node(data: Path, token_file: Path | None, port: int = 0) -> tuple:
     """Start a node process without waiting for it (start several at once)."""
     data.mkdir(parents=True, exist_ok=True)
     log = data.parent / f"{data.name}.log"
-    cmd = [sys.executable, "-m", "modelfs.store.node_server", "--data", str(data),
+    cmd = [sys.executable, "-m", "modelfs.tools.cli", "serve", "--data", str(data),
            "--listen", f"127.0.0.1:{port}"]
     if token_file is not None:
         cmd += ["--token-file", str(token_file)]

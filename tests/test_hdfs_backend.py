@@ -10,14 +10,13 @@ import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from hdfs_native import Client
 
 from modelfs.store.backend import ShardLocation
 from modelfs.store.errors import BackendError, InvalidInput, NotFound
-from modelfs.store.hdfs import HdfsBackend
+from modelfs.store.hdfs import HA_FAILOVER_ATTEMPTS, HdfsBackend
 from modelfs.store.urls import open_backend
 
 #: A read while the namenode is away must fail within this (retries included).
@@ -252,8 +251,38 @@ def test_hadoop_conf_dir_and_user_are_honoured(hdfs_cluster, tmp_path, monkeypat
     root = f"/modelfs-conf-{os.getpid()}-{time.monotonic_ns()}"
     b = HdfsBackend.from_url(f"hdfs://{root}")  # namenode from fs.defaultFS
     assert "dfs.client.socket-timeout" not in b.config  # the user's value wins
-    assert b.config["dfs.client.failover.max.attempts"] == "1"
+    assert b.config["dfs.client.failover.max.attempts"] == HA_FAILOVER_ATTEMPTS  # may be HA
+    assert HdfsBackend(hdfs_cluster.url).config["dfs.client.failover.max.attempts"] == "1"
     b.put_object("catalog/a", b"by alice")
     assert b.get_object("catalog/a") == b"by alice"
     owner = Client(hdfs_cluster.namenode_url).get_file_info(f"{root}/objects/catalog/a").owner
     assert owner == "alice"
+
+
+def test_silent_namenode_does_not_hang_reads():
+    """A namenode that accepts connections but never answers: calls give up on their own."""
+    import socket
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections complete in the backlog; nothing ever answers
+    try:
+        url = f"hdfs://127.0.0.1:{silent.getsockname()[1]}/modelfs"
+        b = HdfsBackend(url, call_timeout=2.0, operation_budget=5.0)
+        started = time.monotonic()
+        with pytest.raises(BackendError, match="no answer"):
+            b.read_shard("0" * 64, ShardLocation("packs/v.pack", 0), 10)
+        assert time.monotonic() - started < 10
+    finally:
+        silent.close()
+
+
+def test_failed_commit_cleans_up_and_never_replaces_a_pack(backend, hdfs_cluster):
+    first = random_shards(2, 50_000, seed=7)
+    locations = write_pack(backend, "v-same", first)
+    writer = backend.shard_writer("v-same")  # a colliding version id must not clobber the pack
+    writer.put(*random_shards(1, 60_000, seed=8)[0], 0)
+    with pytest.raises(BackendError, match="cannot commit"):
+        writer.commit()
+    assert [p for p in hdfs_files(hdfs_cluster, backend.url) if ".tmp-" in p] == []
+    for (sid, data), loc in zip(first, locations):
+        assert backend.read_shard(sid, loc, len(data)) == data

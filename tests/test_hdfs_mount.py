@@ -170,13 +170,19 @@ def test_push_killed_mid_way_leaves_no_model(hdfs_cluster, tmp_path, key_file):
                              "--key-file", str(key_file), "--shard-size", "256KiB"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
+        client = Client(hdfs_cluster.namenode_url)
+        root = "/" + url.split("/", 3)[3]
         deadline = time.monotonic() + 120
-        while not [p for p in store_files(hdfs_cluster, url) if "/packs/" in p]:
-            assert proc.poll() is None, f"push ended before it wrote a pack: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "push never started writing its pack"
-            time.sleep(0.05)
-        time.sleep(0.3)  # let it get part-way into the pack
-        assert proc.poll() is None, "push finished before it could be killed: use a bigger file"
+        while True:  # kill it once the first 8 MiB block of its pack is complete
+            assert proc.poll() is None, f"push ended before it could be killed: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "push never got part-way into its pack"
+            try:
+                written = sum(s.length for s in client.list_status(f"{root}/packs"))
+            except FileNotFoundError:
+                written = 0
+            if written >= 8 << 20:
+                break
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()

@@ -163,11 +163,9 @@ def cmd_cache_stats(args) -> int:
 
 # -- storage node ------------------------------------------------------------------
 def cmd_serve(args) -> int:
-    from modelfs.store.node_server import serve
-    host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ModelfsError(f"--listen takes HOST:PORT, not {args.listen!r}")
-    serve(args.data, host, int(port), args.token_file)
+    from modelfs.store.node_server import parse_listen, serve
+    host, port = parse_listen(args.listen)
+    serve(args.data, host, port, args.token_file)
     return 0
 
 
