@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -200,7 +200,7 @@ class Bench:
             self.model = ModelInfo(str(synth.path), f"bench-{self.run_id}/model", synth.size,
                                    synth.sha256, opts.dtype, True, len(synth.tensors))
         ckpt = self.work / "checkpoint.pt"
-        self.ckpt_size = make_torch_checkpoint(ckpt, min(opts.torch_size, max(opts.size, 8 * MiB)),
+        self.ckpt_size = make_torch_checkpoint(ckpt, min(opts.torch_size, max(self.model.size, 8 * MiB)),
                                                opts.dtype if opts.dtype else "bf16", opts.seed + 1)
         self.ckpt_path = ckpt
         self.ckpt_name = f"bench-{self.run_id}/checkpoint"
@@ -551,8 +551,10 @@ def render(report: dict) -> str:
         f"machine: {mc['cpus']} CPUs ({mc['cpu_model'] or '?'}), {mc['memory_bytes'] / 2**30:.1f} GiB RAM, "
         f"kernel {mc['kernel']}; page cache dropped before cold reads: {'yes' if mc['page_cache_dropped'] else 'NO (not permitted)'}; "
         f"plain cold read: {'O_DIRECT' if mc['o_direct'] else 'buffered'}",
-        f"model: {m['size'] / MiB:.1f} MiB {'synthetic ' + m['dtype'] if m['synthetic'] else m['path']} safetensors, "
-        f"{m['tensors']} tensors; stored {m['stored_size'] / MiB:.1f} MiB (ratio {m['ratio']:.3f}) in "
+        f"model: {m['size'] / MiB:.1f} MiB "
+        + (f"synthetic {m['dtype']} safetensors, {m['tensors']} tensors" if m["synthetic"] else
+           f"{m['path']}" + (f" (safetensors, {m['tensors']} tensors)" if m["tensors"] else " (not safetensors)"))
+        + f"; stored {m['stored_size'] / MiB:.1f} MiB (ratio {m['ratio']:.3f}) in "
         f"{m['shard_count']} shards of {m['shard_size'] / MiB:.0f} MiB; manifest {m['manifest_bytes']} B",
         f"push: {report['push']['mb_s']:.0f} MB/s ({report['push']['seconds']:.2f} s)"
         + (f"; rclone copy into crypt: {report['rclone_copy']['mb_s']:.0f} MB/s" if report.get("rclone_copy") else "")

@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    daemon = getattr(args, "foreground", False)
+    daemon = getattr(args, "foreground", False) or args.command == "serve"  # long-running: log more
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO if daemon else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if daemon else "%(levelname)s: %(message)s")
