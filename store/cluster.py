@@ -40,7 +40,6 @@ message naming the shard and every node tried.
 """
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import logging
@@ -52,7 +51,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 from urllib.parse import parse_qs, quote, urlsplit
 
-import numpy as np
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error, ProtocolError
 
@@ -61,6 +59,7 @@ from .errors import AccessDenied, BackendError, IntegrityError, InvalidInput, Mo
 from .local import check_key, check_shard_id, shard_relpath
 from .node_server import DIGEST_HEADER, read_token_file
 from .placement import RUN_LENGTH, Placement, rendezvous_order
+from .stats import Latency
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,6 @@ _PARAMS = {"replicas", "placement", "run_length", "token_file", "timeout", "conn
            "backoff", "readonly", "pool"}
 #: shards being uploaded at once by one writer (bounds memory: × shard size)
 MAX_INFLIGHT_SHARDS = 8
-_LATENCY_WINDOW = 2048
 
 
 class _NodeDown(BackendError):
@@ -88,7 +86,7 @@ class NodeState:
     integrity_errors: int = 0
     down_until: float = 0.0
     last_error: str = ""
-    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=_LATENCY_WINDOW))
+    latency: Latency = field(default_factory=Latency)
 
     def is_down(self, now: float) -> bool:
         return now < self.down_until
@@ -242,7 +240,7 @@ class ClusterBackend(Backend):
         elapsed = time.monotonic() - start
         with self._lock:
             state.requests += 1
-            state.latencies.append(elapsed)
+            state.latency.add(elapsed)
             state.bytes_received += len(resp.data or b"")
             state.bytes_sent += len(body or b"")
         status = resp.status
@@ -459,7 +457,6 @@ class ClusterBackend(Backend):
         nodes = {}
         with self._lock:
             for name, s in self._state.items():
-                lat = np.fromiter(s.latencies, dtype=np.float64) * 1000.0
                 nodes[name] = {
                     "url": s.url,
                     "state": "down" if s.is_down(now) else "up",
@@ -468,10 +465,7 @@ class ClusterBackend(Backend):
                     "requests": s.requests,
                     "errors": s.errors,
                     "integrity_errors": s.integrity_errors,
-                    "latency_ms": {
-                        "p50": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
-                        "p95": round(float(np.percentile(lat, 95)), 3) if lat.size else None,
-                    },
+                    "latency": s.latency.summary(),
                     "last_error": s.last_error,
                 }
             return {

@@ -83,18 +83,31 @@ def group(data: bytes | memoryview, width: int) -> bytes:
     return bytes(out)
 
 
-def ungroup(data: bytes, width: int) -> bytes:
-    # column by column: numpy's transposed copy (reshape(...).T.tobytes()) is 5x slower here
+def _interleave(low: np.ndarray, high: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = low[i] | high[i] << bits(low): two byte planes become one plane of
+    twice-wide little-endian elements, with vector ops instead of a strided copy."""
+    np.copyto(out, high)
+    np.left_shift(out, low.itemsize * 8, out=out)
+    np.bitwise_or(out, low, out=out)
+
+
+def ungroup(data: bytes, width: int) -> bytes | memoryview:
+    """Undo ``group``; the result is read-only bytes or a memoryview of them (no extra copy)."""
     if width == 1:
         return data
     n = len(data) // width * width
-    out = bytearray(len(data))
-    elements = np.frombuffer(out, dtype=np.uint8, count=n).reshape(-1, width)
     planes = np.frombuffer(data, dtype=np.uint8, count=n).reshape(width, -1)
-    for k in range(width):
-        elements[:, k] = planes[k]
-    out[n:] = data[n:]
-    return bytes(out)
+    out = np.empty(len(data), dtype=np.uint8)
+    if width == 2:
+        _interleave(planes[0], planes[1], out[:n].view("<u2"))
+    else:  # 4: pairs of bytes, then pairs of pairs
+        low, high = np.empty(n // 4, "<u2"), np.empty(n // 4, "<u2")
+        _interleave(planes[0], planes[1], low)
+        _interleave(planes[2], planes[3], high)
+        _interleave(low, high, out[:n].view("<u4"))
+    out[n:] = np.frombuffer(data, dtype=np.uint8, offset=n)
+    out.flags.writeable = False
+    return memoryview(out)
 
 
 def _sample(data: memoryview) -> bytes:
@@ -122,7 +135,7 @@ def encode(data: bytes | memoryview, level: int = ZSTD_LEVEL) -> EncodedShard:
     return EncodedShard(RAW | STORED << 4, len(view), bytes(view))
 
 
-def decode(codec: int, length: int, payload: bytes) -> bytes:
+def decode(codec: int, length: int, payload: bytes) -> bytes | memoryview:
     if codec >> 4 == ZSTD:
         try:
             plain = _decompressor().decompress(payload, max_output_size=length)

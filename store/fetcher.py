@@ -84,7 +84,7 @@ class ModelReader:
         self._stats.add(bytes_fetched=stored_length, shards_fetched=1)
         return plain
 
-    def shard(self, index: int, prefetch: bool = False) -> bytes:
+    def shard(self, index: int, prefetch: bool = False) -> bytes | memoryview:
         return self._cache.get(self._keys[index], lambda: self._load(index), prefetch=prefetch)
 
     def prefetch(self, index: int) -> Future:
@@ -120,7 +120,7 @@ class ModelReader:
             start = max(offset - int(offsets[index]), 0)
             end = min(offset + length - int(offsets[index]), len(data))
             pieces.append(data[start:end] if (start, end) != (0, len(data)) else data)
-        out = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        out = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
         self._stats.add(bytes_served=len(out), reads=1)
         self._stats.timed(self._stats.read_latency, time.monotonic() - started)
         return out

@@ -95,7 +95,7 @@ def test_torch_and_safetensors_through_a_node_cluster(cluster3, tmp_path, key_fi
         assert backend["integrity_errors"] >= 1 and backend["failovers"] >= 1
         assert backend["nodes"][primary]["integrity_errors"] >= 1
         assert all(n["bytes"] > 0 and n["requests"] > 0 for n in backend["nodes"].values())
-        assert all(n["latency_ms"]["p50"] is not None for n in backend["nodes"].values())
+        assert all(n["latency"]["p50_ms"] is not None for n in backend["nodes"].values())
         cli = run_modelfs("cache-stats", mnt, "--json")
         assert '"failovers"' in cli.stdout
 
