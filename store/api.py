@@ -179,6 +179,9 @@ class Library:
                     reader.enable_readahead(self._pool, self.readahead)
                 models[name] = LibraryEntry(entry, reader)
             self._models = models
+            largest_shard = max((m.reader.manifest.shard_size for m in models.values()), default=0)
+            # each loader (readahead threads + the FUSE thread) holds about two shards of scratch
+            self.cache.set_working_bytes((self.threads + 1) * 2 * largest_shard)
 
     def names(self) -> list[str]:
         return sorted(self._models)
@@ -198,6 +201,7 @@ class Library:
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "cache_bytes": self.cache.used_bytes,
             "cache_budget": self.cache.budget,
+            "readahead_unread": self.cache.unread_prefetched,
             "models": len(self._models),
             "backend": {"kind": self.store.backend.kind, **self.store.backend.stats()},
         }

@@ -2,8 +2,9 @@
 
 Concurrent misses on one shard (several readers, or a reader and readahead)
 share one fetch: the first caller loads, the others wait on its future. The
-budget covers everything the cache holds, readahead included; what a load has
-in hand before it is inserted is bounded by the number of loader threads.
+budget covers everything the cache holds, the shards being loaded (their size
+is reserved when the load starts) and the loaders' scratch buffers, so
+readahead is part of the budget, not on top of it.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class _Flight:
     """One load in progress; ``wanted`` once a reader (not only readahead) waits on it."""
 
     wanted: bool
+    size: int
     future: Future = field(default_factory=Future)
 
 
@@ -45,11 +47,18 @@ class ShardCache:
         self._lock = threading.Lock()
         self._lru = _CountingLRU(budget, self._evicted)
         self._inflight: dict[Hashable, _Flight] = {}
+        self._inflight_bytes = 0  # reserved for loads in progress, part of the budget
+        self._working_bytes = 0  # kept free for the loaders' scratch buffers
         self._prefetched: set[Hashable] = set()  # inserted by readahead, not read yet
 
     @property
     def used_bytes(self) -> int:
         return int(self._lru.currsize)
+
+    @property
+    def unread_prefetched(self) -> int:
+        """Shards readahead brought in that no reader has asked for yet."""
+        return len(self._prefetched)
 
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
@@ -61,8 +70,24 @@ class ShardCache:
         self._prefetched.discard(key)
         self._stats.add(evictions=1, evicted_bytes=len(value), readahead_wasted=int(wasted))
 
-    def get(self, key: Hashable, load: Callable[[], bytes], prefetch: bool = False) -> bytes:
-        """Return the cached value or load it once, however many callers ask at once."""
+    def set_working_bytes(self, nbytes: int) -> None:
+        """Keep ``nbytes`` of the budget free for what loaders hold while decoding
+        (ciphertext, compressed payload); at most a quarter of the budget."""
+        with self._lock:
+            self._working_bytes = min(nbytes, self.budget // 4)
+            self._make_room()
+
+    def _make_room(self) -> None:
+        """Evict until cached, loading and working bytes fit the budget (lock held)."""
+        limit = self.budget - self._working_bytes - self._inflight_bytes
+        while self._lru and self._lru.currsize > limit:
+            self._lru.popitem()
+
+    def get(self, key: Hashable, load: Callable[[], bytes], size: int, prefetch: bool = False) -> bytes:
+        """Return the cached value or load it once, however many callers ask at once.
+
+        ``size`` is the value's length, reserved in the budget while it loads.
+        """
         with self._lock:
             value = self._lru.get(key)
             if value is not None:
@@ -74,7 +99,9 @@ class ShardCache:
             flight = self._inflight.get(key)
             owner = flight is None
             if owner:
-                flight = self._inflight[key] = _Flight(wanted=not prefetch)
+                flight = self._inflight[key] = _Flight(wanted=not prefetch, size=size)
+                self._inflight_bytes += size
+                self._make_room()
             elif not prefetch:
                 used_readahead = not flight.wanted
                 flight.wanted = True
@@ -88,12 +115,15 @@ class ShardCache:
         except BaseException as e:
             with self._lock:
                 del self._inflight[key]
+                self._inflight_bytes -= size
             flight.future.set_exception(e)
             raise
         with self._lock:
             del self._inflight[key]
+            self._inflight_bytes -= size
             if len(value) <= self.budget:
                 self._lru[key] = value
+                self._make_room()
                 if not flight.wanted:
                     self._prefetched.add(key)
             if not prefetch:

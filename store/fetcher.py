@@ -85,7 +85,8 @@ class ModelReader:
         return plain
 
     def shard(self, index: int, prefetch: bool = False) -> bytes | memoryview:
-        return self._cache.get(self._keys[index], lambda: self._load(index), prefetch=prefetch)
+        return self._cache.get(self._keys[index], lambda: self._load(index),
+                               int(self.manifest.lengths[index]), prefetch=prefetch)
 
     def prefetch(self, index: int) -> Future:
         self._stats.add(readahead_issued=1)
@@ -136,6 +137,7 @@ class ReadStream:
         self.reader = reader
         self._last_shard = -1  # so a read from the start counts as sequential
         self._window = 0
+        self._grow_at = 0
         self._ahead: dict[int, Future] = {}
 
     def read(self, offset: int, length: int) -> bytes:
@@ -145,18 +147,24 @@ class ReadStream:
         return data
 
     def _advance(self, first: int, last: int) -> None:
-        """Grow the window when a read continues the stream, reset it on a seek.
+        """Grow the window as a stream proves sequential, reset it on a seek.
 
         A read that starts in the current shard, the next one, or slightly behind
-        (the kernel may deliver concurrent requests out of order) continues it.
+        (the kernel may deliver concurrent requests out of order) continues the
+        stream. The window doubles only once the reader has caught up with the
+        readahead issued so far, so a short sequential run (one tensor) fetches
+        little beyond its end while a long stream reaches the full window.
         """
         if self._last_shard - self._window <= first <= self._last_shard + 1:
             if last <= self._last_shard:
                 return
-            self._window = min(max(self._window * 2, 1), self.reader.max_window)
+            if last >= self._grow_at:
+                self._window = min(max(self._window * 2, 1), self.reader.max_window)
+                self._grow_at = last + self._window
         else:
             self.cancel()
             self._window = 0
+            self._grow_at = last + 1
         self._last_shard = last
         if not self._window:
             return
