@@ -4,9 +4,9 @@
 takes each shard from the cache, loading it on a miss (fetch, authenticate,
 decrypt, decompress, un-group). ``ReadStream`` is the per-open-file view that
 detects sequential access and keeps a readahead window of whole shards loading
-on a shared thread pool: the window starts at one shard, doubles on every new
-sequential shard up to the readahead limit, and is cancelled on a seek, so a
-random reader gets no readahead at all.
+on a shared thread pool: the window grows with the length of the sequential
+run up to the readahead limit and is cancelled on a seek, so a random reader
+gets no readahead at all and a short run little.
 """
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ from .manifest import Manifest
 from .stats import Stats
 
 log = logging.getLogger(__name__)
+
+#: readahead window = shards read sequentially so far / RUN_TO_WINDOW (capped)
+RUN_TO_WINDOW = 3
 
 
 class ModelReader:
@@ -137,7 +140,7 @@ class ReadStream:
         self.reader = reader
         self._last_shard = -1  # so a read from the start counts as sequential
         self._window = 0
-        self._grow_at = 0
+        self._run_start = 0
         self._ahead: dict[int, Future] = {}
 
     def read(self, offset: int, length: int) -> bytes:
@@ -147,25 +150,22 @@ class ReadStream:
         return data
 
     def _advance(self, first: int, last: int) -> None:
-        """Grow the window as a stream proves sequential, reset it on a seek.
+        """Size the window by how long the current sequential run is; reset on a seek.
 
         A read that starts in the current shard, the next one, or slightly behind
         (the kernel may deliver concurrent requests out of order) continues the
-        stream. The window doubles only once the reader has caught up with the
-        readahead issued so far, so a short sequential run (one tensor) fetches
-        little beyond its end while a long stream reaches the full window.
+        run. The window is a third of the shards the run has read so far, up to
+        the limit: a short run (one tensor) fetches at most a few shards past its
+        end, a long stream soon reaches the full window.
         """
         if self._last_shard - self._window <= first <= self._last_shard + 1:
             if last <= self._last_shard:
                 return
-            if last >= self._grow_at:
-                self._window = min(max(self._window * 2, 1), self.reader.max_window)
-                self._grow_at = last + self._window
         else:
             self.cancel()
-            self._window = 0
-            self._grow_at = last + 1
+            self._run_start = first
         self._last_shard = last
+        self._window = min((last - self._run_start) // RUN_TO_WINDOW, self.reader.max_window)
         if not self._window:
             return
         for index in [i for i in self._ahead if i <= last]:
