@@ -25,7 +25,7 @@ from .stats import Stats
 log = logging.getLogger(__name__)
 
 #: readahead window = shards read sequentially so far / RUN_TO_WINDOW (capped)
-RUN_TO_WINDOW = 3
+RUN_TO_WINDOW = 4
 
 
 class ModelReader:
@@ -154,7 +154,7 @@ class ReadStream:
 
         A read that starts in the current shard, the next one, or slightly behind
         (the kernel may deliver concurrent requests out of order) continues the
-        run. The window is a third of the shards the run has read so far, up to
+        run. The window is a quarter of the shards the run has read so far, up to
         the limit: a short run (one tensor) fetches at most a few shards past its
         end, a long stream soon reaches the full window.
         """
