@@ -43,6 +43,8 @@ class ModelFS(mfusepy.Operations):
         self._handles_lock = threading.Lock()
         self._mounted_ns = time.time_ns()
         self._uid, self._gid = os.getuid(), os.getgid()
+        self._dir_set: set[str] = set()
+        self._dirs_generation = -1
 
     # -- lifecycle -------------------------------------------------------------
     def init_with_config(self, conn, config) -> None:
@@ -63,12 +65,14 @@ class ModelFS(mfusepy.Operations):
 
     # -- tree ------------------------------------------------------------------
     def _dirs(self) -> set[str]:
-        dirs = {"/", f"/{CONTROL_DIR}"}
-        for name in self._library.names():
-            parts = name.split("/")
-            for i in range(1, len(parts)):
-                dirs.add("/" + "/".join(parts[:i]))
-        return dirs
+        """Every directory path: the root, the control directory, each name's prefixes."""
+        if self._dirs_generation != self._library.generation:
+            dirs = {"/", f"/{CONTROL_DIR}"}
+            for name in self._library.names():
+                parts = name.split("/")
+                dirs.update("/" + "/".join(parts[:i]) for i in range(1, len(parts)))
+            self._dir_set, self._dirs_generation = dirs, self._library.generation
+        return self._dir_set
 
     def _refresh(self) -> None:
         """Pick up new pushes; a store that fails now keeps serving what is mounted."""

@@ -148,6 +148,8 @@ class Library:
         self._lock = threading.Lock()
         self._models: dict[str, LibraryEntry] = {}
         self._refreshed = 0.0
+        #: bumped whenever the set of served versions changes
+        self.generation = 0
         self.stats.gauges = self._gauges
         self.refresh(force=True)
 
@@ -178,6 +180,9 @@ class Library:
                 if self._pool is not None:
                     reader.enable_readahead(self._pool, self.readahead)
                 models[name] = LibraryEntry(entry, reader)
+            if models.keys() != self._models.keys() or any(
+                    models[n] is not self._models.get(n) for n in models):
+                self.generation += 1
             self._models = models
             largest_shard = max((m.reader.manifest.shard_size for m in models.values()), default=0)
             # each loader (readahead threads + the FUSE thread) holds about two shards of scratch

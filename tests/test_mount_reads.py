@@ -150,9 +150,10 @@ def test_readahead_on_sequential_read_and_memory_stays_in_budget(forty_shards):
         assert stats["cache_bytes"] <= stats["cache_budget"]
 
 
-def test_strided_and_backwards_reads(forty_shards):
+@pytest.mark.parametrize("fuse_loop", [[], ["--single-thread"]], ids=["multi-thread", "single-thread"])
+def test_strided_and_backwards_reads(forty_shards, fuse_loop):
     store, key, data = forty_shards
-    with mounted(store, key, str(6 * SHARD)) as mnt:
+    with mounted(store, key, str(6 * SHARD), *fuse_loop) as mnt:
         fd = os.open(mnt / "forty", os.O_RDONLY)
         try:
             for offset in range(len(data) - 100_000, -1, -100_000):  # backwards

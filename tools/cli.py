@@ -102,7 +102,8 @@ def cmd_mount(args) -> int:
     cache_size, readahead = parse_size(args.cache_size), parse_size(args.readahead)
     if args.foreground:
         run_foreground(MountOptions(args.store, Path(args.mountpoint), args.key_file, cache_size,
-                                    readahead, args.threads, args.allow_other, args.debug))
+                                    readahead, args.threads, args.allow_other, args.debug,
+                                    args.single_thread))
         return 0
     mountpoint = os.path.abspath(args.mountpoint)
     digest = hashlib.sha256(mountpoint.encode()).hexdigest()[:12]
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--readahead", default="64MiB", help="largest readahead window per open file")
     s.add_argument("--threads", type=int, default=2, help="readahead/decode threads")
     s.add_argument("--allow-other", action="store_true", help="let other users read the mount")
+    s.add_argument("--single-thread", action="store_true",
+                   help="serve one FUSE request at a time (a little faster for one streaming reader "
+                        "of a local store; a slow backend then stalls every reader)")
     s.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     s.add_argument("--debug", action="store_true", help="libfuse debug output")
     s.set_defaults(func=cmd_mount)
