@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -65,3 +66,54 @@ def mount_log(mountpoint: Path) -> str:
 def read_stats(mountpoint: Path) -> dict:
     import json
     return json.loads((mountpoint / ".modelfs" / "stats").read_bytes())
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class SampleModels:
+    """A torch checkpoint and a safetensors file, with the tensors they hold."""
+
+    checkpoint: Path
+    state: dict
+    safetensors: Path
+    tensors: dict
+
+
+def make_sample_models(directory: Path) -> SampleModels:
+    import torch
+    from safetensors.torch import save_file
+    torch.manual_seed(1)
+    state = {"lin.weight": torch.randn(1024, 700), "lin.bias": torch.randn(1024),
+             "emb": torch.randn(2000, 256, dtype=torch.bfloat16)}
+    checkpoint = directory / "model.pt"
+    torch.save(state, checkpoint)
+    tensors = {f"blocks.{i}.w": torch.randn(384, 512, dtype=torch.bfloat16) for i in range(10)}
+    tensors["head"] = torch.randn(500, 333)
+    safetensors = directory / "model.safetensors"
+    save_file(tensors, str(safetensors))
+    return SampleModels(checkpoint, state, safetensors, tensors)
+
+
+def check_sample_models(models: SampleModels, checkpoint: Path, safetensors: Path) -> None:
+    """Both files read through a mount are the originals: bytes, torch.load (also mmap), safetensors."""
+    import torch
+    from safetensors import safe_open
+    assert sha256_of(checkpoint) == sha256_of(models.checkpoint)
+    assert sha256_of(safetensors) == sha256_of(models.safetensors)
+    for kwargs in ({}, {"mmap": True}):
+        loaded = torch.load(checkpoint, weights_only=True, **kwargs)
+        assert loaded.keys() == models.state.keys()
+        assert all(torch.equal(loaded[k], v) for k, v in models.state.items())
+        del loaded
+    with safe_open(str(safetensors), framework="pt") as f:
+        assert set(f.keys()) == set(models.tensors)
+        for k, v in models.tensors.items():
+            assert torch.equal(f.get_tensor(k), v)

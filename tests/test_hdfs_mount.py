@@ -15,12 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hdfs_native import Client
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from helpers import MODELFS, mounted, read_stats, run_modelfs
+from helpers import (MODELFS, check_sample_models, make_sample_models, mounted, read_stats, run_modelfs,
+                     sha256_of)
 from modelfs.store.api import open_store
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
@@ -32,14 +30,6 @@ EIO_BOUND_S = 60.0
 def random_file(path: Path, size: int, seed: int) -> Path:
     path.write_bytes(np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes())
     return path
-
-
-def sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def store_files(cluster, url: str) -> list[str]:
@@ -78,15 +68,8 @@ def pread_with_deadline(path: Path, offset: int, length: int, timeout: float) ->
 
 def test_torch_and_safetensors_through_hdfs(hdfs_cluster, tmp_path, key_file):
     url = hdfs_cluster.fresh_url("formats")
-    torch.manual_seed(1)
-    state = {"lin.weight": torch.randn(1024, 700), "lin.bias": torch.randn(1024),
-             "emb": torch.randn(2000, 256, dtype=torch.bfloat16)}
-    ckpt = tmp_path / "model.pt"
-    torch.save(state, ckpt)
-    tensors = {f"blocks.{i}.w": torch.randn(384, 512, dtype=torch.bfloat16) for i in range(10)}
-    tensors["head"] = torch.randn(500, 333)
-    st = tmp_path / "model.safetensors"
-    save_file(tensors, str(st))
+    models = make_sample_models(tmp_path)
+    ckpt, st = models.checkpoint, models.safetensors
     push(ckpt, "torch/ckpt", url, key_file, "256KiB")
     push(st, "st/model", url, key_file, "256KiB")
 
@@ -94,17 +77,7 @@ def test_torch_and_safetensors_through_hdfs(hdfs_cluster, tmp_path, key_file):
     assert len(packs) == 2 and all(p.endswith(".pack") for p in packs)
 
     with mounted(url, key_file, "64MiB") as mnt:
-        assert sha(mnt / "torch" / "ckpt") == sha(ckpt)
-        assert sha(mnt / "st" / "model") == sha(st)
-        loaded = torch.load(mnt / "torch" / "ckpt", weights_only=True)
-        assert loaded.keys() == state.keys()
-        assert all(torch.equal(loaded[k], state[k]) for k in state)
-        mapped = torch.load(mnt / "torch" / "ckpt", weights_only=True, mmap=True)
-        assert all(torch.equal(mapped[k], state[k]) for k in state)
-        with safe_open(str(mnt / "st" / "model"), framework="pt") as f:
-            assert set(f.keys()) == set(tensors)
-            for k in tensors:
-                assert torch.equal(f.get_tensor(k), tensors[k])
+        check_sample_models(models, mnt / "torch" / "ckpt", mnt / "st" / "model")
         backend = read_stats(mnt)["backend"]
         assert backend["kind"] == "hdfs"
         assert backend["bytes_read"] > 0 and backend["reads"] > 0
@@ -135,7 +108,7 @@ def test_stop_a_datanode_during_a_long_read(hdfs, tmp_path, key_file):
                 if done == 12 << 20:
                     hdfs.stop_datanode(0)
         assert done == src.stat().st_size
-        assert h.hexdigest() == sha(src)
+        assert h.hexdigest() == sha256_of(src)
 
 
 def test_namenode_away_gives_eio_then_reads_recover(hdfs, tmp_path, key_file):
@@ -198,7 +171,7 @@ def test_push_killed_mid_way_leaves_no_model(hdfs_cluster, tmp_path, key_file):
     # a later push of the same name works and is whole
     push(src, "big", url, key_file, "4MiB")
     with mounted(url, key_file) as mnt:
-        assert sha(mnt / "big") == sha(src)
+        assert sha256_of(mnt / "big") == sha256_of(src)
 
 
 def test_push_failing_mid_read_publishes_nothing(hdfs_cluster, tmp_path, key_file, monkeypatch):

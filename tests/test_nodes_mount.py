@@ -8,11 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from helpers import mount_log, mounted, read_stats, run_modelfs
+from helpers import (check_sample_models, make_sample_models, mount_log, mounted, read_stats,
+                     run_modelfs, sha256_of)
 from modelfs.store.api import open_store
 from modelfs.store.cluster import ClusterBackend
 from modelfs.store.local import shard_relpath
@@ -33,14 +31,6 @@ def random_file(path: Path, size: int, seed: int) -> Path:
     return path
 
 
-def sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def shard_table(url: str, key_file: Path, name: str) -> list[tuple[int, int, str, object]]:
     """(offset, length, shard id, location) of every shard of a published model."""
     store = open_store(url, key_file=key_file)
@@ -54,15 +44,8 @@ def shard_table(url: str, key_file: Path, name: str) -> list[tuple[int, int, str
 
 def test_torch_and_safetensors_through_a_node_cluster(cluster3, tmp_path, key_file):
     url = cluster3.url(replicas=2, placement="hash")
-    torch.manual_seed(1)
-    state = {"lin.weight": torch.randn(1024, 700), "lin.bias": torch.randn(1024),
-             "emb": torch.randn(2000, 256, dtype=torch.bfloat16)}
-    ckpt = tmp_path / "model.pt"
-    torch.save(state, ckpt)
-    tensors = {f"blocks.{i}.w": torch.randn(384, 512, dtype=torch.bfloat16) for i in range(10)}
-    tensors["head"] = torch.randn(500, 333)
-    st = tmp_path / "model.safetensors"
-    save_file(tensors, str(st))
+    models = make_sample_models(tmp_path)
+    ckpt, st = models.checkpoint, models.safetensors
     for path, name in ((ckpt, "torch/ckpt"), (st, "st/model")):
         run_modelfs("push", path, name, "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
     # every node holds some of the shards, and each shard has exactly two copies
@@ -79,17 +62,7 @@ def test_torch_and_safetensors_through_a_node_cluster(cluster3, tmp_path, key_fi
     bad.write_bytes(bytes(blob))
 
     with mounted(url, key_file, "64MiB") as mnt:
-        assert sha(mnt / "torch" / "ckpt") == sha(ckpt)
-        assert sha(mnt / "st" / "model") == sha(st)
-        loaded = torch.load(mnt / "torch" / "ckpt", weights_only=True)
-        assert loaded.keys() == state.keys()
-        assert all(torch.equal(loaded[k], state[k]) for k in state)
-        mapped = torch.load(mnt / "torch" / "ckpt", weights_only=True, mmap=True)
-        assert all(torch.equal(mapped[k], state[k]) for k in state)
-        with safe_open(str(mnt / "st" / "model"), framework="pt") as f:
-            assert set(f.keys()) == set(tensors)
-            for k in tensors:
-                assert torch.equal(f.get_tensor(k), tensors[k])
+        check_sample_models(models, mnt / "torch" / "ckpt", mnt / "st" / "model")
         backend = read_stats(mnt)["backend"]
         assert backend["kind"] == "cluster"
         assert backend["integrity_errors"] >= 1 and backend["failovers"] >= 1
@@ -116,7 +89,7 @@ def test_kill_a_node_during_a_long_sequential_read(cluster3, tmp_path, key_file,
                 if done == 16 << 20:
                     victim.kill()           # kill -9 a quarter of the way through
         assert done == src.stat().st_size
-        assert h.hexdigest() == sha(src)
+        assert h.hexdigest() == sha256_of(src)
         backend = read_stats(mnt)["backend"]
         assert backend["failovers"] >= 1
         assert backend["nodes"][victim.name]["errors"] >= 1
