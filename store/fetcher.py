@@ -110,11 +110,15 @@ class ModelReader:
         return self.manifest.shard_index(offset), self.manifest.shard_index(offset + length - 1)
 
     def read(self, offset: int, length: int) -> bytes:
+        return self.read_span(offset, length)[0]
+
+    def read_span(self, offset: int, length: int) -> tuple[bytes, int, int]:
+        """The bytes of a range, and the first and last shard it touched (-1, -1 if none)."""
         if offset < 0 or length < 0:
             raise ValueError("negative offset or length")
         length = min(length, self.size - offset)
         if length <= 0:
-            return b""
+            return b"", -1, -1
         started = time.monotonic()
         first, last = self.shard_span(offset, length)
         offsets = self.manifest.offsets
@@ -125,9 +129,8 @@ class ModelReader:
             end = min(offset + length - int(offsets[index]), len(data))
             pieces.append(data[start:end] if (start, end) != (0, len(data)) else data)
         out = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
-        self._stats.add(bytes_served=len(out), reads=1)
-        self._stats.timed(self._stats.read_latency, time.monotonic() - started)
-        return out
+        self._stats.record_read(len(out), time.monotonic() - started)
+        return out, first, last
 
     def stream(self) -> "ReadStream":
         return ReadStream(self)
@@ -144,9 +147,9 @@ class ReadStream:
         self._ahead: dict[int, Future] = {}
 
     def read(self, offset: int, length: int) -> bytes:
-        data = self.reader.read(offset, length)
+        data, first, last = self.reader.read_span(offset, length)
         if data and self.reader.max_window:
-            self._advance(*self.reader.shard_span(offset, len(data)))
+            self._advance(first, last)
         return data
 
     def _advance(self, first: int, last: int) -> None:

@@ -59,6 +59,13 @@ class Stats:
         with self._lock:
             self.errors[kind] += 1
 
+    def record_read(self, nbytes: int, seconds: float) -> None:
+        """One read served to a reader: a single lock round on the hot path."""
+        with self._lock:
+            self.counters["bytes_served"] += nbytes
+            self.counters["reads"] += 1
+            self.read_latency.add(seconds)
+
     def timed(self, latency: Latency, seconds: float) -> None:
         with self._lock:
             latency.add(seconds)
