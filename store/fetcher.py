@@ -11,6 +11,7 @@ gets no readahead at all and a short run little.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -145,11 +146,13 @@ class ReadStream:
         self._window = 0
         self._run_start = 0
         self._ahead: dict[int, Future] = {}
+        self._lock = threading.Lock()
 
     def read(self, offset: int, length: int) -> bytes:
         data, first, last = self.reader.read_span(offset, length)
         if data and self.reader.max_window:
-            self._advance(first, last)
+            with self._lock:  # the kernel sends concurrent reads of one open file
+                self._advance(first, last)
         return data
 
     def _advance(self, first: int, last: int) -> None:
@@ -185,4 +188,5 @@ class ReadStream:
         self._ahead.clear()
 
     def close(self) -> None:
-        self.cancel()
+        with self._lock:
+            self.cancel()
