@@ -27,9 +27,9 @@ def _mounted_under(path: Path) -> list[str]:
 
 def test_bench_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    with_rclone = shutil.which("rclone") is not None
+    assert shutil.which("rclone"), "rclone is a test dependency (scripts/setup --tests installs it)"
     result = run_modelfs("bench", "--size", "32MiB", "--runs", "1", "--json", str(out),
-                         "--workdir", str(tmp_path), "--peers", "rclone" if with_rclone else "none",
+                         "--workdir", str(tmp_path), "--peers", "rclone",
                          timeout=300)
     report = json.loads(out.read_text())
 
@@ -42,12 +42,9 @@ def test_bench_end_to_end(tmp_path: Path) -> None:
             assert case[side]["mb_s"] is not None, key
         assert case["mount/plain"] is not None
     cold = report["cases"]["cold_seq"]
-    if with_rclone:
-        assert cold["rclone"]["mb_s"] is not None and cold["mount/rclone"] is not None
-        assert report["cases"]["random_1m"]["rclone"] is not None
-        assert report["rclone_verified"] is True
-    else:
-        assert cold["rclone"] is None
+    assert cold["rclone"]["mb_s"] is not None and cold["mount/rclone"] is not None
+    assert report["cases"]["random_1m"]["rclone"] is not None
+    assert report["rclone_verified"] is True
 
     model = report["model"]
     assert model["synthetic"] and model["dtype"] == "bf16"
