@@ -21,7 +21,6 @@ from helpers import (MODELFS, check_sample_models, make_sample_models, mounted, 
                      sha256_of)
 from modelfs.store.api import open_store
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 
 #: A read through the mount while the namenode is away must fail (EIO) within this.
 EIO_BOUND_S = 60.0

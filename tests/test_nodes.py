@@ -18,7 +18,7 @@ from modelfs.store.local import LocalBackend, shard_relpath
 from modelfs.store.node_server import DIGEST_HEADER, MAX_BODY
 from modelfs.store.placement import Placement, rendezvous_order
 
-from nodes_support import TOKEN, Cluster, nginx_binary, start_cluster, start_nginx, start_node
+from nodes_support import TOKEN, Cluster, start_cluster, start_nginx, start_node
 
 
 # -- helpers -------------------------------------------------------------------
@@ -417,7 +417,6 @@ def test_sigterm_stops_a_node_cleanly(tmp_path):
 
 # -- a store directory served by nginx ----------------------------------------------
 
-@pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed")
 def test_nginx_served_store_directory(tmp_path):
     store_dir = tmp_path / "store"
     local = LocalBackend(store_dir, create=True)

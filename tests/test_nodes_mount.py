@@ -14,9 +14,8 @@ from helpers import (check_sample_models, make_sample_models, mount_log, mounted
 from modelfs.store.api import open_store
 from modelfs.store.cluster import ClusterBackend
 from modelfs.store.local import shard_relpath
-from nodes_support import nginx_binary, start_cluster, start_nginx
+from nodes_support import start_cluster, start_nginx
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 
 
 @pytest.fixture
@@ -146,7 +145,6 @@ def test_push_with_a_target_replica_down_publishes_nothing(tmp_path, key_file):
         cluster.stop()
 
 
-@pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed")
 def test_mount_a_store_directory_served_by_nginx(tmp_path, key_file):
     store = tmp_path / "store"
     src = random_file(tmp_path / "n.bin", 5 << 20, seed=11)
