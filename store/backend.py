@@ -11,7 +11,9 @@ A backend stores two kinds of things and knows nothing of codecs or keys:
   directory, storage nodes) or back to back in one pack file per version (HDFS).
 
 Uploads go through a ``ShardWriter`` so that a backend can buffer or pack, and
-so that nothing becomes visible before ``commit``.
+so that nothing becomes visible before ``commit``. Garbage collection sees what
+a backend holds as ``StoredItem``s (``list_stored`` / ``delete_stored``), whether
+or not any manifest references them.
 """
 from __future__ import annotations
 
@@ -30,6 +32,24 @@ class ShardLocation:
 
     container: str = ""
     offset: int = 0
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """One unit of shard storage as garbage collection sees it.
+
+    ``kind`` is ``"shard"`` for a content-addressed shard object, ``name`` its
+    shard id (or, for a temporary file left by an interrupted write, the id
+    followed by ``TMP_SUFFIX`` and a random part); or ``"pack"`` for a pack file,
+    ``name`` its path relative to the store root as a ``ShardLocation.container``
+    records it (``packs/<version>.pack``, or a temporary ``packs/...pack.tmp-*``).
+    ``mtime`` is seconds since the epoch (the newest copy where there are several).
+    """
+
+    kind: str
+    name: str
+    size: int
+    mtime: float
 
 
 class ShardWriter(abc.ABC):
@@ -110,6 +130,23 @@ class Backend(abc.ABC):
         the default has one copy and just calls ``verify`` once.
         """
         return verify(self.read_shard(shard_id, location, length))
+
+    # -- garbage collection ------------------------------------------------------
+    @abc.abstractmethod
+    def list_stored(self) -> Iterator[StoredItem]:
+        """Yield every shard object or pack file the backend holds, referenced or not.
+
+        Temporary files left by interrupted writes are included (under their
+        temporary names); files that are not modelfs's are not.
+        """
+
+    @abc.abstractmethod
+    def delete_stored(self, item: StoredItem) -> bool:
+        """Remove one item ``list_stored`` yielded (every copy of it); absent is not an error.
+
+        Returns False when nothing was removed because the item was gone or was
+        rewritten since it was listed (a push reused it), True otherwise.
+        """
 
     def stats(self) -> dict:
         """Per-node or per-connection counters for ``cache-stats`` (optional)."""

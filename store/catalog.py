@@ -47,6 +47,13 @@ def new_version_id() -> str:
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(5)}"
 
 
+def version_time(version_id: str) -> float | None:
+    """When a push started, from its version id (seconds since the epoch); None if not ours."""
+    if len(version_id) != 22 or any(c not in "0123456789abcdef" for c in version_id):
+        return None
+    return int(version_id[:12], 16) / 1000.0
+
+
 @dataclass(frozen=True)
 class CatalogEntry:
     name: str

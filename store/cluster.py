@@ -54,7 +54,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error, ProtocolError
 
-from .backend import Backend, ShardLocation, ShardWriter
+from .backend import Backend, ShardLocation, ShardWriter, StoredItem
 from .errors import AccessDenied, BackendError, IntegrityError, InvalidInput, ModelfsError, NotFound
 from .local import check_key, check_shard_id, shard_relpath
 from .node_server import DIGEST_HEADER, read_token_file
@@ -450,6 +450,51 @@ class ClusterBackend(Backend):
         """Remove a shard from every node (garbage collection); absent is fine."""
         self._check_writable()
         self._delete_everywhere(shard_relpath(shard_id))
+
+    # -- garbage collection --------------------------------------------------------
+    def list_stored(self) -> Iterator[StoredItem]:
+        """The union of every node's shards; a shard on several nodes is one item (newest mtime).
+
+        A node that cannot be listed is left out with a warning (its orphans stay
+        until the next run); when no node answers, the listing fails.
+        """
+        futures = {n: self._submit(self._list_node_shards, n) for n in self.names}
+        found: dict[str, StoredItem] = {}
+        errors: dict[str, Exception] = {}
+        for name, fut in futures.items():
+            try:
+                items = fut.result()
+            except ModelfsError as e:
+                errors[name] = e
+                continue
+            for item in items:
+                seen = found.get(item.name)
+                if seen is None or item.mtime > seen.mtime:
+                    found[item.name] = item
+        if len(errors) == len(futures):
+            raise _combined_error("cannot list shards", errors)
+        for name, e in errors.items():
+            log.warning("shards on %s not listed: %s", name, e)
+        return iter(sorted(found.values(), key=lambda item: item.name))
+
+    def _list_node_shards(self, name: str) -> list[StoredItem]:
+        try:
+            resp = self._request(name, "GET", "list/shards/")
+        except NotFound:
+            raise BackendError(f"{name} cannot list its shards: not a modelfs storage node "
+                               "(or one older than garbage collection)") from None
+        try:
+            return [StoredItem("shard", check_shard_id(s["id"]), int(s["size"]), float(s["mtime"]))
+                    for s in json.loads(resp.data)["shards"]]
+        except (ValueError, KeyError, TypeError, InvalidInput):
+            raise BackendError(f"{name} sent a malformed shard listing") from None
+
+    def delete_stored(self, item: StoredItem) -> bool:
+        """Delete a shard on every node (not only its replicas: strays go too)."""
+        if item.kind != "shard":
+            raise InvalidInput(f"storage nodes hold no {item.kind} items ({item.name})")
+        self.delete_shard(item.name)
+        return True
 
     # -- statistics --------------------------------------------------------------
     def stats(self) -> dict:

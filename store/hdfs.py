@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
-from .backend import Backend, ShardLocation, ShardWriter
+from .backend import Backend, ShardLocation, ShardWriter, StoredItem
 from .errors import AccessDenied, BackendError, IntegrityError, InvalidInput, ModelfsError, NotFound
 from .local import TMP_SUFFIX, check_key, check_shard_id
 
@@ -477,20 +477,50 @@ class HdfsBackend(Backend):
                                  f"{len(data)} of {length} bytes at {offset}")
         return data
 
-    def pack_files(self) -> list[str]:
-        """Every committed pack (for gc and tests)."""
+    def _pack_statuses(self) -> list:
+        """hdfs-native statuses of every file in ``packs/``, temporary ones included."""
         base = self.path("packs")
 
-        def listing(client) -> list[str]:
+        def listing(client) -> list:
             try:
-                return [s.path for s in client.list_status(base, False) if not s.isdir]
+                return [s for s in client.list_status(base, False) if not s.isdir]
             except Exception as e:
                 if _is_not_found(e):
                     return []
                 raise
 
-        return sorted(posixpath.relpath(p, self.root or "/") for p in self._call(listing, "cannot list packs")
-                      if TMP_SUFFIX not in posixpath.basename(p))
+        return self._call(listing, "cannot list packs")
+
+    def _relpath(self, path: str) -> str:
+        return posixpath.relpath(path, self.root or "/")
+
+    def pack_files(self) -> list[str]:
+        """Every committed pack (for tests; gc uses ``list_stored``)."""
+        return sorted(self._relpath(s.path) for s in self._pack_statuses()
+                      if TMP_SUFFIX not in posixpath.basename(s.path))
+
+    # -- garbage collection ------------------------------------------------------
+    def list_stored(self) -> Iterator[StoredItem]:
+        """Every pack file, and every temporary ``.pack.tmp-*`` an interrupted push left."""
+        for status in sorted(self._pack_statuses(), key=lambda s: s.path):
+            # HDFS keeps times in milliseconds
+            yield StoredItem("pack", self._relpath(status.path), status.length,
+                             status.modification_time / 1000.0)
+
+    def delete_stored(self, item: StoredItem) -> bool:
+        if item.kind != "pack" or not item.name.startswith("packs/") or item.name.count("/") != 1:
+            raise InvalidInput(f"not a pack of {self.url}: {item.kind} {item.name!r}")
+        path = self.path(check_key(item.name))
+
+        def delete(client) -> bool:
+            try:
+                return bool(client.delete(path, False))
+            except Exception as e:
+                if _is_not_found(e):
+                    return False
+                raise
+
+        return self._call(delete, f"cannot delete {item.name}")
 
     def close(self) -> None:
         self._generation += 1

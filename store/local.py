@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from .backend import Backend, ShardLocation, ShardWriter
+from .backend import Backend, ShardLocation, ShardWriter, StoredItem
 from .errors import BackendError, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,14 @@ def shard_relpath(shard_id: str) -> str:
     return f"shards/{shard_id[:2]}/{shard_id}"
 
 
+def stored_shard_relpath(name: str) -> str:
+    """Relative path of a stored shard file: a shard id, or ``<id>.tmp-<random>`` (a temp file)."""
+    shard_id, sep, tail = name.partition(TMP_SUFFIX)
+    if sep and not tail.isalnum():
+        raise InvalidInput(f"invalid temporary shard file name {name!r}")
+    return f"{shard_relpath(shard_id)}{sep}{tail}"
+
+
 class LocalShardWriter(ShardWriter):
     """Shards are content-addressed files, durable when ``put`` returns."""
 
@@ -76,7 +84,11 @@ class LocalShardWriter(ShardWriter):
 
     def put(self, shard_id: str, data: bytes, index: int) -> ShardLocation:
         path = self._backend.root / shard_relpath(shard_id)
-        if not (path.exists() and path.stat().st_size == len(data)):
+        if path.exists() and path.stat().st_size == len(data):
+            # reused (perhaps an orphan of an earlier, failed push): make it young again,
+            # so garbage collection leaves it alone until this version is published
+            os.utime(path)
+        else:
             write_file_atomically(path, data)
         return ShardLocation()
 
@@ -153,3 +165,38 @@ class LocalBackend(Backend):
 
     def delete_shard(self, shard_id: str) -> None:
         (self.root / shard_relpath(shard_id)).unlink(missing_ok=True)
+
+    # -- garbage collection ----------------------------------------------------
+    def list_stored(self) -> Iterator[StoredItem]:
+        """Every file under ``shards/``, temporary ones included; strangers are logged and skipped."""
+        base = self.root / "shards"
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                try:
+                    expected = self.root / stored_shard_relpath(name)
+                except InvalidInput:
+                    expected = None
+                if expected is None or str(expected) != path:
+                    log.warning("ignoring %s: not a modelfs shard file", path)
+                    continue
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue  # renamed or removed while we walked
+                yield StoredItem("shard", name, st.st_size, st.st_mtime)
+
+    def delete_stored(self, item: StoredItem) -> bool:
+        if item.kind != "shard":
+            raise InvalidInput(f"a local store holds no {item.kind} items ({item.name})")
+        path = self.root / stored_shard_relpath(item.name)
+        try:
+            if path.stat().st_mtime != item.mtime:
+                log.info("%s was rewritten or reused since it was listed; kept", item.name)
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise BackendError(f"cannot delete {path}: {e.strerror}") from e
+        return True

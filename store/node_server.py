@@ -11,6 +11,8 @@ can be read by the same client. URL paths mirror the layout:
 ``DELETE /shards/<id[:2]>/<id>``        remove a shard, absent is fine (token)
 ``GET|HEAD|PUT|DELETE /objects/<key>``  metadata objects, same rules
 ``GET /list/objects/<prefix>``          JSON ``{"keys": [...]}`` of keys under prefix
+``GET /list/shards/``                   JSON ``{"shards": [{"id", "size", "mtime"}, ...]}``
+                                        of every stored shard (for garbage collection)
 ``GET /health``                         JSON liveness; never needs the token
 =====================================  ==========================================
 
@@ -156,6 +158,18 @@ async def handle_list(request: web.Request) -> web.Response:
     return web.json_response({"keys": keys})
 
 
+async def handle_list_shards(request: web.Request) -> web.Response:
+    """Every complete shard file with its size and mtime (temporary files are the node's own)."""
+    _check_auth(request, write=False)
+    store: LocalBackend = request.app[_STORE_KEY]
+
+    def listing() -> list[dict]:
+        return [{"id": item.name, "size": item.size, "mtime": item.mtime}
+                for item in store.list_stored() if TMP_SUFFIX not in item.name]
+
+    return web.json_response({"shards": await asyncio.to_thread(listing)})
+
+
 async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "read_token": bool(request.app[_TOKEN_KEY])})
 
@@ -171,6 +185,7 @@ def make_app(data_dir: str, token: str = "") -> web.Application:
     app[_TOKEN_KEY] = token
     app.router.add_get("/health", handle_health)
     app.router.add_get("/list/objects/{prefix:.*}", handle_list)
+    app.router.add_get("/list/shards/", handle_list_shards)
     item = "/{kind:[a-z]+}/{rest:.+}"
     app.router.add_get(item, handle_get)          # also answers HEAD
     app.router.add_put(item, handle_put)

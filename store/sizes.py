@@ -1,4 +1,4 @@
-"""Human byte sizes: ``4MiB``, ``2G``, ``512k`` ↔ integers."""
+"""Human byte sizes (``4MiB``, ``2G``, ``512k``) and durations (``90s``, ``15m``, ``1h``, ``2d``) ↔ numbers."""
 from __future__ import annotations
 
 import re
@@ -23,3 +23,22 @@ def format_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``1h``, ``1.5h``, ``2d``."""
+    match = _DURATION.fullmatch(str(text))
+    if not match:
+        raise InvalidInput(f"invalid duration {text!r} (examples: 90s, 15m, 1h, 2d)")
+    return float(match.group(1)) * _SECONDS[match.group(2).lower()]
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if abs(seconds) >= size:
+            return f"{seconds / size:.3g}{unit}"
+    return f"{seconds:.3g}s"

@@ -77,7 +77,9 @@ def test_kill_a_node_during_a_long_sequential_read(cluster3, tmp_path, key_file,
     url = cluster3.url(replicas=2, placement=placement, extra="&run_length=8")
     src = random_file(tmp_path / "big.bin", 64 << 20, seed=3)
     run_modelfs("push", src, "big", "--store", url, "--key-file", key_file, "--shard-size", "1MiB")
-    victim = cluster3.nodes[0]
+    # the victim is the first replica of the last shard, so the read must fail over after the kill
+    *_, (_, _, last_sid, last_loc) = shard_table(url, key_file, "big")
+    victim = cluster3.node(ClusterBackend.from_url(url).replica_nodes(last_sid, last_loc)[0])
     h = hashlib.sha256()
     with mounted(url, key_file, "16MiB") as mnt:
         with open(mnt / "big", "rb", buffering=0) as f:

@@ -89,6 +89,19 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_gc(args) -> int:
+    from modelfs.store.api import open_store
+    from modelfs.store.gc import collect_garbage
+    from modelfs.store.sizes import format_duration, parse_duration
+    grace = parse_duration(args.grace)
+    logging.getLogger("modelfs.store.gc").setLevel(logging.INFO)  # one line per deletion
+    report = collect_garbage(open_store(args.store, key_file=args.key_file), grace, args.dry_run)
+    print(f"{'would delete' if report.dry_run else 'deleted'} {report.items} unreferenced shards/packs "
+          f"({format_size(report.bytes)}) and {report.manifests} unpublished manifests; kept "
+          f"{report.kept_live} in use and {report.kept_young} younger than {format_duration(grace)}")
+    return 0
+
+
 def cmd_keygen(args) -> int:
     from modelfs.store.crypto import DEFAULT_KEY_FILE, create_key_file
     path = create_key_file(args.key_file or DEFAULT_KEY_FILE, overwrite=args.force)
@@ -218,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", help=STORE_HELP)
     s.add_argument("--key-file", help=KEY_HELP)
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("gc", help="delete what no published version needs (left by failed pushes)")
+    s.add_argument("--store", help=STORE_HELP)
+    s.add_argument("--key-file", help=KEY_HELP)
+    s.add_argument("--grace", default="1h",
+                   help="keep unreferenced items younger than this, e.g. 30m, 1h, 2d (a push in "
+                        "progress is unreferenced until it publishes; default 1h)")
+    s.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
+    s.set_defaults(func=cmd_gc)
 
     s = sub.add_parser("keygen", help="create a store key file")
     s.add_argument("--key-file", help=KEY_HELP)

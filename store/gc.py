@@ -1,0 +1,144 @@
+"""Garbage collection: delete the stored bytes no published version needs.
+
+A push that fails or is killed part-way publishes nothing, but may leave behind
+shards (local directory, storage nodes), a temporary or never-published pack
+(HDFS), and a manifest ``manifests/<version>`` without a catalog entry.
+
+The rules, in order:
+
+* **Live set first.** Every catalog entry's manifest is loaded and verified
+  (MAC, under the store key); every shard id and pack it names is live. Shards
+  are shared between versions of a name, so one reference keeps a shard. If any
+  manifest is missing, tampered or cannot be unlocked, gc stops before deleting
+  anything: it never deletes on uncertainty.
+* **Grace period.** An unreferenced item is deleted only when it is older than
+  the grace period (default one hour): a push in progress uploads its shards
+  before its catalog entry appears, and those must stay. The grace period must
+  be longer than the longest push.
+* **Unpublished manifests** (no catalog entry) go once the push that wrote them
+  started longer ago than the grace period (the version id holds that time).
+
+Wrapped keys (``keys/<name>.key``) are never deleted: a first push of a name
+writes its key before anything else, and without it its shards are unreadable.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from .api import Store
+from .backend import StoredItem
+from .catalog import CatalogEntry, version_time
+from .errors import IntegrityError, InvalidInput
+from .sizes import format_duration, format_size
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRACE = 3600.0
+MANIFEST_PREFIX = "manifests/"
+
+
+@dataclass
+class GcReport:
+    """What one run deleted (or, with ``dry_run``, would delete) and what it kept."""
+
+    dry_run: bool
+    grace: float
+    #: unreferenced shards / packs deleted, and their bytes
+    items: int = 0
+    bytes: int = 0
+    #: manifests without a catalog entry deleted
+    manifests: int = 0
+    #: items some published version references
+    kept_live: int = 0
+    #: unreferenced items and manifests younger than the grace period
+    kept_young: int = 0
+
+
+@dataclass(frozen=True)
+class LiveSet:
+    """What the published versions reference."""
+
+    versions: frozenset[str]
+    shards: frozenset[str]       # shard ids, hex
+    containers: frozenset[str]   # pack files (and placement keys) named by manifests
+
+    def references(self, item: StoredItem) -> bool:
+        if item.kind == "pack":
+            return item.name in self.containers
+        return item.name in self.shards
+
+
+def published(store: Store) -> list[CatalogEntry]:
+    """Every catalog entry; one that does not parse stops gc like a bad manifest."""
+    try:
+        return store.catalog.entries()
+    except (ValueError, TypeError) as e:
+        raise IntegrityError(f"a catalog entry does not parse ({e}); nothing deleted") from None
+
+
+def live_set(store: Store) -> LiveSet:
+    """Load and verify the manifest of every published version; any error propagates."""
+    versions, shards, containers = set(), set(), set()
+    for entry in published(store):
+        manifest = store.load_manifest(entry)
+        versions.add(entry.version_id)
+        shards.update(shard_id.hex() for shard_id in manifest.shard_ids)
+        containers.update(c for c in manifest.containers if c)
+    return LiveSet(frozenset(versions), frozenset(shards), frozenset(containers))
+
+
+def collect_garbage(store: Store, grace_seconds: float = DEFAULT_GRACE,
+                    dry_run: bool = False) -> GcReport:
+    """Delete unreferenced shards/packs and unpublished manifests older than ``grace_seconds``."""
+    if grace_seconds < 0:
+        raise InvalidInput("the grace period cannot be negative")
+    report = GcReport(dry_run=dry_run, grace=grace_seconds)
+    now = time.time()
+    cutoff = now - grace_seconds
+    verb = "would delete" if dry_run else "deleted"
+    backend = store.backend
+
+    # Manifests are listed before the catalog is read: a manifest is written before
+    # its catalog entry, so a version published in between is seen as published.
+    manifests = list(backend.list_objects(MANIFEST_PREFIX))
+    live = live_set(store)  # raises on anything doubtful, before any deletion
+
+    for item in backend.list_stored():
+        if live.references(item):
+            report.kept_live += 1
+            continue
+        if item.mtime > cutoff:
+            report.kept_young += 1
+            continue
+        if not dry_run and not backend.delete_stored(item):
+            report.kept_young += 1  # gone, or reused by a push since it was listed
+            continue
+        log.info("%s %s %s (%s, unreferenced for %s)", verb, item.kind, item.name,
+                 format_size(item.size), format_duration(now - item.mtime))
+        report.items += 1
+        report.bytes += item.size
+
+    candidates = []
+    for key in manifests:
+        version_id = key[len(MANIFEST_PREFIX):]
+        if version_id in live.versions:
+            continue
+        started = version_time(version_id)
+        if started is None:
+            log.warning("kept %s: not a modelfs version id, its age is unknown", key)
+        elif started > cutoff:
+            report.kept_young += 1
+        else:
+            candidates.append((key, started))
+    if candidates and not dry_run:
+        # a long push may have published one of them while we worked: look again
+        now_published = {e.version_id for e in published(store)}
+        candidates = [(k, s) for k, s in candidates if k[len(MANIFEST_PREFIX):] not in now_published]
+    for key, started in candidates:
+        if not dry_run:
+            backend.delete_object(key)
+        log.info("%s unpublished %s (push started %s ago)", verb, key, format_duration(now - started))
+        report.manifests += 1
+    return report
