@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -64,12 +66,10 @@ def mount_log(mountpoint: Path) -> str:
 
 
 def read_stats(mountpoint: Path) -> dict:
-    import json
     return json.loads((mountpoint / ".modelfs" / "stats").read_bytes())
 
 
 def sha256_of(path: Path) -> str:
-    import hashlib
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -117,3 +117,16 @@ def check_sample_models(models: SampleModels, checkpoint: Path, safetensors: Pat
         assert set(f.keys()) == set(models.tensors)
         for k, v in models.tensors.items():
             assert torch.equal(f.get_tensor(k), v)
+
+
+def read_calling(path: Path, at: int, action) -> tuple[int, str]:
+    """Read a file in 1 MiB blocks, call ``action()`` once ``at`` bytes are in; (bytes, SHA-256)."""
+    h = hashlib.sha256()
+    done = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            done += len(chunk)
+            if done == at:
+                action()
+    return done, h.hexdigest()

@@ -5,7 +5,6 @@ Needs the ``hdfs_cluster`` plugin (tests/hdfs_cluster.py), /dev/fuse and fuse3.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import signal
 import subprocess
@@ -17,8 +16,8 @@ import numpy as np
 import pytest
 from hdfs_native import Client
 
-from helpers import (MODELFS, check_sample_models, make_sample_models, mounted, read_stats, run_modelfs,
-                     sha256_of)
+from helpers import (MODELFS, check_sample_models, make_sample_models, mounted, read_calling, read_stats,
+                     run_modelfs, sha256_of)
 from modelfs.store.api import open_store
 
 
@@ -97,17 +96,10 @@ def test_stop_a_datanode_during_a_long_read(hdfs, tmp_path, key_file):
     url = hdfs.fresh_url("datanode")
     src = random_file(tmp_path / "big.bin", 48 << 20, seed=3)
     push(src, "big", url, key_file)
-    h = hashlib.sha256()
     with mounted(url, key_file, "16MiB") as mnt:
-        with open(mnt / "big", "rb", buffering=0) as f:
-            done = 0
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                done += len(chunk)
-                if done == 12 << 20:
-                    hdfs.stop_datanode(0)
+        done, digest = read_calling(mnt / "big", 12 << 20, lambda: hdfs.stop_datanode(0))
         assert done == src.stat().st_size
-        assert h.hexdigest() == sha256_of(src)
+        assert digest == sha256_of(src)
 
 
 def test_namenode_away_gives_eio_then_reads_recover(hdfs, tmp_path, key_file):

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import (check_sample_models, make_sample_models, mount_log, mounted, read_stats,
-                     run_modelfs, sha256_of)
+from helpers import (check_sample_models, make_sample_models, mount_log, mounted, read_calling,
+                     read_stats, run_modelfs, sha256_of)
 from modelfs.store.api import open_store
 from modelfs.store.cluster import ClusterBackend
 from modelfs.store.local import shard_relpath
@@ -80,17 +79,11 @@ def test_kill_a_node_during_a_long_sequential_read(cluster3, tmp_path, key_file,
     # the victim is the first replica of the last shard, so the read must fail over after the kill
     *_, (_, _, last_sid, last_loc) = shard_table(url, key_file, "big")
     victim = cluster3.node(ClusterBackend.from_url(url).replica_nodes(last_sid, last_loc)[0])
-    h = hashlib.sha256()
     with mounted(url, key_file, "16MiB") as mnt:
-        with open(mnt / "big", "rb", buffering=0) as f:
-            done = 0
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                done += len(chunk)
-                if done == 16 << 20:
-                    victim.kill()           # kill -9 a quarter of the way through
+        # kill -9 a quarter of the way through
+        done, digest = read_calling(mnt / "big", 16 << 20, victim.kill)
         assert done == src.stat().st_size
-        assert h.hexdigest() == sha256_of(src)
+        assert digest == sha256_of(src)
         backend = read_stats(mnt)["backend"]
         assert backend["failovers"] >= 1
         assert backend["nodes"][victim.name]["errors"] >= 1
