@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelfs.fs.mount import detach
+
 log = logging.getLogger(__name__)
 
 MOUNT_TIMEOUT = 30.0
@@ -51,21 +53,6 @@ def fusermount_env(shim_dir: Path) -> dict[str, str]:
         env["PATH"] = f"{shim_dir}{os.pathsep}{env.get('PATH', '')}"
         log.info("no fusermount on PATH: rclone uses a link to %s", real)
     return env
-
-
-def unmount_fuse(mountpoint: Path) -> None:
-    """Unmount a FUSE mount, lazily if it is busy; quiet when nothing is mounted."""
-    if not os.path.ismount(mountpoint):
-        try:
-            os.stat(mountpoint)
-            return
-        except OSError:
-            pass  # stale mount: unmount below
-    tool = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
-    result = subprocess.run([tool, "-u", str(mountpoint)], capture_output=True, text=True)
-    if result.returncode != 0:
-        log.warning("unmount of %s failed (%s); unmounting lazily", mountpoint, result.stderr.strip())
-        subprocess.run([tool, "-uz", str(mountpoint)], capture_output=True, text=True)
 
 
 @dataclass
@@ -154,7 +141,7 @@ class RcloneCrypt:
 
     def unmount(self) -> None:
         """Unmount and stop the rclone child (politely, then by force)."""
-        unmount_fuse(self.mountpoint)
+        detach(self.mountpoint)
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -167,4 +154,4 @@ class RcloneCrypt:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            unmount_fuse(self.mountpoint)
+            detach(self.mountpoint)

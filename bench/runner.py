@@ -27,7 +27,9 @@ import psutil
 
 from . import measure
 from .measure import Timing, drop_caches
-from .peers import RcloneCrypt, rclone_available, rclone_version, unmount_fuse
+from modelfs.fs.mount import detach
+
+from .peers import RcloneCrypt, rclone_available, rclone_version
 from .synth import (TensorInfo, make_safetensors, make_torch_checkpoint, read_safetensors_layout,
                     sha256_file)
 
@@ -99,7 +101,7 @@ def modelfs_mount(store: str, key_file: str | None, cache_size: int, parent: Pat
         mount.pid = pid = int(mount.stats()["pid"])
         yield mount
     finally:
-        unmount_fuse(mountpoint)
+        detach(mountpoint)
         if pid:
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).wait(timeout=15)
@@ -472,7 +474,7 @@ class Bench:
         if self.rclone:
             self.rclone.unmount()
         for mnt in self.work.glob("mnt-*"):  # a mount left by an interrupted case
-            unmount_fuse(mnt)
+            detach(mnt)
         if self.opts.keep:
             log.info("kept the work directory %s", self.work)
         else:

@@ -150,6 +150,20 @@ def unmount(mountpoint: str | os.PathLike) -> None:
         raise ModelfsError(f"cannot unmount {path}: {result.stderr.strip()}")
 
 
+def detach(mountpoint: str | os.PathLike) -> None:
+    """Unmount whatever FUSE mount is at ``mountpoint``, lazily if it is busy; none is fine.
+
+    For teardown (tests, benchmarks), where the daemon may already be dead.
+    """
+    path = Path(os.path.abspath(mountpoint))
+    if not (os.path.ismount(path) or is_stale(path)):
+        return
+    result = fusermount(path)
+    if result.returncode != 0:
+        log.warning("unmount of %s failed (%s); detaching it lazily", path, result.stderr.strip())
+        fusermount(path, lazy=True)
+
+
 def modelfs_mounts() -> list[Path]:
     """Every modelfs mount on this host, from /proc/self/mounts."""
     found = []

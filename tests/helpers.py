@@ -8,10 +8,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from modelfs.fs.mount import detach
 
 MODELFS = [sys.executable, "-m", "modelfs.tools.cli"]
 
@@ -27,22 +28,6 @@ def run_modelfs(*args: str, check: bool = True, timeout: float = 300,
     return result
 
 
-def force_unmount(mountpoint: Path) -> None:
-    for _ in range(50):
-        if not os.path.ismount(mountpoint):
-            try:
-                os.stat(mountpoint)
-                return
-            except OSError:
-                pass  # stale: fall through to unmount
-        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True)
-        if not os.path.ismount(mountpoint):
-            subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
-            return
-        time.sleep(0.1)
-    subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
-
-
 @contextlib.contextmanager
 def mounted(store_url: str | os.PathLike, key_file: str | os.PathLike, cache_size: str = "256MiB",
             *extra: str) -> Iterator[Path]:
@@ -55,7 +40,7 @@ def mounted(store_url: str | os.PathLike, key_file: str | os.PathLike, cache_siz
                     "--cache-size", cache_size, *extra, env={"MODELFS_LOG_DIR": str(parent)})
         yield mountpoint
     finally:
-        force_unmount(mountpoint)
+        detach(mountpoint)
         with contextlib.suppress(OSError):
             mountpoint.rmdir()
 

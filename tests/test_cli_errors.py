@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MODELFS, force_unmount, mounted, run_modelfs
+from helpers import MODELFS, detach, mounted, run_modelfs
 
 
 def fails(*args, env=None) -> subprocess.CompletedProcess:
@@ -143,7 +143,7 @@ def test_stale_mount_is_recovered(tmp_path, model_file, key_file, store_dir):
     finally:
         if daemon.poll() is None:
             daemon.kill()
-        force_unmount(mnt)
+        detach(mnt)
 
 
 def test_interrupted_push_publishes_nothing(tmp_path, key_file, store_dir):
