@@ -83,8 +83,10 @@ class ShardCache:
         while self._lru and self._lru.currsize > limit:
             self._lru.popitem()
 
-    def get(self, key: Hashable, load: Callable[[], bytes], size: int, prefetch: bool = False) -> bytes:
-        """Return the cached value or load it once, however many callers ask at once.
+    def get(self, key: Hashable, load: Callable[[], bytes], size: int,
+            prefetch: bool = False) -> tuple[bytes, bool]:
+        """Return the value and whether it was a hit (cached, or loading for someone else);
+        load it once, however many callers ask at once.
 
         ``size`` is the value's length, reserved in the budget while it loads.
         """
@@ -94,8 +96,8 @@ class ShardCache:
                 if not prefetch:
                     used = key in self._prefetched
                     self._prefetched.discard(key)
-                    self._stats.add(hits=1, hit_bytes=len(value), readahead_used=int(used))
-                return value
+                    self._stats.add(hits=1, readahead_used=int(used))
+                return value, True
             flight = self._inflight.get(key)
             owner = flight is None
             if owner:
@@ -108,8 +110,8 @@ class ShardCache:
         if not owner:
             value = flight.future.result()  # raises the loader's error
             if not prefetch:
-                self._stats.add(hits=1, hit_bytes=len(value), readahead_used=int(used_readahead))
-            return value
+                self._stats.add(hits=1, readahead_used=int(used_readahead))
+            return value, True
         try:
             value = load()
         except BaseException as e:
@@ -127,9 +129,9 @@ class ShardCache:
                 if not flight.wanted:
                     self._prefetched.add(key)
             if not prefetch:
-                self._stats.add(misses=1, miss_bytes=len(value))
+                self._stats.add(misses=1)
         flight.future.set_result(value)
-        return value
+        return value, False
 
     def clear(self) -> None:
         with self._lock:

@@ -89,6 +89,10 @@ class ModelReader:
         return plain
 
     def shard(self, index: int, prefetch: bool = False) -> bytes | memoryview:
+        return self._shard(index, prefetch)[0]
+
+    def _shard(self, index: int, prefetch: bool = False) -> tuple[bytes | memoryview, bool]:
+        """The decoded shard, and whether it came from the cache (or another reader's load)."""
         return self._cache.get(self._keys[index], lambda: self._load(index),
                                int(self.manifest.lengths[index]), prefetch=prefetch)
 
@@ -124,13 +128,15 @@ class ModelReader:
         first, last = self.shard_span(offset, length)
         offsets = self.manifest.offsets
         pieces = []
+        hit_bytes = 0
         for index in range(first, last + 1):
-            data = self.shard(index)
+            data, hit = self._shard(index)
             start = max(offset - int(offsets[index]), 0)
             end = min(offset + length - int(offsets[index]), len(data))
             pieces.append(data[start:end] if (start, end) != (0, len(data)) else data)
+            hit_bytes += (end - start) if hit else 0
         out = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
-        self._stats.record_read(len(out), time.monotonic() - started)
+        self._stats.record_read(len(out), hit_bytes, time.monotonic() - started)
         return out, first, last
 
     def stream(self) -> "ReadStream":

@@ -59,11 +59,18 @@ class Stats:
         with self._lock:
             self.errors[kind] += 1
 
-    def record_read(self, nbytes: int, seconds: float) -> None:
-        """One read served to a reader: a single lock round on the hot path."""
+    def record_read(self, nbytes: int, hit_bytes: int, seconds: float) -> None:
+        """One read served to a reader: a single lock round on the hot path.
+
+        ``hit_bytes`` of it came from shards already cached (or loading for
+        someone else); the rest waited for a fetch this read started.
+        """
         with self._lock:
-            self.counters["bytes_served"] += nbytes
-            self.counters["reads"] += 1
+            c = self.counters
+            c["bytes_served"] += nbytes
+            c["hit_bytes"] += hit_bytes
+            c["miss_bytes"] += nbytes - hit_bytes
+            c["reads"] += 1
             self.read_latency.add(seconds)
 
     def timed(self, latency: Latency, seconds: float) -> None:

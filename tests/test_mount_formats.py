@@ -120,6 +120,7 @@ def test_cache_stats_command_reports_the_mount(published):
     doc = json.loads(result.stdout)
     assert doc["bytes_served"] >= files["st/model"].stat().st_size
     assert doc["bytes_fetched"] > 0 and doc["misses"] > 0
+    assert doc["hit_bytes"] + doc["miss_bytes"] == doc["bytes_served"] and doc["miss_bytes"] > 0
     assert doc["cache_budget"] == 64 << 20
     for key in ("hits", "hit_ratio", "evictions", "cache_bytes", "fetch_latency", "decode_latency",
                 "errors", "open_files", "uptime_s", "readahead_issued"):
