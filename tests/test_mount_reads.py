@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import multiprocessing
 import os
 import time
@@ -271,3 +272,19 @@ def test_a_push_after_mount_appears_and_new_version_replaces_old(tmp_path, key_f
             time.sleep(0.5)
         # the new version replaced the old one, and no stale cached page survived
         assert (mnt / "live").read_bytes() == second
+
+
+def test_daemon_memory_stays_within_the_cache_budget(tmp_path, key_file):
+    """Peak RSS of the mount daemon while streaming 4x its cache budget: budget + a fixed allowance."""
+    budget, allowance = 64 << 20, 150 << 20  # the allowance is the Python runtime plus decode scratch
+    rng = np.random.default_rng(8)
+    weights = (rng.standard_normal(128 << 20, dtype=np.float32) * 0.02).view(np.uint32) >> 16
+    (tmp_path / "model").write_bytes(weights.astype(np.uint16).tobytes())  # 256 MiB of bf16
+    store = tmp_path / "store"
+    push(store, key_file, tmp_path / "model", "big", 4 << 20)
+    digest = hashlib.sha256((tmp_path / "model").read_bytes()).hexdigest()
+    with mounted(store, key_file, str(budget)) as mnt:
+        assert hashlib.sha256((mnt / "big").read_bytes()).hexdigest() == digest
+        stats = read_stats(mnt)
+    assert stats["evictions"] > 0 and stats["readahead_used"] > 0
+    assert stats["peak_rss_bytes"] <= budget + allowance, stats["peak_rss_bytes"] >> 20
