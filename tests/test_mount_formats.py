@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from helpers import mounted, read_stats, run_modelfs
+from helpers import MODELFS, mounted, read_stats, run_modelfs
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +118,6 @@ def test_cache_stats_command_reports_the_mount(published):
     mnt, files, _ = published
     (mnt / "st/model").read_bytes()
     result = run_modelfs("cache-stats", str(mnt), "--json")
-    import json
     doc = json.loads(result.stdout)
     assert doc["bytes_served"] >= files["st/model"].stat().st_size
     assert doc["bytes_fetched"] > 0 and doc["misses"] > 0
@@ -129,3 +130,19 @@ def test_cache_stats_command_reports_the_mount(published):
     human = run_modelfs("cache-stats", str(mnt)).stdout
     assert "hit ratio" in human and str(mnt) in human
     assert read_stats(mnt)["models"] == 4
+
+
+def test_cache_stats_watch_and_all_mounts(published):
+    mnt, files, _ = published
+    watcher = subprocess.Popen([*MODELFS, "cache-stats", str(mnt), "--json", "--watch", "0.2"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(watcher.stdout.readline())
+        (mnt / "npy/matrix").read_bytes()
+        second = json.loads(watcher.stdout.readline())
+    finally:
+        watcher.kill()
+        watcher.wait(timeout=10)
+    assert second["uptime_s"] > first["uptime_s"] and second["reads"] >= first["reads"]
+    every = json.loads(run_modelfs("cache-stats", "--json").stdout)  # no mountpoint: every modelfs mount
+    assert str(mnt) in every and every[str(mnt)]["models"] == 4

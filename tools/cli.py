@@ -164,15 +164,17 @@ def cmd_cache_stats(args) -> int:
         raise ModelfsError("no modelfs mounts on this host")
     while True:
         docs = {str(m): read_stats(m) for m in mounts}
-        if args.json:
-            print(json.dumps(docs[str(mounts[0])] if args.mountpoint else docs, indent=1))
+        if args.json:  # with --watch: one compact document per line (JSON Lines)
+            doc = docs[str(mounts[0])] if args.mountpoint else docs
+            print(json.dumps(doc, indent=None if args.watch else 1))
         else:
             print("\n\n".join(render_stats(Path(m), d) for m, d in docs.items()))
         if not args.watch:
             return 0
+        if not args.json:
+            print()
         sys.stdout.flush()
         time.sleep(args.watch)
-        print()
 
 
 # -- storage node ------------------------------------------------------------------
