@@ -21,7 +21,7 @@ from .cache import ShardCache
 from .catalog import Catalog, CatalogEntry, check_name
 from .crypto import (DEFAULT_KEY_FILE, LineageKeys, ShardCipher, create_key_file, load_key_file,
                      new_data_key, unwrap_key, wrap_key)
-from .errors import AccessDenied, IntegrityError, NotFound
+from .errors import AccessDenied, IntegrityError, ModelfsError, NotFound
 from .fetcher import ModelReader
 from .manifest import Manifest
 from .publish import DEFAULT_SHARD_SIZE, Progress, publish_file
@@ -148,6 +148,7 @@ class Library:
         self._lock = threading.Lock()
         self._models: dict[str, LibraryEntry] = {}
         self._refreshed = 0.0
+        self._skipped: set[str] = set()  # versions refused after mount
         #: bumped whenever the set of served versions changes
         self.generation = 0
         self.stats.gauges = self._gauges
@@ -161,7 +162,13 @@ class Library:
                 item.reader.enable_readahead(self._pool, self.readahead)
 
     def refresh(self, force: bool = False) -> None:
-        """Pick up newly published versions; verifies every manifest it loads."""
+        """Pick up newly published versions; verifies every manifest it loads.
+
+        The first (forced) refresh, at mount, fails on any bad model: a wrong key or
+        a tampered manifest refuses the mount. Later ones skip a bad new version with
+        a warning and keep serving what they had, so one bad push does not hide the
+        other models.
+        """
         with self._lock:
             if not force and time.monotonic() - self._refreshed < self.REFRESH_SECONDS:
                 return
@@ -173,8 +180,19 @@ class Library:
                 if current is not None and current.entry.version_id == entry.version_id:
                     models[name] = current
                     continue
-                manifest = self.store.load_manifest(entry)
-                keys = self.store.lineage_keys(name)
+                try:
+                    manifest = self.store.load_manifest(entry)
+                    keys = self.store.lineage_keys(name)
+                except ModelfsError as e:
+                    if force:
+                        raise
+                    if entry.version_id not in self._skipped:  # once, not every refresh
+                        self._skipped.add(entry.version_id)
+                        self.stats.error(type(e).__name__)
+                        log.warning("not serving %s version %s: %s", name, entry.version_id, e)
+                    if current is not None:
+                        models[name] = current
+                    continue
                 reader = ModelReader(manifest, self.store.backend, ShardCipher(keys), self.cache,
                                      self.stats)
                 if self._pool is not None:

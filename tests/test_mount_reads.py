@@ -288,3 +288,18 @@ def test_daemon_memory_stays_within_the_cache_budget(tmp_path, key_file):
         stats = read_stats(mnt)
     assert stats["evictions"] > 0 and stats["readahead_used"] > 0
     assert stats["peak_rss_bytes"] <= budget + allowance, stats["peak_rss_bytes"] >> 20
+
+
+def test_a_bad_push_after_mount_does_not_hide_the_other_models(tmp_path, key_file):
+    store = tmp_path / "store"
+    data = os.urandom(2 * SHARD)
+    (tmp_path / "good").write_bytes(data)
+    push(store, key_file, tmp_path / "good", "good")
+    other_key = tmp_path / "other.key"
+    run_modelfs("keygen", "--key-file", str(other_key))
+    with mounted(store, key_file, "1MiB") as mnt:
+        push(store, other_key, tmp_path / "good", "stranger")  # a model this mount cannot unlock
+        time.sleep(5.5)  # past the catalog refresh interval
+        assert sorted(os.listdir(mnt)) == [".modelfs", "good"]
+        assert (mnt / "good").read_bytes() == data
+        assert read_stats(mnt)["errors"].get("AccessDenied") == 1
