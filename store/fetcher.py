@@ -41,7 +41,10 @@ class ModelReader:
         self._cache = cache
         self._stats = stats
         self._pool: ThreadPoolExecutor | None = None
+        # per-shard facts as plain Python values, once, so a read does no numpy scalar work
         self._keys = [sid.hex() for sid in manifest.shard_ids]
+        self._offsets: list[int] = manifest.offsets.tolist()
+        self._lengths: list[int] = manifest.lengths.tolist()
         self._reported: set[int] = set()
         self.max_window = 0  # readahead window limit, in shards; 0 = no readahead
 
@@ -94,7 +97,7 @@ class ModelReader:
     def _shard(self, index: int, prefetch: bool = False) -> tuple[bytes | memoryview, bool]:
         """The decoded shard, and whether it came from the cache (or another reader's load)."""
         return self._cache.get(self._keys[index], lambda: self._load(index),
-                               int(self.manifest.lengths[index]), prefetch=prefetch)
+                               self._lengths[index], prefetch=prefetch)
 
     def prefetch(self, index: int) -> Future:
         self._stats.add(readahead_issued=1)
@@ -126,13 +129,13 @@ class ModelReader:
             return b"", -1, -1
         started = time.monotonic()
         first, last = self.shard_span(offset, length)
-        offsets = self.manifest.offsets
+        offsets = self._offsets
         pieces = []
         hit_bytes = 0
         for index in range(first, last + 1):
             data, hit = self._shard(index)
-            start = max(offset - int(offsets[index]), 0)
-            end = min(offset + length - int(offsets[index]), len(data))
+            start = max(offset - offsets[index], 0)
+            end = min(offset + length - offsets[index], len(data))
             pieces.append(data[start:end] if (start, end) != (0, len(data)) else data)
             hit_bytes += (end - start) if hit else 0
         out = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
