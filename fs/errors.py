@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import errno
 
-from modelfs.store.errors import AccessDenied, ModelfsError, NotFound
+from modelfs.store.errors import AccessDenied, ModelfsError
 
 
 def errno_of(error: ModelfsError) -> int:
-    if isinstance(error, NotFound):
-        # a shard missing from the store is an I/O failure, not a missing file
-        return errno.EIO
-    if isinstance(error, AccessDenied):
-        return errno.EACCES
-    return errno.EIO
+    """EACCES for a refused credential; everything else a reader sees is EIO (never wrong bytes).
+
+    A shard missing from the store is an I/O failure too, not a missing file.
+    """
+    return errno.EACCES if isinstance(error, AccessDenied) else errno.EIO

@@ -132,8 +132,3 @@ class ShardCache:
                 self._stats.add(misses=1)
         flight.future.set_result(value)
         return value, False
-
-    def clear(self) -> None:
-        with self._lock:
-            self._lru.clear()
-            self._prefetched.clear()

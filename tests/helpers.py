@@ -115,3 +115,24 @@ def read_calling(path: Path, at: int, action) -> tuple[int, str]:
             if done == at:
                 action()
     return done, h.hexdigest()
+
+
+def publish_failing_at(store, src: Path, name: str, shard_size: int, fail_at: int, monkeypatch) -> None:
+    """Publish ``src`` with a read error at shard ``fail_at``: shards are stored, nothing is published."""
+    import pytest
+
+    import modelfs.store.publish as publish_mod
+    real_chunks = publish_mod._read_chunks
+
+    def failing_chunks(f, size):
+        for i, chunk in enumerate(real_chunks(f, size)):
+            if i == fail_at:
+                raise OSError(5, "the source went away")  # EIO
+            yield chunk
+
+    monkeypatch.setattr(publish_mod, "_read_chunks", failing_chunks)
+    try:
+        with pytest.raises(OSError, match="the source went away"):
+            store.publish(src, name, shard_size=shard_size)
+    finally:
+        monkeypatch.setattr(publish_mod, "_read_chunks", real_chunks)

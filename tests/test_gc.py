@@ -6,7 +6,6 @@ written straight into the store, aged with os.utime / HDFS set_times.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.client
 import os
@@ -18,7 +17,6 @@ import numpy as np
 import pytest
 from hdfs_native import Client
 
-import modelfs.store.publish as publish_mod
 from modelfs.store.api import open_store
 from modelfs.store.backend import StoredItem
 from modelfs.store.catalog import new_version_id
@@ -26,7 +24,7 @@ from modelfs.store.errors import InvalidInput
 from modelfs.store.local import TMP_SUFFIX, LocalBackend, shard_relpath
 from modelfs.store.sizes import parse_duration
 
-from helpers import mounted, run_modelfs, sha256_of
+from helpers import mounted, publish_failing_at, run_modelfs, sha256_of
 from nodes_support import start_cluster
 
 needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
@@ -70,22 +68,11 @@ def publish_all(url: str, key_file: Path, models: dict[str, Path]) -> None:
 
 def failed_push(url: str, key_file: Path, src: Path, monkeypatch) -> None:
     """A push that dies part-way: shards are stored, nothing is published."""
-    real_chunks = publish_mod._read_chunks
-
-    def failing_chunks(f, shard_size):
-        for i, chunk in enumerate(real_chunks(f, shard_size)):
-            if i == 16:
-                raise OSError(errno.EIO, "killed")
-            yield chunk
-
-    monkeypatch.setattr(publish_mod, "_read_chunks", failing_chunks)
     store = open_store(url, key_file=key_file, create=True)
     try:
-        with pytest.raises(OSError, match="killed"):
-            store.publish(src, "c", shard_size=SHARD)
+        publish_failing_at(store, src, "c", SHARD, 16, monkeypatch)
     finally:
         store.close()
-        monkeypatch.setattr(publish_mod, "_read_chunks", real_chunks)
 
 
 def put_unpublished_manifests(url: str) -> tuple[str, str]:

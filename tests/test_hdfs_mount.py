@@ -17,7 +17,7 @@ import pytest
 from hdfs_native import Client
 
 from helpers import (MODELFS, check_sample_models, make_sample_models, mounted, read_calling, read_stats,
-                     run_modelfs, sha256_of)
+                     publish_failing_at, run_modelfs, sha256_of)
 from modelfs.store.api import open_store
 
 
@@ -166,23 +166,11 @@ def test_push_killed_mid_way_leaves_no_model(hdfs_cluster, tmp_path, key_file):
 
 
 def test_push_failing_mid_read_publishes_nothing(hdfs_cluster, tmp_path, key_file, monkeypatch):
-    import modelfs.store.publish as publish_mod
-
     url = hdfs_cluster.fresh_url("failing")
     src = random_file(tmp_path / "m.bin", 8 << 20, seed=6)
-    real_chunks = publish_mod._read_chunks
-
-    def failing_chunks(f, shard_size):
-        for i, chunk in enumerate(real_chunks(f, shard_size)):
-            if i == 5:
-                raise OSError(errno.EIO, "disk went away")
-            yield chunk
-
-    monkeypatch.setattr(publish_mod, "_read_chunks", failing_chunks)
     store = open_store(url, key_file=key_file)
     try:
-        with pytest.raises(OSError, match="disk went away"):
-            store.publish(src, "m", shard_size=512 * 1024)
+        publish_failing_at(store, src, "m", 512 * 1024, 5, monkeypatch)
         assert store.list() == []
     finally:
         store.close()
