@@ -24,14 +24,18 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import psutil
+from modelfs.fs.mount import detach
 
 from . import measure
 from .measure import Timing, drop_caches
-from modelfs.fs.mount import detach
-
 from .peers import RcloneCrypt, rclone_available, rclone_version
-from .synth import (TensorInfo, make_safetensors, make_torch_checkpoint, read_safetensors_layout,
-                    sha256_file)
+from .synth import (
+    TensorInfo,
+    make_safetensors,
+    make_torch_checkpoint,
+    read_safetensors_layout,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +211,7 @@ class Bench:
         self.ckpt_path = ckpt
         self.ckpt_name = f"bench-{self.run_id}/checkpoint"
         if self.key_file is None and opts.store is None:
-            from modelfs.store.crypto import create_key_file
+            from modelfs.store.format.crypto import create_key_file
             self.key_file = str(create_key_file(self.work / "store.key"))
         self.push()
         if want_rclone:
@@ -487,8 +491,8 @@ STAT_KEYS = ("bytes_fetched", "shards_fetched", "hits", "misses", "readahead_iss
 
 def decode_speed(store, manifest, shards: int = 32) -> dict:
     """Single-core decode (authenticate, decrypt, decompress, un-group) of the first shards."""
-    from modelfs.store.codec import decode
-    from modelfs.store.crypto import ShardCipher
+    from modelfs.store.format.codec import decode
+    from modelfs.store.format.crypto import ShardCipher
     cipher = ShardCipher(store.lineage_keys(manifest.name))
     count = min(shards, manifest.shard_count)
     stored = [store.backend.read_shard(manifest.shard_ids[i].hex(), manifest.location(i),

@@ -21,8 +21,8 @@ from pathlib import Path
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # mfusepy would pick libfuse2 if present
 
 import mfusepy  # noqa: E402
-
 from modelfs.store.api import Library, open_store  # noqa: E402
+from modelfs.store.config import ReadOptions  # noqa: E402
 from modelfs.store.errors import InvalidInput, ModelfsError  # noqa: E402
 
 from .operations import CONTROL_DIR, MAX_READ, ModelFS  # noqa: E402
@@ -38,9 +38,7 @@ class MountOptions:
     store_url: str
     mountpoint: Path
     key_file: str | None = None
-    cache_size: int = 2 << 30
-    readahead: int = 64 << 20
-    threads: int = 2
+    read: ReadOptions = ReadOptions()
     allow_other: bool = False
     debug: bool = False
     #: one FUSE request at a time: ~7% faster cold streams, but a slow backend read stalls every reader
@@ -102,8 +100,7 @@ def run_foreground(opts: MountOptions) -> None:
     limit_malloc_arenas()
     mountpoint = prepare_mountpoint(opts.mountpoint)
     store = open_store(opts.store_url, key_file=opts.key_file)
-    library = Library(store, cache_size=opts.cache_size, readahead=opts.readahead,
-                      threads=opts.threads)  # verifies keys and every manifest before mounting
+    library = Library(store, opts.read)  # verifies keys and every manifest before mounting
     log.info("mounting %d model(s) from %s on %s", len(library.names()), opts.store_url, mountpoint)
     fuse_options = dict(fsname=FSNAME_PREFIX + opts.store_url.replace(",", ";"),
                         subtype="modelfs", ro=True, default_permissions=True,

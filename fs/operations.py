@@ -18,10 +18,9 @@ import threading
 import time
 
 import mfusepy
-
 from modelfs.store.api import Library
 from modelfs.store.errors import ModelfsError
-from modelfs.store.fetcher import ReadStream
+from modelfs.store.read.reader import ReadStream
 
 from .errors import errno_of
 

@@ -27,12 +27,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from hdfs_cluster import start_cluster as start_hdfs  # noqa: E402
 from helpers import mounted, read_stats, run_modelfs  # noqa: E402
-from nodes_support import start_cluster as start_nodes  # noqa: E402
-
 from modelfs.bench.measure import drop_caches  # noqa: E402
 from modelfs.bench.synth import make_safetensors  # noqa: E402
 from modelfs.store.api import open_store  # noqa: E402
 from modelfs.store.sizes import parse_size  # noqa: E402
+from nodes_support import start_cluster as start_nodes  # noqa: E402
 
 BLOCK = 4 << 20
 

@@ -16,23 +16,31 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backend import Backend
-from .cache import ShardCache
-from .catalog import Catalog, CatalogEntry, check_name
-from .crypto import (DEFAULT_KEY_FILE, LineageKeys, ShardCipher, create_key_file, load_key_file,
-                     new_data_key, unwrap_key, wrap_key)
+from .backends.base import Backend
+from .backends.urls import open_backend
+from .config import ReadOptions
 from .errors import AccessDenied, IntegrityError, ModelfsError, NotFound
-from .fetcher import ModelReader
-from .manifest import Manifest
+from .format.catalog import Catalog, CatalogEntry, check_name
+from .format.crypto import (
+    DEFAULT_KEY_FILE,
+    LineageKeys,
+    ShardCipher,
+    create_key_file,
+    load_key_file,
+    new_data_key,
+    unwrap_key,
+    wrap_key,
+)
+from .format.manifest import Manifest
 from .publish import DEFAULT_SHARD_SIZE, Progress, publish_file
+from .read.cache import ShardCache
+from .read.reader import ModelReader
 from .stats import Stats
-from .urls import open_backend
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_SIZE = 2 << 30
-DEFAULT_READAHEAD = 64 << 20
-READ_THREADS = 2
+#: the small private cache of a reader opened without a mount (``open_model``, ``verify``)
+OPEN_MODEL_CACHE = 64 << 20
 
 
 class Store:
@@ -103,7 +111,7 @@ class Store:
     def verify(self, name: str, progress: Progress | None = None) -> CatalogEntry:
         """Read every shard of the latest version back and check the whole-file SHA-256."""
         entry = self.catalog.resolve(name)
-        reader = self.open_model(name, cache_size=64 << 20)
+        reader = self.open_model(name)
         digest = hashlib.sha256()
         for index in range(reader.manifest.shard_count):
             digest.update(reader.shard(index))
@@ -113,9 +121,9 @@ class Store:
             raise IntegrityError(f"{name} version {entry.version_id}: whole-file SHA-256 does not match")
         return entry
 
-    def open_model(self, name: str, cache_size: int = DEFAULT_CACHE_SIZE) -> ModelReader:
+    def open_model(self, name: str, cache_size: int = OPEN_MODEL_CACHE) -> ModelReader:
         """A reader of the latest version of ``name`` with its own small cache (no readahead)."""
-        return Library(self, cache_size=cache_size, readahead=0, threads=0).reader(name)
+        return Library(self, ReadOptions(cache_size=cache_size, readahead=0, threads=0)).reader(name)
 
     def close(self) -> None:
         self.backend.close()
@@ -135,15 +143,13 @@ class LibraryEntry:
 class Library:
     """The models a mount serves, sharing one cache, one pool and one set of counters."""
 
-    REFRESH_SECONDS = 5.0
-
-    def __init__(self, store: Store, cache_size: int = DEFAULT_CACHE_SIZE,
-                 readahead: int = DEFAULT_READAHEAD, threads: int = READ_THREADS) -> None:
+    def __init__(self, store: Store, options: ReadOptions = ReadOptions()) -> None:
         self.store = store
+        self.options = options
         self.stats = Stats()
-        self.cache = ShardCache(cache_size, self.stats)
-        self.readahead = readahead
-        self.threads = threads
+        self.cache = ShardCache(options.cache_size, self.stats)
+        self.readahead = options.readahead
+        self.threads = options.threads
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._models: dict[str, LibraryEntry] = {}
@@ -170,7 +176,7 @@ class Library:
         other models.
         """
         with self._lock:
-            if not force and time.monotonic() - self._refreshed < self.REFRESH_SECONDS:
+            if not force and time.monotonic() - self._refreshed < self.options.refresh:
                 return
             self._refreshed = time.monotonic()
             latest = self.store.catalog.latest()

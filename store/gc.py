@@ -28,9 +28,9 @@ import time
 from dataclasses import dataclass
 
 from .api import Store
-from .backend import StoredItem
-from .catalog import CatalogEntry, version_time
+from .backends.base import StoredItem
 from .errors import IntegrityError, InvalidInput
+from .format.catalog import CatalogEntry, version_time
 from .sizes import format_duration, format_size
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .backend import Backend, ShardLocation
-from .catalog import Catalog, CatalogEntry, check_name, new_version_id
-from .codec import ZSTD_LEVEL, encode
-from .crypto import ShardCipher
+from .backends.base import Backend, ShardLocation
 from .errors import InvalidInput
-from .manifest import Manifest, ShardEntry
+from .format.catalog import Catalog, CatalogEntry, check_name, new_version_id
+from .format.codec import ZSTD_LEVEL, encode
+from .format.crypto import ShardCipher
+from .format.manifest import Manifest, ShardEntry
 
 log = logging.getLogger(__name__)
 

@@ -119,9 +119,8 @@ def read_calling(path: Path, at: int, action) -> tuple[int, str]:
 
 def publish_failing_at(store, src: Path, name: str, shard_size: int, fail_at: int, monkeypatch) -> None:
     """Publish ``src`` with a read error at shard ``fail_at``: shards are stored, nothing is published."""
-    import pytest
-
     import modelfs.store.publish as publish_mod
+    import pytest
     real_chunks = publish_mod._read_chunks
 
     def failing_chunks(f, size):

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import run_modelfs
-
 from modelfs.bench import peers
-from modelfs.bench.synth import make_safetensors, plan_shapes, read_safetensors_layout, sha256_file
+from modelfs.bench.synth import (
+    make_safetensors,
+    plan_shapes,
+    read_safetensors_layout,
+    sha256_file,
+)
 
 CASES = {"cold_seq", "warm_seq", "random_1m", "safetensors_all", "safetensors_one", "torch_load",
          "torch_load_mmap"}

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import MODELFS, detach, mounted, run_modelfs
 
 

@@ -16,15 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hdfs_native import Client
-
-from modelfs.store.api import open_store
-from modelfs.store.backend import StoredItem
-from modelfs.store.catalog import new_version_id
-from modelfs.store.errors import InvalidInput
-from modelfs.store.local import TMP_SUFFIX, LocalBackend, shard_relpath
-from modelfs.store.sizes import parse_duration
-
 from helpers import mounted, publish_failing_at, run_modelfs, sha256_of
+from modelfs.store.api import open_store
+from modelfs.store.backends.base import StoredItem
+from modelfs.store.backends.layout import TMP_SUFFIX, shard_relpath
+from modelfs.store.backends.local import LocalBackend
+from modelfs.store.errors import InvalidInput
+from modelfs.store.format.catalog import new_version_id
+from modelfs.store.sizes import parse_duration
 from nodes_support import start_cluster
 
 needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")

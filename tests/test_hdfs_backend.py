@@ -13,11 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hdfs_native import Client
-
-from modelfs.store.backend import ShardLocation
+from modelfs.store.backends.base import ShardLocation
+from modelfs.store.backends.hdfs.backend import HA_FAILOVER_ATTEMPTS, HdfsBackend
+from modelfs.store.backends.urls import open_backend
 from modelfs.store.errors import BackendError, InvalidInput, NotFound
-from modelfs.store.hdfs import HA_FAILOVER_ATTEMPTS, HdfsBackend
-from modelfs.store.urls import open_backend
 
 #: A read while the namenode is away must fail within this (retries included).
 FAILURE_BOUND_S = 30.0

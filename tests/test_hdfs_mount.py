@@ -15,11 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hdfs_native import Client
-
-from helpers import (MODELFS, check_sample_models, make_sample_models, mounted, read_calling, read_stats,
-                     publish_failing_at, run_modelfs, sha256_of)
+from helpers import (
+    MODELFS,
+    check_sample_models,
+    make_sample_models,
+    mounted,
+    publish_failing_at,
+    read_calling,
+    read_stats,
+    run_modelfs,
+    sha256_of,
+)
 from modelfs.store.api import open_store
-
 
 #: A read through the mount while the namenode is away must fail (EIO) within this.
 EIO_BOUND_S = 60.0

@@ -10,10 +10,9 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from helpers import MODELFS, mounted, read_stats, run_modelfs
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-from helpers import MODELFS, mounted, read_stats, run_modelfs
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import mount_log, mounted, read_stats, run_modelfs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from helpers import mount_log, mounted, read_stats, run_modelfs
 
 SHARD = 64 * 1024
 

@@ -10,16 +10,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from modelfs.store.backend import ShardLocation
-from modelfs.store.cluster import ClusterBackend
-from modelfs.store.errors import AccessDenied, BackendError, IntegrityError, InvalidInput, NotFound
-from modelfs.store.local import LocalBackend, shard_relpath
-from modelfs.store.node_server import DIGEST_HEADER, MAX_BODY
-from modelfs.store.placement import Placement, rendezvous_order
-
+from modelfs.store.backends.base import ShardLocation
+from modelfs.store.backends.layout import shard_relpath
+from modelfs.store.backends.local import LocalBackend
+from modelfs.store.backends.nodes.placement import Placement, rendezvous_order
+from modelfs.store.backends.nodes.protocol import DIGEST_HEADER, MAX_BODY
+from modelfs.store.backends.nodes.replicated import ClusterBackend
+from modelfs.store.errors import (
+    AccessDenied,
+    BackendError,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+)
 from nodes_support import TOKEN, Cluster, start_cluster, start_nginx, start_node
-
 
 # -- helpers -------------------------------------------------------------------
 

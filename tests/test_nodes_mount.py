@@ -7,14 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from helpers import (check_sample_models, make_sample_models, mount_log, mounted, read_calling,
-                     read_stats, run_modelfs, sha256_of)
+from helpers import (
+    check_sample_models,
+    make_sample_models,
+    mount_log,
+    mounted,
+    read_calling,
+    read_stats,
+    run_modelfs,
+    sha256_of,
+)
 from modelfs.store.api import open_store
-from modelfs.store.cluster import ClusterBackend
-from modelfs.store.local import shard_relpath
+from modelfs.store.backends.layout import shard_relpath
+from modelfs.store.backends.nodes.replicated import ClusterBackend
 from nodes_support import start_cluster, start_nginx
-
 
 
 @pytest.fixture

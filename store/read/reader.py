@@ -15,13 +15,13 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .backend import Backend
+from ..backends.base import Backend
+from ..errors import IntegrityError, ModelfsError
+from ..format.codec import decode
+from ..format.crypto import ShardCipher
+from ..format.manifest import Manifest
+from ..stats import Stats
 from .cache import ShardCache
-from .codec import decode
-from .crypto import ShardCipher
-from .errors import IntegrityError, ModelfsError
-from .manifest import Manifest
-from .stats import Stats
 
 log = logging.getLogger(__name__)
 

@@ -52,14 +52,22 @@ from typing import Callable, Iterator
 from urllib.parse import parse_qs, quote, urlsplit
 
 import urllib3
-from urllib3.exceptions import HTTPError as Urllib3Error, ProtocolError
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import ProtocolError
 
-from .backend import Backend, ShardLocation, ShardWriter, StoredItem
-from .errors import AccessDenied, BackendError, IntegrityError, InvalidInput, ModelfsError, NotFound
-from .local import check_key, check_shard_id, shard_relpath
-from .node_server import DIGEST_HEADER, read_token_file
+from ...errors import (
+    AccessDenied,
+    BackendError,
+    IntegrityError,
+    InvalidInput,
+    ModelfsError,
+    NotFound,
+)
+from ...stats import Latency
+from ..base import Backend, ShardLocation, ShardWriter, StoredItem
+from ..layout import check_key, check_shard_id, shard_relpath
 from .placement import RUN_LENGTH, Placement, rendezvous_order
-from .stats import Latency
+from .protocol import DIGEST_HEADER, read_token_file
 
 log = logging.getLogger(__name__)
 

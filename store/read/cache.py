@@ -15,7 +15,7 @@ from typing import Callable, Hashable
 
 import cachetools
 
-from .stats import Stats
+from ..stats import Stats
 
 
 class _CountingLRU(cachetools.LRUCache):

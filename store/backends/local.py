@@ -12,69 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Iterator
 
-from .backend import Backend, ShardLocation, ShardWriter, StoredItem
-from .errors import BackendError, InvalidInput, NotFound
+from ..errors import BackendError, InvalidInput, NotFound
+from .base import Backend, ShardLocation, ShardWriter, StoredItem
+from .layout import (
+    TMP_SUFFIX,
+    check_key,
+    shard_relpath,
+    stored_shard_relpath,
+    write_file_atomically,
+)
 
 log = logging.getLogger(__name__)
-
-TMP_SUFFIX = ".tmp-"
-
-
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via temp file + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{TMP_SUFFIX}{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def check_key(key: str) -> str:
-    """Refuse object keys that could escape the store (``..``, absolute, empty parts)."""
-    parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in key:
-        raise InvalidInput(f"invalid object key {key!r}")
-    return key
-
-
-def check_shard_id(shard_id: str) -> str:
-    if len(shard_id) != 64 or any(c not in "0123456789abcdef" for c in shard_id):
-        raise InvalidInput(f"invalid shard id {shard_id!r}")
-    return shard_id
-
-
-def shard_relpath(shard_id: str) -> str:
-    """Relative path of a content-addressed shard file (shared with storage nodes)."""
-    check_shard_id(shard_id)
-    return f"shards/{shard_id[:2]}/{shard_id}"
-
-
-def stored_shard_relpath(name: str) -> str:
-    """Relative path of a stored shard file: a shard id, or ``<id>.tmp-<random>`` (a temp file)."""
-    shard_id, sep, tail = name.partition(TMP_SUFFIX)
-    if sep and not tail.isalnum():
-        raise InvalidInput(f"invalid temporary shard file name {name!r}")
-    return f"{shard_relpath(shard_id)}{sep}{tail}"
-
 
 class LocalShardWriter(ShardWriter):
     """Shards are content-addressed files, durable when ``put`` returns."""

@@ -30,9 +30,16 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
-from .backend import Backend, ShardLocation, ShardWriter, StoredItem
-from .errors import AccessDenied, BackendError, IntegrityError, InvalidInput, ModelfsError, NotFound
-from .local import TMP_SUFFIX, check_key, check_shard_id
+from ...errors import (
+    AccessDenied,
+    BackendError,
+    IntegrityError,
+    InvalidInput,
+    ModelfsError,
+    NotFound,
+)
+from ..base import Backend, ShardLocation, ShardWriter, StoredItem
+from ..layout import TMP_SUFFIX, check_key, check_shard_id
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .backend import Backend
-from .errors import InvalidInput
+from ..errors import InvalidInput
+from .base import Backend
 
 DEFAULT_STORE = os.environ.get(
     "MODELFS_STORE", str(Path.home() / ".local" / "share" / "modelfs" / "store"))
@@ -26,9 +26,9 @@ def open_backend(url: str | None, create: bool = False) -> Backend:
         path = urlsplit(url).path if scheme == "file" else url
         return LocalBackend(path, create=create)
     if scheme in ("http", "https"):
-        from .cluster import ClusterBackend
+        from .nodes.replicated import ClusterBackend
         return ClusterBackend.from_url(url)
     if scheme == "hdfs":
-        from .hdfs import HdfsBackend
+        from .hdfs.backend import HdfsBackend
         return HdfsBackend.from_url(url)
     raise InvalidInput(f"unknown store {url!r}: use a directory, file://, http:// or hdfs://")

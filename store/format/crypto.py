@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import AccessDenied, IntegrityError, InvalidInput, NotFound
+from ..errors import AccessDenied, IntegrityError, InvalidInput, NotFound
 
 FORMAT_VERSION = 1
 KEY_BYTES = 32

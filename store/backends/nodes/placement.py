@@ -23,8 +23,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
-from .backend import ShardLocation
-from .errors import InvalidInput
+from ...errors import InvalidInput
+from ..base import ShardLocation
 
 PLACEMENTS = ("hash", "range")
 #: shards per contiguous run for ``placement=range`` (64 MiB at 4 MiB shards)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from .errors import IntegrityError
+from ..errors import IntegrityError
 
 # transform ids (low nibble of the codec byte)
 RAW, GROUP2, GROUP4 = 0, 1, 2

@@ -18,8 +18,8 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 
-from .backend import Backend
-from .errors import InvalidInput, NotFound
+from ..backends.base import Backend
+from ..errors import InvalidInput, NotFound
 
 _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 MAX_NAME = 512

@@ -39,26 +39,22 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .errors import BackendError, InvalidInput
-from .local import TMP_SUFFIX, LocalBackend, check_key, check_shard_id, shard_relpath, \
-    write_file_atomically
+from ...errors import BackendError, InvalidInput
+from ..layout import (
+    TMP_SUFFIX,
+    check_key,
+    check_shard_id,
+    shard_relpath,
+    write_file_atomically,
+)
+from ..local import LocalBackend
+from .protocol import DIGEST_HEADER, MAX_BODY, read_token_file
 
 log = logging.getLogger(__name__)
 
-#: largest body a PUT may carry; shards are a few MiB, manifests far smaller
-MAX_BODY = 64 * 1024 * 1024
-DIGEST_HEADER = "X-Modelfs-Sha256"
 
 _STORE_KEY = web.AppKey("store", LocalBackend)
 _TOKEN_KEY = web.AppKey("token", str)
-
-
-def read_token_file(path: str) -> str:
-    """Read a bearer token; refuse an empty one (it would let everybody in)."""
-    token = Path(path).read_text().strip()
-    if not token:
-        raise InvalidInput(f"token file {path} is empty")
-    return token
 
 
 # -- access checks -------------------------------------------------------------

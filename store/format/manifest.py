@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from .backend import ShardLocation
+from ..backends.base import ShardLocation
+from ..errors import IntegrityError
 from .crypto import check_manifest_mac, manifest_mac
-from .errors import IntegrityError
 
 MAGIC = b"MFSM\x01"
 MAC_BYTES = 32

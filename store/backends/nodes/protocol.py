@@ -1,0 +1,22 @@
+"""What the storage-node client and server agree on: headers, limits, the bearer token file.
+
+Kept apart from the server so that a mount daemon (a client) never loads aiohttp.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...errors import InvalidInput
+
+#: largest body a PUT may carry; shards are a few MiB, manifests far smaller
+MAX_BODY = 64 * 1024 * 1024
+#: hex SHA-256 of a PUT body, checked by the node before anything is written
+DIGEST_HEADER = "X-Modelfs-Sha256"
+
+
+def read_token_file(path: str) -> str:
+    """Read a bearer token; refuse an empty one (it would let everybody in)."""
+    token = Path(path).read_text().strip()
+    if not token:
+        raise InvalidInput(f"token file {path} is empty")
+    return token

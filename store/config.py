@@ -1,0 +1,61 @@
+"""The options of a mount's read path: one table, one default each.
+
+The command line (``modelfs mount --cache-size ...``), ``-o cache_size=...`` mount options,
+``Library``, the bench and the README all take names, defaults and help from ``ReadOptions``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidInput
+from .sizes import parse_duration, parse_size
+
+#: kinds of option values, and how a command-line string becomes one
+PARSERS = {"size": parse_size, "int": int, "float": float, "duration": parse_duration,
+           "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes", "on", "")}
+
+
+def option(default: Any, kind: str, help: str) -> Any:
+    return field(default=default, metadata={"kind": kind, "help": help})
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a mount reads, caches and refreshes (``modelfs mount`` options)."""
+
+    cache_size: int = option(2 << 30, "size", "memory budget of the shard cache (cached shards, "
+                             "shards being loaded and the loaders' scratch buffers)")
+    readahead: int = option(64 << 20, "size", "largest readahead window of one open file "
+                            "(never more than half the cache)")
+    threads: int = option(2, "int", "readahead/decode threads")
+    refresh: float = option(5.0, "duration", "seconds between polls of the catalog for new "
+                            "versions, tags and removals")
+
+    def __post_init__(self) -> None:
+        if self.cache_size <= 0:
+            raise InvalidInput("cache size must be positive")
+        if self.readahead < 0 or self.threads < 0:
+            raise InvalidInput("readahead and threads may not be negative")
+        if self.refresh <= 0:
+            raise InvalidInput("refresh interval must be positive")
+
+    @classmethod
+    def fields(cls) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(cls))
+
+    @classmethod
+    def parse(cls, values: dict[str, str]) -> "ReadOptions":
+        """Options from ``name=value`` strings (``-o`` mount options, URL-style settings)."""
+        known = {f.name: f for f in cls.fields()}
+        kwargs: dict[str, Any] = {}
+        for name, text in values.items():
+            f = known.get(name.replace("-", "_"))
+            if f is None:
+                raise InvalidInput(f"unknown option {name!r}")
+            try:
+                kwargs[f.name] = PARSERS[f.metadata["kind"]](text)
+            except ValueError:
+                raise InvalidInput(f"bad value {text!r} for option {name}") from None
+        return cls(**kwargs)
