@@ -3,10 +3,8 @@
 ``ModelReader.read`` maps a range onto shards with ``numpy.searchsorted`` and
 takes each shard from the cache, loading it on a miss (fetch, authenticate,
 decrypt, decompress, un-group). ``ReadStream`` is the per-open-file view that
-detects sequential access and keeps a readahead window of whole shards loading
-on a shared thread pool: the window grows with the length of the sequential
-run up to the readahead limit and is cancelled on a seek, so a random reader
-gets no readahead at all and a short run little.
+turns the plans of its ``ReadaheadWindow`` (see ``window.py``) into loads of
+whole shards on a shared thread pool.
 """
 from __future__ import annotations
 
@@ -22,11 +20,9 @@ from ..format.crypto import ShardCipher
 from ..format.manifest import Manifest
 from ..stats import Stats
 from .cache import ShardCache
+from .window import ReadaheadPlan, ReadaheadWindow
 
 log = logging.getLogger(__name__)
-
-#: readahead window = shards read sequentially so far / RUN_TO_WINDOW (capped)
-RUN_TO_WINDOW = 4
 
 
 class ModelReader:
@@ -46,14 +42,13 @@ class ModelReader:
         self._offsets: list[int] = manifest.offsets.tolist()
         self._lengths: list[int] = manifest.lengths.tolist()
         self._reported: set[int] = set()
-        self.max_window = 0  # readahead window limit, in shards; 0 = no readahead
+        self.readahead_limit = 0  # largest readahead window of a stream, bytes; 0 = none
 
     def enable_readahead(self, pool: ThreadPoolExecutor, readahead_bytes: int) -> None:
         """Let streams load ahead on ``pool``, inside half the cache budget so that
         prefetched shards survive until they are read."""
         self._pool = pool
-        limit = min(readahead_bytes, self._cache.budget // 2)
-        self.max_window = limit // max(self.manifest.shard_size, 1)
+        self.readahead_limit = min(readahead_bytes, self._cache.budget // 2)
 
     def __repr__(self) -> str:
         return f"ModelReader({self.manifest.name}@{self.manifest.version_id})"
@@ -147,51 +142,35 @@ class ModelReader:
 
 
 class ReadStream:
-    """One open file: a sequential detector driving readahead of whole shards."""
+    """One open file: a ``ReadaheadWindow`` whose plans become loads on the reader's pool."""
 
     def __init__(self, reader: ModelReader) -> None:
         self.reader = reader
-        self._last_shard = -1  # so a read from the start counts as sequential
-        self._window = 0
-        self._run_start = 0
+        self._window = ReadaheadWindow(reader._offsets, reader.size, reader.readahead_limit)
         self._ahead: dict[int, Future] = {}
         self._lock = threading.Lock()
 
     def read(self, offset: int, length: int) -> bytes:
         data, first, last = self.reader.read_span(offset, length)
-        if data and self.reader.max_window:
+        if data and self.reader.readahead_limit:
             with self._lock:  # the kernel sends concurrent reads of one open file
-                self._advance(first, last)
+                self._follow(self._window.observe(first, last))
         return data
 
-    def _advance(self, first: int, last: int) -> None:
-        """Size the window by how long the current sequential run is; reset on a seek.
-
-        A read that starts in the current shard, the next one, or slightly behind
-        (the kernel may deliver concurrent requests out of order) continues the
-        run. The window is a quarter of the shards the run has read so far, up to
-        the limit: a short run (one tensor) fetches at most a few shards past its
-        end, a long stream soon reaches the full window.
-        """
-        if self._last_shard - self._window <= first <= self._last_shard + 1:
-            if last <= self._last_shard:
-                return
-        else:
-            self.cancel()
-            self._run_start = first
-        self._last_shard = last
-        self._window = min((last - self._run_start) // RUN_TO_WINDOW, self.reader.max_window)
-        if not self._window:
-            return
-        for index in [i for i in self._ahead if i <= last]:
-            del self._ahead[index]
-        end = min(last + self._window, self.reader.manifest.shard_count - 1)
-        for index in range(last + 1, end + 1):
-            if index not in self._ahead and not self.reader.is_loaded(index):
+    def _follow(self, plan: ReadaheadPlan) -> None:
+        for index in plan.cancel:
+            future = self._ahead.pop(index, None)
+            if future is not None:
+                future.cancel()
+        for index in plan.passed:
+            self._ahead.pop(index, None)
+        for index in plan.prefetch:
+            if not self.reader.is_loaded(index):
                 self._ahead[index] = self.reader.prefetch(index)
 
     def cancel(self) -> None:
-        """Drop queued readahead (a seek made it useless); running loads finish into the cache."""
+        """Drop queued readahead; running loads finish into the cache."""
+        self._window.reset()
         for future in self._ahead.values():
             future.cancel()
         self._ahead.clear()
