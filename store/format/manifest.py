@@ -19,6 +19,8 @@ from ..errors import IntegrityError
 from .crypto import check_manifest_mac, manifest_mac
 
 MAGIC = b"MFSM\x01"
+#: format 1: fixed-size shards; format 2: shards cut at tensor boundaries or by content
+FORMATS = (1, 2)
 MAC_BYTES = 32
 
 SCHEMA = pa.schema([
@@ -61,6 +63,7 @@ class Manifest:
     codecs: np.ndarray
     containers: list[str]
     container_offsets: np.ndarray
+    format: int = 1
     extra: dict = field(default_factory=dict)
 
     @property
@@ -80,8 +83,9 @@ class Manifest:
 
     @classmethod
     def build(cls, *, name: str, version_id: str, file_name: str, size: int, sha256: str,
-              shard_size: int, created: float, entries: list[ShardEntry]) -> "Manifest":
-        return cls(
+              shard_size: int, created: float, entries: list[ShardEntry],
+              format: int = 1) -> "Manifest":
+        return cls(format=format,
             name=name, version_id=version_id, file_name=file_name, size=size, sha256=sha256,
             shard_size=shard_size, created=created,
             offsets=np.array([e.offset for e in entries], dtype=np.uint64),
@@ -96,7 +100,7 @@ class Manifest:
     # -- serialisation -------------------------------------------------------
     def to_bytes(self, mac_key: bytes) -> bytes:
         meta = {
-            "format": 1, "name": self.name, "version_id": self.version_id,
+            "format": self.format, "name": self.name, "version_id": self.version_id,
             "file_name": self.file_name, "size": self.size, "sha256": self.sha256,
             "shard_size": self.shard_size, "created": self.created,
         }
@@ -127,8 +131,11 @@ class Manifest:
             meta = json.loads(table.schema.metadata[b"modelfs"])
         except (pa.ArrowInvalid, KeyError, ValueError) as e:
             raise IntegrityError(f"manifest does not parse: {e}") from None
+        if meta.get("format") not in FORMATS:
+            raise IntegrityError(f"manifest format {meta.get('format')!r} is not one this "
+                                 f"version reads ({', '.join(map(str, FORMATS))})")
         col = table.column
-        manifest = cls(
+        manifest = cls(format=int(meta["format"]),
             name=meta["name"], version_id=meta["version_id"], file_name=meta["file_name"],
             size=int(meta["size"]), sha256=meta["sha256"], shard_size=int(meta["shard_size"]),
             created=float(meta["created"]),
