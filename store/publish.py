@@ -15,11 +15,12 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .backends.base import Backend, ShardLocation
 from .errors import InvalidInput
 from .format.catalog import Catalog, CatalogEntry, check_name, new_version_id
+from .format.chunking import Cut, read_cuts
 from .format.codec import ZSTD_LEVEL, encode
 from .format.crypto import ShardCipher
 from .format.manifest import Manifest, ShardEntry
@@ -42,8 +43,8 @@ class EncryptedShard:
     ciphertext: bytes
 
 
-def encrypt_shard(cipher: ShardCipher, chunk: bytes, level: int) -> EncryptedShard:
-    encoded = encode(chunk, level)
+def encrypt_shard(cipher: ShardCipher, chunk: bytes, level: int, width: int = 0) -> EncryptedShard:
+    encoded = encode(chunk, level, width)
     shard_id = cipher.shard_id(encoded.params, encoded.payload)
     return EncryptedShard(shard_id, encoded.codec, encoded.length,
                           cipher.encrypt(shard_id, encoded.payload))
@@ -68,9 +69,9 @@ def check_shard_size(shard_size: int) -> int:
     return shard_size
 
 
-def _read_chunks(f, shard_size: int):
-    while chunk := f.read(shard_size):
-        yield chunk
+def _read_chunks(f, shard_size: int) -> Iterator[tuple[Cut, bytes]]:
+    """The file's shards, cut at content boundaries (tensors, zip entries, FastCDC)."""
+    return read_cuts(f, os.fstat(f.fileno()).st_size, shard_size)
 
 
 def publish_file(backend: Backend, catalog: Catalog, cipher: ShardCipher, mac_key: bytes,
@@ -107,9 +108,9 @@ def publish_file(backend: Backend, catalog: Catalog, cipher: ShardCipher, mac_ke
             if progress:
                 progress(offset, before.st_size)
 
-        for chunk in _read_chunks(f, shard_size):
+        for cut, chunk in _read_chunks(f, shard_size):
             digest.update(chunk)
-            pending.append(pool.submit(encrypt_shard, cipher, chunk, level))
+            pending.append(pool.submit(encrypt_shard, cipher, chunk, level, cut.width))
             if len(pending) > 2 * ENCODE_THREADS:
                 store_next()
         while pending:
@@ -119,8 +120,10 @@ def publish_file(backend: Backend, catalog: Catalog, cipher: ShardCipher, mac_ke
             raise InvalidInput(f"{path} changed while it was being pushed; nothing was published")
         writer.commit()
 
+    # format 2: shard_size records the largest shard (what a reader must hold at once)
+    largest = max((e.length for e in entries), default=shard_size)
     manifest = Manifest.build(name=name, version_id=version_id, file_name=path.name, size=offset,
-                              sha256=digest.hexdigest(), shard_size=shard_size,
+                              sha256=digest.hexdigest(), shard_size=largest, format=2,
                               created=time.time(), entries=entries)
     catalog.put_manifest(version_id, manifest.to_bytes(mac_key))
     entry = CatalogEntry(name=name, version_id=version_id, file_name=path.name, size=offset,

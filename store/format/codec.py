@@ -25,6 +25,7 @@ from ..errors import IntegrityError
 # transform ids (low nibble of the codec byte)
 RAW, GROUP2, GROUP4 = 0, 1, 2
 GROUP_WIDTH = {RAW: 1, GROUP2: 2, GROUP4: 4}
+WIDTH_TRANSFORM = {2: GROUP2, 4: GROUP4}
 TRANSFORM_NAMES = {RAW: "raw", GROUP2: "group2", GROUP4: "group4"}
 # compression (high nibble): one zstd frame, or each byte plane on its own
 STORED, ZSTD, PLANES = 0, 1, 2
@@ -196,13 +197,14 @@ def _unpack_planes(payload: bytes, width: int, length: int) -> memoryview:
     return _readonly(out)
 
 
-def encode(data: bytes | memoryview, level: int = ZSTD_LEVEL) -> EncodedShard:
-    """Pick the transform on a sample, compress, and fall back to stored bytes if it does not pay.
+def encode(data: bytes | memoryview, level: int = ZSTD_LEVEL, width: int = 0) -> EncodedShard:
+    """Group by ``width`` (the data's element size, when known) or by what compresses a sample
+    best; compress; fall back to stored bytes if it does not pay.
 
     Grouped (float) data is packed plane by plane (``PLANES``); other data is one zstd frame.
     """
     view = memoryview(data)
-    transform = choose_transform(view, level)
+    transform = WIDTH_TRANSFORM[width] if width in WIDTH_TRANSFORM else choose_transform(view, level)
     width = GROUP_WIDTH[transform]
     if width > 1:
         compressed, compression = _pack_planes(group(view, width), width), PLANES
