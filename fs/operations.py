@@ -18,6 +18,7 @@ import threading
 import time
 
 import mfusepy
+import numpy as np
 from modelfs.store.api import Library
 from modelfs.store.errors import ModelfsError
 from modelfs.store.read.reader import ReadStream
@@ -29,6 +30,21 @@ log = logging.getLogger(__name__)
 CONTROL_DIR = ".modelfs"
 STATS_FILE = f"/{CONTROL_DIR}/stats"
 MAX_READ = 1 << 20
+
+
+class KernelSlice:
+    """A read-only slice of a cached shard handed to libfuse without a copy: mfusepy copies
+    a read's result into the kernel's buffer with ``ctypes.memmove``, which takes the address
+    from ``_as_parameter_``; the slice (and so the shard) stays alive until that is done."""
+
+    __slots__ = ("_view", "_as_parameter_")
+
+    def __init__(self, view: np.ndarray) -> None:
+        self._view = view
+        self._as_parameter_ = view.ctypes.data
+
+    def __len__(self) -> int:
+        return len(self._view)
 
 
 class ModelFS(mfusepy.Operations):
@@ -147,7 +163,8 @@ class ModelFS(mfusepy.Operations):
         if isinstance(handle, bytes):
             return handle[offset:offset + size]
         try:
-            return handle.read(offset, size)
+            data = handle.read(offset, size)
+            return KernelSlice(data) if isinstance(data, np.ndarray) else data
         except ModelfsError as e:
             raise mfusepy.FuseOSError(errno_of(e)) from None
         except Exception:

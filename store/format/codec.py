@@ -128,13 +128,21 @@ def _readonly(out: np.ndarray) -> memoryview:
     return memoryview(out)
 
 
-def ungroup(data: bytes, width: int) -> bytes | memoryview:
-    """Undo ``group``; the result is read-only bytes or a memoryview of them (no extra copy)."""
+def _output(out: np.ndarray | None, length: int) -> np.ndarray:
+    """The caller's buffer (a recycled one: no page faults on first touch), or a new one."""
+    if out is not None and len(out) == length and out.base is None:
+        out.flags.writeable = True
+        return out
+    return np.empty(length, dtype=np.uint8)
+
+
+def ungroup(data: bytes, width: int, out: np.ndarray | None = None) -> bytes | memoryview:
+    """Undo ``group``, into ``out`` when given; the result is read-only bytes or a memoryview."""
     if width == 1:
         return data
     n = len(data) // width * width
     planes = np.frombuffer(data, dtype=np.uint8, count=n).reshape(width, -1)
-    out = np.empty(len(data), dtype=np.uint8)
+    out = _output(out, len(data))
     _interleave_planes(list(planes), out[:n])
     out[n:] = np.frombuffer(data, dtype=np.uint8, offset=n)
     return _readonly(out)
@@ -170,7 +178,7 @@ def _pack_planes(grouped: bytes, width: int) -> bytes:
     return b"".join(headers + bodies) + grouped[width * plane:]
 
 
-def _unpack_planes(payload: bytes, width: int, length: int) -> memoryview:
+def _unpack_planes(payload: bytes, width: int, length: int, out: np.ndarray | None) -> memoryview:
     """Decode a PLANES payload straight into one preallocated output; stored planes are
     read in place."""
     plane = length // width
@@ -191,7 +199,7 @@ def _unpack_planes(payload: bytes, width: int, length: int) -> memoryview:
         at += size
     if len(payload) - at != length - width * plane:
         raise IntegrityError(f"shard decodes to {at + length - len(payload)} bytes, expected {length}")
-    out = np.empty(length, dtype=np.uint8)
+    out = _output(out, length)
     _interleave_planes(planes, out[:width * plane])
     out[width * plane:] = np.frombuffer(payload, dtype=np.uint8, offset=at)
     return _readonly(out)
@@ -215,14 +223,16 @@ def encode(data: bytes | memoryview, level: int = ZSTD_LEVEL, width: int = 0) ->
     return EncodedShard(RAW | STORED << 4, len(view), bytes(view))
 
 
-def decode(codec: int, length: int, payload: bytes) -> bytes | memoryview:
+def decode(codec: int, length: int, payload: bytes, out: np.ndarray | None = None) -> bytes | memoryview:
+    """The plaintext of a shard; grouped data is written into ``out`` (a uint8 array of
+    ``length`` that owns its memory) when given, and the result is a view of it."""
     width = GROUP_WIDTH.get(codec & 0xF)
     if width is None or codec >> 4 not in COMPRESSION_NAMES:
         raise IntegrityError(f"unknown shard codec {codec:#x}")
     if codec >> 4 == PLANES:
         if len(payload) < width * _PLANE_HEADER.size:
             raise IntegrityError("shard is shorter than its plane table")
-        return _unpack_planes(payload, width, length)
+        return _unpack_planes(payload, width, length, out)
     if codec >> 4 == ZSTD:
         try:
             plain = _decompressor().decompress(payload, max_output_size=length)
@@ -232,4 +242,4 @@ def decode(codec: int, length: int, payload: bytes) -> bytes | memoryview:
         plain = payload
     if len(plain) != length:
         raise IntegrityError(f"shard decodes to {len(plain)} bytes, expected {length}")
-    return ungroup(plain, width)
+    return ungroup(plain, width, out)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_right
 from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
 
 from ..backends.base import Backend
 from ..errors import IntegrityError, ModelfsError
@@ -54,7 +57,8 @@ class ModelReader:
         return f"ModelReader({self.manifest.name}@{self.manifest.version_id})"
 
     # -- one shard -------------------------------------------------------------
-    def _load(self, index: int) -> bytes:
+    def _load(self, index: int) -> np.ndarray:
+        """Fetch, check and decode one shard into a (recycled) buffer; the cache keeps the array."""
         m = self.manifest
         shard_id = m.shard_ids[index]
         stored_length = int(m.stored_lengths[index])
@@ -67,7 +71,11 @@ class ModelReader:
             fetched_at = time.monotonic()
             if len(stored) != stored_length:
                 raise IntegrityError(f"shard {index} is truncated ({len(stored)} of {stored_length} bytes)")
-            return decode(codec, length, self._cipher.decrypt(shard_id, stored))
+            buffer = self._cache.take_buffer(length)
+            plain = decode(codec, length, self._cipher.decrypt(shard_id, stored), buffer)
+            if isinstance(plain, memoryview) and isinstance(plain.obj, np.ndarray):
+                return plain.obj  # the array decode wrote (``buffer`` or a new one)
+            return np.frombuffer(plain, dtype=np.uint8)
 
         try:
             plain = self._backend.read_shard_verified(self._keys[index], m.location(index),
@@ -86,10 +94,10 @@ class ModelReader:
         self._stats.add(bytes_fetched=stored_length, shards_fetched=1)
         return plain
 
-    def shard(self, index: int, prefetch: bool = False) -> bytes | memoryview:
+    def shard(self, index: int, prefetch: bool = False) -> np.ndarray:
         return self._shard(index, prefetch)[0]
 
-    def _shard(self, index: int, prefetch: bool = False) -> tuple[bytes | memoryview, bool]:
+    def _shard(self, index: int, prefetch: bool = False) -> tuple[np.ndarray, bool]:
         """The decoded shard, and whether it came from the cache (or another reader's load)."""
         return self._cache.get(self._keys[index], lambda: self._load(index),
                                self._lengths[index], prefetch=prefetch)
@@ -110,13 +118,18 @@ class ModelReader:
     # -- byte ranges -----------------------------------------------------------
     def shard_span(self, offset: int, length: int) -> tuple[int, int]:
         """First and last shard index touched by a non-empty range inside the file."""
-        return self.manifest.shard_index(offset), self.manifest.shard_index(offset + length - 1)
+        return (bisect_right(self._offsets, offset) - 1,
+                bisect_right(self._offsets, offset + length - 1) - 1)
 
     def read(self, offset: int, length: int) -> bytes:
-        return self.read_span(offset, length)[0]
+        return bytes(self.read_span(offset, length)[0])
 
-    def read_span(self, offset: int, length: int) -> tuple[bytes, int, int]:
-        """The bytes of a range, and the first and last shard it touched (-1, -1 if none)."""
+    def read_span(self, offset: int, length: int) -> tuple[bytes | np.ndarray, int, int]:
+        """The bytes of a range, and the first and last shard it touched (-1, -1 if none).
+
+        A range inside one shard is a read-only view of the cached shard (no copy); one that
+        crosses shards is joined into new bytes.
+        """
         if offset < 0 or length < 0:
             raise ValueError("negative offset or length")
         length = min(length, self.size - offset)
@@ -133,7 +146,7 @@ class ModelReader:
             end = min(offset + length - offsets[index], len(data))
             pieces.append(data[start:end] if (start, end) != (0, len(data)) else data)
             hit_bytes += (end - start) if hit else 0
-        out = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+        out = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         self._stats.record_read(len(out), hit_bytes, time.monotonic() - started)
         return out, first, last
 
@@ -150,9 +163,11 @@ class ReadStream:
         self._ahead: dict[int, Future] = {}
         self._lock = threading.Lock()
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytes | np.ndarray:
+        """The bytes of a range: a read-only view of a cached shard where it can be (see
+        ``ModelReader.read_span``); hold it only as long as needed."""
         data, first, last = self.reader.read_span(offset, length)
-        if data and self.reader.readahead_limit:
+        if len(data) and self.reader.readahead_limit:
             with self._lock:  # the kernel sends concurrent reads of one open file
                 self._follow(self._window.observe(first, last))
         return data
