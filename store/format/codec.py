@@ -130,7 +130,7 @@ def _readonly(out: np.ndarray) -> memoryview:
 
 def _output(out: np.ndarray | None, length: int) -> np.ndarray:
     """The caller's buffer (a recycled one: no page faults on first touch), or a new one."""
-    if out is not None and len(out) == length and out.base is None:
+    if out is not None and len(out) == length and out.dtype == np.uint8:
         out.flags.writeable = True
         return out
     return np.empty(length, dtype=np.uint8)
@@ -178,6 +178,28 @@ def _pack_planes(grouped: bytes, width: int) -> bytes:
     return b"".join(headers + bodies) + grouped[width * plane:]
 
 
+def _scratch(size: int) -> np.ndarray:
+    """This thread's buffer for decompressed planes, reused so that no decode touches new pages."""
+    buffer = getattr(_local, "scratch", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _local.scratch = np.empty(size, dtype=np.uint8)
+    return buffer
+
+
+def _decompress_into(frame: memoryview, target: np.ndarray) -> np.ndarray:
+    """Decompress one zstd frame that must fill ``target`` exactly."""
+    try:
+        reader = _decompressor().stream_reader(frame)
+        view, filled = memoryview(target), 0
+        while filled < len(target) and (got := reader.readinto(view[filled:])):
+            filled += got
+        if reader.read(1):
+            raise IntegrityError("byte plane decodes to more bytes than expected")
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"shard does not decompress: {e}") from None
+    return target[:filled]
+
+
 def _unpack_planes(payload: bytes, width: int, length: int, out: np.ndarray | None) -> memoryview:
     """Decode a PLANES payload straight into one preallocated output; stored planes are
     read in place."""
@@ -189,10 +211,7 @@ def _unpack_planes(payload: bytes, width: int, length: int, out: np.ndarray | No
         size, compressed = _PLANE_HEADER.unpack_from(payload, k * _PLANE_HEADER.size)
         body = view[at:at + size]
         if compressed:
-            try:
-                body = _decompressor().decompress(body, max_output_size=plane)
-            except zstandard.ZstdError as e:
-                raise IntegrityError(f"shard does not decompress: {e}") from None
+            body = _decompress_into(body, _scratch(width * plane)[k * plane:(k + 1) * plane])
         if len(body) != plane:
             raise IntegrityError(f"byte plane {k} decodes to {len(body)} bytes, expected {plane}")
         planes.append(np.frombuffer(body, dtype=np.uint8))

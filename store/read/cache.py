@@ -78,19 +78,24 @@ class ShardCache:
         wasted = key in self._prefetched
         self._prefetched.discard(key)
         self._stats.add(evictions=1, evicted_bytes=len(value), readahead_wasted=int(wasted))
-        if isinstance(value, np.ndarray) and value.base is None:
+        owner = value.base if isinstance(value, np.ndarray) and value.base is not None else value
+        if isinstance(owner, np.ndarray) and owner.base is None:  # memory a decode allocated
             if len(self._spare) >= SPARE_BUFFERS:
                 self._spare.pop(0)
-            self._spare.append(value)
+            self._spare.append(owner)
 
     def take_buffer(self, size: int) -> np.ndarray | None:
-        """An evicted buffer of ``size`` bytes that no reader still holds a view of, to
-        decode into; None if there is none."""
+        """The first ``size`` bytes of an evicted buffer (at most a quarter larger) that no
+        reader still holds a view of, to decode into; None if there is none."""
         with self._lock:
-            for i, buffer in enumerate(self._spare):
-                # references: the list, ``buffer`` and getrefcount's argument; a reader's slice adds one
-                if len(buffer) == size and sys.getrefcount(buffer) == 3:
-                    return self._spare.pop(i)
+            for i in range(len(self._spare)):
+                buffer = self._spare[i]
+                # references: the list, ``buffer`` and getrefcount's argument; every view a
+                # reader still holds adds one (numpy views point at the owning array)
+                if size <= len(buffer) <= size * 5 // 4 and sys.getrefcount(buffer) == 3:
+                    del self._spare[i]
+                    buffer.flags.writeable = True
+                    return buffer[:size]
         return None
 
     def set_working_bytes(self, nbytes: int) -> None:
