@@ -178,12 +178,23 @@ def _pack_planes(grouped: bytes, width: int) -> bytes:
     return b"".join(headers + bodies) + grouped[width * plane:]
 
 
-def _scratch(size: int) -> np.ndarray:
-    """This thread's buffer for decompressed planes, reused so that no decode touches new pages."""
-    buffer = getattr(_local, "scratch", None)
-    if buffer is None or len(buffer) < size:
-        buffer = _local.scratch = np.empty(size, dtype=np.uint8)
-    return buffer
+#: scratch buffers for decompressed planes kept between decodes (one per concurrent decode)
+SCRATCH_KEPT = 2
+_scratch_free: list[np.ndarray] = []
+
+
+def _take_scratch(size: int) -> np.ndarray:
+    """A buffer for decompressed planes, reused so that a decode touches no new pages."""
+    try:
+        buffer = _scratch_free.pop()  # atomic under the GIL
+    except IndexError:
+        buffer = np.empty(0, dtype=np.uint8)
+    return buffer if len(buffer) >= size else np.empty(size, dtype=np.uint8)
+
+
+def _give_scratch(buffer: np.ndarray) -> None:
+    if len(_scratch_free) < SCRATCH_KEPT:
+        _scratch_free.append(buffer)
 
 
 def _decompress_into(frame: memoryview, target: np.ndarray) -> np.ndarray:
@@ -207,19 +218,24 @@ def _unpack_planes(payload: bytes, width: int, length: int, out: np.ndarray | No
     view = memoryview(payload)
     at = width * _PLANE_HEADER.size
     planes = []
-    for k in range(width):
-        size, compressed = _PLANE_HEADER.unpack_from(payload, k * _PLANE_HEADER.size)
-        body = view[at:at + size]
-        if compressed:
-            body = _decompress_into(body, _scratch(width * plane)[k * plane:(k + 1) * plane])
-        if len(body) != plane:
-            raise IntegrityError(f"byte plane {k} decodes to {len(body)} bytes, expected {plane}")
-        planes.append(np.frombuffer(body, dtype=np.uint8))
-        at += size
-    if len(payload) - at != length - width * plane:
-        raise IntegrityError(f"shard decodes to {at + length - len(payload)} bytes, expected {length}")
-    out = _output(out, length)
-    _interleave_planes(planes, out[:width * plane])
+    scratch = _take_scratch(width * plane)
+    try:
+        for k in range(width):
+            size, compressed = _PLANE_HEADER.unpack_from(payload, k * _PLANE_HEADER.size)
+            body = view[at:at + size]
+            if compressed:
+                body = _decompress_into(body, scratch[k * plane:(k + 1) * plane])
+            if len(body) != plane:
+                raise IntegrityError(f"byte plane {k} decodes to {len(body)} bytes, expected {plane}")
+            planes.append(np.frombuffer(body, dtype=np.uint8))
+            at += size
+        if len(payload) - at != length - width * plane:
+            raise IntegrityError(f"shard decodes to {at + length - len(payload)} bytes, expected {length}")
+        out = _output(out, length)
+        _interleave_planes(planes, out[:width * plane])
+    finally:
+        del planes
+        _give_scratch(scratch)
     out[width * plane:] = np.frombuffer(payload, dtype=np.uint8, offset=at)
     return _readonly(out)
 

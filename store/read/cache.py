@@ -59,6 +59,7 @@ class ShardCache:
         self._working_bytes = 0  # kept free for the loaders' scratch buffers
         self._prefetched: set[Hashable] = set()  # inserted by readahead, not read yet
         self._spare: list[np.ndarray] = []  # evicted buffers to decode into again
+        self._spare_bytes = 0  # part of the budget, like the cached shards
 
     @property
     def used_bytes(self) -> int:
@@ -81,8 +82,9 @@ class ShardCache:
         owner = value.base if isinstance(value, np.ndarray) and value.base is not None else value
         if isinstance(owner, np.ndarray) and owner.base is None:  # memory a decode allocated
             if len(self._spare) >= SPARE_BUFFERS:
-                self._spare.pop(0)
+                self._spare_bytes -= len(self._spare.pop(0))
             self._spare.append(owner)
+            self._spare_bytes += len(owner)
 
     def take_buffer(self, size: int) -> np.ndarray | None:
         """The first ``size`` bytes of an evicted buffer (at most a quarter larger) that no
@@ -94,6 +96,7 @@ class ShardCache:
                 # reader still holds adds one (numpy views point at the owning array)
                 if size <= len(buffer) <= size * 5 // 4 and sys.getrefcount(buffer) == 3:
                     del self._spare[i]
+                    self._spare_bytes -= len(buffer)
                     buffer.flags.writeable = True
                     return buffer[:size]
         return None
@@ -107,7 +110,7 @@ class ShardCache:
 
     def _make_room(self) -> None:
         """Evict until cached, loading and working bytes fit the budget (lock held)."""
-        limit = self.budget - self._working_bytes - self._inflight_bytes
+        limit = self.budget - self._working_bytes - self._inflight_bytes - self._spare_bytes
         while self._lru and self._lru.currsize > limit:
             self._lru.popitem()
 
