@@ -81,16 +81,17 @@ def test_tiny_tensors_are_packed_and_never_straddled(tmp_path):
     assert all(c.length <= SHARD for c in cuts[1:]) and all(c.width == 4 for c in cuts[1:])
 
 
-def test_one_huge_tensor_is_split_into_equal_pieces(tmp_path):
+@pytest.mark.parametrize("tail, pieces", [(1000, 10), (SHARD // 2, 11)])
+def test_one_huge_tensor_is_split_into_shard_sized_pieces(tmp_path, tail, pieces):
     path = tmp_path / "huge.safetensors"
-    save_file({"w": torch.randn(10 * SHARD // 2 + 999, dtype=torch.bfloat16)}, str(path))
+    save_file({"w": torch.randn((10 * SHARD + tail) // 2, dtype=torch.bfloat16)}, str(path))
     cuts = cuts_of(path)
     (off, length, _), = tensor_spans(path).values()
-    pieces = cuts[1:]
-    assert pieces[0].offset == off and len(pieces) == 11
-    assert all(p.width == 2 for p in pieces)
-    assert len({p.length for p in pieces[:-1]}) == 1 and pieces[-1].length <= pieces[0].length
-    assert all(p.length <= SHARD + 4096 and (p.offset - off) % 4096 == 0 for p in pieces)
+    assert cuts[1].offset == off and len(cuts) - 1 == pieces
+    assert all(p.width == 2 for p in cuts[1:])
+    assert all(p.length == SHARD and p.offset == off + i * SHARD for i, p in enumerate(cuts[1:-1]))
+    # a short remainder joins the last piece, a longer one is a piece of its own
+    assert cuts[-1].length == (SHARD + tail if tail < SHARD // 4 else tail)
 
 
 def test_dtypes_choose_the_grouping(tmp_path):

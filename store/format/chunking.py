@@ -172,11 +172,14 @@ def _pack(units: list[_Unit], shard_size: int) -> Iterator[Cut]:
 
 
 def _split(unit: _Unit, shard_size: int) -> Iterator[Cut]:
-    pieces = -(-unit.length // shard_size)
-    align = 4096  # whole elements of any dtype, and page-sized
-    piece = -(-unit.length // pieces // align) * align
-    for start in range(0, unit.length, piece):
-        yield Cut(unit.offset + start, min(piece, unit.length - start), unit.width)
+    """Pieces of ``shard_size`` from the unit's start (buffers of one size are reused by the
+    reader); a short remainder joins the last piece."""
+    starts = list(range(0, unit.length, shard_size))
+    if len(starts) > 1 and unit.length - starts[-1] < shard_size // 4:
+        starts.pop()
+    ends = starts[1:] + [unit.length]
+    for start, end in zip(starts, ends):
+        yield Cut(unit.offset + start, end - start, unit.width)
 
 
 # -- anything else -----------------------------------------------------------------
