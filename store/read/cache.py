@@ -26,11 +26,32 @@ from ..stats import Stats
 SPARE_BUFFERS = 4
 
 
+#: shard buffers are allocated in multiples of this, so that one fits many shard sizes
+BUFFER_STEP = 1 << 20
+
+
+def _owner(value) -> np.ndarray | None:
+    """The array that owns a cached shard's memory, if a decode allocated it (reusable)."""
+    owner = value.base if isinstance(value, np.ndarray) and value.base is not None else value
+    return owner if isinstance(owner, np.ndarray) and owner.base is None else None
+
+
+def footprint(value) -> int:
+    """Memory a cached shard holds: its whole buffer, not only the bytes in use."""
+    owner = _owner(value)
+    return len(owner) if owner is not None else len(value)
+
+
+def new_buffer(size: int) -> np.ndarray:
+    """A buffer for one shard, its capacity rounded up to ``BUFFER_STEP``."""
+    return np.empty(-(-size // BUFFER_STEP) * BUFFER_STEP, dtype=np.uint8)[:size]
+
+
 class _CountingLRU(cachetools.LRUCache):
     """LRUCache that reports what it evicts."""
 
     def __init__(self, maxsize: int, on_evict: Callable[[Hashable, bytes], None]) -> None:
-        super().__init__(maxsize=maxsize, getsizeof=len)
+        super().__init__(maxsize=maxsize, getsizeof=footprint)
         self._on_evict = on_evict
 
     def popitem(self):
@@ -79,27 +100,32 @@ class ShardCache:
         wasted = key in self._prefetched
         self._prefetched.discard(key)
         self._stats.add(evictions=1, evicted_bytes=len(value), readahead_wasted=int(wasted))
-        owner = value.base if isinstance(value, np.ndarray) and value.base is not None else value
-        if isinstance(owner, np.ndarray) and owner.base is None:  # memory a decode allocated
+        owner = _owner(value)
+        if owner is not None:
             if len(self._spare) >= SPARE_BUFFERS:
                 self._spare_bytes -= len(self._spare.pop(0))
             self._spare.append(owner)
             self._spare_bytes += len(owner)
 
-    def take_buffer(self, size: int) -> np.ndarray | None:
-        """The first ``size`` bytes of an evicted buffer (at most a quarter larger) that no
-        reader still holds a view of, to decode into; None if there is none."""
+    def take_buffer(self, size: int) -> np.ndarray:
+        """The first ``size`` bytes of an evicted buffer that no reader still holds a view of
+        (the smallest that fits, at most twice the size), or of a new one: to decode into."""
         with self._lock:
+            best, buffer = None, None
             for i in range(len(self._spare)):
                 buffer = self._spare[i]
                 # references: the list, ``buffer`` and getrefcount's argument; every view a
                 # reader still holds adds one (numpy views point at the owning array)
-                if size <= len(buffer) <= size * 5 // 4 and sys.getrefcount(buffer) == 3:
-                    del self._spare[i]
-                    self._spare_bytes -= len(buffer)
-                    buffer.flags.writeable = True
-                    return buffer[:size]
-        return None
+                if (size <= len(buffer) <= 2 * size and sys.getrefcount(buffer) == 3
+                        and (best is None or len(buffer) < len(self._spare[best]))):
+                    best = i
+            buffer = None  # drop the loop's reference before handing one out
+            if best is not None:
+                buffer = self._spare.pop(best)
+                self._spare_bytes -= len(buffer)
+                buffer.flags.writeable = True
+                return buffer[:size]
+        return new_buffer(size)
 
     def set_working_bytes(self, nbytes: int) -> None:
         """Keep ``nbytes`` of the budget free for what loaders hold while decoding
@@ -154,7 +180,7 @@ class ShardCache:
         with self._lock:
             del self._inflight[key]
             self._inflight_bytes -= size
-            if len(value) <= self.budget:
+            if footprint(value) <= self.budget:
                 self._lru[key] = value
                 self._make_room()
                 if not flight.wanted:

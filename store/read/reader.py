@@ -71,10 +71,10 @@ class ModelReader:
             fetched_at = time.monotonic()
             if len(stored) != stored_length:
                 raise IntegrityError(f"shard {index} is truncated ({len(stored)} of {stored_length} bytes)")
-            buffer = self._cache.take_buffer(length)
-            plain = decode(codec, length, self._cipher.decrypt(shard_id, stored), buffer)
+            payload = self._cipher.decrypt(shard_id, stored)
+            plain = decode(codec, length, payload, self._cache.take_buffer(length) if codec & 0xF else None)
             if isinstance(plain, memoryview) and isinstance(plain.obj, np.ndarray):
-                return plain.obj  # the array decode wrote (``buffer`` or a new one)
+                return plain.obj  # the buffer decode wrote into
             return np.frombuffer(plain, dtype=np.uint8)
 
         try:
