@@ -11,6 +11,9 @@ buffer costs a page fault per 4 KiB on first touch, as much CPU as the decoding.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
 import sys
 import threading
 from concurrent.futures import Future
@@ -21,6 +24,32 @@ import cachetools
 import numpy as np
 
 from ..stats import Stats
+
+log = logging.getLogger(__name__)
+
+#: glibc mallopt parameters, and the values that keep shard-sized blocks in the heap
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HEAP_BLOCKS_UP_TO = 64 << 20
+_allocator_tuned = False
+
+
+def keep_freed_blocks() -> None:
+    """Make glibc serve shard-sized blocks (ciphertext, plaintext, scratch) from its heap and
+    keep what is freed for the next one, instead of a fresh mmap per block: a new block costs a
+    page fault per 4 KiB on first touch, and with shards of many sizes glibc's adaptive
+    threshold keeps mapping new ones. Once per process; a no-op where glibc is not the libc."""
+    global _allocator_tuned
+    if _allocator_tuned:
+        return
+    _allocator_tuned = True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    ok = mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO) and mallopt(M_TRIM_THRESHOLD, 4 * HEAP_BLOCKS_UP_TO)
+    log.debug("malloc thresholds %s", "set" if ok else "left as they are")
+
 
 #: evicted buffers kept for reuse, at most (a few shards beyond the budget)
 SPARE_BUFFERS = 4
@@ -81,6 +110,7 @@ class ShardCache:
         self._prefetched: set[Hashable] = set()  # inserted by readahead, not read yet
         self._spare: list[np.ndarray] = []  # evicted buffers to decode into again
         self._spare_bytes = 0  # part of the budget, like the cached shards
+        keep_freed_blocks()
 
     @property
     def used_bytes(self) -> int:
