@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 #: glibc mallopt parameters, and the values that keep shard-sized blocks in the heap
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-HEAP_BLOCKS_UP_TO = 64 << 20
+HEAP_BLOCKS_UP_TO = 32 << 20
 _allocator_tuned = False
 
 
@@ -47,7 +47,7 @@ def keep_freed_blocks() -> None:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return
-    ok = mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO) and mallopt(M_TRIM_THRESHOLD, 4 * HEAP_BLOCKS_UP_TO)
+    ok = mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO) and mallopt(M_TRIM_THRESHOLD, HEAP_BLOCKS_UP_TO)
     log.debug("malloc thresholds %s", "set" if ok else "left as they are")
 
 
