@@ -48,14 +48,23 @@ class ReadOptions:
     @classmethod
     def parse(cls, values: dict[str, str]) -> "ReadOptions":
         """Options from ``name=value`` strings (``-o`` mount options, URL-style settings)."""
-        known = {f.name: f for f in cls.fields()}
-        kwargs: dict[str, Any] = {}
-        for name, text in values.items():
-            f = known.get(name.replace("-", "_"))
-            if f is None:
-                raise InvalidInput(f"unknown option {name!r}")
-            try:
-                kwargs[f.name] = PARSERS[f.metadata["kind"]](text)
-            except ValueError:
-                raise InvalidInput(f"bad value {text!r} for option {name}") from None
-        return cls(**kwargs)
+        return cls(**parse_fields(cls, values, "option"))
+
+
+def parse_fields(cls: type, values: dict[str, str], what: str) -> dict[str, Any]:
+    """Keyword arguments for the options dataclass ``cls`` from ``name=value`` strings.
+
+    Each field's ``kind`` metadata (see ``option``) says how its string is parsed;
+    an unknown name or a bad value is one ``InvalidInput`` naming it.
+    """
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, text in values.items():
+        f = known.get(name.replace("-", "_"))
+        if f is None:
+            raise InvalidInput(f"unknown {what} {name!r}")
+        try:
+            kwargs[f.name] = PARSERS[f.metadata["kind"]](text)
+        except ValueError:
+            raise InvalidInput(f"bad value {text!r} for {what} {name}") from None
+    return kwargs

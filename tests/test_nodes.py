@@ -5,6 +5,8 @@ import hashlib
 import http.client
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,7 +17,7 @@ from modelfs.store.backends.layout import shard_relpath
 from modelfs.store.backends.local import LocalBackend
 from modelfs.store.backends.nodes.placement import Placement, rendezvous_order
 from modelfs.store.backends.nodes.protocol import DIGEST_HEADER, MAX_BODY
-from modelfs.store.backends.nodes.replicated import ClusterBackend
+from modelfs.store.backends.nodes.replicated import NodesBackend
 from modelfs.store.errors import (
     AccessDenied,
     BackendError,
@@ -36,7 +38,7 @@ def make_shards(count: int, size: int = 20_000, seed: int = 0) -> list[tuple[str
     return out
 
 
-def write_shards(backend: ClusterBackend, shards, version: str = "v1") -> list[ShardLocation]:
+def write_shards(backend: NodesBackend, shards, version: str = "v1") -> list[ShardLocation]:
     with backend.shard_writer(version) as w:
         locations = [w.put(sid, data, i) for i, (sid, data) in enumerate(shards)]
         w.commit()
@@ -93,17 +95,17 @@ def node1(tmp_path):
 def test_url_parsing(tmp_path):
     token = tmp_path / "t"
     token.write_text("abc\n")
-    b = ClusterBackend.from_url(f"http://a:1,b:2,c:3/?replicas=3&placement=range&token_file={token}")
+    b = NodesBackend.from_url(f"http://a:1,b:2,c:3/?replicas=3&placement=range&token_file={token}")
     assert b.names == ["a:1", "b:2", "c:3"] and b.placement.replicas == 3
     assert b.placement.mode == "range" and not b.readonly
-    assert ClusterBackend.from_url("http://a:1,b:2/").placement.replicas == 2
-    static = ClusterBackend.from_url("http://h:8080/store/")
+    assert NodesBackend.from_url("http://a:1,b:2/").placement.replicas == 2
+    static = NodesBackend.from_url("http://h:8080/store/")
     assert static.readonly and static.base_path == "/store/" and static.placement.replicas == 1
     for bad in ("http://a:1/?replicas=2", "http://a:1,b:2/?placement=ring",
                 "http://a:1,b:2/?bogus=1", "http://a:1,a:1/?replicas=1",
                 f"http://a:1/?token_file={tmp_path}/missing"):
         with pytest.raises(InvalidInput):
-            ClusterBackend.from_url(bad)
+            NodesBackend.from_url(bad)
 
 
 def test_rendezvous_moves_only_keys_of_a_removed_node():
@@ -144,7 +146,7 @@ def test_writes_need_the_token_and_refused_writes_leave_nothing(node1):
     # a wrong token in the store URL surfaces as a clear access error
     bad = node1.data.parent / "badtoken"
     bad.write_text("nope")
-    backend = ClusterBackend.from_url(f"http://{node1.name}/?replicas=1&token_file={bad}")
+    backend = NodesBackend.from_url(f"http://{node1.name}/?replicas=1&token_file={bad}")
     with pytest.raises(AccessDenied):
         backend.put_object("a/b", b"1")
     with pytest.raises(AccessDenied):
@@ -188,7 +190,7 @@ def test_traversal_and_unknown_kinds_refused(node1, path):
 
 
 def test_client_refuses_bad_ids_and_keys(cluster3):
-    backend = ClusterBackend.from_url(cluster3.url())
+    backend = NodesBackend.from_url(cluster3.url())
     for key in ("../x", "/etc/passwd", "a/../../b", ""):
         with pytest.raises(InvalidInput):
             backend.put_object(key, b"1")
@@ -232,7 +234,7 @@ def test_oversized_body_refused(node1):
 
 
 def test_range_head_and_node_dir_is_a_local_store(cluster3):
-    backend = ClusterBackend.from_url(cluster3.url(replicas=2))
+    backend = NodesBackend.from_url(cluster3.url(replicas=2))
     shards = make_shards(3, size=100_000)
     locations = write_shards(backend, shards)
     backend.put_object("catalog/m/latest", b'{"v": 1}')
@@ -273,7 +275,7 @@ def test_range_head_and_node_dir_is_a_local_store(cluster3):
 # -- placement on real nodes --------------------------------------------------------
 
 def test_hash_placement_spreads_shards(cluster3):
-    backend = ClusterBackend.from_url(cluster3.url(replicas=2, placement="hash"))
+    backend = NodesBackend.from_url(cluster3.url(replicas=2, placement="hash"))
     shards = make_shards(90, size=2000)
     locations = write_shards(backend, shards)
     assert all(loc == ShardLocation() for loc in locations)
@@ -291,7 +293,7 @@ def test_hash_placement_spreads_shards(cluster3):
 
 
 def test_range_placement_makes_contiguous_runs(cluster3):
-    backend = ClusterBackend.from_url(cluster3.url(replicas=2, placement="range", extra="&run_length=4"))
+    backend = NodesBackend.from_url(cluster3.url(replicas=2, placement="range", extra="&run_length=4"))
     shards = make_shards(48, size=2000)
     locations = write_shards(backend, shards, version="ver1")
     holders = [frozenset(nodes_holding(cluster3, sid)) for sid, _ in shards]
@@ -301,7 +303,7 @@ def test_range_placement_makes_contiguous_runs(cluster3):
         assert all(loc.container == f"run:ver1:{run}" for loc in locations[run * 4:(run + 1) * 4])
     assert len(set(holders)) >= 2          # runs still spread over the cluster
     # a reader derives the replicas from the recorded location alone
-    reader = ClusterBackend.from_url(cluster3.url(replicas=2, placement="hash"))
+    reader = NodesBackend.from_url(cluster3.url(replicas=2, placement="hash"))
     for (sid, data), loc in zip(shards, locations):
         assert set(reader.replica_nodes(sid, loc)) == set(nodes_holding(cluster3, sid))
         assert reader.read_shard(sid, loc, len(data)) == data
@@ -314,7 +316,7 @@ def test_range_placement_makes_contiguous_runs(cluster3):
 @pytest.mark.parametrize("placement", ["hash", "range"])
 def test_one_node_of_three_lost_loses_nothing(cluster3, placement):
     url = cluster3.url(replicas=2, placement=placement, extra="&run_length=3")
-    backend = ClusterBackend.from_url(url)
+    backend = NodesBackend.from_url(url)
     shards = make_shards(30, size=5000)
     locations = write_shards(backend, shards)
     backend.put_object("manifests/v1.arrow", b"manifest")
@@ -322,7 +324,7 @@ def test_one_node_of_three_lost_loses_nothing(cluster3, placement):
     backend.close()
     victim = cluster3.nodes[1]
     victim.kill()
-    reader = ClusterBackend.from_url(url)
+    reader = NodesBackend.from_url(url)
     for (sid, data), loc in zip(shards, locations):
         assert reader.read_shard_verified(sid, loc, len(data), verifier(sid)) == data
     assert reader.get_object("manifests/v1.arrow") == b"manifest"
@@ -338,14 +340,14 @@ def test_one_node_of_three_lost_loses_nothing(cluster3, placement):
 
 def test_two_nodes_dead_fail_only_shards_without_a_live_replica(cluster3):
     url = cluster3.url(replicas=2, placement="hash")
-    backend = ClusterBackend.from_url(url)
+    backend = NodesBackend.from_url(url)
     shards = make_shards(40, size=3000)
     locations = write_shards(backend, shards)
     backend.close()
     dead = {cluster3.nodes[0].name, cluster3.nodes[2].name}
     cluster3.nodes[0].kill()
     cluster3.nodes[2].kill()
-    reader = ClusterBackend.from_url(url)
+    reader = NodesBackend.from_url(url)
     lost = ok = 0
     for (sid, data), loc in zip(shards, locations):
         replicas = reader.replica_nodes(sid, loc)
@@ -364,7 +366,7 @@ def test_two_nodes_dead_fail_only_shards_without_a_live_replica(cluster3):
 
 def test_corrupt_copy_fails_over_and_is_counted(cluster3):
     url = cluster3.url(replicas=2)
-    backend = ClusterBackend.from_url(url)
+    backend = NodesBackend.from_url(url)
     shards = make_shards(5, size=50_000)
     locations = write_shards(backend, shards)
     sid, data = shards[2]
@@ -393,7 +395,7 @@ def test_writes_fail_when_a_target_replica_is_down(tmp_path):
     try:
         url = cluster.url(replicas=2)
         cluster.nodes[1].kill()
-        backend = ClusterBackend.from_url(url)
+        backend = NodesBackend.from_url(url)
         shards = make_shards(4, size=1000)
         with pytest.raises(BackendError) as info:
             write_shards(backend, shards)
@@ -408,7 +410,7 @@ def test_writes_fail_when_a_target_replica_is_down(tmp_path):
 def test_sigterm_stops_a_node_cleanly(tmp_path):
     cluster = start_cluster(tmp_path / "c1", 1)
     node = cluster.nodes[0]
-    backend = ClusterBackend.from_url(cluster.url(replicas=1))
+    backend = NodesBackend.from_url(cluster.url(replicas=1))
     backend.put_object("a/b", b"x" * 10)        # leaves a kept-alive connection open
     assert backend.get_object("a/b") == b"x" * 10
     start = time.monotonic()
@@ -433,7 +435,7 @@ def test_nginx_served_store_directory(tmp_path):
     local.put_object("manifests/v1.arrow", b"M" * 1000)
     nginx = start_nginx(store_dir, tmp_path / "nginx")
     try:
-        backend = ClusterBackend.from_url(nginx.url)
+        backend = NodesBackend.from_url(nginx.url)
         assert backend.readonly
         for sid, data in shards:
             assert backend.read_shard_verified(sid, ShardLocation(), len(data), verifier(sid)) == data
@@ -460,7 +462,7 @@ def test_nginx_served_store_directory(tmp_path):
 
 
 def test_a_hung_node_costs_one_timeout_then_is_skipped(cluster3):
-    backend = ClusterBackend.from_url(cluster3.url(replicas=2, extra="&timeout=1"))
+    backend = NodesBackend.from_url(cluster3.url(replicas=2, extra="&timeout=1"))
     shards = make_shards(12, size=4000)
     locations = write_shards(backend, shards)
     hung = cluster3.nodes[2]
@@ -482,3 +484,13 @@ def test_a_hung_node_costs_one_timeout_then_is_skipped(cluster3):
     finally:
         hung.proc.send_signal(signal.SIGCONT)
     backend.close()
+
+
+def test_a_node_store_client_does_not_load_the_server(cluster3):
+    """A mount daemon of a node store opens the backend and reads; aiohttp stays out of it."""
+    code = ("import sys\n"
+            "from modelfs.store.backends.urls import open_backend\n"
+            f"b = open_backend({cluster3.url()!r})\n"
+            "print(list(b.list_objects('')), 'aiohttp' in sys.modules, 'urllib3' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split()[-2:] == ["False", "True"], out.stdout + out.stderr

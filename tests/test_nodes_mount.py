@@ -19,7 +19,7 @@ from helpers import (
 )
 from modelfs.store.api import open_store
 from modelfs.store.backends.layout import shard_relpath
-from modelfs.store.backends.nodes.replicated import ClusterBackend
+from modelfs.store.backends.nodes.replicated import NodesBackend
 from nodes_support import start_cluster, start_nginx
 
 
@@ -59,7 +59,7 @@ def test_torch_and_safetensors_through_a_node_cluster(cluster3, tmp_path, key_fi
     assert all(any((n.data / "shards").rglob("*")) for n in cluster3.nodes)
     # corrupt one stored copy of a safetensors shard: reads must still be right
     _, _, sid, loc = table[len(table) // 2]
-    primary = ClusterBackend.from_url(url).replica_nodes(sid, loc)[0]
+    primary = NodesBackend.from_url(url).replica_nodes(sid, loc)[0]
     bad = cluster3.node(primary).data / shard_relpath(sid)
     blob = bytearray(bad.read_bytes())
     blob[len(blob) // 2] ^= 0x55
@@ -68,7 +68,7 @@ def test_torch_and_safetensors_through_a_node_cluster(cluster3, tmp_path, key_fi
     with mounted(url, key_file, "64MiB") as mnt:
         check_sample_models(models, mnt / "torch" / "ckpt", mnt / "st" / "model")
         backend = read_stats(mnt)["backend"]
-        assert backend["kind"] == "cluster"
+        assert backend["kind"] == "nodes"
         assert backend["integrity_errors"] >= 1 and backend["failovers"] >= 1
         assert backend["nodes"][primary]["integrity_errors"] >= 1
         assert all(n["bytes"] > 0 and n["requests"] > 0 for n in backend["nodes"].values())
@@ -84,7 +84,7 @@ def test_kill_a_node_during_a_long_sequential_read(cluster3, tmp_path, key_file,
     run_modelfs("push", src, "big", "--store", url, "--key-file", key_file, "--shard-size", "1MiB")
     # the victim is the first replica of the last shard, so the read must fail over after the kill
     *_, (_, _, last_sid, last_loc) = shard_table(url, key_file, "big")
-    victim = cluster3.node(ClusterBackend.from_url(url).replica_nodes(last_sid, last_loc)[0])
+    victim = cluster3.node(NodesBackend.from_url(url).replica_nodes(last_sid, last_loc)[0])
     with mounted(url, key_file, "16MiB") as mnt:
         # kill -9 a quarter of the way through
         done, digest = read_calling(mnt / "big", 16 << 20, victim.kill)
@@ -101,7 +101,7 @@ def test_two_dead_nodes_fail_only_ranges_without_a_live_replica(cluster3, tmp_pa
     src = random_file(tmp_path / "m.bin", 12 << 20, seed=5)
     run_modelfs("push", src, "m", "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
     table = shard_table(url, key_file, "m")
-    backend = ClusterBackend.from_url(url)
+    backend = NodesBackend.from_url(url)
     original = src.read_bytes()
     with mounted(url, key_file, "64MiB", "--readahead", "0") as mnt:
         dead = [cluster3.nodes[0], cluster3.nodes[1]]
@@ -155,6 +155,6 @@ def test_mount_a_store_directory_served_by_nginx(tmp_path, key_file):
         with mounted(nginx.url, key_file, "32MiB") as mnt:
             assert sorted(p.name for p in (mnt / "org").iterdir()) == ["n"]
             assert (mnt / "org" / "n").read_bytes() == src.read_bytes()
-            assert read_stats(mnt)["backend"]["kind"] == "cluster"
+            assert read_stats(mnt)["backend"]["kind"] == "nodes"
     finally:
         nginx.stop()
