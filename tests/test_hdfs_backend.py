@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from hdfs_native import Client
 from modelfs.store.backends.base import ShardLocation
-from modelfs.store.backends.hdfs.backend import HA_FAILOVER_ATTEMPTS, HdfsBackend
+from modelfs.store.backends.hdfs.backend import HdfsBackend
+from modelfs.store.backends.hdfs.config import HA_FAILOVER_ATTEMPTS
 from modelfs.store.backends.urls import open_backend
 from modelfs.store.errors import BackendError, InvalidInput, NotFound
 
