@@ -1,6 +1,6 @@
 """HdfsBackend through the Backend interface, against a real MiniDFSCluster.
 
-Needs the ``hdfs_cluster`` plugin (tests/hdfs_cluster.py) and the harness built
+Needs the ``hdfs_cluster`` fixture (tests/conftest.py, modelfs.bench.minidfs) and the harness built
 by tests/minidfs/prepare.sh.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hdfs_native import Client
+
 from modelfs.store.backends.base import ShardLocation
 from modelfs.store.backends.hdfs.backend import HdfsBackend
 from modelfs.store.backends.hdfs.config import HA_FAILOVER_ATTEMPTS
