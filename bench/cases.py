@@ -178,7 +178,7 @@ class BenchCases(_Base):
             title = "torch.load(mmap=True) + touch all" if mmap else "torch.load"
             case = self.case(key, f"{title} ({self.ckpt_size / MiB:.0f} MiB)", self.ckpt_size)
 
-            def load(path: Path) -> dict:
+            def load(path: Path, mmap: bool = mmap) -> dict:
                 sd = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
                 if mmap:  # lazily mapped: reading every byte is what a model load does
                     sd = {k: v.clone() for k, v in sd.items()}

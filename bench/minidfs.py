@@ -47,7 +47,7 @@ class HdfsCluster:
     stderr_path: Path
     datanodes: int = DATANODES
     replication: int = REPLICATION
-    _lines: "queue.Queue[str | None]" = field(default_factory=queue.Queue)
+    _lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
     _stdout: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopped_datanodes: int = 0

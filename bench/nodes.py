@@ -198,4 +198,5 @@ def start_nginx(store_dir: Path, prefix: Path) -> NginxProc:
         if proc.poll() is None:
             proc.kill()
         proc.wait(5)
-    raise RuntimeError(f"nginx did not start: {(prefix / 'error.log').read_text() if (prefix / 'error.log').exists() else ''}")
+    error_log = prefix / "error.log"
+    raise RuntimeError(f"nginx did not start: {error_log.read_text() if error_log.exists() else ''}")

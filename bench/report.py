@@ -73,9 +73,10 @@ def build_report(bench: Bench) -> dict:
         "cold_seq_vs_rclone_1.5x": _at_least(cases["cold_seq"]["mount/rclone"], 1.5),
         "cold_seq_vs_plain_1.0x": _at_least(cases["cold_seq"]["mount/plain"], 1.0),
         "warm_seq_vs_plain_0.8x": _at_least(cases["warm_seq"]["mount/plain"], 0.8),
-        "one_tensor_fetch_within_bound": (max(fetch["bytes_fetched"]) <= fetch["bound_bytes"]) if fetch else None,
-        "peak_rss_within_budget_plus_150MiB": (daemon.get("peak_rss_bytes", 0) <= opts.read.cache_size + RSS_ALLOWANCE)
-        if daemon else None,
+        "one_tensor_fetch_within_bound":
+            (max(fetch["bytes_fetched"]) <= fetch["bound_bytes"]) if fetch else None,
+        "peak_rss_within_budget_plus_150MiB":
+            (daemon.get("peak_rss_bytes", 0) <= opts.read.cache_size + RSS_ALLOWANCE) if daemon else None,
     }
     return {
         "machine": machine,
@@ -125,26 +126,42 @@ def cpu_model() -> str | None:
 
 
 # -- the table -----------------------------------------------------------------------------
-def render(report: dict) -> str:
-    """The human summary: machine, model, then one row per case with ratios."""
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _header(report: dict) -> list[str]:
     mc, m = report["machine"], report["model"]
-    lines = [
+    dropped = "yes" if mc["page_cache_dropped"] else "NO (not permitted)"
+    if m["synthetic"]:
+        what = f"synthetic {m['dtype']} safetensors, {m['tensors']} tensors"
+    else:
+        kind = f"safetensors, {m['tensors']} tensors" if m["tensors"] else "not safetensors"
+        what = f"{m['path']} ({kind})"
+    push = f"push: {report['push']['mb_s']:.0f} MB/s ({report['push']['seconds']:.2f} s)"
+    if report.get("rclone_copy"):
+        push += f"; rclone copy into crypt: {report['rclone_copy']['mb_s']:.0f} MB/s"
+    if mc.get("rclone"):
+        push += f"; peer: {mc['rclone']} crypt mount {' '.join(report['rclone_mount_options'])}"
+    else:
+        push += "; peer: none"
+    return [
         f"machine: {mc['cpus']} CPUs ({mc['cpu_model'] or '?'}), {mc['memory_bytes'] / 2**30:.1f} GiB RAM, "
-        f"kernel {mc['kernel']}; page cache dropped before cold reads: {'yes' if mc['page_cache_dropped'] else 'NO (not permitted)'}; "
+        f"kernel {mc['kernel']}; page cache dropped before cold reads: {dropped}; "
         f"plain cold read: {'O_DIRECT' if mc['o_direct'] else 'buffered'}",
-        f"model: {m['size'] / MiB:.1f} MiB "
-        + (f"synthetic {m['dtype']} safetensors, {m['tensors']} tensors" if m["synthetic"] else
-           f"{m['path']}" + (f" (safetensors, {m['tensors']} tensors)" if m["tensors"] else " (not safetensors)"))
-        + f"; stored {m['stored_size'] / MiB:.1f} MiB (ratio {m['ratio']:.3f}) in "
-        f"{m['shard_count']} shards of {m['shard_size'] / MiB:.0f} MiB; manifest {m['manifest_bytes']} B",
-        f"push: {report['push']['mb_s']:.0f} MB/s ({report['push']['seconds']:.2f} s)"
-        + (f"; rclone copy into crypt: {report['rclone_copy']['mb_s']:.0f} MB/s" if report.get("rclone_copy") else "")
-        + (f"; peer: {mc['rclone']} crypt mount {' '.join(report['rclone_mount_options'])}" if mc.get("rclone") else "; peer: none"),
+        f"model: {m['size'] / MiB:.1f} MiB {what}; stored {m['stored_size'] / MiB:.1f} MiB "
+        f"(ratio {m['ratio']:.3f}) in {m['shard_count']} shards of {m['shard_size'] / MiB:.0f} MiB; "
+        f"manifest {m['manifest_bytes']} B",
+        push,
         f"single-core decode (AES-GCM + zstd + un-group), {report['decode']['shards']} shards: "
         f"{report['decode']['gb_s']:.2f} GB/s of model bytes",
-        f"median of {report['options']['runs']} run(s); MB/s = 10^6 bytes/s; cold = fresh mount + dropped page cache",
+        f"median of {report['options']['runs']} run(s); MB/s = 10^6 bytes/s; "
+        "cold = fresh mount + dropped page cache",
         "",
     ]
+
+
+def _table(report: dict) -> list[str]:
     head = ("case", "modelfs MB/s", "plain MB/s", "rclone MB/s", "mount/plain", "mount/rclone")
     rows = [head]
 
@@ -156,41 +173,50 @@ def render(report: dict) -> str:
                      f(c["rclone"]["mb_s"] if c["rclone"] else None, ".0f"),
                      f(c["mount/plain"], ".2f"), f(c["mount/rclone"], ".2f")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = []
     for i, r in enumerate(rows):
         lines.append("  ".join(cell.ljust(widths[0]) if j == 0 else cell.rjust(widths[j])
                                for j, cell in enumerate(r)))
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
-    lines.append("")
-    fetch, daemon = report.get("one_tensor_fetch"), report.get("daemon")
+    return [*lines, ""]
+
+
+def _details(report: dict) -> list[str]:
+    lines = []
+    fetch, daemon, rs = report.get("one_tensor_fetch"), report.get("daemon"), report.get("random_stats")
     if fetch:
-        lines.append(f"one-tensor load on a fresh mount: fetched {max(fetch['bytes_fetched']) / MiB:.2f} MiB from the "
-                     f"store for a {fetch['tensor_bytes'] / MiB:.2f} MiB tensor; bound (tensor + 2 shards + manifest) "
-                     f"{fetch['bound_bytes'] / MiB:.2f} MiB; stored size of header+tensor shards "
-                     f"{fetch['needed_stored_bytes'] / MiB:.2f} MiB")
+        lines.append(f"one-tensor load on a fresh mount: fetched {max(fetch['bytes_fetched']) / MiB:.2f} MiB "
+                     f"from the store for a {fetch['tensor_bytes'] / MiB:.2f} MiB tensor; bound (tensor + "
+                     f"2 shards + manifest) {fetch['bound_bytes'] / MiB:.2f} MiB; stored size of "
+                     f"header+tensor shards {fetch['needed_stored_bytes'] / MiB:.2f} MiB")
     if daemon:
-        cpu = daemon["cpu_s_per_gib"]
+        rclone_cpu = report.get("rclone_cpu_s_per_gib")
         lines.append(f"mount daemon: peak RSS {daemon['peak_rss_bytes'] / MiB:.0f} MiB with a "
-                     f"{(daemon['cache_budget'] or 0) / MiB:.0f} MiB cache (bound {daemon['rss_bound_bytes'] / MiB:.0f} MiB); "
-                     f"{sorted(cpu)[len(cpu) // 2]:.2f} CPU-s per cold GiB"
-                     + (f" (rclone: {sorted(report['rclone_cpu_s_per_gib'])[len(report['rclone_cpu_s_per_gib']) // 2]:.2f})"
-                        if report.get("rclone_cpu_s_per_gib") else ""))
+                     f"{(daemon['cache_budget'] or 0) / MiB:.0f} MiB cache "
+                     f"(bound {daemon['rss_bound_bytes'] / MiB:.0f} MiB); "
+                     f"{_median(daemon['cpu_s_per_gib']):.2f} CPU-s per cold GiB"
+                     + (f" (rclone: {_median(rclone_cpu):.2f})" if rclone_cpu else ""))
         cs = daemon.get("cold_stats") or {}
         if cs:
-            lines.append(f"last cold read: fetched {cs['bytes_fetched'] / MiB:.0f} MiB in {cs['shards_fetched']} shards, "
-                         f"{cs['reads']} FUSE reads, readahead issued {cs['readahead_issued']} used "
-                         f"{cs['readahead_used']} wasted {cs['readahead_wasted']}, evictions {cs['evictions']}")
-    rs = report.get("random_stats")
+            lines.append(f"last cold read: fetched {cs['bytes_fetched'] / MiB:.0f} MiB in "
+                         f"{cs['shards_fetched']} shards, {cs['reads']} FUSE reads, readahead issued "
+                         f"{cs['readahead_issued']} used {cs['readahead_used']} wasted "
+                         f"{cs['readahead_wasted']}, evictions {cs['evictions']}")
     if rs:
+        read_mib = report["cases"]["random_1m"]["modelfs"]["bytes"] / MiB
         lines.append(f"random reads on a fresh mount: fetched {rs['bytes_fetched'] / MiB:.0f} MiB in "
-                     f"{rs['shards_fetched']} shards for {report['cases']['random_1m']['modelfs']['bytes'] / MiB:.0f} MiB "
-                     f"read; readahead issued {rs['readahead_issued']} wasted {rs['readahead_wasted']}")
-    t = report["targets"]
+                     f"{rs['shards_fetched']} shards for {read_mib:.0f} MiB read; readahead issued "
+                     f"{rs['readahead_issued']} wasted {rs['readahead_wasted']}")
     lines.append("targets: " + ", ".join(
-        f"{k} {'-' if v is None else ('PASS' if v else 'FAIL')}" for k, v in t.items()))
+        f"{k} {'-' if v is None else ('PASS' if v else 'FAIL')}" for k, v in report["targets"].items()))
     checks = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in report["checks"].items())
     lines.append(f"byte checks: {checks}; verified: {str(report['verified']).lower()}"
                  + (f"; rclone bytes verified: {str(report['rclone_verified']).lower()}"
                     if report.get("rclone_verified") is not None else ""))
-    return "\n".join(lines)
+    return lines
 
+
+def render(report: dict) -> str:
+    """The human summary: machine, model, then one row per case with ratios, then details."""
+    return "\n".join(_header(report) + _table(report) + _details(report))

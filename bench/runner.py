@@ -14,8 +14,8 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from modelfs.fs.mount import detach
 
@@ -113,7 +113,8 @@ class Bench(BenchCases):
                                   "page_cache_dropped": self.can_drop}
             store.publish(self.ckpt_path, self.ckpt_name, shard_size=self.opts.shard_size)
             m = self.model
-            m.stored_size, m.ratio, m.shard_count = entry.stored_size, round(entry.ratio, 4), entry.shard_count
+            m.stored_size, m.shard_count = entry.stored_size, entry.shard_count
+            m.ratio = round(entry.ratio, 4)
             m.version_id, m.shard_size = entry.version_id, self.opts.shard_size
             m.manifest_bytes = len(store.catalog.get_manifest(entry.version_id))
             self.manifest = store.load_manifest(entry)

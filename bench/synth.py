@@ -12,9 +12,10 @@ import json
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -114,7 +115,8 @@ def plan_shapes(size: int, dtype: str) -> list[tuple[str, tuple[int, ...]]]:
 
 def _random(shape: tuple[int, ...], dtype: str, gen: torch.Generator) -> torch.Tensor:
     import torch
-    return (torch.randn(shape, generator=gen, dtype=torch.float32) * 0.02).to(getattr(torch, DTYPES[dtype][0]))
+    values = torch.randn(shape, generator=gen, dtype=torch.float32) * 0.02
+    return values.to(getattr(torch, DTYPES[dtype][0]))
 
 
 def make_safetensors(path: str | os.PathLike, size: int, dtype: str = "bf16", seed: int = 0) -> SynthModel:

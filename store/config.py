@@ -6,6 +6,7 @@ The command line (``modelfs mount --cache-size ...``), ``-o cache_size=...`` mou
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,8 +14,9 @@ from .errors import InvalidInput
 from .sizes import parse_duration, parse_size
 
 #: kinds of option values, and how a command-line string becomes one
-PARSERS = {"size": parse_size, "int": int, "float": float, "duration": parse_duration,
-           "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes", "on", "")}
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "size": parse_size, "int": int, "float": float, "duration": parse_duration, "str": str,
+    "bool": lambda s: s.lower() in ("1", "true", "yes", "on", "")}
 
 
 def option(default: Any, kind: str, help: str) -> Any:
@@ -46,7 +48,7 @@ class ReadOptions:
         return list(dataclasses.fields(cls))
 
     @classmethod
-    def parse(cls, values: dict[str, str]) -> "ReadOptions":
+    def parse(cls, values: dict[str, str]) -> ReadOptions:
         """Options from ``name=value`` strings (``-o`` mount options, URL-style settings)."""
         return cls(**parse_fields(cls, values, "option"))
 

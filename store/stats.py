@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 

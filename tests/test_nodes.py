@@ -268,7 +268,7 @@ def test_hash_placement_spreads_shards(nodes3):
     assert all(loc == ShardLocation() for loc in locations)
     per_node = Counter()
     primaries = Counter()
-    for (sid, _), loc in zip(shards, locations):
+    for (sid, _), loc in zip(shards, locations, strict=True):
         holders = nodes_holding(nodes3, sid)
         assert holders == set(backend.replica_nodes(sid, loc))
         per_node.update(holders)
@@ -291,7 +291,7 @@ def test_range_placement_makes_contiguous_runs(nodes3):
     assert len(set(holders)) >= 2          # runs still spread over the nodes
     # a reader derives the replicas from the recorded location alone
     reader = NodesBackend.from_url(nodes3.url(replicas=2, placement="hash"))
-    for (sid, data), loc in zip(shards, locations):
+    for (sid, data), loc in zip(shards, locations, strict=True):
         assert set(reader.replica_nodes(sid, loc)) == set(nodes_holding(nodes3, sid))
         assert reader.read_shard(sid, loc, len(data)) == data
     backend.close()
@@ -312,7 +312,7 @@ def test_one_node_of_three_lost_loses_nothing(nodes3, placement):
     victim = nodes3.nodes[1]
     victim.kill()
     reader = NodesBackend.from_url(url)
-    for (sid, data), loc in zip(shards, locations):
+    for (sid, data), loc in zip(shards, locations, strict=True):
         assert reader.read_shard_verified(sid, loc, len(data), verifier(sid)) == data
     assert reader.get_object("manifests/v1.arrow") == b"manifest"
     assert list(reader.list_objects("catalog/")) == ["catalog/model/latest"]
@@ -336,7 +336,7 @@ def test_two_nodes_dead_fail_only_shards_without_a_live_replica(nodes3):
     nodes3.nodes[2].kill()
     reader = NodesBackend.from_url(url)
     lost = ok = 0
-    for (sid, data), loc in zip(shards, locations):
+    for (sid, data), loc in zip(shards, locations, strict=True):
         replicas = reader.replica_nodes(sid, loc)
         if set(replicas) <= dead:
             lost += 1
@@ -455,7 +455,7 @@ def test_a_hung_node_costs_one_timeout_then_is_skipped(nodes3):
     hung = nodes3.nodes[2]
     hung.proc.send_signal(signal.SIGSTOP)          # accepts connections, never answers
     try:
-        first = [(sid, data, loc) for (sid, data), loc in zip(shards, locations)
+        first = [(sid, data, loc) for (sid, data), loc in zip(shards, locations, strict=True)
                  if backend.replica_nodes(sid, loc)[0] == hung.name]
         assert len(first) >= 2
         sid, data, loc = first[0]

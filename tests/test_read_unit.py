@@ -163,7 +163,7 @@ def test_reads_across_shard_boundaries_are_the_original_bytes(published):
               (len(original), 10)]
     rng = np.random.default_rng(4)
     ranges += [(int(o), int(n)) for o, n in zip(rng.integers(0, len(original), 50),
-                                                rng.integers(1, 3 * SHARD, 50))]
+                                                rng.integers(1, 3 * SHARD, 50), strict=True)]
     for offset, length in ranges:
         assert reader.read(offset, length) == original[offset:offset + length], (offset, length)
     # every shard came from the store once; the rest were cache hits

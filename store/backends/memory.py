@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import InvalidInput, NotFound
 from .base import Backend, ShardLocation, ShardWriter, StoredItem

@@ -18,7 +18,7 @@ from __future__ import annotations
 import posixpath
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from ...errors import IntegrityError, InvalidInput, NotFound
@@ -118,7 +118,8 @@ class HdfsBackend(Backend):
         start = f"{base}/{head}" if head else base
 
         def listing(client) -> list[str]:
-            return unless_missing(lambda: [s.path for s in client.list_status(start, True) if not s.isdir], [])
+            return unless_missing(lambda: [s.path for s in client.list_status(start, True)
+                                           if not s.isdir], [])
 
         for path in sorted(self.hdfs.call(listing, f"cannot list {prefix or 'objects'}")):
             key = posixpath.relpath(path, base)
@@ -153,8 +154,8 @@ class HdfsBackend(Backend):
         path = self._container_path(location)
         offset = location.offset
         started = time.monotonic()
-        data = self.hdfs.call(lambda client: client.read(path).read_range(offset, length),
-                              f"cannot read shard {shard_id[:16]} ({location.container} at {offset}+{length})")
+        what = f"cannot read shard {shard_id[:16]} ({location.container} at {offset}+{length})"
+        data = self.hdfs.call(lambda client: client.read(path).read_range(offset, length), what)
         self.hdfs.counters.add(reads=1, bytes_read=len(data), read_seconds=time.monotonic() - started)
         if len(data) != length:
             self.hdfs.counters.error("short_read")
@@ -165,9 +166,10 @@ class HdfsBackend(Backend):
     def _pack_statuses(self) -> list:
         """hdfs-native statuses of every file in ``packs/``, temporary ones included."""
         base = self.path(PACKS)
-        return self.hdfs.call(
-            lambda client: unless_missing(lambda: [s for s in client.list_status(base, False) if not s.isdir], []),
-            "cannot list packs")
+        def listing(client) -> list:
+            return unless_missing(lambda: [s for s in client.list_status(base, False) if not s.isdir], [])
+
+        return self.hdfs.call(listing, "cannot list packs")
 
     def pack_files(self) -> list[str]:
         """Every committed pack (for tests; gc uses ``list_stored``)."""

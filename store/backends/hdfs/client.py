@@ -7,11 +7,13 @@ a permission problem is final at once. A stuck call is abandoned after ``call_ti
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ...errors import AccessDenied, BackendError, ModelfsError, NotFound
 from ...stats import Counters
@@ -136,7 +138,7 @@ class HdfsClient:
             try:
                 client = self.client()
                 timeout = max(1.0, min(self.call_timeout, deadline - time.monotonic()))
-                return call_with_deadline(lambda: fn(client), timeout, what)
+                return call_with_deadline(functools.partial(fn, client), timeout, what)
             except Exception as e:
                 if isinstance(e, ModelfsError) or is_not_found(e) or is_denied(e):
                     raise self.error(what, e) from e

@@ -7,7 +7,7 @@ are walked here when the server has no ``/list/objects/`` endpoint.
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 from ...errors import BackendError, InvalidInput, NotFound
 from ..base import StoredItem

@@ -25,8 +25,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any, TypeVar
 
 from ...errors import IntegrityError, InvalidInput, ModelfsError, NotFound
 from ...stats import Counters
@@ -41,6 +42,8 @@ from .writer import NodesShardWriter
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class NodesBackend(Backend):
     """Shards and objects on a set of HTTP storage nodes (or one static HTTP server)."""
@@ -48,7 +51,8 @@ class NodesBackend(Backend):
     kind = "nodes"
 
     def __init__(self, nodes: list[str], base_path: str = "/", scheme: str = "http",
-                 options: NodeStoreOptions = NodeStoreOptions()) -> None:
+                 options: NodeStoreOptions | None = None) -> None:
+        options = options or NodeStoreOptions()
         if not nodes:
             raise InvalidInput("a node store needs at least one node")
         if len(set(nodes)) != len(nodes):
@@ -218,7 +222,7 @@ class NodesBackend(Backend):
         return self.read_shard_verified(shard_id, location, length, lambda data: data)
 
     def read_shard_verified(self, shard_id: str, location: ShardLocation, length: int,
-                            verify) -> object:
+                            verify: Callable[[bytes], T]) -> T:
         relpath = shard_relpath(shard_id)
         errors: dict[str, Exception] = {}
         for name in self._order(self.replica_nodes(shard_id, location)):
