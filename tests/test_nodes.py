@@ -17,6 +17,7 @@ from modelfs.bench.nodes import TOKEN, NodeSet, start_nginx, start_node, start_n
 from modelfs.store.backends.base import ShardLocation
 from modelfs.store.backends.layout import shard_relpath
 from modelfs.store.backends.local import LocalBackend
+from modelfs.store.backends.nodes.options import NodeStoreOptions
 from modelfs.store.backends.nodes.placement import Placement, rendezvous_order
 from modelfs.store.backends.nodes.protocol import DIGEST_HEADER, MAX_BODY
 from modelfs.store.backends.nodes.replicated import NodesBackend
@@ -481,3 +482,17 @@ def test_a_node_store_client_does_not_load_the_server(nodes3):
             "print(list(b.list_objects('')), 'aiohttp' in sys.modules, 'urllib3' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split()[-2:] == ["False", "True"], out.stdout + out.stderr
+
+
+def test_readme_lists_every_url_parameter_with_its_default():
+    """The README's table of node-store URL parameters is NodeStoreOptions, default for default."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for f in NodeStoreOptions.fields():
+        default = f.default
+        if isinstance(default, bool):
+            shown = str(int(default))
+        elif default == "":
+            shown = "–"
+        else:
+            shown = str(default)
+        assert f"| `{f.name}` | {shown} | {f.metadata['help']} |" in readme, f.name
