@@ -74,6 +74,18 @@ def mount_log(mountpoint: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in mountpoint.parent.glob(MOUNT_LOG_GLOB))
 
 
+def stop_process(proc: subprocess.Popen, sig: int, timeout: float) -> int | None:
+    """Send ``sig`` and wait ``timeout`` seconds; SIGKILL what does not exit. The exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
 def free_port() -> int:
     """A port nobody listens on right now on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

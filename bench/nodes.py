@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .harness import MODELFS, free_port
+from .harness import MODELFS, free_port, stop_process
 
 TOKEN = "test-token-0123456789"
 
@@ -41,16 +41,9 @@ class NodeProc:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
-    def stop(self) -> int:
+    def stop(self) -> int | None:
         """SIGTERM and wait; returns the exit code."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop_process(self.proc, signal.SIGTERM, 15)
 
 
 def start_node(data: Path, token_file: Path | None, port: int = 0) -> NodeProc:
@@ -160,13 +153,7 @@ class NginxProc:
         return f"http://127.0.0.1:{self.port}/"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, signal.SIGQUIT, 10)
 
 
 def nginx_binary() -> str | None:
