@@ -345,8 +345,8 @@ async def _serve(data_dir: str, host: str, port: int, token: str, limits: NodeLi
     sweeper = asyncio.create_task(guard.run())
     try:
         # the guard wraps aiohttp's protocol factory, so it sees every connection
-        listener = await loop.create_server(guard.protocol_factory, host, port, backlog=256,
-                                            reuse_address=True)
+        listener = await loop.create_server(guard.protocol_factory, host, port,
+                                            backlog=limits.accept_backlog(), reuse_address=True)
         bound = listener.sockets[0].getsockname()
         line = f"listening on http://{bound[0]}:{bound[1]}"
         log.info("%s (at most %d connections, %d uploads at once)", line, guard.cap,

@@ -41,10 +41,17 @@ class NodeLimits:
     chunk_size: int = 1024 * 1024
 
     def connection_cap(self) -> int:
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft == resource.RLIM_INFINITY:
-            return self.max_connections
-        return max(8, min(self.max_connections, soft // 2))
+        """Connections kept open: at most half the descriptors, the rest is for files and accepts."""
+        return max(8, min(self.max_connections, _fd_limit() // 2))
+
+    def accept_backlog(self) -> int:
+        """The listen queue; asyncio also accepts up to this many at once, before the guard sees them."""
+        return max(8, min(128, _fd_limit() // 4))
+
+
+def _fd_limit() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
 
 
 class ConnectionGuard:
@@ -92,6 +99,8 @@ class ConnectionGuard:
         """Close connections idle for longer than ``idle_timeout``; forget closed ones."""
         now = time.monotonic()
         connections = self._server.connections
+        if len(connections) > self.cap:
+            self._make_room(connections, len(connections) - self.cap)
         for handler in connections:
             if handler in self._busy:
                 continue
