@@ -187,6 +187,7 @@ def test_eight_concurrent_large_puts_keep_node_memory_bounded(tmp_path):
         for t in threads:
             t.join()
         peak = peak_rss_mib(n.proc.pid)
+        print(f"8 concurrent 63 MiB PUTs: node peak RSS {before:.0f} -> {peak:.0f} MiB")
         assert statuses == [201] * 8
         for i in range(8):
             assert (n.data / "objects" / "big" / str(i)).read_bytes() == bodies[i % 2]
