@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         setup_logging(args)
+        log.debug("modelfs %s: %s", package_version(), " ".join(argv))
         signal.signal(signal.SIGTERM, _terminated)
         return args.func(args)
     except ModelfsError as e:

@@ -13,7 +13,7 @@ from modelfs.store.errors import InvalidInput
 from .console import KEY_HELP, STORE_HELP, add_read_options, read_options
 
 #: conventional options that mean nothing more to a read-only FUSE mount (or are mount(8)'s own)
-IGNORED_OPTIONS = {"defaults", "ro", "default_permissions", "auto", "noauto", "user", "users",
+IGNORED_OPTIONS = {"defaults", "default_permissions", "auto", "noauto", "user", "users",
                    "nouser", "owner", "group", "nofail", "_netdev", "suid", "dev", "exec", "async",
                    "atime", "relatime", "strictatime", "diratime", "sloppy"}
 IGNORED_PREFIXES = ("x-", "comment=")
@@ -49,14 +49,15 @@ def apply_mount_options(args: argparse.Namespace, option_lists: list[str]) -> No
     """
     from modelfs.store.config import ReadOptions
     read_names = {f.name for f in ReadOptions.fields()}
+    writable = False  # the last of ro/rw wins, as in mount(8)
     for item in ",".join(option_lists).split(","):
         name, _, value = (part.strip() for part in item.partition("="))
         attr = name.replace("-", "_")
-        if not name or name in IGNORED_OPTIONS or name.startswith(IGNORED_PREFIXES):
+        if name in ("ro", "rw"):
+            writable = name == "rw"
+        elif not name or name in IGNORED_OPTIONS or name.startswith(IGNORED_PREFIXES):
             continue
-        if name == "rw":
-            raise InvalidInput("modelfs mounts are read-only: remove the mount option 'rw'")
-        if name in KERNEL_FLAGS:
+        elif name in KERNEL_FLAGS:
             args.kernel_flags.append(name)
         elif attr in FLAG_OPTIONS:
             setattr(args, attr, True)
@@ -71,6 +72,9 @@ def apply_mount_options(args: argparse.Namespace, option_lists: list[str]) -> No
                 setattr(args, attr, value)
         else:
             raise InvalidInput(f"unknown mount option {name!r}")
+    if writable:
+        raise InvalidInput("modelfs mounts are read-only: give the mount option 'ro' "
+                           "(mount(8) and fstab pass 'rw' unless 'ro' is given)")
 
 
 def mount_options(args: argparse.Namespace):
