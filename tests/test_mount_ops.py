@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import MODELFS, detach, mount_log, mounted, run_modelfs, sha256_of
+from helpers import MODELFS, detach, mounted, run_modelfs, sha256_of
 
 BIN = Path(sys.executable).parent  # where pip installed the console scripts
 REPO = Path(__file__).resolve().parent.parent
