@@ -216,13 +216,19 @@ def detach(mountpoint: str | os.PathLike) -> None:
 
 
 def modelfs_mounts() -> list[Path]:
-    """Every modelfs mount on this host, from /proc/self/mounts."""
+    """Every live modelfs mount on this host, from /proc/self/mounts; stale ones are skipped
+    with a warning (their daemon died: nothing to ask)."""
     found = []
     with open("/proc/self/mounts") as f:
         for line in f:
             fields = line.split()
             if len(fields) > 2 and fields[2] == "fuse.modelfs":
-                found.append(Path(fields[1].replace("\\040", " ")))
+                path = Path(fields[1].replace("\\040", " "))
+                if is_stale(path):
+                    log.warning("skipping %s: a stale mount (its daemon died); unmount it with "
+                                "`modelfs umount %s` or mount it again", path, path)
+                else:
+                    found.append(path)
     return found
 
 

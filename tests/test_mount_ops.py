@@ -369,3 +369,54 @@ def test_push_progress_without_a_terminal(tmp_path, key_file, store_dir):
     lines = [line for line in loud.stderr.splitlines() if line.startswith("push b")]
     assert len(lines) >= 2 and "\r" not in loud.stderr
     assert lines[-1].split()[2] == "100.0%"
+
+
+def test_file_like_reader_without_fuse(tmp_path, key_file, store_dir):
+    """``Store.open_file`` / ``open_model_file``: io.BufferedReader, torch.load, safetensors, seeks."""
+    import io
+
+    import torch
+    from helpers import make_sample_models
+    from safetensors.torch import load as load_safetensors
+
+    from modelfs.store.api import open_store
+    from modelfs.store.read.rawio import ModelRawIO, open_model_file
+    models = make_sample_models(tmp_path)
+    for path, name in ((models.checkpoint, "ckpt"), (models.safetensors, "st")):
+        run_modelfs("push", str(path), name, "--store", str(store_dir), "--key-file", str(key_file),
+                    "--shard-size", "256KiB")
+    store = open_store(str(store_dir), key_file=key_file)
+    try:
+        with store.open_file("ckpt") as f:
+            assert isinstance(f, io.BufferedReader) and f.readable() and f.seekable()
+            state = torch.load(f, weights_only=True)
+        assert state.keys() == models.state.keys()
+        assert all(torch.equal(state[k], v) for k, v in models.state.items())
+        with store.open_file("st") as f:
+            tensors = load_safetensors(f.read())
+        assert set(tensors) == set(models.tensors)
+        assert all(torch.equal(tensors[k], v) for k, v in models.tensors.items())
+
+        original = models.checkpoint.read_bytes()
+        raw = ModelRawIO(store.open_model("ckpt"))
+        assert raw.seek(0, io.SEEK_END) == len(original) == raw.tell()
+        assert raw.read(10) == b""
+        raw.seek(300_000)
+        buffer = bytearray(700_000)  # crosses shard boundaries
+        assert raw.readinto(buffer) == 700_000 and bytes(buffer) == original[300_000:1_000_000]
+        raw.seek(-100, io.SEEK_CUR)
+        assert raw.read(100) == original[999_900:1_000_000]
+        raw.seek(-5, io.SEEK_END)
+        assert raw.readall() == original[-5:]
+        with pytest.raises(OSError):
+            raw.seek(-1)
+        raw.close()
+        with pytest.raises(ValueError):
+            raw.read(1)
+        with open_model_file(store.open_model("ckpt"), buffer_size=4096) as f:
+            chunks = []
+            while chunk := f.read(12_345):
+                chunks.append(chunk)
+            assert b"".join(chunks) == original
+    finally:
+        store.close()

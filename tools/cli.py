@@ -12,7 +12,7 @@ import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from modelfs.store.errors import EXIT_CODES, ModelfsError, from_os_error
+from modelfs.store.errors import EXIT_CODES, InvalidInput, ModelfsError, from_os_error
 
 from . import bench, models, mounting, node, stats
 from .mounthelper import helper_argv
@@ -101,12 +101,18 @@ def main(argv: list[str] | None = None) -> int:
             return output_closed()
         error = from_os_error(e)
         return fail(str(error), error.exit_code)
+    except ValueError as e:  # a value no check caught (e.g. a URL a client library cannot parse)
+        log.debug("bad value", exc_info=True)
+        return fail(f"invalid input: {e}", InvalidInput.exit_code)
     except KeyboardInterrupt:
         return fail("interrupted" + _UNPUBLISHED.get(args.command, ""), 128 + signal.SIGINT)
     except SystemExit as e:
         if e.code == 128 + signal.SIGTERM:
             return fail("terminated" + _UNPUBLISHED.get(args.command, ""), e.code)
         raise
+    except Exception as e:  # a bug: still one line; the traceback with -v
+        log.debug("unexpected error", exc_info=True)
+        return fail(f"unexpected error: {e!r} (run with -v for details)", ModelfsError.exit_code)
 
 
 def fail(message: str, code: int) -> int:
