@@ -59,7 +59,7 @@ def open_push_store(url: str | None, key_file: str | None):
         if not root.exists():
             if not root.parent.is_dir() and url != DEFAULT_STORE:
                 raise NotFound(f"store directory {root} does not exist, nor its parent {root.parent}")
-            print(f"creating a new store at {root}", file=sys.stderr)
+            print(f"creating a new store at {root}")
     return open_store(url, key_file=key_file, create=True)
 
 
