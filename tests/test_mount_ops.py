@@ -377,10 +377,9 @@ def test_file_like_reader_without_fuse(tmp_path, key_file, store_dir):
 
     import torch
     from helpers import make_sample_models
-    from safetensors.torch import load as load_safetensors
-
     from modelfs.store.api import open_store
     from modelfs.store.read.rawio import ModelRawIO, open_model_file
+    from safetensors.torch import load as load_safetensors
     models = make_sample_models(tmp_path)
     for path, name in ((models.checkpoint, "ckpt"), (models.safetensors, "st")):
         run_modelfs("push", str(path), name, "--store", str(store_dir), "--key-file", str(key_file),

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelfs.store.errors import ChecksFailed, IntegrityError, InvalidInput, ModelfsError
+from modelfs.store.errors import (
+    ChecksFailed,
+    IntegrityError,
+    InvalidInput,
+    ModelfsError,
+)
 from modelfs.store.sizes import parse_size
 
 from .console import KEY_HELP
