@@ -17,9 +17,9 @@ EXIT_CODES: dict[int, str] = {
     6: "not found: store, model, version, key file or input file does not exist",
     7: "mount failed: FUSE unavailable (/dev/fuse) or the kernel refused the mount",
     8: "checks failed: a benchmark target it prints as FAIL fell short",
-    130: "interrupted (SIGINT); nothing was published",
+    130: "interrupted (SIGINT): a push publishes nothing; a foreground mount unmounts and exits 0",
     141: "output closed early (broken pipe, e.g. piped into head)",
-    143: "terminated (SIGTERM); nothing was published",
+    143: "terminated (SIGTERM): a push publishes nothing; a foreground mount unmounts and exits 0",
 }
 
 

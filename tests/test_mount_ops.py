@@ -419,3 +419,10 @@ def test_file_like_reader_without_fuse(tmp_path, key_file, store_dir):
             assert b"".join(chunks) == original
     finally:
         store.close()
+
+
+def test_readme_shows_the_exit_code_table():
+    from modelfs.store.errors import EXIT_CODES
+    readme = (REPO / "README.md").read_text()
+    for code, cause in EXIT_CODES.items():
+        assert f"| {code} | {cause} |" in readme
