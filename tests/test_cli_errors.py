@@ -287,3 +287,27 @@ def test_mount_option_errors_are_input_errors(model_file, key_file, store_dir, t
                           ("ro,threads=many", "bad value")):
         r = fails("mount", str(store_dir), str(mnt), "-o", opts, "--key-file", str(key_file))
         assert r.returncode == 2 and message in r.stderr, r
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signalled_push_says_so_and_publishes_nothing(tmp_path, key_file, store_dir, sig, code):
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(4 << 20))
+    push = subprocess.Popen([*MODELFS, "push", str(big), "big", "--store", str(store_dir),
+                             "--key-file", str(key_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for _ in range(400):
+            if (store_dir / "shards").exists() and sum(1 for _ in (store_dir / "shards").rglob("*")) > 8:
+                break
+            time.sleep(0.02)
+        push.send_signal(sig)
+        _, err = push.communicate(timeout=60)
+    finally:
+        if push.poll() is None:
+            push.kill()
+    assert push.returncode == code, err
+    assert err.strip().splitlines()[-1].endswith("nothing was published") and "Traceback" not in err
+    assert "big" not in published_names(store_dir, key_file)
