@@ -119,20 +119,27 @@ def test_mountpoint_problems(tmp_path, model_file, key_file, store_dir):
     assert "not mounted" in r.stderr
 
 
-def test_stale_mount_is_recovered(tmp_path, model_file, key_file, store_dir):
-    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+def leave_stale_mount(store_dir: Path, key_file: Path, mnt: Path) -> None:
+    """Mount in the foreground, then SIGKILL the daemon: the mount stays, its daemon is gone."""
     daemon = subprocess.Popen([*MODELFS, "mount", str(store_dir), str(mnt), "--key-file", str(key_file),
                                "--foreground"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):
+        for _ in range(400):
             if os.path.ismount(mnt):
                 break
             time.sleep(0.05)
         assert os.path.ismount(mnt)
+    finally:
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(timeout=10)
+
+
+def test_stale_mount_is_recovered(tmp_path, model_file, key_file, store_dir):
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        leave_stale_mount(store_dir, key_file, mnt)
         with pytest.raises(OSError) as e:
             os.listdir(mnt)
         assert e.value.errno == 107  # ENOTCONN: "Transport endpoint is not connected"
@@ -140,8 +147,6 @@ def test_stale_mount_is_recovered(tmp_path, model_file, key_file, store_dir):
                     env={"MODELFS_LOG_DIR": str(tmp_path)})
         assert (mnt / "m").read_bytes() == model_file.read_bytes()
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
         detach(mnt)
 
 
@@ -260,23 +265,14 @@ def test_cache_stats_skips_a_stale_mount(tmp_path, model_file, key_file, store_d
     run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
     stale = tmp_path / "stale"
     stale.mkdir()
-    daemon = subprocess.Popen([*MODELFS, "mount", str(store_dir), str(stale), "--key-file", str(key_file),
-                               "--foreground"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(400):
-            if os.path.ismount(stale):
-                break
-            time.sleep(0.05)
-        daemon.send_signal(signal.SIGKILL)
-        daemon.wait(timeout=10)
+        leave_stale_mount(store_dir, key_file, stale)
         with mounted(store_dir, key_file) as live:
             r = run_modelfs("cache-stats", check=False)
         assert r.returncode == 0, r.stderr
         assert str(live) in r.stdout and str(stale) not in r.stdout
         assert f"skipping {stale}: a stale mount" in r.stderr and "Traceback" not in r.stderr
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
         detach(stale)
 
 
