@@ -7,6 +7,7 @@ verified manifests, and one shared cache, thread pool and set of counters.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import resource
@@ -124,6 +125,11 @@ class Store:
     def open_model(self, name: str, cache_size: int = OPEN_MODEL_CACHE) -> ModelReader:
         """A reader of the latest version of ``name`` with its own small cache (no readahead)."""
         return Library(self, ReadOptions(cache_size=cache_size, readahead=0, threads=0)).reader(name)
+
+    def open_file(self, name: str) -> io.BufferedReader:
+        """The latest version of ``name`` as a read-only binary file object (no FUSE needed)."""
+        from .read.rawio import open_model_file
+        return open_model_file(self.open_model(name))
 
     def close(self) -> None:
         self.backend.close()
