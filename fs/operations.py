@@ -19,6 +19,7 @@ import time
 
 import mfusepy
 import numpy as np
+
 from modelfs.store.api import Library
 from modelfs.store.errors import ModelfsError
 from modelfs.store.read.reader import ReadStream

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+
 from modelfs.store.api import open_store
 from modelfs.store.format import codec
 from modelfs.store.sizes import parse_size
-from safetensors.torch import save_file
 
 SHARD = 4 << 20
 
@@ -40,7 +41,8 @@ def ratio(data: bytes) -> float:
 
 def decode_speed(shard: bytes) -> float:
     encoded = codec.encode(shard)
-    best = min(_timed(lambda: codec.decode(encoded.codec, encoded.length, encoded.payload)) for _ in range(20))
+    best = min(_timed(lambda: codec.decode(encoded.codec, encoded.length, encoded.payload))
+               for _ in range(20))
     return len(shard) / best / 1e9
 
 
@@ -92,7 +94,8 @@ def main() -> None:
             for case, variant in (("header change", "header"), ("4 tensors changed", "tuned"),
                                   ("same file again", "base")):
                 store.publish(base, variant)
-                print(f"new stored bytes, {case}: {new_fraction(store, variant, work / f'{variant}.safetensors'):.5f}")
+                fraction = new_fraction(store, variant, work / f"{variant}.safetensors")
+                print(f"new stored bytes, {case}: {fraction:.5f}")
             reader = store.open_model("base", cache_size=64 << 20)
             drop_caches()
             cpu, wall = time.process_time(), time.perf_counter()

@@ -12,10 +12,10 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .backends.base import Backend, ShardLocation
 from .errors import InvalidInput

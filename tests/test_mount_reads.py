@@ -13,6 +13,7 @@ import pytest
 from helpers import mount_log, mounted, read_stats, run_modelfs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from modelfs.store.api import open_store
 
 SHARD = 64 * 1024
@@ -183,7 +184,7 @@ def test_flipped_byte_in_a_shard_gives_eio_only_for_its_range(tmp_path, key_file
     opened = open_store(str(store), key_file=key_file)
     try:  # shards are cut by content: probe each one's own range
         manifest = opened.load_manifest(opened.catalog.resolve("victim"))
-        spans = [(int(o), int(o + n)) for o, n in zip(manifest.offsets, manifest.lengths)]
+        spans = [(int(o), int(o + n)) for o, n in zip(manifest.offsets, manifest.lengths, strict=True)]
     finally:
         opened.close()
     with mounted(store, key_file, "1MiB") as mnt:

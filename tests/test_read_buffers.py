@@ -1,5 +1,6 @@
 """Shard buffers are reused for new decodes, never while a reader holds a view of them."""
 import numpy as np
+
 from modelfs.store.format import codec
 from modelfs.store.read.cache import BUFFER_STEP, ShardCache
 from modelfs.store.stats import Stats

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import mounted, sha256_of
+
 from modelfs.store.api import open_store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store-v1"

@@ -21,8 +21,9 @@ import json
 import logging
 import struct
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from pyfastcdc import FastCDC
 
@@ -178,7 +179,7 @@ def _split(unit: _Unit, shard_size: int) -> Iterator[Cut]:
     if len(starts) > 1 and unit.length - starts[-1] < shard_size // 4:
         starts.pop()
     ends = starts[1:] + [unit.length]
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts, ends, strict=True):
         yield Cut(unit.offset + start, end - start, unit.width)
 
 

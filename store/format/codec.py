@@ -54,11 +54,11 @@ def _compressor(level: int | str) -> zstandard.ZstdCompressor:
     if cache is None:
         cache = _local.compressors = {}
     if level not in cache:
-        if level == PLANE_LEVEL:
+        if isinstance(level, int):
+            cache[level] = zstandard.ZstdCompressor(level=level)
+        else:  # PLANE_LEVEL
             params = zstandard.ZstdCompressionParameters(**PLANE_PARAMS)
             cache[level] = zstandard.ZstdCompressor(compression_params=params)
-        else:
-            cache[level] = zstandard.ZstdCompressor(level=level)
     return cache[level]
 
 
@@ -125,7 +125,7 @@ def _interleave_planes(planes: list[np.ndarray], out: np.ndarray) -> None:
 
 def _readonly(out: np.ndarray) -> memoryview:
     out.flags.writeable = False
-    return memoryview(out)
+    return out.data  # a memoryview whose ``obj`` is ``out``
 
 
 def _output(out: np.ndarray | None, length: int) -> np.ndarray:
@@ -201,7 +201,7 @@ def _decompress_into(frame: memoryview, target: np.ndarray) -> np.ndarray:
     """Decompress one zstd frame that must fill ``target`` exactly."""
     try:
         reader = _decompressor().stream_reader(frame)
-        view, filled = memoryview(target), 0
+        view, filled = target.data, 0
         while filled < len(target) and (got := reader.readinto(view[filled:])):
             filled += got
         if reader.read(1):
@@ -222,12 +222,11 @@ def _unpack_planes(payload: bytes, width: int, length: int, out: np.ndarray | No
     try:
         for k in range(width):
             size, compressed = _PLANE_HEADER.unpack_from(payload, k * _PLANE_HEADER.size)
-            body = view[at:at + size]
-            if compressed:
-                body = _decompress_into(body, scratch[k * plane:(k + 1) * plane])
+            stored = np.frombuffer(view[at:at + size], dtype=np.uint8)
+            body = _decompress_into(stored.data, scratch[k * plane:(k + 1) * plane]) if compressed else stored
             if len(body) != plane:
                 raise IntegrityError(f"byte plane {k} decodes to {len(body)} bytes, expected {plane}")
-            planes.append(np.frombuffer(body, dtype=np.uint8))
+            planes.append(body)
             at += size
         if len(payload) - at != length - width * plane:
             raise IntegrityError(f"shard decodes to {at + length - len(payload)} bytes, expected {length}")

@@ -16,9 +16,10 @@ import ctypes.util
 import logging
 import sys
 import threading
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
+from typing import Any
 
 import cachetools
 import numpy as np
@@ -170,8 +171,8 @@ class ShardCache:
         while self._lru and self._lru.currsize > limit:
             self._lru.popitem()
 
-    def get(self, key: Hashable, load: Callable[[], bytes], size: int,
-            prefetch: bool = False) -> tuple[bytes, bool]:
+    def get(self, key: Hashable, load: Callable[[], Any], size: int,
+            prefetch: bool = False) -> tuple[Any, bool]:
         """Return the value and whether it was a hit (cached, or loading for someone else);
         load it once, however many callers ask at once.
 
@@ -185,15 +186,17 @@ class ShardCache:
                     self._prefetched.discard(key)
                     self._stats.add(hits=1, readahead_used=int(used))
                 return value, True
-            flight = self._inflight.get(key)
-            owner = flight is None
-            if owner:
+            found = self._inflight.get(key)
+            owner = found is None
+            if found is None:
                 flight = self._inflight[key] = _Flight(wanted=not prefetch, size=size)
                 self._inflight_bytes += size
                 self._make_room()
-            elif not prefetch:
-                used_readahead = not flight.wanted
-                flight.wanted = True
+            else:
+                flight = found
+                if not prefetch:
+                    used_readahead = not flight.wanted
+                    flight.wanted = True
         if not owner:
             value = flight.future.result()  # raises the loader's error
             if not prefetch:

@@ -66,7 +66,7 @@ class ModelReader:
         started = time.monotonic()
         fetched_at = started
 
-        def verify(stored: bytes) -> bytes:
+        def verify(stored: bytes) -> np.ndarray:
             nonlocal fetched_at
             fetched_at = time.monotonic()
             if len(stored) != stored_length:
@@ -78,7 +78,7 @@ class ModelReader:
             return np.frombuffer(plain, dtype=np.uint8)
 
         try:
-            plain = self._backend.read_shard_verified(self._keys[index], m.location(index),
+            plain: np.ndarray = self._backend.read_shard_verified(self._keys[index], m.location(index),
                                                       stored_length, verify)
         except ModelfsError as e:
             self._stats.error(type(e).__name__)
@@ -94,8 +94,9 @@ class ModelReader:
         self._stats.add(bytes_fetched=stored_length, shards_fetched=1)
         return plain
 
-    def shard(self, index: int, prefetch: bool = False) -> np.ndarray:
-        return self._shard(index, prefetch)[0]
+    def shard(self, index: int, prefetch: bool = False) -> memoryview:
+        """The decoded bytes of one shard (read-only)."""
+        return self._shard(index, prefetch)[0].data
 
     def _shard(self, index: int, prefetch: bool = False) -> tuple[np.ndarray, bool]:
         """The decoded shard, and whether it came from the cache (or another reader's load)."""
@@ -103,6 +104,8 @@ class ModelReader:
                                self._lengths[index], prefetch=prefetch)
 
     def prefetch(self, index: int) -> Future:
+        if self._pool is None:
+            raise RuntimeError("readahead is not enabled")
         self._stats.add(readahead_issued=1)
         return self._pool.submit(self._prefetch_quietly, index)
 
@@ -138,7 +141,7 @@ class ModelReader:
         started = time.monotonic()
         first, last = self.shard_span(offset, length)
         offsets = self._offsets
-        pieces = []
+        pieces: list[np.ndarray] = []
         hit_bytes = 0
         for index in range(first, last + 1):
             data, hit = self._shard(index)
@@ -146,11 +149,11 @@ class ModelReader:
             end = min(offset + length - offsets[index], len(data))
             pieces.append(data[start:end] if (start, end) != (0, len(data)) else data)
             hit_bytes += (end - start) if hit else 0
-        out = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        out = pieces[0] if len(pieces) == 1 else b"".join(piece.data for piece in pieces)
         self._stats.record_read(len(out), hit_bytes, time.monotonic() - started)
         return out, first, last
 
-    def stream(self) -> "ReadStream":
+    def stream(self) -> ReadStream:
         return ReadStream(self)
 
 

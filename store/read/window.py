@@ -11,8 +11,8 @@ A seek cancels what was queued for the old position.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 #: window bytes = bytes read sequentially so far / RUN_TO_WINDOW (capped)
 RUN_TO_WINDOW = 4
