@@ -178,25 +178,6 @@ def _pack_planes(grouped: bytes, width: int) -> bytes:
     return b"".join(headers + bodies) + grouped[width * plane:]
 
 
-#: scratch buffers for decompressed planes kept between decodes (one per concurrent decode)
-SCRATCH_KEPT = 2
-_scratch_free: list[np.ndarray] = []
-
-
-def _take_scratch(size: int) -> np.ndarray:
-    """A buffer for decompressed planes, reused so that a decode touches no new pages."""
-    try:
-        buffer = _scratch_free.pop()  # atomic under the GIL
-    except IndexError:
-        buffer = np.empty(0, dtype=np.uint8)
-    return buffer if len(buffer) >= size else np.empty(size, dtype=np.uint8)
-
-
-def _give_scratch(buffer: np.ndarray) -> None:
-    if len(_scratch_free) < SCRATCH_KEPT:
-        _scratch_free.append(buffer)
-
-
 def _decompress_into(frame: memoryview, target: np.ndarray) -> np.ndarray:
     """Decompress one zstd frame that must fill ``target`` exactly."""
     try:
@@ -218,23 +199,19 @@ def _unpack_planes(payload: bytes, width: int, length: int, out: np.ndarray | No
     view = memoryview(payload)
     at = width * _PLANE_HEADER.size
     planes = []
-    scratch = _take_scratch(width * plane)
-    try:
-        for k in range(width):
-            size, compressed = _PLANE_HEADER.unpack_from(payload, k * _PLANE_HEADER.size)
-            stored = np.frombuffer(view[at:at + size], dtype=np.uint8)
-            body = _decompress_into(stored.data, scratch[k * plane:(k + 1) * plane]) if compressed else stored
-            if len(body) != plane:
-                raise IntegrityError(f"byte plane {k} decodes to {len(body)} bytes, expected {plane}")
-            planes.append(body)
-            at += size
-        if len(payload) - at != length - width * plane:
-            raise IntegrityError(f"shard decodes to {at + length - len(payload)} bytes, expected {length}")
-        out = _output(out, length)
-        _interleave_planes(planes, out[:width * plane])
-    finally:
-        del planes
-        _give_scratch(scratch)
+    scratch = np.empty(width * plane, dtype=np.uint8)  # for the planes that were compressed
+    for k in range(width):
+        size, compressed = _PLANE_HEADER.unpack_from(payload, k * _PLANE_HEADER.size)
+        stored = np.frombuffer(view[at:at + size], dtype=np.uint8)
+        body = _decompress_into(stored.data, scratch[k * plane:(k + 1) * plane]) if compressed else stored
+        if len(body) != plane:
+            raise IntegrityError(f"byte plane {k} decodes to {len(body)} bytes, expected {plane}")
+        planes.append(body)
+        at += size
+    if len(payload) - at != length - width * plane:
+        raise IntegrityError(f"shard decodes to {at + length - len(payload)} bytes, expected {length}")
+    out = _output(out, length)
+    _interleave_planes(planes, out[:width * plane])
     out[width * plane:] = np.frombuffer(payload, dtype=np.uint8, offset=at)
     return _readonly(out)
 
