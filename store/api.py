@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends.base import Backend
+from .backends.disk_cache import DiskCache, DiskCachedBackend
 from .backends.urls import open_backend
 from .config import ReadOptions
 from .errors import AccessDenied, IntegrityError, ModelfsError, NotFound
@@ -32,6 +33,7 @@ from .format.crypto import (
     wrap_key,
 )
 from .format.manifest import Manifest
+from .metrics import MetricsServer
 from .publish import DEFAULT_SHARD_SIZE, Progress, publish_file
 from .read.cache import ShardCache
 from .read.reader import ModelReader
@@ -148,6 +150,10 @@ class Library:
         self.options = options
         self.stats = Stats()
         self.cache = ShardCache(options.cache_size, self.stats)
+        self.disk_cache = DiskCache(options.disk_cache, options.disk_cache_size) if options.disk_cache else None
+        if self.disk_cache:
+            store.backend = DiskCachedBackend(store.backend, self.disk_cache)
+        self.metrics = MetricsServer(options.metrics, self.stats) if options.metrics else None
         self.readahead = options.readahead
         self.threads = options.threads
         self._pool: ThreadPoolExecutor | None = None
@@ -166,6 +172,8 @@ class Library:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="modelfs-read")
             for item in self._models.values():
                 item.reader.enable_readahead(self._pool, self.readahead)
+        if self.metrics:
+            self.metrics.start()
 
     def refresh(self, force: bool = False) -> None:
         """Pick up newly published versions; verifies every manifest it loads.
@@ -200,7 +208,7 @@ class Library:
                         models[name] = current
                     continue
                 reader = ModelReader(manifest, self.store.backend, ShardCipher(keys), self.cache,
-                                     self.stats)
+                                     self.stats.model(name))
                 if self._pool is not None:
                     reader.enable_readahead(self._pool, self.readahead)
                 models[name] = LibraryEntry(entry, reader)
@@ -233,9 +241,12 @@ class Library:
             "readahead_unread": self.cache.unread_prefetched,
             "models": len(self._models),
             "backend": {"kind": self.store.backend.kind, **self.store.backend.stats()},
+            "disk_cache": self.disk_cache.stats() if self.disk_cache else None,
         }
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.metrics:
+            self.metrics.close()
         self.store.close()
