@@ -29,9 +29,11 @@ log = logging.getLogger(__name__)
 
 #: counters of ``Stats.COUNTERS`` that are gauges (they go down)
 GAUGE_COUNTERS = {"open_files"}
-#: mount-wide gauges of the snapshot, exported as ``modelfs_<name>``
-GAUGES = {"models": "models served", "readahead_unread": "shards read ahead and not read yet",
-          "peak_rss_bytes": "peak resident memory of the daemon", "uptime_s": "seconds since mount"}
+#: mount-wide gauges: snapshot key -> (metric name, help)
+GAUGES = {"models": ("modelfs_models", "models served"),
+          "readahead_unread": ("modelfs_readahead_unread", "shards read ahead and not read yet"),
+          "peak_rss_bytes": ("modelfs_peak_rss_bytes", "peak resident memory of the daemon"),
+          "uptime_s": ("modelfs_uptime_seconds", "seconds since mount")}
 
 
 def _histogram(name: str, doc: str, labels: list[str],
@@ -65,9 +67,8 @@ class MountCollector(Collector):
         for name in Stats.COUNTERS:
             kind = GaugeMetricFamily if name in GAUGE_COUNTERS else CounterMetricFamily
             yield kind(f"modelfs_{name}", f"{name.replace('_', ' ')} of this mount", value=s[name])
-        for name, doc in GAUGES.items():
-            if s.get(name) is not None:
-                yield GaugeMetricFamily(f"modelfs_{name}", doc, value=s[name])
+        for key, (name, doc) in GAUGES.items():
+            yield GaugeMetricFamily(name, doc, value=s[key])
         errors = CounterMetricFamily("modelfs_errors", "errors by kind", labels=["kind"])
         for kind, n in s["errors"].items():
             errors.add_metric([kind], n)

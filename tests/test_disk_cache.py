@@ -185,6 +185,10 @@ def test_warmup_fills_the_disk_cache_for_a_later_mount(tmp_path, key_file):
         assert "warmed 2 files" in result.stdout and "from the store" in result.stdout
         assert "warmup 100.0%" in result.stderr  # progress lines without a terminal
         assert read_stats(mnt)["disk_cache"]["entries"] == 8 + 3
+        again = run_modelfs("warmup", str(mnt / "team" / "a"), str(mnt / "team"))
+        # the first run dropped its pages from the kernel's cache: this one reached the daemon
+        assert "warmed 2 files, 640.0 KiB" in again.stdout
+        assert "640.0 KiB were already in memory" in again.stdout
         outside = run_modelfs("warmup", str(tmp_path), check=False)
         assert outside.returncode == 2 and "not inside a modelfs mount" in outside.stderr
     hide_shards(store)

@@ -145,17 +145,19 @@ def cmd_warmup(args) -> int:
 
 def warm_summary(before: dict, after: dict) -> str:
     """Where the warmed bytes came from, and what each cache tier now holds."""
-    def delta(doc_after: dict, doc_before: dict, key: str) -> int:
-        return doc_after[key] - doc_before[key]
+    def grew(key: str, a: dict = after, b: dict = before) -> str:
+        return format_size(a[key] - b[key])
 
-    parts = [f"fetched {format_size(delta(after, before, 'bytes_fetched'))} of stored shards"]
     disk, disk_before = after["disk_cache"], before["disk_cache"]
     if disk and disk_before:
-        parts.append(f"{format_size(delta(disk, disk_before, 'miss_bytes'))} from the store, "
-                     f"{format_size(delta(disk, disk_before, 'hit_bytes'))} from the disk cache")
-        parts.append(f"disk cache {format_size(disk['used_bytes'])} of {format_size(disk['budget'])}")
-    parts.append(f"memory {format_size(after['cache_bytes'])} of {format_size(after['cache_budget'])}")
-    return "; ".join(parts)
+        loaded = (f"stored shards loaded: {grew('hit_bytes', disk, disk_before)} from the disk cache, "
+                  f"{grew('miss_bytes', disk, disk_before)} from the store")
+    else:
+        loaded = f"stored shards loaded from the store: {grew('bytes_fetched')}"
+    held = f"memory {format_size(after['cache_bytes'])} of {format_size(after['cache_budget'])}"
+    if disk:
+        held = f"disk cache {format_size(disk['used_bytes'])} of {format_size(disk['budget'])}, {held}"
+    return f"{grew('hit_bytes')} were already in memory; {loaded}; now {held}"
 
 
 def register(sub) -> None:
