@@ -33,7 +33,6 @@ from .format.crypto import (
     wrap_key,
 )
 from .format.manifest import Manifest
-from .metrics import MetricsServer
 from .publish import DEFAULT_SHARD_SIZE, Progress, publish_file
 from .read.cache import ShardCache
 from .read.reader import ModelReader
@@ -153,7 +152,10 @@ class Library:
         self.disk_cache = DiskCache(options.disk_cache, options.disk_cache_size) if options.disk_cache else None
         if self.disk_cache:
             store.backend = DiskCachedBackend(store.backend, self.disk_cache)
-        self.metrics = MetricsServer(options.metrics, self.stats) if options.metrics else None
+        self.metrics = None
+        if options.metrics:  # prometheus-client is imported only by mounts that serve metrics
+            from .metrics import MetricsServer
+            self.metrics = MetricsServer(options.metrics, self.stats)
         self.readahead = options.readahead
         self.threads = options.threads
         self._pool: ThreadPoolExecutor | None = None

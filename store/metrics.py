@@ -156,6 +156,8 @@ class MetricsServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if self._thread is not None:
+            return
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="modelfs-metrics",
                                         daemon=True)
         self._thread.start()
