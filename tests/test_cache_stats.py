@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -83,3 +86,18 @@ def test_watch_json_into_a_closed_pipe_exits_quietly(warm_mount):
                             timeout=60)
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert [json.loads(line)["bytes_served"] for line in result.stdout.splitlines()] == [6 * SHARD] * 2
+
+
+def test_every_mount_view_skips_a_stale_mount(warm_mount, tmp_path, key_file):
+    live, _ = warm_mount
+    with mounted(tmp_path / "store", key_file, "64MiB") as stale:
+        pid = json.loads((stale / ".modelfs" / "stats").read_bytes())["pid"]
+        os.kill(pid, signal.SIGKILL)  # the daemon dies: "Transport endpoint is not connected"
+        while Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+        result = run_modelfs("cache-stats", check=False)
+        as_json = run_modelfs("cache-stats", "--json", check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert re.search(rf"^{re.escape(str(live))}  \(1 models", result.stdout, re.M)
+    assert f"skipping {stale}" in result.stderr and "not connected" in result.stderr
+    assert str(live) in json.loads(as_json.stdout) and str(stale) not in json.loads(as_json.stdout)

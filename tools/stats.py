@@ -53,7 +53,7 @@ def render_stats(mountpoint: Path, s: dict) -> str:
         f"pid {s['pid']}, peak RSS {format_size(s['peak_rss_bytes'])})",
         f"  memory     {format_size(s['cache_bytes'])} used of {format_size(s['cache_budget'])}",
     ]
-    d = s["disk_cache"]
+    d = s.get("disk_cache")  # .get: a daemon of an older modelfs may be mounted too
     if d is None:
         lines.append("  disk       off")
     else:
@@ -81,7 +81,7 @@ def render_stats(mountpoint: Path, s: dict) -> str:
     ]
     for node, figures in (s["backend"].get("nodes") or {}).items():
         lines.append(f"    node {node}  {_figures(figures)}")
-    for name, m in s["per_model"].items():
+    for name, m in s.get("per_model", {}).items():
         lines.append(
             f"  model {name}\n"
             f"             served {format_size(m['bytes_served'])} in {m['reads']} reads   "
@@ -95,16 +95,33 @@ def render_stats(mountpoint: Path, s: dict) -> str:
 
 def render_rates(mountpoint: Path, before: dict, after: dict) -> str:
     """One timestamped line: what changed per second between two snapshots of a mount."""
-    seconds = max(after["time"] - before["time"], 1e-6)
-    stamp = datetime.datetime.fromtimestamp(after["time"]).astimezone().isoformat(timespec="seconds")
+    seconds = max(after["uptime_s"] - before["uptime_s"], 1e-6)
+    stamp = datetime.datetime.fromtimestamp(after.get("time", time.time())).astimezone() \
+        .isoformat(timespec="seconds")
     parts = []
     for label, key, is_bytes in RATES:
         rate = (after[key] - before[key]) / seconds
         parts.append(f"{label} {rate / 1e6:.1f} MB/s" if is_bytes else f"{label} {rate:.1f}/s")
-    if after["disk_cache"] and before["disk_cache"]:
+    if after.get("disk_cache") and before.get("disk_cache"):
         rate = (after["disk_cache"]["hits"] - before["disk_cache"]["hits"]) / seconds
         parts.append(f"disk hits {rate:.1f}/s")
     return f"{stamp}  {mountpoint}  " + "  ".join(parts)
+
+
+def read_all(mounts: list[Path], read_stats) -> dict[str, dict]:
+    """The documents of every mount that answers; one that does not (a stale mount, one
+    unmounted meanwhile) is named on stderr and skipped, so it cannot hide the others."""
+    if not mounts:
+        raise ModelfsError("no modelfs mounts on this host")
+    docs = {}
+    for mount in mounts:
+        try:
+            docs[str(mount)] = read_stats(mount)
+        except ModelfsError as e:
+            print(f"modelfs: skipping {mount}: {e}", file=sys.stderr)
+    if not docs:
+        raise ModelfsError("no modelfs mount on this host answered")
+    return docs
 
 
 def cmd_cache_stats(args) -> int:
@@ -113,18 +130,17 @@ def cmd_cache_stats(args) -> int:
         from modelfs.store.stats_schema import SNAPSHOT_SCHEMA
         print(json.dumps(SNAPSHOT_SCHEMA, indent=1))
         return 0
-    mounts = [Path(args.mountpoint)] if args.mountpoint else modelfs_mounts()
-    if not mounts:
-        raise ModelfsError("no modelfs mounts on this host")
     previous: dict[str, dict] = {}
     try:
-        while True:
-            docs = {str(m): read_stats(m) for m in mounts}
+        while True:  # every mount is listed again each time: --watch follows mounts and unmounts
+            docs = ({args.mountpoint: read_stats(args.mountpoint)} if args.mountpoint
+                    else read_all(modelfs_mounts(), read_stats))
             if args.json:  # with --watch: one compact document per line (JSON Lines)
-                doc = docs[str(mounts[0])] if args.mountpoint else docs
+                doc = next(iter(docs.values())) if args.mountpoint else docs
                 print(json.dumps(doc, indent=None if args.watch else 1))
             elif previous:
-                print("\n".join(render_rates(Path(m), previous[m], d) for m, d in docs.items()))
+                print("\n".join(render_rates(Path(m), previous[m], d) for m, d in docs.items()
+                                if m in previous))
             else:
                 print("\n\n".join(render_stats(Path(m), d) for m, d in docs.items()))
                 if args.watch:
