@@ -95,8 +95,10 @@ class MountCollector(Collector):
         if disk:
             yield GaugeMetricFamily("modelfs_disk_cache_entries", "shards in the disk cache",
                                     value=disk["entries"])
+            yield GaugeMetricFamily("modelfs_disk_cache_pending_writes", "shards queued for writing",
+                                    value=disk["pending_writes"])
             for key, value in disk.items():
-                if key not in ("dir", "budget", "used_bytes", "entries"):
+                if key not in ("dir", "budget", "used_bytes", "entries", "pending_writes"):
                     yield CounterMetricFamily(f"modelfs_disk_cache_{key}", f"disk cache {key}",
                                               value=value)
 

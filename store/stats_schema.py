@@ -38,10 +38,11 @@ _MODEL = {
 _DISK_CACHE = {
     "type": ["object", "null"],
     "description": "the disk tier (null without --disk-cache); misses are fetches from the "
-                   "store, skipped_writes failed writes (full disk), corrupt entries dropped",
+                   "store, pending_writes shards queued for writing, skipped_writes failed "
+                   "writes (full disk), corrupt entries dropped",
     "properties": {"dir": {"type": "string"}, "budget": _BYTES, "used_bytes": _BYTES,
-                   "entries": _COUNT, **_counters(DISK_CACHE_COUNTERS)},
-    "required": ["dir", "budget", "used_bytes", "entries", *DISK_CACHE_COUNTERS],
+                   "entries": _COUNT, "pending_writes": _COUNT, **_counters(DISK_CACHE_COUNTERS)},
+    "required": ["dir", "budget", "used_bytes", "entries", "pending_writes", *DISK_CACHE_COUNTERS],
     "additionalProperties": False,
 }
 

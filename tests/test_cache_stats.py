@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 from helpers import MODELFS, mounted, run_modelfs
 from modelfs.store.stats_schema import SNAPSHOT_SCHEMA
+from test_disk_cache import settled
 from test_metrics import push_random
 
 SHARD = 64 * 1024
@@ -25,6 +26,7 @@ def warm_mount(tmp_path, key_file):
     data = push_random(str(store), key_file, tmp_path, "org/m", 6 * SHARD, 5)
     with mounted(store, key_file, "256MiB", "--disk-cache", str(tmp_path / "cache")) as mnt:
         assert (mnt / "org" / "m").read_bytes() == data
+        settled(mnt)
         yield mnt, data
 
 

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,14 @@ def model(tmp_path, key_file):
     return store, data, shard_ids(store, key_file, "org/m")
 
 
+def settled(mnt: Path, timeout: float = 120.0) -> dict:
+    """The mount's stats once its disk cache has written every queued shard."""
+    deadline = time.monotonic() + timeout
+    while (stats := read_stats(mnt))["disk_cache"]["pending_writes"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return stats
+
+
 def hide_shards(store: Path) -> None:
     """Move the store's shards away: from now on any fetch from the store fails."""
     shutil.move(store / "shards", store.parent / "shards-away")
@@ -57,7 +66,7 @@ def test_remount_reads_every_shard_from_the_disk_cache(model, tmp_path, key_file
     opts = ("--disk-cache", str(cache), "--disk-cache-size", "64MiB")
     with mounted(store, key_file, "256MiB", *opts) as mnt:
         assert (mnt / "org" / "m").read_bytes() == data
-        disk = read_stats(mnt)["disk_cache"]
+        disk = settled(mnt)["disk_cache"]
         assert (disk["misses"], disk["writes"], disk["hits"], disk["entries"]) == (SHARDS, SHARDS, 0, SHARDS)
     entries = cached(cache)
     assert sorted(entries) == sorted(ids)  # named by shard id, nothing else (no temp files)
@@ -78,6 +87,7 @@ def test_corrupt_and_truncated_entries_are_dropped_and_fetched_again(model, tmp_
     opts = ("--disk-cache", str(cache))
     with mounted(store, key_file, "256MiB", *opts) as mnt:
         assert (mnt / "org" / "m").read_bytes() == data
+        settled(mnt)
     flipped, truncated = cache / shard_relpath(ids[3]), cache / shard_relpath(ids[11])
     raw = bytearray(flipped.read_bytes())
     raw[100] ^= 1
@@ -85,7 +95,7 @@ def test_corrupt_and_truncated_entries_are_dropped_and_fetched_again(model, tmp_
     truncated.write_bytes(truncated.read_bytes()[:1000])
     with mounted(store, key_file, "256MiB", *opts) as mnt:
         assert (mnt / "org" / "m").read_bytes() == data
-        disk = read_stats(mnt)["disk_cache"]
+        disk = settled(mnt)["disk_cache"]
         assert (disk["corrupt"], disk["misses"], disk["hits"]) == (2, 2, SHARDS - 2)
         assert "dropped" in mount_log(mnt)
     for shard_id in (ids[3], ids[11]):  # fetched again and kept, intact
@@ -98,7 +108,7 @@ def test_bound_evicts_least_recently_used_and_survives_a_remount(model, tmp_path
     opts = ("--disk-cache", str(cache), "--disk-cache-size", str(6 * SHARD), "--threads", "0")
     with mounted(store, key_file, "256MiB", *opts) as mnt:
         assert (mnt / "org" / "m").read_bytes() == data
-        disk = read_stats(mnt)["disk_cache"]
+        disk = settled(mnt)["disk_cache"]
         assert disk["used_bytes"] <= 6 * SHARD and disk["evictions"] > 0
     kept = set(cached(cache))
     assert sum(len(b) for b in cached(cache).values()) <= 6 * SHARD
@@ -139,7 +149,7 @@ def test_two_mounts_share_one_cache_directory(model, tmp_path, key_file):
         for t in threads:
             t.join()
         assert not errors
-        stats = [read_stats(m)["disk_cache"] for m in (a, b)]
+        stats = [settled(m)["disk_cache"] for m in (a, b)]
         assert all(s["writes"] > 0 for s in stats) and sum(s["hits"] for s in stats) > 0
     entries = cached(cache)
     for shard_id, stored in entries.items():  # no torn or foreign files
@@ -164,7 +174,7 @@ def test_full_disk_skips_writes_and_never_fails_a_read(model, key_file, tiny_tmp
     opts = ("--disk-cache", str(tiny_tmpfs / "cache"), "--disk-cache-size", "1GiB")
     with mounted(store, key_file, "256MiB", *opts) as mnt:
         assert (mnt / "org" / "m").read_bytes() == data
-        disk = read_stats(mnt)["disk_cache"]
+        disk = settled(mnt)["disk_cache"]
         assert disk["skipped_writes"] > 0 and disk["writes"] + disk["skipped_writes"] == SHARDS
         assert "disk cache" in mount_log(mnt) and "is full" in mount_log(mnt)
     assert not list((tiny_tmpfs / "cache").rglob("*.tmp-*"))  # failed writes leave nothing behind

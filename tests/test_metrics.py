@@ -11,7 +11,7 @@ from helpers import mounted, read_stats, run_modelfs
 from modelfs.store.backends.layout import shard_relpath
 from nodes_support import free_port, start_cluster
 from prometheus_client.parser import text_string_to_metric_families
-from test_disk_cache import shard_ids
+from test_disk_cache import settled, shard_ids
 
 SHARD = 64 * 1024
 
@@ -43,6 +43,7 @@ def test_metrics_follow_reads_per_model_and_per_tier(tmp_path, key_file):
         assert before[("modelfs_bytes_served_total", ())] == 0
         assert before[("modelfs_cache_bytes", (("tier", "disk"),))] == 0
         assert (mnt / "org" / "a").read_bytes() == a
+        settled(mnt)
         after = scrape(port)
         model_a, model_b = (("model", "org/a"),), (("model", "org/b"),)
         assert after[("modelfs_bytes_served_total", ())] == len(a)

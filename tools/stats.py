@@ -62,7 +62,8 @@ def render_stats(mountpoint: Path, s: dict) -> str:
             f"{d['entries']} shards ({d['dir']})\n"
             f"             hits {d['hits']} ({format_size(d['hit_bytes'])})   fetched from store "
             f"{d['misses']} ({format_size(d['miss_bytes'])})   written {d['writes']} "
-            f"({format_size(d['write_bytes'])})   skipped writes {d['skipped_writes']}\n"
+            f"({format_size(d['write_bytes'])})   pending {d['pending_writes']}   "
+            f"skipped writes {d['skipped_writes']}\n"
             f"             evictions {d['evictions']} ({format_size(d['evicted_bytes'])})   "
             f"corrupt entries dropped {d['corrupt']}")
     lines += [

@@ -132,8 +132,8 @@ def cmd_warmup(args) -> int:
                 future.result()
             except OSError as e:
                 failed.append(f"{f.path} at {start}: {e.strerror}")
+    after = {m: written(m, read_stats) for m in mounts}
     seconds = time.monotonic() - started
-    after = {m: read_stats(m) for m in mounts}
     print(f"warmed {len(files)} files, {format_size(progress.done)} in {seconds:.1f} s "
           f"({format_size(progress.done / max(seconds, 1e-6))}/s)")
     for m in mounts:
@@ -141,6 +141,13 @@ def cmd_warmup(args) -> int:
     if failed:
         raise ModelfsError(f"{len(failed)} ranges could not be read: " + "; ".join(failed[:5]))
     return 0
+
+
+def written(mount: Path, read_stats) -> dict:
+    """The stats of a mount once its disk cache has written what the warm-up queued."""
+    while (stats := read_stats(mount))["disk_cache"] and stats["disk_cache"]["pending_writes"]:
+        time.sleep(0.05)
+    return stats
 
 
 def warm_summary(before: dict, after: dict) -> str:

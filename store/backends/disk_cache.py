@@ -4,7 +4,9 @@ Entries are the stored bytes (still encrypted and authenticated), so plaintext n
 reaches the disk, and a cached copy is checked exactly like a fetched one: by the
 caller's ``verify``. A copy that fails is dropped and fetched again. Only bytes that
 passed ``verify`` are written, to a temporary name then renamed, so a reader (in this
-mount or another one sharing the directory) never sees a torn entry.
+mount or another one sharing the directory) never sees a torn entry. Writes run on one
+background thread behind a short queue, so a read waits for the disk only when the disk
+falls that far behind (a warm-up faster than the disk).
 
 Recency lives in the file system, not in one process: a hit sets the entry's mtime
 to now, and eviction removes the oldest mtimes. Each mount keeps an estimate of the
@@ -18,6 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import threading
 import time
 import uuid
@@ -36,6 +39,8 @@ RESCAN_FRACTION = 20
 LOW_WATER = 0.9
 #: temporary files older than this were left by a crash and are removed by a scan
 STALE_TMP_SECONDS = 3600.0
+#: shards waiting for the writer thread (their stored bytes are held in memory meanwhile)
+WRITE_QUEUE = 8
 
 COUNTERS = ("hits", "hit_bytes", "misses", "miss_bytes", "writes", "write_bytes",
             "skipped_writes", "evictions", "evicted_bytes", "corrupt")
@@ -59,6 +64,9 @@ class DiskCache:
         self._used = 0
         self._written_since_scan = 0
         self._write_errors_logged: set[int] = set()
+        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(WRITE_QUEUE)
+        self._writer: threading.Thread | None = None
+        self._pending = 0
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.trim()
 
@@ -104,7 +112,35 @@ class DiskCache:
             self.counters["corrupt"] += 1
 
     def put(self, shard_id: str, data: bytes) -> None:
-        """Keep verified stored bytes; a failure (full disk, I/O error) only skips the write."""
+        """Queue verified stored bytes for the writer thread (started on first use, so
+        after the FUSE daemon forked); blocks only while the queue is full."""
+        with self._lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="modelfs-disk-cache",
+                                                daemon=True)
+                self._writer.start()
+            self._pending += 1
+        self._queue.put((shard_id, data))
+
+    def _write_loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                self.write(*item)
+            except Exception:  # never let one bad write stop the writer
+                log.exception("disk cache write of %s failed", item[0][:16])
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+    def close(self) -> None:
+        """Finish the queued writes."""
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+
+    def write(self, shard_id: str, data: bytes) -> None:
+        """Keep verified stored bytes now; a failure (full disk, I/O error) only skips the write."""
         path = self.path(shard_id)
         tmp = path.with_name(f"{path.name}{TMP_SUFFIX}{uuid.uuid4().hex}")
         try:
@@ -197,7 +233,7 @@ class DiskCache:
     def stats(self) -> dict:
         with self._lock:
             return {"dir": str(self.directory), "budget": self.budget, "used_bytes": self._used,
-                    "entries": len(self._entries), **self.counters}
+                    "entries": len(self._entries), "pending_writes": self._pending, **self.counters}
 
 
 class DiskCachedBackend(Backend):
@@ -268,4 +304,5 @@ class DiskCachedBackend(Backend):
         return self.inner.stats()
 
     def close(self) -> None:
+        self.cache.close()
         self.inner.close()
