@@ -3,7 +3,8 @@
 The collector reads the same counters as ``.modelfs/stats`` at scrape time, so both
 views always agree. Backend figures are exported whatever their shape: every number in
 the backend's stats becomes a ``modelfs_backend_*`` gauge, and every number of a storage
-node a ``modelfs_node_*`` gauge labelled with the node.
+node a ``modelfs_backend_node_*`` gauge labelled with the node (the client's view; a
+node's own ``/metrics`` uses ``modelfs_node_*``).
 """
 from __future__ import annotations
 
@@ -130,12 +131,12 @@ class MountCollector(Collector):
         # one family per node figure, one series per node
         families: dict[str, GaugeMetricFamily] = {}
         for node, figures in (backend.get("nodes") or {}).items():
-            up = families.setdefault("up", GaugeMetricFamily("modelfs_node_up", "1 if the node is "
+            up = families.setdefault("up", GaugeMetricFamily("modelfs_backend_node_up", "1 if the node is "
                                                              "not marked down", labels=["node"]))
             up.add_metric([node], float(figures.get("state") != "down"))
             for name, value in _numbers("", figures):
                 family = families.setdefault(name, GaugeMetricFamily(
-                    f"modelfs_node_{name}", f"storage node {name}", labels=["node"]))
+                    f"modelfs_backend_node_{name}", f"storage node {name}", labels=["node"]))
                 family.add_metric([node], value)
         yield from families.values()
 

@@ -91,10 +91,10 @@ def test_metrics_of_a_node_store_have_per_node_figures(cluster3, tmp_path, key_f
         assert (mnt / "n" / "m").read_bytes() == data
         m = scrape(port)
     nodes = [n.name for n in cluster3.nodes]
-    assert all(m[("modelfs_node_up", (("node", n),))] == 1 for n in nodes)
-    received = sum(m[("modelfs_node_bytes", (("node", n),))] for n in nodes)
+    assert all(m[("modelfs_backend_node_up", (("node", n),))] == 1 for n in nodes)
+    received = sum(m[("modelfs_backend_node_bytes", (("node", n),))] for n in nodes)
     assert received >= m[("modelfs_bytes_fetched_total", ())] > 0
-    assert sum(m[("modelfs_node_requests", (("node", n),))] for n in nodes) >= 12
+    assert sum(m[("modelfs_backend_node_requests", (("node", n),))] for n in nodes) >= 12
     assert m[("modelfs_backend_failovers", (("kind", "cluster"),))] == 0
 
 
