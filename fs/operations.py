@@ -34,14 +34,17 @@ MAX_READ = 1 << 20
 class ModelFS(mfusepy.Operations):
     use_ns = True
 
-    def __init__(self, library: Library, mountpoint: str) -> None:
+    def __init__(self, library: Library, mountpoint: str, uid: int | None = None,
+                 gid: int | None = None, umask: int = 0) -> None:
         self._library = library
         self._mountpoint = mountpoint
         self._handles: dict[int, ReadStream | bytes] = {}
         self._handle_ids = itertools.count(1)
         self._handles_lock = threading.Lock()
         self._mounted_ns = time.time_ns()
-        self._uid, self._gid = os.getuid(), os.getgid()
+        self._uid = os.getuid() if uid is None else uid
+        self._gid = os.getgid() if gid is None else gid
+        self._umask = umask  # applied to the read-only modes (0o444 files, 0o555 directories)
         self._dir_set: set[str] = set()
         self._dirs_generation = -1
 
@@ -89,7 +92,9 @@ class ModelFS(mfusepy.Operations):
         return item
 
     def _attrs(self, mode: int, size: int, mtime_ns: int) -> dict:
-        return {"st_mode": mode, "st_nlink": 1, "st_size": size, "st_uid": self._uid,
+        # st_blocks counts the logical size (what a copy takes), so du agrees with ls -l
+        return {"st_mode": mode & ~self._umask, "st_nlink": 1, "st_size": size,
+                "st_blocks": (size + 511) // 512, "st_uid": self._uid,
                 "st_gid": self._gid, "st_mtime": mtime_ns, "st_ctime": mtime_ns,
                 "st_atime": mtime_ns, "st_blksize": MAX_READ}
 
@@ -117,10 +122,14 @@ class ModelFS(mfusepy.Operations):
         return [".", ".."] + extra + sorted(children)
 
     def statfs(self, path: str) -> dict:
-        total = sum(self._library.get(n).entry.size for n in self._library.names())
-        return {"f_bsize": MAX_READ, "f_frsize": 4096, "f_blocks": total // 4096 + 1,
-                "f_bfree": 0, "f_bavail": 0, "f_files": len(self._library.names()),
-                "f_ffree": 0, "f_namemax": 255}
+        """Size: the logical bytes served; used: what the store holds for them; free: what
+        compression saves (nothing can be written, so free space is never offered)."""
+        entries = [item.entry for item in map(self._library.get, self._library.names()) if item]
+        logical = sum(e.size for e in entries) // 4096 + 1
+        stored = min(sum(e.stored_size for e in entries) // 4096 + 1, logical)
+        return {"f_bsize": MAX_READ, "f_frsize": 4096, "f_blocks": logical,
+                "f_bfree": logical - stored, "f_bavail": logical - stored,
+                "f_files": len(entries), "f_ffree": 0, "f_namemax": 255}
 
     # -- files -----------------------------------------------------------------
     def open(self, path: str, fi) -> int:

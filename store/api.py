@@ -7,6 +7,7 @@ verified manifests, and one shared cache, thread pool and set of counters.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import resource
@@ -126,6 +127,11 @@ class Store:
         """A reader of the latest version of ``name`` with its own small cache (no readahead)."""
         return Library(self, ReadOptions(cache_size=cache_size, readahead=0, threads=0)).reader(name)
 
+    def open_file(self, name: str) -> io.BufferedReader:
+        """The latest version of ``name`` as a read-only binary file object (no FUSE needed)."""
+        from .read.rawio import open_model_file
+        return open_model_file(self.open_model(name))
+
     def close(self) -> None:
         self.backend.close()
 
@@ -149,7 +155,8 @@ class Library:
         self.options = options
         self.stats = Stats()
         self.cache = ShardCache(options.cache_size, self.stats)
-        self.disk_cache = DiskCache(options.disk_cache, options.disk_cache_size) if options.disk_cache else None
+        self.disk_cache = (DiskCache(options.disk_cache, options.disk_cache_size)
+                           if options.disk_cache else None)
         if self.disk_cache:
             store.backend = DiskCachedBackend(store.backend, self.disk_cache)
         self.metrics = None

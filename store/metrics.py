@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
@@ -104,7 +104,7 @@ class MountCollector(Collector):
                                               value=value)
 
     def _per_model(self, per_model: dict) -> Iterator[Metric]:
-        for name in ModelStats.COUNTERS:
+        for name in ModelStats.MODEL_COUNTERS:
             family = CounterMetricFamily(f"modelfs_model_{name}", f"{name.replace('_', ' ')} per model",
                                          labels=["model"])
             for model, doc in per_model.items():

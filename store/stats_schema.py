@@ -5,6 +5,8 @@ them keyed by mountpoint. ``modelfs cache-stats --schema`` prints this schema.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from .backends.disk_cache import COUNTERS as DISK_CACHE_COUNTERS
 from .stats import ModelStats, Stats
 
@@ -29,9 +31,9 @@ _MODEL = {
     "type": "object",
     "description": "one model name (all its versions): served and hit/miss bytes, what its "
                    "loads fetched, its errors and latencies",
-    "properties": {**_counters(ModelStats.COUNTERS), "errors": _ERRORS,
+    "properties": {**_counters(ModelStats.MODEL_COUNTERS), "errors": _ERRORS,
                    "fetch_latency": _LATENCY, "read_latency": _LATENCY},
-    "required": [*ModelStats.COUNTERS, "errors", "fetch_latency", "read_latency"],
+    "required": [*ModelStats.MODEL_COUNTERS, "errors", "fetch_latency", "read_latency"],
     "additionalProperties": False,
 }
 
@@ -56,7 +58,7 @@ _BACKEND = {
     "required": ["kind"],
 }
 
-SNAPSHOT_SCHEMA = {
+SNAPSHOT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "modelfs mount statistics",
     "type": "object",

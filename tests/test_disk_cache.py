@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import mount_log, mounted, read_stats, run_modelfs
+
 from modelfs.store.api import open_store
 from modelfs.store.backends.layout import shard_relpath
 
@@ -99,7 +100,8 @@ def test_corrupt_and_truncated_entries_are_dropped_and_fetched_again(model, tmp_
         assert (disk["corrupt"], disk["misses"], disk["hits"]) == (2, 2, SHARDS - 2)
         assert "dropped" in mount_log(mnt)
     for shard_id in (ids[3], ids[11]):  # fetched again and kept, intact
-        assert (cache / shard_relpath(shard_id)).read_bytes() == (store / shard_relpath(shard_id)).read_bytes()
+        kept = (cache / shard_relpath(shard_id)).read_bytes()
+        assert kept == (store / shard_relpath(shard_id)).read_bytes()
 
 
 def test_bound_evicts_least_recently_used_and_survives_a_remount(model, tmp_path, key_file):

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import mounted, read_stats, run_modelfs
-from modelfs.store.backends.layout import shard_relpath
-from nodes_support import free_port, start_cluster
 from prometheus_client.parser import text_string_to_metric_families
 from test_disk_cache import settled, shard_ids
+
+from modelfs.bench.harness import free_port
+from modelfs.store.backends.layout import shard_relpath
 
 SHARD = 64 * 1024
 
@@ -54,7 +55,8 @@ def test_metrics_follow_reads_per_model_and_per_tier(tmp_path, key_file):
         assert after[("modelfs_fetch_latency_seconds_count", ())] == 5
         assert after[("modelfs_model_fetch_latency_seconds_count", model_a)] == 5
         buckets = sorted((float(dict(labels)["le"]), v) for (name, labels), v in after.items()
-                         if name == "modelfs_model_fetch_latency_seconds_bucket" and ("model", "org/a") in labels)
+                         if name == "modelfs_model_fetch_latency_seconds_bucket"
+                         and ("model", "org/a") in labels)
         assert [v for _, v in buckets] == sorted(v for _, v in buckets) and buckets[-1] == (float("inf"), 5)
         stats = read_stats(mnt)  # the two views agree
         assert after[("modelfs_cache_bytes", (("tier", "memory"),))] == stats["cache_bytes"] > 0
@@ -76,26 +78,19 @@ def test_metrics_follow_reads_per_model_and_per_tier(tmp_path, key_file):
         assert ("modelfs_model_errors_total", (("kind", "IntegrityError"), ("model", "org/a"))) not in failed
 
 
-@pytest.fixture
-def cluster3(tmp_path):
-    cluster = start_cluster(tmp_path / "c3", 3)
-    yield cluster
-    cluster.stop()
-
-
-def test_metrics_of_a_node_store_have_per_node_figures(cluster3, tmp_path, key_file):
-    url = cluster3.url(replicas=2)
+def test_metrics_of_a_node_store_have_per_node_figures(nodes3, tmp_path, key_file):
+    url = nodes3.url(replicas=2)
     data = push_random(url, key_file, tmp_path, "n/m", 12 * SHARD, 3)
     port = free_port()
     with mounted(url, key_file, "256MiB", "--metrics", f"127.0.0.1:{port}") as mnt:
         assert (mnt / "n" / "m").read_bytes() == data
         m = scrape(port)
-    nodes = [n.name for n in cluster3.nodes]
+    nodes = [n.name for n in nodes3.nodes]
     assert all(m[("modelfs_backend_node_up", (("node", n),))] == 1 for n in nodes)
     received = sum(m[("modelfs_backend_node_bytes", (("node", n),))] for n in nodes)
     assert received >= m[("modelfs_bytes_fetched_total", ())] > 0
     assert sum(m[("modelfs_backend_node_requests", (("node", n),))] for n in nodes) >= 12
-    assert m[("modelfs_backend_failovers", (("kind", "cluster"),))] == 0
+    assert m[("modelfs_backend_failovers", (("kind", "nodes"),))] == 0
 
 
 def test_metrics_address_errors_are_messages(tmp_path, key_file, store_dir):

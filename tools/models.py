@@ -8,15 +8,14 @@ import time
 
 from modelfs.store.sizes import format_size, parse_size
 
-from .console import KEY_HELP, STORE_HELP, ProgressBar
+from .console import KEY_HELP, PROGRESS_HELP, STORE_HELP, ProgressBar, open_push_store
 
 
 def cmd_push(args) -> int:
-    from modelfs.store.api import open_store
-    store = open_store(args.store, key_file=args.key_file, create=True)
+    store = open_push_store(args.store, args.key_file)
     started = time.monotonic()
     entry = store.publish(args.file, args.name, shard_size=parse_size(args.shard_size),
-                          progress=ProgressBar(f"push {args.name}"))
+                          progress=ProgressBar(f"push {args.name}", lines=args.progress))
     seconds = time.monotonic() - started
     print(f"published {entry.name} version {entry.version_id}: {format_size(entry.size)} "
           f"in {entry.shard_count} shards, stored {format_size(entry.stored_size)} "
@@ -39,7 +38,7 @@ def cmd_ls(args) -> int:
                      f"{e.ratio:.3f}", str(e.shard_count), when))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -81,6 +80,7 @@ def register(sub) -> None:
     s.add_argument("--store", help=STORE_HELP)
     s.add_argument("--key-file", help=KEY_HELP)
     s.add_argument("--shard-size", default="4MiB")
+    s.add_argument("--progress", action="store_true", help=PROGRESS_HELP)
     s.set_defaults(func=cmd_push)
 
     s = sub.add_parser("ls", help="list models and versions")

@@ -68,7 +68,8 @@ def render_stats(mountpoint: Path, s: dict) -> str:
             f"corrupt entries dropped {d['corrupt']}")
     lines += [
         f"  hits       {s['hits']} ({format_size(s['hit_bytes'])})   misses {s['misses']} "
-        f"({format_size(s['miss_bytes'])})   hit ratio {_pct(s['hit_ratio'])} (bytes {_pct(s['byte_hit_ratio'])})",
+        f"({format_size(s['miss_bytes'])})   hit ratio {_pct(s['hit_ratio'])} "
+        f"(bytes {_pct(s['byte_hit_ratio'])})",
         f"  served     {format_size(s['bytes_served'])} in {s['reads']} reads   "
         f"fetched {format_size(s['bytes_fetched'])} in {s['shards_fetched']} shards",
         f"  evictions  {s['evictions']} ({format_size(s['evicted_bytes'])})",

@@ -24,11 +24,11 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ..errors import IntegrityError, InvalidInput
-from .base import Backend, ShardLocation, ShardWriter, StoredItem
+from .base import Backend, ShardLocation, ShardWriter, StoredItem, T
 from .layout import TMP_SUFFIX, shard_relpath
 
 log = logging.getLogger(__name__)
@@ -169,8 +169,8 @@ class DiskCache:
     def _skipped(self, error: OSError) -> None:
         with self._lock:
             self.counters["skipped_writes"] += 1
-            first = error.errno not in self._write_errors_logged
-            self._write_errors_logged.add(error.errno)
+            first = (error.errno or 0) not in self._write_errors_logged
+            self._write_errors_logged.add(error.errno or 0)
         if first:  # once per kind of failure, not once per shard
             what = "is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "cannot be written"
             log.warning("disk cache %s %s (%s); skipping writes that fail, reads go on",
@@ -253,7 +253,7 @@ class DiskCachedBackend(Backend):
         return getattr(self.inner, name)  # backend-specific extras (node list, URL, ...)
 
     def read_shard_verified(self, shard_id: str, location: ShardLocation, length: int,
-                            verify: Callable[[bytes], object]) -> object:
+                            verify: Callable[[bytes], T]) -> T:
         stored = self.cache.get(shard_id)
         if stored is not None:
             try:
@@ -264,7 +264,7 @@ class DiskCachedBackend(Backend):
                 self.cache.count(hits=1, hit_bytes=len(stored))
                 return result
 
-        def verify_and_keep(fetched: bytes) -> object:
+        def verify_and_keep(fetched: bytes) -> T:
             result = verify(fetched)
             self.cache.put(shard_id, fetched)
             return result
