@@ -169,15 +169,7 @@ class ModelStats(Stats):
         self.name = name
 
     @property
-    def fetch_latency(self) -> Latency:
-        return self.latencies["fetch_latency"]
-
-    @property
-    def read_latency(self) -> Latency:
-        return self.latencies["read_latency"]
-
-    @property
-    def decode_latency(self) -> Latency:
+    def decode_latency(self) -> Latency:  # decoding is not per model: the mount's
         return self.mount.decode_latency
 
     def add(self, **deltas: float) -> None:
@@ -190,8 +182,7 @@ class ModelStats(Stats):
 
     def record_read(self, nbytes: int, hit_bytes: int, seconds: float) -> None:
         self.mount.record_read(nbytes, hit_bytes, seconds)
-        self.sample("read_latency", seconds, bytes_served=nbytes, hit_bytes=hit_bytes,
-                    miss_bytes=nbytes - hit_bytes, reads=1)
+        super().record_read(nbytes, hit_bytes, seconds)
 
     def timed(self, latency: Latency, seconds: float) -> None:
         if latency is self.fetch_latency:
