@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends.base import Backend
+from .backends.disk_cache import DiskCache, DiskCachedBackend
 from .backends.urls import open_backend
 from .config import ReadOptions
 from .errors import AccessDenied, IntegrityError, ModelfsError, NotFound
@@ -154,6 +155,14 @@ class Library:
         self.options = options
         self.stats = Stats()
         self.cache = ShardCache(options.cache_size, self.stats)
+        self.disk_cache = (DiskCache(options.disk_cache, options.disk_cache_size)
+                           if options.disk_cache else None)
+        if self.disk_cache:
+            store.backend = DiskCachedBackend(store.backend, self.disk_cache)
+        self.metrics = None
+        if options.metrics:  # prometheus-client is imported only by mounts that serve metrics
+            from .metrics import MetricsServer
+            self.metrics = MetricsServer(options.metrics, self.stats)
         self.readahead = options.readahead
         self.threads = options.threads
         self._pool: ThreadPoolExecutor | None = None
@@ -172,6 +181,8 @@ class Library:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="modelfs-read")
             for item in self._models.values():
                 item.reader.enable_readahead(self._pool, self.readahead)
+        if self.metrics:
+            self.metrics.start()
 
     def refresh(self, force: bool = False) -> None:
         """Pick up newly published versions; verifies every manifest it loads.
@@ -206,7 +217,7 @@ class Library:
                         models[name] = current
                     continue
                 reader = ModelReader(manifest, self.store.backend, ShardCipher(keys), self.cache,
-                                     self.stats)
+                                     self.stats.model(name))
                 if self._pool is not None:
                     reader.enable_readahead(self._pool, self.readahead)
                 models[name] = LibraryEntry(entry, reader)
@@ -239,9 +250,12 @@ class Library:
             "readahead_unread": self.cache.unread_prefetched,
             "models": len(self._models),
             "backend": {"kind": self.store.backend.kind, **self.store.backend.stats()},
+            "disk_cache": self.disk_cache.stats() if self.disk_cache else None,
         }
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.metrics:
+            self.metrics.close()
         self.store.close()
