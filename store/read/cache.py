@@ -52,8 +52,9 @@ def keep_freed_blocks() -> None:
     log.debug("malloc thresholds %s", "set" if ok else "left as they are")
 
 
-#: evicted buffers kept for reuse, at most (a few shards beyond the budget)
-SPARE_BUFFERS = 4
+#: evicted buffers kept for the next loads to decode into: outside the budget (counting them
+#: in it would make every load evict one more shard), so at most this many shards beyond it
+SPARE_BUFFERS = 1
 
 
 #: shard buffers are allocated in multiples of this, so that one fits many shard sizes
@@ -110,7 +111,6 @@ class ShardCache:
         self._working_bytes = 0  # kept free for the loaders' scratch buffers
         self._prefetched: set[Hashable] = set()  # inserted by readahead, not read yet
         self._spare: list[np.ndarray] = []  # evicted buffers to decode into again
-        self._spare_bytes = 0  # part of the budget, like the cached shards
         keep_freed_blocks()
 
     @property
@@ -134,9 +134,8 @@ class ShardCache:
         owner = _owner(value)
         if owner is not None:
             if len(self._spare) >= SPARE_BUFFERS:
-                self._spare_bytes -= len(self._spare.pop(0))
+                del self._spare[0]
             self._spare.append(owner)
-            self._spare_bytes += len(owner)
 
     def take_buffer(self, size: int) -> np.ndarray:
         """The first ``size`` bytes of an evicted buffer that no reader still holds a view of
@@ -153,7 +152,6 @@ class ShardCache:
             buffer = None  # drop the loop's reference before handing one out
             if best is not None:
                 buffer = self._spare.pop(best)
-                self._spare_bytes -= len(buffer)
                 buffer.flags.writeable = True
                 return buffer[:size]
         return new_buffer(size)
@@ -167,7 +165,7 @@ class ShardCache:
 
     def _make_room(self) -> None:
         """Evict until cached, loading and working bytes fit the budget (lock held)."""
-        limit = self.budget - self._working_bytes - self._inflight_bytes - self._spare_bytes
+        limit = self.budget - self._working_bytes - self._inflight_bytes
         while self._lru and self._lru.currsize > limit:
             self._lru.popitem()
 
