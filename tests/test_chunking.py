@@ -170,7 +170,7 @@ def test_a_file_that_is_not_a_model_is_cut_by_content(tmp_path, monkeypatch):
     original.write_bytes(data)
     edited.write_bytes(data[:5 * SHARD] + b"inserted bytes" + data[5 * SHARD:])
     a, b = cuts_of(original), cuts_of(edited)
-    assert all(c.width == 0 for c in a) and max(c.length for c in a) <= 2 * SHARD
+    assert all(c.width == 0 for c in a) and max(c.length for c in a) <= SHARD
     # an insertion changes the chunks around it only; the rest are the same bytes
     chunks = {data[c.offset:c.offset + c.length] for c in a}
     edited_bytes = edited.read_bytes()

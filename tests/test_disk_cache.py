@@ -170,7 +170,7 @@ def test_two_mounts_share_one_cache_directory(model, tmp_path, key_file):
     entries = cached(cache)
     for shard_id, stored in entries.items():  # no torn or foreign files
         assert stored == (store / shard_relpath(shard_id)).read_bytes()
-    assert sum(len(v) for v in entries.values()) <= budget + 2 * (2 * SHARD + 64)  # shards up to 2x
+    assert sum(len(v) for v in entries.values()) <= budget + 2 * (SHARD + 64)
 
 
 @pytest.fixture

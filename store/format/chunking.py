@@ -187,8 +187,8 @@ def _split(unit: _Unit, shard_size: int) -> Iterator[Cut]:
 def _cdc_cuts(f: BinaryIO, size: int, shard_size: int) -> Iterator[tuple[Cut, bytes]]:
     """FastCDC cut points, read block by block: each chunk's cut depends only on the bytes
     from its start, so restarting at the last (unfinished) chunk finds the same cuts."""
-    cdc = FastCDC(avg_size=shard_size, min_size=max(shard_size // 4, 64),
-                  max_size=2 * shard_size)
+    # no shard larger than the shard size: the reader's memory per load stays what it was
+    cdc = FastCDC(avg_size=shard_size // 2, min_size=max(shard_size // 8, 64), max_size=shard_size)
     f.seek(0)
     base, carry = 0, b""
     while True:
