@@ -68,7 +68,11 @@ class Lineage:
 
     name: str
     state: LineageState | None = None
-    broken: str | None = None
+    error: ModelfsError | None = None
+
+    @property
+    def broken(self) -> str | None:
+        return str(self.error) if self.error is not None else None
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,7 @@ class Store:
             try:
                 found.append(Lineage(name, self.state_at(name, seq)))
             except ModelfsError as e:
-                found.append(Lineage(name, broken=str(e)))
+                found.append(Lineage(name, error=e))
         return found
 
     def _append(self, name: str, change: Callable[[LineageState], LineageState]) -> LineageState:

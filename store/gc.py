@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from .api import Store
 from .backends.base import StoredItem
-from .errors import IntegrityError, InvalidInput
+from .errors import InvalidInput
 from .format.catalog import version_time
 from .sizes import format_duration, format_size
 
@@ -86,7 +86,7 @@ def published_versions(store: Store) -> dict[str, str]:
     """
     broken = [x for x in store.lineages() if x.broken]
     if broken:
-        raise IntegrityError("cannot prove what is unused while these names are broken; nothing "
+        raise type(broken[0].error)("cannot prove what is unused while these names are broken; nothing "
                              "deleted: " + "; ".join(f"{x.name}: {x.broken}" for x in broken))
     return {v.version_id: x.name for x in store.lineages() for v in x.state.versions}
 

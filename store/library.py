@@ -68,7 +68,10 @@ class Library:
         self.generation = 0
         self.stats.gauges = self._gauges
         self.store.store_key()  # a missing or unreadable key file refuses the mount
-        self.refresh()
+        errors = self.refresh()
+        if errors and not self._names:
+            # nothing at all can be served (a wrong key file, say): say why instead of mounting
+            raise next(iter(errors.values()))
 
     def start(self) -> None:
         """Start the readahead threads and the catalog poller (after the FUSE daemon forked)."""
@@ -87,20 +90,24 @@ class Library:
             try:
                 self.refresh()
             except ModelfsError as e:  # the store is away: keep serving what we have
-                self._report("", str(e), f"catalog refresh failed: {e}")
+                self._report("", str(e), f"catalog refresh failed: {e}", type(e).__name__)
             except Exception:
                 log.exception("catalog refresh failed")
 
-    def _report(self, name: str, key: str, message: str) -> None:
-        """Log a problem once, not on every refresh."""
+    def _report(self, name: str, key: str, message: str, kind: str = "catalog") -> None:
+        """Log a problem once, not on every refresh; count it by kind in the stats."""
         if (name, key) not in self._reported:
             self._reported.add((name, key))
-            self.stats.error("catalog")
+            self.stats.error(kind)
             log.warning("%s", message)
 
-    def refresh(self) -> None:
-        """Pick up new versions, tags and removals; read only records that are new."""
+    def refresh(self) -> dict[str, ModelfsError]:
+        """Pick up new versions, tags and removals; read only records that are new.
+
+        Returns the names that could not be loaded this time, with why.
+        """
         heads = self.store.catalog.heads()
+        errors: dict[str, ModelfsError] = {}
         with self._lock:
             names: dict[str, NameView] = {}
             for name, seq in heads.items():
@@ -111,7 +118,9 @@ class Library:
                 try:
                     view = self._load(name, seq, current)
                 except ModelfsError as e:
-                    self._report(name, str(seq), f"not serving {name} (record {seq}): {e}")
+                    errors[name] = e
+                    self._report(name, str(seq), f"not serving {name} (record {seq}): {e}",
+                                 type(e).__name__)
                     view = current
                 if view is not None:
                     names[name] = view
@@ -130,6 +139,7 @@ class Library:
                            for v in view.versions.values() for r in v.readers.values()), default=0)
             # each loader (readahead threads + the FUSE thread) holds about two shards of scratch
             self.cache.set_working_bytes((self.threads + 1) * 2 * largest)
+        return errors
 
     def _load(self, name: str, seq: int, current: NameView | None) -> NameView:
         state = self.store.state_at(name, seq)
@@ -201,7 +211,7 @@ class Library:
                     found = view.versions[record.version_id] = self._open_version(name, record)
                 except ModelfsError as e:
                     self._report(name, record.version_id,
-                                 f"not serving {name}@{record.version_id}: {e}")
+                                 f"not serving {name}@{record.version_id}: {e}", type(e).__name__)
                     return None
         return found
 

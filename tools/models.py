@@ -5,7 +5,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import sys
 import time
 
 from modelfs.store.errors import ModelfsError, NotFound
@@ -70,18 +69,18 @@ def cmd_verify(args) -> int:
     store = open_store(args.store, key_file=args.key_file)
     specs = args.names or [x.name for x in store.lineages()
                            if x.broken or (x.state is not None and x.state.versions)]
-    failed: list[ModelfsError] = []
+    failed: list[tuple[str, ModelfsError]] = []
     for spec in specs:
         try:
             state, v = store.verify(spec, progress=ProgressBar(f"verify {spec}"))
         except ModelfsError as e:
-            print(f"BROKEN {spec}: {e}", file=sys.stderr)
-            failed.append(e)
+            failed.append((spec, e))
             continue
         print(f"ok {state.name}@{v.version_id}: {len(v.files)} file(s), {format_size(v.size)}, "
               f"{v.shard_count} shards authenticated, SHA-256 matches")
     if failed:
-        raise type(failed[0])(f"{len(failed)} of {len(specs)} failed verification")
+        raise type(failed[0][1])(f"{len(failed)} of {len(specs)} failed verification: " +
+                                 "; ".join(f"BROKEN {spec}: {e}" for spec, e in failed))
     return 0
 
 
