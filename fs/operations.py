@@ -71,6 +71,7 @@ class ModelFS(mfusepy.Operations):
         self._handles: dict[int, ReadStream | bytes] = {}
         self._handle_ids = itertools.count(1)
         self._handles_lock = threading.Lock()
+        self._open_nodes: dict[int, Node] = {}
         self._mounted_ns = time.time_ns()
         self._uid, self._gid = os.getuid(), os.getgid()
         self._dir_set: frozenset[str] = frozenset()
@@ -190,7 +191,9 @@ class ModelFS(mfusepy.Operations):
                 "st_atime": mtime_ns, "st_blksize": MAX_READ}
 
     def getattr(self, path: str, fh=None) -> dict:
-        node = self._node(path)
+        # an open file answers from the version it opened, even after that version was removed
+        node = self._open_nodes.get(fh.fh) if fh is not None else None
+        node = node or self._node(path)
         if node.kind == "dir":
             return {**self._attrs(stat.S_IFDIR | 0o555, 0, node.mtime_ns), "st_nlink": 2}
         if node.kind == "link":
@@ -242,6 +245,8 @@ class ModelFS(mfusepy.Operations):
         with self._handles_lock:
             fi.fh = next(self._handle_ids)
             self._handles[fi.fh] = handle
+            if isinstance(handle, ReadStream):
+                self._open_nodes[fi.fh] = node
         return 0
 
     def read(self, path: str, size: int, offset: int, fi) -> bytes:
@@ -261,6 +266,7 @@ class ModelFS(mfusepy.Operations):
     def release(self, path: str, fi) -> int:
         with self._handles_lock:
             handle = self._handles.pop(fi.fh, None)
+            self._open_nodes.pop(fi.fh, None)
         if isinstance(handle, ReadStream):
             handle.close()
             self._library.stats.add(open_files=-1)
