@@ -174,12 +174,18 @@ class Store:
         check_name(name)
         return self.state_at(name, self.catalog.head(name))
 
-    def lineages(self) -> list[Lineage]:
-        """Every name in the store, each read on its own: a broken one is reported, not raised."""
+    def lineages(self, check_manifests: bool = False) -> list[Lineage]:
+        """Every name in the store, each read on its own: a broken one is reported, not raised.
+
+        With ``check_manifests`` the manifests of every version are loaded and verified too.
+        """
         found = []
         for name, seq in sorted(self.catalog.heads().items()):
             try:
-                found.append(Lineage(name, self.state_at(name, seq)))
+                state = self.state_at(name, seq)
+                for version in state.versions if check_manifests else ():
+                    self.load_manifests(name, version)
+                found.append(Lineage(name, state))
             except ModelfsError as e:
                 found.append(Lineage(name, error=e))
         return found

@@ -77,29 +77,33 @@ def manifest_version(key: str) -> str:
     return key[len(MANIFEST_PREFIX):].split("/")[0]
 
 
-def published_versions(store: Store) -> dict[str, str]:
+def published_versions(store: Store, check_manifests: bool = False) -> dict[str, str]:
     """version id → name for every version some lineage's newest record lists.
 
     A name whose key, records or manifests cannot be read could reference any shard
     (shard ids do not say which lineage they belong to): gc then stops before
     deleting anything and names it.
     """
-    broken = [x for x in store.lineages() if x.broken]
+    lineages = store.lineages(check_manifests=check_manifests)
+    broken = [x for x in lineages if x.broken]
     if broken:
-        raise type(broken[0].error)("cannot prove what is unused while these names are broken; nothing "
-                             "deleted: " + "; ".join(f"{x.name}: {x.broken}" for x in broken))
-    return {v.version_id: x.name for x in store.lineages() for v in x.state.versions}
+        raise type(broken[0].error)("cannot prove what is unused while these names are broken; "
+                                    "nothing deleted: " +
+                                    "; ".join(f"{x.name}: {x.broken}" for x in broken))
+    return {v.version_id: x.name for x in lineages for v in x.state.versions}
 
 
 def live_set(store: Store) -> LiveSet:
-    """Load and verify the manifests of every published version; any error propagates."""
+    """Load and verify the manifests of every published version; any doubt raises."""
     shards, containers = set(), set()
-    versions = published_versions(store)
-    states = {x.name: x.state for x in store.lineages()}
-    for version_id, name in versions.items():
-        for manifest in store.load_manifests(name, states[name].version(version_id)):
-            shards.update(shard_id.hex() for shard_id in manifest.shard_ids)
-            containers.update(c for c in manifest.containers if c)
+    published_versions(store, check_manifests=True)  # every name readable, or nothing deleted
+    versions = set()
+    for lineage in store.lineages():
+        for version in lineage.state.versions:
+            versions.add(version.version_id)
+            for manifest in store.load_manifests(lineage.name, version):
+                shards.update(shard_id.hex() for shard_id in manifest.shard_ids)
+                containers.update(c for c in manifest.containers if c)
     return LiveSet(frozenset(versions), frozenset(shards), frozenset(containers))
 
 

@@ -38,7 +38,7 @@ def cmd_ls(args) -> int:
     store = open_store(args.store, key_file=args.key_file)
     if args.name:
         check_name(args.name)
-    lineages = [x for x in store.lineages() if not args.name or x.name == args.name]
+    lineages = [x for x in store.lineages(check_manifests=True) if not args.name or x.name == args.name]
     if args.name and not lineages:
         raise NotFound(f"no model named {args.name!r} in this store")
     if args.json:
