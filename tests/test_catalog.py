@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -89,7 +90,6 @@ def test_a_catalog_that_goes_back_is_refused_for_that_name_only(tmp_path, key_fi
         for _ in range(30):
             if "catalog record 3 of 'm'" in mount_log(mnt):
                 break
-            import time
             time.sleep(0.2)
         assert (mnt / "m").read_bytes() == v[2].read_bytes()
         assert "replayed" in mount_log(mnt)
