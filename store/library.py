@@ -61,6 +61,7 @@ class Library:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.RLock()
         self._names: dict[str, NameView] = {}
+        self._heads: dict[str, int] = {}
         self._reported: set[tuple[str, str]] = set()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -108,6 +109,8 @@ class Library:
         """
         heads = self.store.catalog.heads()
         errors: dict[str, ModelfsError] = {}
+        if heads == self._heads:
+            return errors  # nothing new: one listing was the whole cost
         with self._lock:
             names: dict[str, NameView] = {}
             for name, seq in heads.items():
@@ -135,6 +138,7 @@ class Library:
                     names[n] is not self._names[n] for n in names):
                 self.generation += 1
             self._names = names
+            self._heads = heads if not errors else {}  # retry what failed next time
             largest = max((r.manifest.shard_size for view in names.values()
                            for v in view.versions.values() for r in v.readers.values()), default=0)
             # each loader (readahead threads + the FUSE thread) holds about two shards of scratch
@@ -153,14 +157,19 @@ class Library:
 
     def _without_clashes(self, names: dict[str, NameView]) -> dict[str, NameView]:
         """A name that would be a directory of another (or the reverse) is not served."""
-        served = sorted(n for n, v in names.items() if v.state.versions)
         result = {n: v for n, v in names.items() if not v.state.versions}
-        for name in served:
-            clash = next((o for o in result if names[o].state.versions and
-                          (o.startswith(name + "/") or name.startswith(o + "/"))), None)
+        served: set[str] = set()
+        prefixes: set[str] = set()
+        for name in sorted(n for n, v in names.items() if v.state.versions):  # shorter first
+            parts = name.split("/")
+            mine = {"/".join(parts[:i]) for i in range(1, len(parts))}
+            clash = next(iter(mine & served), None) or (name if name in prefixes else None)
             if clash is not None:
-                self._report(name, "clash", f"not serving {name}: it clashes with {clash}")
+                self._report(name, "clash", f"not serving {name}: it clashes with another model's "
+                             f"path ({clash})")
                 continue
+            served.add(name)
+            prefixes |= mine
             result[name] = names[name]
         return result
 
