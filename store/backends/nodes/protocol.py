@@ -15,8 +15,13 @@ DIGEST_HEADER = "X-Modelfs-Sha256"
 
 
 def read_token_file(path: str) -> str:
-    """Read a bearer token; refuse an empty one (it would let everybody in)."""
-    token = Path(path).read_text().strip()
+    """Read a bearer token; refuse a missing, unreadable or empty one (empty would let everybody in)."""
+    try:
+        token = Path(path).read_text(encoding="ascii").strip()
+    except OSError as e:
+        raise InvalidInput(f"cannot read token file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"token file {path} is not ASCII text") from None
     if not token:
         raise InvalidInput(f"token file {path} is empty")
     return token
