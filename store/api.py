@@ -11,9 +11,9 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .backends.base import Backend, ShardLocation
 from .backends.urls import open_backend

@@ -51,7 +51,8 @@ class NameView:
 class Library:
     """The models a mount serves, sharing one cache, one pool and one set of counters."""
 
-    def __init__(self, store: "Store", options: ReadOptions = ReadOptions()) -> None:
+    def __init__(self, store: Store, options: ReadOptions | None = None) -> None:
+        options = options or ReadOptions()
         self.store = store
         self.options = options
         self.stats = Stats()
@@ -118,6 +119,7 @@ class Library:
                 if current is not None and current.state.seq == seq:
                     names[name] = current
                     continue
+                view: NameView | None
                 try:
                     view = self._load(name, seq, current)
                 except ModelfsError as e:

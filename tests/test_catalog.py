@@ -14,6 +14,7 @@ import pytest
 from helpers import MODELFS, mount_log, mounted, run_modelfs, sha256_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from modelfs.store.api import open_store
 from modelfs.store.errors import IntegrityError
 from modelfs.store.format.catalog import LineageState, record_key

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import BackendError, InvalidInput, NotFound
 from .base import Backend, ShardLocation, ShardWriter, StoredItem
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class LocalShardWriter(ShardWriter):
     """Shards are content-addressed files, durable when ``put`` returns."""
 
-    def __init__(self, backend: "LocalBackend") -> None:
+    def __init__(self, backend: LocalBackend) -> None:
         self._backend = backend
 
     def put(self, shard_id: str, data: bytes, index: int) -> ShardLocation:

@@ -170,7 +170,7 @@ class LineageState:
     def tags_of(self, version_id: str) -> list[str]:
         return sorted(t for t, v in self.tags.items() if v == version_id)
 
-    def next(self, event: str, **changes: Any) -> "LineageState":
+    def next(self, event: str, **changes: Any) -> LineageState:
         return replace(self, seq=self.seq + 1, event=event, time=time.time(), **changes)
 
     # -- encoding ----------------------------------------------------------------
@@ -184,7 +184,7 @@ class LineageState:
         return RECORD_MAGIC + json.dumps(envelope, sort_keys=True).encode()
 
     @classmethod
-    def from_record(cls, data: bytes, mac_key: bytes, name: str, seq: int) -> "LineageState":
+    def from_record(cls, data: bytes, mac_key: bytes, name: str, seq: int) -> LineageState:
         """Parse and authenticate record ``seq`` of ``name``; any flaw is an ``IntegrityError``."""
         where = f"catalog record {seq} of {name!r}"
         if not isinstance(data, bytes) or not data.startswith(RECORD_MAGIC):

@@ -83,7 +83,7 @@ class LineageKeys:
     mac_key: bytes
 
     @classmethod
-    def derive(cls, data_key: bytes) -> "LineageKeys":
+    def derive(cls, data_key: bytes) -> LineageKeys:
         def hkdf(info: bytes) -> bytes:
             return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
                         info=b"modelfs/v1/" + info).derive(data_key)
