@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from .base import Backend, ShardLocation, ShardWriter, StoredItem
 from .layout import (
     TMP_SUFFIX,
     check_key,
-    fsync_dir,
+    create_file_exclusively,
     shard_relpath,
     stored_shard_relpath,
     write_file_atomically,
@@ -78,25 +77,10 @@ class LocalBackend(Backend):
             raise BackendError(f"cannot write {key} in {self.root}: {e.strerror}") from e
 
     def put_object_if_absent(self, key: str, data: bytes) -> bool:
-        """Write a temp file, then ``link`` it to the key: link fails if the key exists."""
-        path = self._object_path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}{TMP_SUFFIX}{uuid.uuid4().hex}")
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            finally:
-                tmp.unlink(missing_ok=True)
-            fsync_dir(path.parent)
+            return create_file_exclusively(self._object_path(key), data)
         except OSError as e:
             raise BackendError(f"cannot write {key} in {self.root}: {e.strerror}") from e
-        return True
 
     def get_object(self, key: str) -> bytes:
         try:

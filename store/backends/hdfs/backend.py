@@ -15,6 +15,7 @@ Configuration (``config``), clients and retries (``client``) and the pack writer
 """
 from __future__ import annotations
 
+import logging
 import posixpath
 import time
 import uuid
@@ -27,6 +28,8 @@ from ..layout import TMP_SUFFIX, check_key
 from .client import CALL_TIMEOUT, OPERATION_BUDGET, READ_BACKOFF, HdfsClient, unless_missing
 from .config import client_config
 from .packs import PACKS, HdfsPackWriter
+
+log = logging.getLogger(__name__)
 
 
 class HdfsBackend(Backend):
