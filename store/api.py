@@ -180,7 +180,12 @@ class Store:
         With ``check_manifests`` the manifests of every version are loaded and verified too.
         """
         found = []
-        for name, seq in sorted(self.catalog.heads().items()):
+        heads, legacy = self.catalog.scan()
+        for name in sorted(legacy - heads.keys()):
+            found.append(Lineage(name, error=InvalidInput(
+                f"{name!r} was published by an older modelfs (catalog/{name}/@<version>.json "
+                f"entries, not readable by this version): push it again")))
+        for name, seq in sorted(heads.items()):
             try:
                 state = self.state_at(name, seq)
                 for version in state.versions if check_manifests else ():
@@ -188,7 +193,7 @@ class Store:
                 found.append(Lineage(name, state))
             except ModelfsError as e:
                 found.append(Lineage(name, error=e))
-        return found
+        return sorted(found, key=lambda x: x.name)
 
     def _append(self, name: str, change: Callable[[LineageState], LineageState]) -> LineageState:
         """Write the next record of ``name``; on a lost race re-read the head and retry."""

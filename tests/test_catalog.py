@@ -238,3 +238,29 @@ def test_fuzz_authenticated_manifest_content(meta, rows):
         Manifest.from_bytes(MAGIC + manifest_mac(KEYS.mac_key, body) + body, KEYS.mac_key)
     except IntegrityError:
         pass
+
+
+# -- create-if-absent on every backend ----------------------------------------------------
+@pytest.fixture(params=["local", "nodes", "hdfs"])
+def any_store_url(request, tmp_path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "store")
+    if request.param == "nodes":
+        return request.getfixturevalue("nodes3").url(replicas=2)
+    return request.getfixturevalue("hdfs_cluster").fresh_url("ifabsent")
+
+
+def test_create_if_absent_has_exactly_one_winner(any_store_url):
+    from concurrent.futures import ThreadPoolExecutor
+    backend = open_store(any_store_url, create=True).backend
+    try:
+        bodies = [f"writer {i}".encode() for i in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            won = list(pool.map(lambda body: backend.put_object_if_absent("catalog/x/@000000000001", body),
+                                bodies))
+        assert won.count(True) == 1, won
+        assert backend.get_object("catalog/x/@000000000001") == bodies[won.index(True)]
+        assert backend.put_object_if_absent("catalog/x/@000000000001", b"late") is False
+        assert list(backend.list_objects("catalog/")) == ["catalog/x/@000000000001"]
+    finally:
+        backend.close()

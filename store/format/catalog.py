@@ -268,14 +268,21 @@ class Catalog:
 
     def heads(self) -> dict[str, int]:
         """The highest record number of every lineage, from one listing (no record is read)."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[dict[str, int], set[str]]:
+        """(highest record number per lineage, names that still have old-format entries)."""
         heads: dict[str, int] = {}
+        legacy: set[str] = set()
         for key in self.backend.list_objects("catalog/"):
             parsed = parse_record_key(key)
             if parsed is not None:
                 name, seq = parsed
                 if seq > heads.get(name, -1):
                     heads[name] = seq
-        return heads
+            elif key.endswith(".json") and "/@" in key:
+                legacy.add(key[len("catalog/"):key.rindex("/@")])
+        return heads, legacy
 
     def head(self, name: str) -> int:
         """The highest record number of one lineage (0: none)."""

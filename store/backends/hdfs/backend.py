@@ -102,6 +102,31 @@ class HdfsBackend(Backend):
         self.hdfs.call(write, f"cannot write {key}")
         self.hdfs.counters.add(writes=1, bytes_written=len(data))
 
+    def put_object_if_absent(self, key: str, data: bytes) -> bool:
+        """Write a temp file, then rename it without overwrite: the namenode refuses if the key exists."""
+        final = self._object_path(key)
+        tmp = f"{final}{TMP_SUFFIX}{uuid.uuid4().hex}"
+
+        def create(client) -> bool:
+            from hdfs_native import WriteOptions
+            try:
+                with client.create(tmp, WriteOptions(create_parent=True, overwrite=False)) as f:
+                    f.write(data)
+                try:
+                    client.rename(tmp, final, False)
+                except Exception:
+                    if unless_missing(lambda: client.get_file_info(final), None) is not None:
+                        return False  # another writer created it first
+                    raise
+                return True
+            finally:
+                unless_missing(lambda: client.delete(tmp, False), False)
+
+        created = self.hdfs.call(create, f"cannot create {key}", retry=False)
+        if created:
+            self.hdfs.counters.add(writes=1, bytes_written=len(data))
+        return created
+
     def get_object(self, key: str) -> bytes:
         path = self._object_path(key)
 
@@ -191,5 +216,15 @@ class HdfsBackend(Backend):
         if item.kind != "pack" or not item.name.startswith(f"{PACKS}/") or item.name.count("/") != 1:
             raise InvalidInput(f"not a pack of {self.url}: {item.kind} {item.name!r}")
         path = self.path(check_key(item.name))
-        return self.hdfs.call(lambda client: unless_missing(lambda: bool(client.delete(path, False)), False),
-                              f"cannot delete {item.name}")
+
+        def delete_if_unchanged(client) -> bool:
+            # re-stat at deletion time: a pack written or touched since the listing stays
+            status = unless_missing(lambda: client.get_file_info(path), None)
+            if status is None:
+                return False
+            if status.modification_time / 1000.0 != item.mtime:
+                log.info("%s changed since it was listed; kept", item.name)
+                return False
+            return unless_missing(lambda: bool(client.delete(path, False)), False)
+
+        return self.hdfs.call(delete_if_unchanged, f"cannot delete {item.name}")
