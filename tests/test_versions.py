@@ -201,6 +201,9 @@ def test_python_api_opens_versions_and_tags(tmp_path, key_file):
     for spec, src in ((f"m@{id1}", v1), ("m@old", v1), ("m", v2)):
         reader = s.open_model(spec)
         assert reader.read(0, reader.size) == src.read_bytes()
+    listing = cli(store, key_file, "ls", "m").stdout.splitlines()
+    assert len(listing) == 3 and id1 in listing[1] and listing[1].endswith("old")
+    assert listing[2].endswith("(latest)")
     verified = cli(store, key_file, "verify", f"m@{id1}", "m@old").stdout
     assert verified.count(f"ok m@{id1}") == 2
     with pytest.raises(Exception, match="no version or tag"):
