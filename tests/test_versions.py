@@ -99,21 +99,22 @@ def _reader(mnt: str, hashes: set[str], mode: str, until: float, out) -> None:
     path = os.path.join(mnt, "m")
     while time.time() < until:
         h = hashlib.sha256()
-        with open(path, "rb", buffering=0) as f:
-            if mode == "mmap":
-                with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
-                    for off in range(0, len(m), 1 << 20):
-                        h.update(m[off:off + (1 << 20)])
-            else:
-                size, off = os.fstat(f.fileno()).st_size, 0
-                while off < size:
-                    chunk = os.pread(f.fileno(), 1 << 20, off)
-                    h.update(chunk)
-                    off += len(chunk)
-                    time.sleep(0.001)
         if mode == "dd":
             result = subprocess.run(["dd", f"if={path}", "bs=1M", "status=none"], capture_output=True)
-            h = hashlib.sha256(result.stdout)
+            h.update(result.stdout)
+        else:
+            with open(path, "rb", buffering=0) as f:
+                if mode == "mmap":
+                    with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+                        for off in range(0, len(m), 1 << 20):
+                            h.update(m[off:off + (1 << 20)])
+                else:
+                    size, off = os.fstat(f.fileno()).st_size, 0
+                    while off < size:
+                        chunk = os.pread(f.fileno(), 1 << 20, off)
+                        h.update(chunk)
+                        off += len(chunk)
+                        time.sleep(0.001)
         passes += 1
         mixed += h.hexdigest() not in hashes
     out.put((mode, passes, mixed))
