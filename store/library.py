@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .backends.disk_cache import DiskCache, DiskCachedBackend
 from .config import ReadOptions
 from .errors import ModelfsError, NotFound
 from .format.catalog import LineageState, VersionRecord
@@ -57,6 +58,14 @@ class Library:
         self.options = options
         self.stats = Stats()
         self.cache = ShardCache(options.cache_size, self.stats)
+        self.disk_cache = (DiskCache(options.disk_cache, options.disk_cache_size)
+                           if options.disk_cache else None)
+        if self.disk_cache:
+            store.backend = DiskCachedBackend(store.backend, self.disk_cache)
+        self.metrics = None
+        if options.metrics:  # prometheus-client is imported only by mounts that serve metrics
+            from .metrics import MetricsServer
+            self.metrics = MetricsServer(options.metrics, self.stats)
         self.readahead = options.readahead
         self.threads = options.threads
         self._pool: ThreadPoolExecutor | None = None
@@ -83,6 +92,8 @@ class Library:
                 for view in self._names.values():
                     for version in view.versions.values():
                         self._enable_readahead(version)
+        if self.metrics:
+            self.metrics.start()
         if self._poller is None:
             self._poller = threading.Thread(target=self._poll, name="modelfs-refresh", daemon=True)
             self._poller.start()
@@ -178,7 +189,8 @@ class Library:
     def _open_version(self, name: str, record: VersionRecord) -> VersionView:
         manifests = self.store.load_manifests(name, record)
         cipher = ShardCipher(self.store.lineage_keys(name))
-        readers = {m.file_name: ModelReader(m, self.store.backend, cipher, self.cache, self.stats)
+        stats = self.stats.model(name)
+        readers = {m.file_name: ModelReader(m, self.store.backend, cipher, self.cache, stats)
                    for m in manifests}
         dirs = {""}
         if record.kind == "folder":
@@ -247,10 +259,13 @@ class Library:
             "readahead_unread": self.cache.unread_prefetched,
             "models": len(self.names()),
             "backend": {"kind": self.store.backend.kind, **self.store.backend.stats()},
+            "disk_cache": self.disk_cache.stats() if self.disk_cache else None,
         }
 
     def close(self) -> None:
         self._stop.set()
+        if self.metrics:
+            self.metrics.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self.store.close()
