@@ -75,3 +75,11 @@ def hdfs(hdfs_cluster: HdfsCluster) -> Iterator[HdfsCluster]:
         yield hdfs_cluster
     finally:
         hdfs_cluster.heal()
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path, monkeypatch) -> Path:
+    """Each test has its own memory of catalog positions (``MODELFS_STATE_DIR``)."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("MODELFS_STATE_DIR", str(path))
+    return path

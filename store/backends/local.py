@@ -20,6 +20,7 @@ from .base import Backend, ShardLocation, ShardWriter, StoredItem
 from .layout import (
     TMP_SUFFIX,
     check_key,
+    create_file_exclusively,
     shard_relpath,
     stored_shard_relpath,
     write_file_atomically,
@@ -72,6 +73,12 @@ class LocalBackend(Backend):
     def put_object(self, key: str, data: bytes) -> None:
         try:
             write_file_atomically(self._object_path(key), data)
+        except OSError as e:
+            raise BackendError(f"cannot write {key} in {self.root}: {e.strerror}") from e
+
+    def put_object_if_absent(self, key: str, data: bytes) -> bool:
+        try:
+            return create_file_exclusively(self._object_path(key), data)
         except OSError as e:
             raise BackendError(f"cannot write {key} in {self.root}: {e.strerror}") from e
 

@@ -58,6 +58,13 @@ class MemoryBackend(Backend):
         with self.lock:
             self.objects[check_key(key)] = bytes(data)
 
+    def put_object_if_absent(self, key: str, data: bytes) -> bool:
+        with self.lock:
+            if check_key(key) in self.objects:
+                return False
+            self.objects[key] = bytes(data)
+            return True
+
     def get_object(self, key: str) -> bytes:
         with self.lock:
             try:

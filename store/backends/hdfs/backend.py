@@ -15,6 +15,7 @@ Configuration (``config``), clients and retries (``client``) and the pack writer
 """
 from __future__ import annotations
 
+import logging
 import posixpath
 import time
 import uuid
@@ -27,6 +28,8 @@ from ..layout import TMP_SUFFIX, check_key
 from .client import CALL_TIMEOUT, OPERATION_BUDGET, READ_BACKOFF, HdfsClient, unless_missing
 from .config import client_config
 from .packs import PACKS, HdfsPackWriter
+
+log = logging.getLogger(__name__)
 
 
 class HdfsBackend(Backend):
@@ -80,24 +83,35 @@ class HdfsBackend(Backend):
         return self.path(f"objects/{check_key(key)}")
 
     def put_object(self, key: str, data: bytes) -> None:
+        self._place(key, data, overwrite=True)
+
+    def put_object_if_absent(self, key: str, data: bytes) -> bool:
+        """Rename without overwrite: the namenode refuses if the key exists, so one creator wins."""
+        return self._place(key, data, overwrite=False)
+
+    def _place(self, key: str, data: bytes, overwrite: bool) -> bool:
+        """Write a temp file, rename it to the key; the temp never stays. False: the key existed."""
         final = self._object_path(key)
         tmp = f"{final}{TMP_SUFFIX}{uuid.uuid4().hex}"
 
-        def write(client) -> None:
+        def write(client) -> bool:
             from hdfs_native import WriteOptions
             try:
                 with client.create(tmp, WriteOptions(create_parent=True, overwrite=True)) as f:
                     f.write(data)
-                client.rename(tmp, final, True)
-            except BaseException:
-                try:
-                    client.delete(tmp, False)
-                except Exception:  # noqa: BLE001 - the original error matters
-                    pass
+                client.rename(tmp, final, overwrite)
+                return True
+            except Exception:
+                unless_missing(lambda: client.delete(tmp, False), False)
+                if not overwrite and unless_missing(lambda: client.get_file_info(final), None):
+                    return False  # another writer created it first
                 raise
 
-        self.hdfs.call(write, f"cannot write {key}")
-        self.hdfs.counters.add(writes=1, bytes_written=len(data))
+        # a create is not retried: a lost answer to a rename that happened would read as "taken"
+        placed = self.hdfs.call(write, f"cannot write {key}", retry=overwrite)
+        if placed:
+            self.hdfs.counters.add(writes=1, bytes_written=len(data))
+        return placed
 
     def get_object(self, key: str) -> bytes:
         path = self._object_path(key)
@@ -188,5 +202,15 @@ class HdfsBackend(Backend):
         if item.kind != "pack" or not item.name.startswith(f"{PACKS}/") or item.name.count("/") != 1:
             raise InvalidInput(f"not a pack of {self.url}: {item.kind} {item.name!r}")
         path = self.path(check_key(item.name))
-        return self.hdfs.call(lambda client: unless_missing(lambda: bool(client.delete(path, False)), False),
-                              f"cannot delete {item.name}")
+
+        def delete_if_unchanged(client) -> bool:
+            # re-stat at deletion time: a pack written or touched since the listing stays
+            status = unless_missing(lambda: client.get_file_info(path), None)
+            if status is None:
+                return False
+            if status.modification_time / 1000.0 != item.mtime:
+                log.info("%s changed since it was listed; kept", item.name)
+                return False
+            return unless_missing(lambda: bool(client.delete(path, False)), False)
+
+        return self.hdfs.call(delete_if_unchanged, f"cannot delete {item.name}")

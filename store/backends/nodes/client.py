@@ -29,6 +29,10 @@ class NodeDown(BackendError):
     """The node did not answer usefully (connection, timeout, 5xx)."""
 
 
+class PreconditionFailed(BackendError):
+    """The node kept the object: it exists (create-if-absent) or is newer (conditional delete)."""
+
+
 class NodeClient:
     """Requests to one node: ``request`` returns a 2xx response or raises a ``ModelfsError``.
 
@@ -132,6 +136,9 @@ class NodeClient:
         detail = (resp.data or b"").decode("utf-8", "replace").strip()[:200]
         if status == 404:
             raise NotFound(f"{relpath} not on {self.name}")
+        if status == 412:
+            self._answered()
+            raise PreconditionFailed(f"{self.name} kept {relpath}: {detail}")
         if status >= 500:
             self.failed(f"HTTP {status} {detail}", down=True)
             raise NodeDown(f"{self.name}: HTTP {status} {detail}")

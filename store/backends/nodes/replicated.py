@@ -32,12 +32,12 @@ from typing import Any, TypeVar
 from ...errors import IntegrityError, InvalidInput, ModelfsError, NotFound
 from ...stats import Counters
 from ..base import Backend, ShardLocation, ShardWriter, StoredItem
-from ..layout import check_key, shard_relpath
-from .client import NodeClient, NodeDown, combined_error, failure_reason
+from ..layout import check_key, shard_relpath, stored_shard_relpath
+from .client import NodeClient, NodeDown, PreconditionFailed, combined_error, failure_reason
 from .listing import object_keys, stored_shards
 from .options import NodeStoreOptions, NodeStoreURL
 from .placement import rendezvous_order
-from .protocol import DIGEST_HEADER
+from .protocol import DIGEST_HEADER, IF_ABSENT_HEADER, NOT_NEWER_HEADER
 from .writer import NodesShardWriter
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,25 @@ class NodesBackend(Backend):
                                  f"{self.placement.replicas} needed", errors)
         for n, e in errors.items():
             log.warning("object %s not written to %s: %s", key, n, e)
+
+    def put_object_if_absent(self, key: str, data: bytes) -> bool:
+        """The key's primary node (first in rendezvous order) decides with a conditional PUT;
+        the winner then copies the object to the other nodes. No primary, no create."""
+        check_key(key)
+        self._check_writable()
+        primary, *others = rendezvous_order(key, self.names)
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            self.nodes[primary].request("PUT", f"objects/{key}", body=data, headers={
+                DIGEST_HEADER: digest, IF_ABSENT_HEADER: "*",
+                "Content-Type": "application/octet-stream"})
+        except PreconditionFailed:
+            return False
+        errors = self._on_each(others, self._put, f"objects/{key}", data, digest)
+        if len(self.names) - len(errors) < self.placement.replicas:
+            log.warning("object %s reached %d of %d nodes", key, len(self.names) - len(errors),
+                        len(self.names))
+        return True
 
     def get_object(self, key: str) -> bytes:
         check_key(key)
@@ -276,8 +295,24 @@ class NodesBackend(Backend):
         """Delete a shard on every node (not only its replicas: strays go too)."""
         if item.kind != "shard":
             raise InvalidInput(f"storage nodes hold no {item.kind} items ({item.name})")
-        self.delete_shard(item.name)
-        return True
+        self._check_writable()
+        relpath = stored_shard_relpath(item.name)
+
+        def delete_if_old(node: NodeClient) -> None:
+            # the node repeats the age check: a copy a push rewrote since the listing stays
+            try:
+                node.request("DELETE", relpath, headers={NOT_NEWER_HEADER: repr(item.mtime)})
+            except NotFound:
+                pass
+
+        errors = self._on_each(self.names, delete_if_old)
+        kept = [n for n, e in errors.items() if isinstance(e, PreconditionFailed)]
+        if kept:
+            log.info("%s was rewritten on %s since it was listed; kept there", item.name, ", ".join(kept))
+        failed = {n: e for n, e in errors.items() if n not in kept}
+        if len(failed) == len(self.names):
+            raise combined_error(f"cannot delete {relpath}", failed)
+        return not kept
 
     # -- statistics --------------------------------------------------------------
     def stats(self) -> dict:

@@ -49,7 +49,7 @@ from aiohttp import web
 from ...errors import BackendError, InvalidInput, ModelfsError, NotFound
 from ..layout import TMP_SUFFIX, check_key, check_shard_id, shard_relpath
 from ..local import LocalBackend
-from .protocol import DIGEST_HEADER, MAX_BODY, read_token_file
+from .protocol import DIGEST_HEADER, IF_ABSENT_HEADER, MAX_BODY, NOT_NEWER_HEADER, read_token_file
 from .server_files import DataDir, DigestMismatch, NotAFile, SymlinkRefused, Upload
 from .server_limits import ConnectionGuard, NodeLimits, UploadSlots
 from .server_metrics import CONTENT_TYPE, NodeMetrics
@@ -240,7 +240,10 @@ async def handle_put(request: web.Request) -> web.Response:
         upload = await asyncio.to_thread(Upload, node.files, relpath)
         try:
             await _receive(request, upload, node.limits)
-            await asyncio.to_thread(upload.commit, declared)
+            await asyncio.to_thread(upload.commit, declared,
+                                    request.headers.get(IF_ABSENT_HEADER) == "*")
+        except FileExistsError:
+            raise web.HTTPPreconditionFailed(text="exists\n") from None
         except OSError as e:
             if e.errno in (errno.EISDIR, errno.ENOTDIR):
                 raise NotAFile(f"{relpath} collides with a folder") from None
@@ -275,7 +278,15 @@ async def _receive(request: web.Request, upload: Upload, limits: NodeLimits) -> 
 async def handle_delete(request: web.Request) -> web.Response:
     _check_auth(request, write=True)
     node = request.app[_NODE_KEY]
-    await asyncio.to_thread(node.files.delete, _target(request))
+    not_newer = request.headers.get(NOT_NEWER_HEADER)
+    try:
+        cutoff = float(not_newer) if not_newer is not None else None
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{NOT_NEWER_HEADER} wants seconds since the epoch\n") from None
+    try:
+        await asyncio.to_thread(node.files.delete, _target(request), cutoff)
+    except FileExistsError:
+        raise web.HTTPPreconditionFailed(text="newer than the cut-off\n") from None
     return web.Response(status=204)
 
 

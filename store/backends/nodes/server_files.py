@@ -105,8 +105,11 @@ class DataDir:
             raise NotFound(f"{relpath} is not a stored file")
         return fd, st.st_size
 
-    def delete(self, relpath: str) -> bool:
-        """Remove a stored file; False when it was absent. A folder or a link is refused."""
+    def delete(self, relpath: str, not_newer_than: float | None = None) -> bool:
+        """Remove a stored file; False when it was absent. A folder or a link is refused.
+
+        With ``not_newer_than`` a file modified after that time is kept (``FileExistsError``).
+        """
         try:
             dir_fd, name = self.open_parent(relpath, create=False)
         except NotFound:
@@ -119,6 +122,8 @@ class DataDir:
                 raise SymlinkRefused(f"{relpath} is a symbolic link inside the data directory")
             if stat.S_ISDIR(st.st_mode):
                 raise NotAFile(f"{relpath} is a folder, not a stored object")
+            if not_newer_than is not None and st.st_mtime > not_newer_than:
+                raise FileExistsError(errno.EEXIST, f"{relpath} was rewritten since it was listed")
             try:
                 os.unlink(name, dir_fd=dir_fd)
             except FileNotFoundError:
@@ -163,15 +168,24 @@ class Upload:
             view = view[os.write(self._fd, view):]
         self.size += len(data)
 
-    def commit(self, declared_sha256: str) -> None:
-        """Check the digest, fsync, rename into place, fsync the folder."""
+    def commit(self, declared_sha256: str, if_absent: bool = False) -> None:
+        """Check the digest, fsync, rename into place, fsync the folder.
+
+        With ``if_absent`` the file is linked into place instead, which fails with
+        ``FileExistsError`` when the target exists: two concurrent creators never both win.
+        """
         try:
             if not hmac.compare_digest(self._sha.hexdigest(), declared_sha256):
                 raise DigestMismatch("body does not match the declared digest")
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
-            os.replace(self._tmp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            if if_absent:
+                os.link(self._tmp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd,
+                        follow_symlinks=False)
+                os.unlink(self._tmp, dir_fd=self._dir_fd)
+            else:
+                os.replace(self._tmp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
             os.fsync(self._dir_fd)
         except BaseException:
             self.abort()
