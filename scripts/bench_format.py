@@ -53,9 +53,9 @@ def _timed(fn) -> float:
 
 
 def new_fraction(store, name: str, path: Path) -> float:
-    before = store.load_manifest(store.catalog.resolve(name))
+    before = store.open_model(name).manifest
     store.publish(path, name)
-    after = store.load_manifest(store.catalog.resolve(name))
+    after = store.open_model(name).manifest
     known = set(before.shard_ids)
     return sum(int(after.stored_lengths[i]) for i, sid in enumerate(after.shard_ids)
                if sid not in known) / path.stat().st_size

@@ -39,9 +39,9 @@ def tensor_spans(path: Path) -> dict[str, tuple[int, int, str]]:
 def new_stored_fraction(store, name: str, path: Path) -> float:
     """Publish ``path`` as a new version of ``name``: stored bytes not shared with the
     version before, as a fraction of the file."""
-    before = store.load_manifest(store.catalog.resolve(name))
+    before = store.open_model(name).manifest
     store.publish(path, name, shard_size=SHARD)
-    after = store.load_manifest(store.catalog.resolve(name))
+    after = store.open_model(name).manifest
     known = set(before.shard_ids)
     new = sum(int(after.stored_lengths[i]) for i, sid in enumerate(after.shard_ids) if sid not in known)
     return new / path.stat().st_size

@@ -114,8 +114,10 @@ def shard_rows(url: str, key_file: Path, name: str | None = None) -> int:
     store = open_store(url, key_file=key_file)
     try:
         if name is not None:
-            return store.load_manifest(store.catalog.resolve(name)).shard_count
-        return sum(store.load_manifest(entry).shard_count for entry in store.list())
+            return store.open_model(name).manifest.shard_count
+        return sum(manifest.shard_count for lineage in store.lineages()
+                   for version in lineage.state.versions
+                   for manifest in store.load_manifests(lineage.name, version))
     finally:
         store.close()
 

@@ -185,7 +185,7 @@ def test_flipped_byte_in_a_shard_gives_eio_only_for_its_range(tmp_path, key_file
     victim.write_bytes(bytes(blob))
     opened = open_store(str(store), key_file=key_file)
     try:  # shards are cut by content: probe each one's own range
-        manifest = opened.load_manifest(opened.catalog.resolve("victim"))
+        manifest = opened.open_model("victim").manifest
         spans = [(int(o), int(o + n)) for o, n in zip(manifest.offsets, manifest.lengths, strict=True)]
     finally:
         opened.close()
@@ -280,7 +280,7 @@ def test_a_push_after_mount_appears_and_new_version_replaces_old(tmp_path, key_f
         after = {p.name for p in (store / "shards").rglob("*") if p.is_file()}
         opened = open_store(str(store), key_file=key_file)
         try:
-            v2_shards = opened.load_manifest(opened.catalog.resolve("live")).shard_count
+            v2_shards = opened.open_model("live").manifest.shard_count
         finally:
             opened.close()
         # the shards of the unchanged first two thirds are not stored again
