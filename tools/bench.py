@@ -46,22 +46,23 @@ def cmd_bench(args) -> int:
 
 def register(sub) -> None:
     # the defaults are BenchOptions' (importing the bench module does not import torch)
-    from modelfs.bench.options import BenchOptions
+    from modelfs.bench.options import PEER_CHOICES, BenchOptions
     from modelfs.store.config import ReadOptions
     d = BenchOptions()
 
     def size(n: int) -> str:
         return format_size(n).replace(" ", "")
 
-    s = sub.add_parser("bench", help="measure modelfs against the plain file and an rclone crypt mount")
+    s = sub.add_parser("bench", help="measure modelfs against the plain file and its peers (JuiceFS, rclone)")
     s.add_argument("file", nargs="?", help="model file (default: a synthetic safetensors model)")
     s.add_argument("--size", default=size(d.size), help="size of the synthetic model")
     s.add_argument("--dtype", default=d.dtype, choices=["bf16", "fp16", "fp32"],
                    help="dtype of the synthetic model")
     s.add_argument("--store", help="store URL to push to (default: a temporary local store)")
     s.add_argument("--key-file", help=KEY_HELP + "; default with a temporary store: a temporary key")
-    s.add_argument("--peers", default=d.peers, choices=["auto", "rclone", "none"],
-                   help="compare with an rclone crypt mount (auto: when rclone is installed)")
+    s.add_argument("--peers", default=d.peers, choices=PEER_CHOICES,
+                   help="compare with JuiceFS (zstd + AES-256-GCM, no cache) and an rclone crypt mount: "
+                        "one of them, all (each required) or auto (those installed)")
     s.add_argument("--json", metavar="OUT", help="write the full report as JSON")
     s.add_argument("--runs", type=int, default=d.runs, help="runs per case; figures are medians")
     for f in ReadOptions.fields():
