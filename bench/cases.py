@@ -103,7 +103,8 @@ class BenchCases(_Base):
                 n, s, _ = measure.read_random(path, offsets, block)
                 case.peers[name].seconds.append(s)
                 if run == 0:
-                    self.check("random_reads", measure.read_blocks(path, offsets, block) == expected, peer=name)
+                    got = measure.read_blocks(path, offsets, block)
+                    self.check("random_reads", got == expected, peer=name)
             finally:
                 peer.unmount()
 

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 HEADER_GROWTH = 40  # bytes added to the safetensors header
 TUNED_FRACTION = 0.1  # of the tensor bytes changed by the "fine-tune"
 #: bytes per element of a safetensors dtype tag (default 1: every byte is an element)
-_WIDTHS = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "BF16": 2, "F16": 2, "I16": 2, "U16": 2}
+_WIDTHS = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4,
+           "BF16": 2, "F16": 2, "I16": 2, "U16": 2}
 _COPY_BLOCK = 16 << 20
 
 

@@ -250,7 +250,8 @@ def _details(report: dict) -> list[str]:
     checks = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in report["checks"].items())
     lines.append(f"byte checks: {checks}; verified: {str(report['verified']).lower()}")
     lines.append("targets:")
-    lines += [f"  {'-   ' if v is None else ('PASS' if v else 'FAIL')}  {k}" for k, v in report["targets"].items()]
+    lines += [f"  {'-   ' if v is None else ('PASS' if v else 'FAIL')}  {k}"
+              for k, v in report["targets"].items()]
     return lines
 
 

