@@ -41,7 +41,7 @@ class DedupCase:
         return self.new_stored / self.size if self.size else 0.0
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "new_fraction": round(self.fraction, 5)}
+        return {**asdict(self), "new_fraction": float(f"{self.fraction:.3g}")}
 
 
 def _read_header(path: Path) -> tuple[dict, int]:

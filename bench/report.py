@@ -246,7 +246,7 @@ def _details(report: dict) -> list[str]:
     dedup = report.get("dedup")
     if dedup:
         lines.append("new stored bytes of a second push / file size: " + ", ".join(
-            f"{k.replace('_', ' ')} {v['new_fraction']:.4f}" for k, v in dedup.items()))
+            f"{k.replace('_', ' ')} {v['new_fraction']:.3g}" for k, v in dedup.items()))
     checks = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in report["checks"].items())
     lines.append(f"byte checks: {checks}; verified: {str(report['verified']).lower()}")
     lines.append("targets:")
