@@ -1,0 +1,138 @@
+"""Asymmetric keys: a lineage data key wrapped for one host, and publisher signatures.
+
+Wrapping is HPKE-shaped (base mode, X25519 + HKDF-SHA256 + AES-256-GCM): an ephemeral key pair
+per wrap, the shared secret run through HKDF with both public keys as salt, and the model name
+and the recipient's fingerprint bound in as associated data, so a wrapped key copied to another
+name or recipient does not open. Signatures are Ed25519 over a domain-separated message, so a
+signature made for one kind of record never verifies as another.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ..errors import AccessDenied, IntegrityError, InvalidInput
+from .keyfiles import (CONFIG_DIR, HOST_KIND, PUBLISHER_KIND, RAW_KEY_BYTES, PublicKey,
+                       read_private_file, write_private_file)
+
+WRAP_MAGIC = b"MFX1"
+_WRAP_INFO = b"modelfs/v1/wrap-x25519"
+_ZERO_NONCE = bytes(12)  # each wrap key is used once (fresh ephemeral key), so a fixed nonce is safe
+_SIGN_DOMAIN = b"modelfs/v1/sign/"
+
+DEFAULT_HOST_KEY = Path(os.environ.get("MODELFS_HOST_KEY", str(CONFIG_DIR / "host.key")))
+DEFAULT_PUBLISHER_KEY = Path(os.environ.get("MODELFS_PUBLISHER_KEY", str(CONFIG_DIR / "publisher.key")))
+
+_RAW = dict(encoding=serialization.Encoding.Raw, format=serialization.PublicFormat.Raw)
+_RAW_PRIVATE = dict(encoding=serialization.Encoding.Raw, format=serialization.PrivateFormat.Raw,
+                    encryption_algorithm=serialization.NoEncryption())
+
+
+def _length_prefixed(*parts: bytes) -> bytes:
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def _wrap_context(name: str, recipient: PublicKey) -> bytes:
+    return _length_prefixed(name.encode(), recipient.fingerprint.encode())
+
+
+def _wrap_key(shared: bytes, ephemeral: bytes, recipient: bytes, context: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=ephemeral + recipient,
+                info=_WRAP_INFO + context).derive(shared)
+
+
+def wrap_for_host(data_key: bytes, recipient: PublicKey, name: str) -> bytes:
+    """Encrypt ``data_key`` so that only the holder of ``recipient``'s private key opens it."""
+    ephemeral = X25519PrivateKey.generate()
+    ephemeral_public = ephemeral.public_key().public_bytes(**_RAW)
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient.raw))
+    context = _wrap_context(name, recipient)
+    key = _wrap_key(shared, ephemeral_public, recipient.raw, context)
+    return WRAP_MAGIC + ephemeral_public + AESGCM(key).encrypt(_ZERO_NONCE, data_key, context)
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """A compute host's X25519 key pair; the private half never leaves the host."""
+
+    private: X25519PrivateKey
+
+    @property
+    def public(self) -> PublicKey:
+        return PublicKey(HOST_KIND, self.private.public_key().public_bytes(**_RAW))
+
+    @classmethod
+    def create(cls, path: str | os.PathLike = DEFAULT_HOST_KEY, overwrite: bool = False) -> "HostKey":
+        private = X25519PrivateKey.generate()
+        write_private_file(path, private.private_bytes(**_RAW_PRIVATE), overwrite)
+        return cls(private)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike = DEFAULT_HOST_KEY) -> "HostKey":
+        raw = read_private_file(path, "host key file")
+        if len(raw) != RAW_KEY_BYTES:
+            raise InvalidInput(f"host key file {path} is not a modelfs host key")
+        return cls(X25519PrivateKey.from_private_bytes(raw))
+
+    def unwrap(self, wrapped: bytes, name: str) -> bytes:
+        """The data key of ``name`` wrapped for this host; ``AccessDenied`` for any other."""
+        if len(wrapped) < len(WRAP_MAGIC) + 32 + 16 or not wrapped.startswith(WRAP_MAGIC):
+            raise IntegrityError(f"wrapped key of {name!r} is malformed")
+        ephemeral_public = wrapped[len(WRAP_MAGIC):len(WRAP_MAGIC) + 32]
+        public = self.public
+        context = _wrap_context(name, public)
+        try:
+            shared = self.private.exchange(X25519PublicKey.from_public_bytes(ephemeral_public))
+            key = _wrap_key(shared, ephemeral_public, public.raw, context)
+            return AESGCM(key).decrypt(_ZERO_NONCE, wrapped[len(WRAP_MAGIC) + 32:], context)
+        except (InvalidTag, ValueError):
+            raise AccessDenied(f"this host's key ({public.fingerprint}) cannot unwrap the key of "
+                               f"{name!r}") from None
+
+
+def _signed_message(kind: str, body: bytes) -> bytes:
+    return _SIGN_DOMAIN + _length_prefixed(kind.encode(), body)
+
+
+@dataclass(frozen=True)
+class PublisherKey:
+    """A publisher's Ed25519 key pair: signs catalog records and manifests it writes."""
+
+    private: Ed25519PrivateKey
+
+    @property
+    def public(self) -> PublicKey:
+        return PublicKey(PUBLISHER_KIND, self.private.public_key().public_bytes(**_RAW))
+
+    @classmethod
+    def create(cls, path: str | os.PathLike = DEFAULT_PUBLISHER_KEY,
+               overwrite: bool = False) -> "PublisherKey":
+        private = Ed25519PrivateKey.generate()
+        write_private_file(path, private.private_bytes(**_RAW_PRIVATE), overwrite)
+        return cls(private)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike = DEFAULT_PUBLISHER_KEY) -> "PublisherKey":
+        raw = read_private_file(path, "publisher key file")
+        if len(raw) != RAW_KEY_BYTES:
+            raise InvalidInput(f"publisher key file {path} is not a modelfs publisher key")
+        return cls(Ed25519PrivateKey.from_private_bytes(raw))
+
+    def sign(self, kind: str, body: bytes) -> bytes:
+        return self.private.sign(_signed_message(kind, body))
+
+
+def verify_signature(signer: PublicKey, kind: str, body: bytes, signature: bytes) -> None:
+    """Raise ``IntegrityError`` unless ``signature`` is ``signer``'s over (kind, body)."""
+    try:
+        Ed25519PublicKey.from_public_bytes(signer.raw).verify(signature, _signed_message(kind, body))
+    except (InvalidSignature, ValueError):
+        raise IntegrityError(f"{kind} signature by {signer.fingerprint} does not verify") from None
