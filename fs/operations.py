@@ -1,10 +1,16 @@
-"""The FUSE operations: a read-only tree of model files over a ``Library``.
+"""The FUSE operations: a read-only tree of model versions over a ``Library``.
 
-Model ``a/b/c`` is the file ``/a/b/c``; its prefixes are directories. The
-control directory ``/.modelfs`` holds ``stats`` (JSON counters, served with
-direct_io so every read is fresh). Model files keep the kernel page cache
-(a version is immutable; ``auto_cache`` drops it when a name gets a new version)
-and never use direct_io, so ``mmap`` works.
+Each version is its own path, so its own kernel inode and page cache (with
+libfuse's high-level API one path is one inode): ``/<name>@<version>`` is the
+version (a file for a single-file model, a directory for a folder model) and
+never changes, so it keeps the kernel page cache (``kernel_cache``) and ``mmap``
+works. ``/<name>`` is a relative symlink to the latest version's path and
+``/<name>@<tag>`` to the tagged one; both are re-pointed when the catalog moves,
+and an open follows them once, so a descriptor reads one version until closed.
+Pinned paths resolve but are not listed; ``/.modelfs/versions/<name>/`` and
+``/.modelfs/tags/<name>/`` list every version and tag as symlinks. ``/.modelfs/stats``
+is served with direct_io. Every model file and version directory carries the
+extended attribute ``user.modelfs.version``.
 """
 from __future__ import annotations
 
@@ -16,10 +22,11 @@ import os
 import stat
 import threading
 import time
+from dataclasses import dataclass
 
 import mfusepy
-from modelfs.store.api import Library
 from modelfs.store.errors import ModelfsError
+from modelfs.store.library import Library, VersionView
 from modelfs.store.read.reader import ReadStream
 
 from .errors import errno_of
@@ -28,7 +35,31 @@ log = logging.getLogger(__name__)
 
 CONTROL_DIR = ".modelfs"
 STATS_FILE = f"/{CONTROL_DIR}/stats"
+LISTINGS = ("versions", "tags")
 MAX_READ = 1 << 20
+VERSION_XATTR = "user.modelfs.version"
+
+
+@dataclass(frozen=True)
+class Node:
+    """What a path is: a directory (with its entries), a symlink or a model file."""
+
+    kind: str  # "dir", "link", "file"
+    mtime_ns: int
+    entries: tuple[str, ...] = ()
+    target: str = ""
+    view: VersionView | None = None
+    file: str = ""  # path inside the version, for kind "file"
+
+    @property
+    def version_id(self) -> str | None:
+        return self.view.record.version_id if self.view is not None else None
+
+
+def _children(paths, prefix: str) -> tuple[str, ...]:
+    """The first components under ``prefix`` ("" = top) of slash-separated ``paths``."""
+    start = prefix + "/" if prefix else ""
+    return tuple(sorted({p[len(start):].split("/")[0] for p in paths if p.startswith(start) and p != prefix}))
 
 
 class ModelFS(mfusepy.Operations):
@@ -40,9 +71,10 @@ class ModelFS(mfusepy.Operations):
         self._handles: dict[int, ReadStream | bytes] = {}
         self._handle_ids = itertools.count(1)
         self._handles_lock = threading.Lock()
+        self._open_nodes: dict[int, Node] = {}
         self._mounted_ns = time.time_ns()
         self._uid, self._gid = os.getuid(), os.getgid()
-        self._dir_set: set[str] = set()
+        self._dir_set: frozenset[str] = frozenset()
         self._dirs_generation = -1
 
     # -- lifecycle -------------------------------------------------------------
@@ -52,10 +84,9 @@ class ModelFS(mfusepy.Operations):
             conn.max_readahead = 16 << 20
             conn.max_background = 64
         if config is not None:
-            # Keep the page cache across opens while a name's version is unchanged; when
-            # a new version is published (new mtime and size) the next open drops it.
-            config.auto_cache = 1
-        self._library.start()
+            # every file path is one immutable version: keep its page cache across opens
+            config.kernel_cache = 1
+        self._library.start()  # readahead threads and the catalog poller
         threading.Thread(target=raise_bdi_readahead, args=(self._mountpoint,),
                          name="modelfs-bdi", daemon=True).start()
 
@@ -63,30 +94,96 @@ class ModelFS(mfusepy.Operations):
         self._library.close()
 
     # -- tree ------------------------------------------------------------------
-    def _dirs(self) -> set[str]:
-        """Every directory path: the root, the control directory, each name's prefixes."""
+    def _prefix_dirs(self) -> frozenset[str]:
+        """Every directory a served name's prefixes make ("" is the root)."""
         if self._dirs_generation != self._library.generation:
-            dirs = {"/", f"/{CONTROL_DIR}"}
+            dirs = {""}
             for name in self._library.names():
                 parts = name.split("/")
-                dirs.update("/" + "/".join(parts[:i]) for i in range(1, len(parts)))
-            self._dir_set, self._dirs_generation = dirs, self._library.generation
+                dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+            self._dir_set, self._dirs_generation = frozenset(dirs), self._library.generation
         return self._dir_set
 
-    def _refresh(self) -> None:
-        """Pick up new pushes; a store that fails now keeps serving what is mounted."""
-        try:
-            self._library.refresh()
-        except ModelfsError as e:
-            self._library.stats.error(type(e).__name__)
-            log.warning("catalog refresh failed: %s", e)
+    def _dir(self, entries, mtime_ns: int | None = None) -> Node:
+        return Node("dir", mtime_ns or self._mounted_ns, tuple(entries))
 
-    def _model(self, path: str):
-        item = self._library.get(path[1:])
-        if item is None:
-            self._refresh()
-            item = self._library.get(path[1:])
-        return item
+    def _lookup(self, path: str) -> Node | None:
+        comps = [c for c in path.split("/") if c]
+        if comps[:1] == [CONTROL_DIR]:
+            return self._control(comps[1:])
+        for i, comp in enumerate(comps):
+            if "@" in comp:
+                leaf, _, ref = comp.partition("@")
+                return self._pinned("/".join(comps[:i] + [leaf]), leaf, ref, comps[i + 1:])
+        joined = "/".join(comps)
+        state = self._library.state(joined)
+        if state is not None:
+            return Node("link", int(state.latest.created * 1e9),
+                        target=f"{comps[-1]}@{state.latest.version_id}")
+        if joined in self._prefix_dirs():
+            entries = _children(self._library.names(), joined)
+            return self._dir(entries + ((CONTROL_DIR,) if not joined else ()))
+        return None
+
+    def _pinned(self, name: str, leaf: str, ref: str, rest: list[str]) -> Node | None:
+        state = self._library.state(name)
+        if state is None or not ref:
+            return None
+        if ref in state.tags:
+            if rest:
+                return None  # the kernel follows the link before looking further
+            record = state.version(ref)
+            return Node("link", int(record.created * 1e9), target=f"{leaf}@{record.version_id}")
+        if not any(v.version_id == ref for v in state.versions):
+            return None
+        view = self._library.version(name, ref)
+        if view is None:
+            return None
+        mtime = int(view.record.created * 1e9)
+        inner = "/".join(rest)
+        if view.record.kind == "file":
+            return None if rest else Node("file", mtime, view=view, file=view.record.files[0].path)
+        if inner in view.readers:
+            return Node("file", mtime, view=view, file=inner)
+        if inner in view.dirs:
+            return Node("dir", mtime, _children(list(view.readers) + list(view.dirs - {""}), inner), view=view)
+        return None
+
+    def _control(self, comps: list[str]) -> Node | None:
+        if not comps:
+            return self._dir(("stats",) + LISTINGS)
+        if comps == ["stats"]:
+            return Node("file", time.time_ns())
+        if comps[0] not in LISTINGS:
+            return None
+        joined = "/".join(comps[1:])
+        names = self._library.names()
+        state = self._library.state(joined) if joined else None
+        if state is None:
+            if joined in self._prefix_dirs():
+                return self._dir(_children(names, joined))
+            if not joined or len(comps) < 3:
+                return None
+            # a listed entry: .modelfs/<listing>/<name>/<version or tag>
+            state = self._library.state("/".join(comps[1:-1]))
+            if state is None:
+                return None
+            ref = comps[-1]
+            listed = state.tags if comps[0] == "tags" else {v.version_id for v in state.versions}
+            if ref not in listed:
+                return None
+            name = "/".join(comps[1:-1])
+            up = "../" * len(comps)
+            return Node("link", int(state.version(ref).created * 1e9), target=f"{up}{name}@{ref}")
+        if comps[0] == "tags":
+            return self._dir(sorted(state.tags))
+        return self._dir(v.version_id for v in state.versions)
+
+    def _node(self, path: str) -> Node:
+        node = self._lookup(path)
+        if node is None:
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        return node
 
     def _attrs(self, mode: int, size: int, mtime_ns: int) -> dict:
         return {"st_mode": mode, "st_nlink": 1, "st_size": size, "st_uid": self._uid,
@@ -94,32 +191,42 @@ class ModelFS(mfusepy.Operations):
                 "st_atime": mtime_ns, "st_blksize": MAX_READ}
 
     def getattr(self, path: str, fh=None) -> dict:
-        if path in self._dirs():
-            return {**self._attrs(stat.S_IFDIR | 0o555, 0, self._mounted_ns), "st_nlink": 2}
-        if path == STATS_FILE:
-            return self._attrs(stat.S_IFREG | 0o444, 0, time.time_ns())
-        item = self._model(path)
-        if item is None:
-            raise mfusepy.FuseOSError(errno.ENOENT)
-        return self._attrs(stat.S_IFREG | 0o444, item.entry.size, int(item.entry.created * 1e9))
+        # an open file answers from the version it opened, even after that version was removed
+        node = self._open_nodes.get(fh.fh) if fh is not None else None
+        node = node or self._node(path)
+        if node.kind == "dir":
+            return {**self._attrs(stat.S_IFDIR | 0o555, 0, node.mtime_ns), "st_nlink": 2}
+        if node.kind == "link":
+            return self._attrs(stat.S_IFLNK | 0o777, len(node.target), node.mtime_ns)
+        size = node.view.readers[node.file].size if node.view is not None else 0
+        return {**self._attrs(stat.S_IFREG | 0o444, size, node.mtime_ns), "st_blocks": (size + 511) // 512}
+
+    def readlink(self, path: str) -> str:
+        node = self._node(path)
+        if node.kind != "link":
+            raise mfusepy.FuseOSError(errno.EINVAL)
+        return node.target
 
     def readdir(self, path: str, fh) -> list[str]:
-        if path == "/":
-            self._refresh()
-        if path not in self._dirs():
+        node = self._node(path)
+        if node.kind != "dir":
             raise mfusepy.FuseOSError(errno.ENOTDIR)
-        if path == f"/{CONTROL_DIR}":
-            return [".", "..", "stats"]
-        prefix = "" if path == "/" else path[1:] + "/"
-        children = {name[len(prefix):].split("/")[0]
-                    for name in self._library.names() if name.startswith(prefix)}
-        extra = [CONTROL_DIR] if path == "/" else []
-        return [".", ".."] + extra + sorted(children)
+        return [".", ".."] + list(node.entries)
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        node = self._node(path)
+        if name != VERSION_XATTR or node.version_id is None:
+            raise mfusepy.FuseOSError(errno.ENODATA)
+        return node.version_id.encode()
+
+    def listxattr(self, path: str) -> list[str]:
+        return [VERSION_XATTR] if self._node(path).version_id is not None else []
 
     def statfs(self, path: str) -> dict:
-        total = sum(self._library.get(n).entry.size for n in self._library.names())
+        states = [self._library.state(n) for n in self._library.names()]
+        total = sum(s.latest.size for s in states if s is not None)
         return {"f_bsize": MAX_READ, "f_frsize": 4096, "f_blocks": total // 4096 + 1,
-                "f_bfree": 0, "f_bavail": 0, "f_files": len(self._library.names()),
+                "f_bfree": 0, "f_bavail": 0, "f_files": len(states),
                 "f_ffree": 0, "f_namemax": 255}
 
     # -- files -----------------------------------------------------------------
@@ -130,14 +237,16 @@ class ModelFS(mfusepy.Operations):
             handle: ReadStream | bytes = json.dumps(self._library.stats.snapshot(), indent=1).encode() + b"\n"
             fi.direct_io = 1
         else:
-            item = self._model(path)
-            if item is None:
-                raise mfusepy.FuseOSError(errno.EISDIR if path in self._dirs() else errno.ENOENT)
-            handle = item.reader.stream()  # page cache kept by auto_cache (see init)
+            node = self._node(path)
+            if node.kind != "file" or node.view is None:
+                raise mfusepy.FuseOSError(errno.EISDIR)
+            handle = node.view.readers[node.file].stream()  # bound to this version until closed
             self._library.stats.add(open_files=1)
         with self._handles_lock:
             fi.fh = next(self._handle_ids)
             self._handles[fi.fh] = handle
+            if isinstance(handle, ReadStream):
+                self._open_nodes[fi.fh] = node
         return 0
 
     def read(self, path: str, size: int, offset: int, fi) -> bytes:
@@ -157,6 +266,7 @@ class ModelFS(mfusepy.Operations):
     def release(self, path: str, fi) -> int:
         with self._handles_lock:
             handle = self._handles.pop(fi.fh, None)
+            self._open_nodes.pop(fi.fh, None)
         if isinstance(handle, ReadStream):
             handle.close()
             self._library.stats.add(open_files=-1)

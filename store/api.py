@@ -1,26 +1,33 @@
-"""The public face of ``modelfs.store``: open a store, publish, list, read.
+"""The public face of ``modelfs.store``: open a store, publish, tag, remove, list, read.
 
-``Store`` ties a backend, its catalog and the compute host's key file together.
-``Library`` is what a mount serves: the published models of a store, their
-verified manifests, and one shared cache, thread pool and set of counters.
+``Store`` ties a backend, its catalog, the compute host's key file and the host's
+memory of catalog positions together. Reading one model touches only that model's
+key, records and manifests, so another name's damage never gets in the way.
+``Library`` (in ``library``) is what a mount serves.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-import resource
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from .backends.base import Backend
+from .backends.base import Backend, ShardLocation
 from .backends.urls import open_backend
-from .config import ReadOptions
-from .errors import AccessDenied, IntegrityError, ModelfsError, NotFound
-from .format.catalog import Catalog, CatalogEntry, check_name
+from .errors import AccessDenied, IntegrityError, InvalidInput, ModelfsError, NotFound
+from .format.catalog import (
+    Catalog,
+    FileRecord,
+    LineageState,
+    VersionRecord,
+    check_name,
+    check_tag,
+    new_version_id,
+    split_ref,
+)
 from .format.crypto import (
     DEFAULT_KEY_FILE,
     LineageKeys,
@@ -32,15 +39,72 @@ from .format.crypto import (
     wrap_key,
 )
 from .format.manifest import Manifest
-from .publish import DEFAULT_SHARD_SIZE, Progress, publish_file
+from .library import Library
+from .publish import (
+    DEFAULT_SHARD_SIZE,
+    Progress,
+    check_shards_present,
+    collect_sources,
+    store_files,
+)
 from .read.cache import ShardCache
 from .read.reader import ModelReader
+from .seen import SeenRecords
 from .stats import Stats
+
+__all__ = ["Store", "open_store", "Library", "Lineage", "Published"]
 
 log = logging.getLogger(__name__)
 
 #: the small private cache of a reader opened without a mount (``open_model``, ``verify``)
 OPEN_MODEL_CACHE = 64 << 20
+#: how often a catalog writer re-reads the head after losing a record number to another writer
+APPEND_ATTEMPTS = 100
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """One name as ``ls`` sees it: its state, or why it cannot be read."""
+
+    name: str
+    state: LineageState | None = None
+    error: ModelfsError | None = None
+
+    @property
+    def broken(self) -> str | None:
+        return str(self.error) if self.error is not None else None
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a push made: the new version and the lineage state it is the latest of."""
+
+    state: LineageState
+    version: VersionRecord
+
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+    @property
+    def version_id(self) -> str:
+        return self.version.version_id
+
+    @property
+    def size(self) -> int:
+        return self.version.size
+
+    @property
+    def stored_size(self) -> int:
+        return self.version.stored_size
+
+    @property
+    def shard_count(self) -> int:
+        return self.version.shard_count
+
+    @property
+    def ratio(self) -> float:
+        return self.version.ratio
 
 
 class Store:
@@ -48,8 +112,11 @@ class Store:
         self.backend = backend
         self.catalog = Catalog(backend)
         self.key_file = Path(key_file or DEFAULT_KEY_FILE).expanduser()
+        #: only the default key file may be created on first push
+        self._key_file_is_default = key_file is None
         self._store_key: bytes | None = None
         self._lineages: dict[str, LineageKeys] = {}
+        self.seen = SeenRecords(repr(backend))
 
     def __repr__(self) -> str:
         return f"Store({self.backend!r})"
@@ -57,7 +124,7 @@ class Store:
     # -- keys ----------------------------------------------------------------
     def store_key(self, create: bool = False) -> bytes:
         if self._store_key is None:
-            if create and not self.key_file.exists():
+            if create and self._key_file_is_default and not self.key_file.exists():
                 create_key_file(self.key_file)
                 log.warning("created a new store key at %s; keep it safe, without it nothing "
                             "pushed with it can be read", self.key_file)
@@ -65,7 +132,11 @@ class Store:
         return self._store_key
 
     def lineage_keys(self, name: str, create: bool = False) -> LineageKeys:
-        """The keys of one model name, unwrapped from the store (made on first push)."""
+        """The keys of one model name, unwrapped from the store (made on first push).
+
+        A first push creates the wrapped key with create-if-absent: of two concurrent
+        first pushes one creates it and the other uses the winner's.
+        """
         if name in self._lineages:
             return self._lineages[name]
         store_key = self.store_key(create=create)
@@ -74,7 +145,8 @@ class Store:
             if not create:
                 raise NotFound(f"no key for model {name!r} in this store")
             data_key = new_data_key()
-            self.catalog.put_wrapped_key(name, wrap_key(store_key, data_key, name.encode()))
+            if not self.catalog.create_wrapped_key(name, wrap_key(store_key, data_key, name.encode())):
+                return self.lineage_keys(name)  # lost the race: use the winner's key
         else:
             try:
                 data_key = unwrap_key(store_key, wrapped, name.encode())
@@ -84,46 +156,188 @@ class Store:
         keys = self._lineages[name] = LineageKeys.derive(data_key)
         return keys
 
-    # -- publish and list ------------------------------------------------------
-    def publish(self, path: str | os.PathLike, name: str, *, shard_size: int = DEFAULT_SHARD_SIZE,
-                progress: Progress | None = None) -> CatalogEntry:
+    # -- catalog state -----------------------------------------------------------
+    def state_at(self, name: str, seq: int) -> LineageState:
+        """Record ``seq`` of ``name``, authenticated and checked against this host's memory."""
+        seen = self.seen.get(name)
+        if seq < seen:
+            raise IntegrityError(
+                f"catalog of {name!r} went back in time: its newest record is {seq}, this host "
+                f"has seen record {seen} (deleted or replayed records?); refusing it")
+        if seq == 0:
+            raise NotFound(f"no model named {name!r} in this store")
+        state = self.catalog.read_record(name, seq, self.lineage_keys(name).mac_key)
+        self.seen.raise_to(name, seq)
+        return state
+
+    def lineage(self, name: str) -> LineageState:
         check_name(name)
-        self.catalog.check_no_clash(name)
+        return self.state_at(name, self.catalog.head(name))
+
+    def lineages(self, check_manifests: bool = False) -> list[Lineage]:
+        """Every name in the store, each read on its own: a broken one is reported, not raised.
+
+        With ``check_manifests`` the manifests of every version are loaded and verified too.
+        """
+        found = []
+        for name, seq in sorted(self.catalog.heads().items()):
+            try:
+                state = self.state_at(name, seq)
+                for version in state.versions if check_manifests else ():
+                    self.load_manifests(name, version)
+                found.append(Lineage(name, state))
+            except ModelfsError as e:
+                found.append(Lineage(name, error=e))
+        return found
+
+    def _append(self, name: str, change: Callable[[LineageState], LineageState]) -> LineageState:
+        """Write the next record of ``name``; on a lost race re-read the head and retry."""
+        keys = self.lineage_keys(name)
+        for _ in range(APPEND_ATTEMPTS):
+            head = self.catalog.head(name)
+            current = (self.state_at(name, head) if head
+                       else LineageState(name, 0, "publish", time.time()))
+            new = change(current)
+            if self.catalog.write_record(new, keys.mac_key):
+                self.seen.raise_to(name, new.seq)
+                return new
+            log.info("record %d of %s was taken by another writer; retrying", new.seq, name)
+        raise ModelfsError(f"could not write a catalog record of {name!r}: "
+                           f"{APPEND_ATTEMPTS} concurrent writers won")
+
+    # -- publish, tag, remove ------------------------------------------------------
+    def publish(self, path: str | os.PathLike, name: str, *, shard_size: int = DEFAULT_SHARD_SIZE,
+                progress: Progress | None = None) -> Published:
+        """Store a file or a folder as a new version of ``name`` and make it the latest."""
+        check_name(name)
+        kind, files = collect_sources(path)  # before any key is created: a bad source claims nothing
+        self.check_no_clash(name)
         keys = self.lineage_keys(name, create=True)
-        previous = None
+        known: dict[bytes, ShardLocation] = {}
         try:
-            previous = self.load_manifest(self.catalog.resolve(name))
+            previous = self.lineage(name)
         except NotFound:
-            pass
-        return publish_file(self.backend, self.catalog, ShardCipher(keys), keys.mac_key, path, name,
-                            shard_size=shard_size, previous=previous, progress=progress)
+            previous = None
+        for version in previous.versions if previous else ():
+            for manifest in self.load_manifests(name, version):
+                known.update((sid, manifest.location(i)) for i, sid in enumerate(manifest.shard_ids))
+        version_id = new_version_id()
+        stored = store_files(self.backend, ShardCipher(keys), name, version_id, files,
+                             shard_size=shard_size, known=known, progress=progress)
+        for index, manifest in enumerate(stored.manifests):
+            self.catalog.put_manifest(version_id, index, manifest.to_bytes(keys.mac_key))
+        check_shards_present(self.backend, stored.manifests)
+        record = VersionRecord(
+            version_id=version_id, created=time.time(), kind=kind,
+            files=tuple(FileRecord(m.file_name, m.size, m.sha256) for m in stored.manifests),
+            stored_size=sum(m.stored_size for m in stored.manifests), new_stored=stored.new_stored,
+            shard_count=sum(m.shard_count for m in stored.manifests))
+        state = self._append(name, lambda s: s.next("publish", versions=s.versions + (record,)))
+        log.info("published %s version %s (record %d): %d bytes in %d files, %d new stored bytes",
+                 name, version_id, state.seq, record.size, len(record.files), record.new_stored)
+        return Published(state, record)
 
-    def list(self) -> list[CatalogEntry]:
-        return self.catalog.entries()
+    def tag(self, spec: str, tag: str) -> tuple[LineageState, VersionRecord]:
+        """Point ``tag`` at the version ``spec`` (``NAME`` = the latest) names; create or move."""
+        name, ref = split_ref(spec)
+        check_tag(tag)
+        chosen: list[VersionRecord] = []
 
-    def load_manifest(self, entry: CatalogEntry) -> Manifest:
-        keys = self.lineage_keys(entry.name)
-        manifest = Manifest.from_bytes(self.catalog.get_manifest(entry.version_id), keys.mac_key)
-        if (manifest.name, manifest.version_id, manifest.size) != (entry.name, entry.version_id, entry.size):
-            raise IntegrityError(f"manifest of {entry.name} does not match its catalog entry")
-        return manifest
+        def change(state: LineageState) -> LineageState:
+            version = state.version(ref)
+            chosen[:] = [version]
+            return state.next("tag", tags={**state.tags, tag: version.version_id})
+        return self._append(name, change), chosen[0]
 
-    def verify(self, name: str, progress: Progress | None = None) -> CatalogEntry:
-        """Read every shard of the latest version back and check the whole-file SHA-256."""
-        entry = self.catalog.resolve(name)
-        reader = self.open_model(name)
-        digest = hashlib.sha256()
-        for index in range(reader.manifest.shard_count):
-            digest.update(reader.shard(index))
-            if progress:
-                progress(int(reader.manifest.offsets[index] + reader.manifest.lengths[index]), entry.size)
-        if digest.hexdigest() != reader.manifest.sha256:
-            raise IntegrityError(f"{name} version {entry.version_id}: whole-file SHA-256 does not match")
-        return entry
+    def remove(self, spec: str) -> LineageState:
+        """``NAME``: every version (frees the name); ``NAME@VERSION``: one version and its tags;
+        ``NAME@TAG``: the tag only."""
+        name, ref = split_ref(spec)
 
-    def open_model(self, name: str, cache_size: int = OPEN_MODEL_CACHE) -> ModelReader:
-        """A reader of the latest version of ``name`` with its own small cache (no readahead)."""
-        return Library(self, ReadOptions(cache_size=cache_size, readahead=0, threads=0)).reader(name)
+        def change(state: LineageState) -> LineageState:
+            if not state.versions:
+                raise NotFound(f"no model named {name!r} in this store")
+            if ref is None:
+                return state.next("remove", versions=(), tags={})
+            if ref in state.tags:
+                return state.next("untag", tags={t: v for t, v in state.tags.items() if t != ref})
+            gone = state.version(ref).version_id
+            return state.next("remove", versions=tuple(v for v in state.versions if v.version_id != gone),
+                              tags={t: v for t, v in state.tags.items() if v != gone})
+        return self._append(name, change)
+
+    def check_no_clash(self, name: str) -> None:
+        """In the mount a name is a file and its prefixes are directories: they may not collide."""
+        for other in self.catalog.heads():
+            if other != name and (other.startswith(name + "/") or name.startswith(other + "/")):
+                try:
+                    if not self.lineage(other).versions:
+                        continue  # removed: the name is free
+                except ModelfsError:
+                    pass
+                raise InvalidInput(f"model name {name!r} clashes with existing model {other!r} "
+                                   f"(one would be a directory of the other)")
+
+    # -- read ----------------------------------------------------------------------
+    def load_manifests(self, name: str, version: VersionRecord) -> list[Manifest]:
+        """The verified manifest of every file of a version, checked against its record."""
+        keys = self.lineage_keys(name)
+        manifests = []
+        for index, f in enumerate(version.files):
+            manifest = Manifest.from_bytes(self.catalog.get_manifest(version.version_id, index),
+                                           keys.mac_key)
+            if (manifest.name, manifest.version_id, manifest.file_name, manifest.size,
+                    manifest.sha256) != (name, version.version_id, f.path, f.size, f.sha256):
+                raise IntegrityError(f"manifest {index} of {name}@{version.version_id} does not "
+                                     f"match its catalog record")
+            manifests.append(manifest)
+        return manifests
+
+    def load_manifest(self, published: Published, index: int = 0) -> Manifest:
+        """The verified manifest of one file of a version a push returned."""
+        return self.load_manifests(published.name, published.version)[index]
+
+    def open_version(self, spec: str) -> tuple[LineageState, VersionRecord]:
+        name, ref = split_ref(spec)
+        state = self.lineage(name)
+        return state, state.version(ref)
+
+    def open_model(self, spec: str, file: str | None = None,
+                   cache_size: int = OPEN_MODEL_CACHE) -> ModelReader:
+        """A reader of one file of ``NAME[@VERSION|@TAG]`` with its own small cache (no readahead).
+
+        A single-file model needs no ``file``; for a folder model it is the path inside it.
+        """
+        state, version = self.open_version(spec)
+        if file is None:
+            if version.kind != "file":
+                raise InvalidInput(f"{spec} is a folder model: name one of its files")
+            index = 0
+        else:
+            index, _ = version.file(file)
+        manifest = self.load_manifests(state.name, version)[index]
+        stats = Stats()
+        return ModelReader(manifest, self.backend, ShardCipher(self.lineage_keys(state.name)),
+                           ShardCache(cache_size, stats), stats)
+
+    def verify(self, spec: str, progress: Progress | None = None) -> tuple[LineageState, VersionRecord]:
+        """Read every shard of one version back and check each file's SHA-256."""
+        state, version = self.open_version(spec)
+        cipher = ShardCipher(self.lineage_keys(state.name))
+        done, total = 0, version.size
+        for manifest in self.load_manifests(state.name, version):
+            stats = Stats()
+            reader = ModelReader(manifest, self.backend, cipher, ShardCache(OPEN_MODEL_CACHE, stats), stats)
+            digest = hashlib.sha256()
+            for index in range(manifest.shard_count):
+                digest.update(reader.shard(index))
+                done += int(manifest.lengths[index])
+                if progress:
+                    progress(done, total)
+            if digest.hexdigest() != manifest.sha256:
+                raise IntegrityError(f"{state.name}@{version.version_id} {manifest.file_name}: "
+                                     f"SHA-256 does not match")
+        return state, version
 
     def close(self) -> None:
         self.backend.close()
@@ -132,110 +346,3 @@ class Store:
 def open_store(url: str | None = None, key_file: str | os.PathLike | None = None,
                create: bool = False) -> Store:
     return Store(open_backend(url, create=create), key_file)
-
-
-@dataclass(frozen=True)
-class LibraryEntry:
-    entry: CatalogEntry
-    reader: ModelReader
-
-
-class Library:
-    """The models a mount serves, sharing one cache, one pool and one set of counters."""
-
-    def __init__(self, store: Store, options: ReadOptions = ReadOptions()) -> None:
-        self.store = store
-        self.options = options
-        self.stats = Stats()
-        self.cache = ShardCache(options.cache_size, self.stats)
-        self.readahead = options.readahead
-        self.threads = options.threads
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-        self._models: dict[str, LibraryEntry] = {}
-        self._refreshed = 0.0
-        self._skipped: set[str] = set()  # versions refused after mount
-        #: bumped whenever the set of served versions changes
-        self.generation = 0
-        self.stats.gauges = self._gauges
-        self.refresh(force=True)
-
-    def start(self) -> None:
-        """Start the readahead threads (after the FUSE daemon has forked)."""
-        if self.threads and self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="modelfs-read")
-            for item in self._models.values():
-                item.reader.enable_readahead(self._pool, self.readahead)
-
-    def refresh(self, force: bool = False) -> None:
-        """Pick up newly published versions; verifies every manifest it loads.
-
-        The first (forced) refresh, at mount, fails on any bad model: a wrong key or
-        a tampered manifest refuses the mount. Later ones skip a bad new version with
-        a warning and keep serving what they had, so one bad push does not hide the
-        other models.
-        """
-        with self._lock:
-            if not force and time.monotonic() - self._refreshed < self.options.refresh:
-                return
-            self._refreshed = time.monotonic()
-            latest = self.store.catalog.latest()
-            models = {}
-            for name, entry in latest.items():
-                current = self._models.get(name)
-                if current is not None and current.entry.version_id == entry.version_id:
-                    models[name] = current
-                    continue
-                try:
-                    manifest = self.store.load_manifest(entry)
-                    keys = self.store.lineage_keys(name)
-                except ModelfsError as e:
-                    if force:
-                        raise
-                    if entry.version_id not in self._skipped:  # once, not every refresh
-                        self._skipped.add(entry.version_id)
-                        self.stats.error(type(e).__name__)
-                        log.warning("not serving %s version %s: %s", name, entry.version_id, e)
-                    if current is not None:
-                        models[name] = current
-                    continue
-                reader = ModelReader(manifest, self.store.backend, ShardCipher(keys), self.cache,
-                                     self.stats)
-                if self._pool is not None:
-                    reader.enable_readahead(self._pool, self.readahead)
-                models[name] = LibraryEntry(entry, reader)
-            if models.keys() != self._models.keys() or any(
-                    models[n] is not self._models.get(n) for n in models):
-                self.generation += 1
-            self._models = models
-            largest_shard = max((m.reader.manifest.shard_size for m in models.values()), default=0)
-            # each loader (readahead threads + the FUSE thread) holds about two shards of scratch
-            self.cache.set_working_bytes((self.threads + 1) * 2 * largest_shard)
-
-    def names(self) -> list[str]:
-        return sorted(self._models)
-
-    def get(self, name: str) -> LibraryEntry | None:
-        return self._models.get(name)
-
-    def reader(self, name: str) -> ModelReader:
-        item = self._models.get(name)
-        if item is None:
-            raise NotFound(f"no model named {name!r} in this store")
-        return item.reader
-
-    def _gauges(self) -> dict:
-        return {
-            "pid": os.getpid(),
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "cache_bytes": self.cache.used_bytes,
-            "cache_budget": self.cache.budget,
-            "readahead_unread": self.cache.unread_prefetched,
-            "models": len(self._models),
-            "backend": {"kind": self.store.backend.kind, **self.store.backend.stats()},
-        }
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        self.store.close()

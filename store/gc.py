@@ -2,15 +2,17 @@
 
 A push that fails or is killed part-way publishes nothing, but may leave behind
 shards (local directory, storage nodes), a temporary or never-published pack
-(HDFS), and a manifest ``manifests/<version>`` without a catalog entry.
+(HDFS), and manifests ``manifests/<version>/<index>`` no catalog record lists.
+A removed version (``modelfs rm``) leaves the same behind.
 
 The rules, in order:
 
-* **Live set first.** Every catalog entry's manifest is loaded and verified
-  (MAC, under the store key); every shard id and pack it names is live. Shards
-  are shared between versions of a name, so one reference keeps a shard. If any
-  manifest is missing, tampered or cannot be unlocked, gc stops before deleting
-  anything: it never deletes on uncertainty.
+* **Live set first.** The manifest of every version each lineage's newest
+  record lists is loaded and verified (MAC, under the store key); every shard id
+  and pack it names is live. Shards are shared between versions of a name, so
+  one reference keeps a shard. If any name, record or manifest is missing,
+  tampered or cannot be unlocked, gc stops before deleting anything and names
+  it: it never deletes on uncertainty.
 * **Grace period.** An unreferenced item is deleted only when it is older than
   the grace period (default one hour): a push in progress uploads its shards
   before its catalog entry appears, and those must stay. The grace period must
@@ -29,8 +31,8 @@ from dataclasses import dataclass
 
 from .api import Store
 from .backends.base import StoredItem
-from .errors import IntegrityError, InvalidInput
-from .format.catalog import CatalogEntry, version_time
+from .errors import InvalidInput
+from .format.catalog import version_time
 from .sizes import format_duration, format_size
 
 log = logging.getLogger(__name__)
@@ -70,22 +72,38 @@ class LiveSet:
         return item.name in self.shards
 
 
-def published(store: Store) -> list[CatalogEntry]:
-    """Every catalog entry; one that does not parse stops gc like a bad manifest."""
-    try:
-        return store.catalog.entries()
-    except (ValueError, TypeError) as e:
-        raise IntegrityError(f"a catalog entry does not parse ({e}); nothing deleted") from None
+def manifest_version(key: str) -> str:
+    """``manifests/<version_id>/<index>`` → the version id."""
+    return key[len(MANIFEST_PREFIX):].split("/")[0]
+
+
+def published_versions(store: Store, check_manifests: bool = False) -> dict[str, str]:
+    """version id → name for every version some lineage's newest record lists.
+
+    A name whose key, records or manifests cannot be read could reference any shard
+    (shard ids do not say which lineage they belong to): gc then stops before
+    deleting anything and names it.
+    """
+    lineages = store.lineages(check_manifests=check_manifests)
+    broken = [x for x in lineages if x.broken]
+    if broken:
+        raise type(broken[0].error)("cannot prove what is unused while these names are broken; "
+                                    "nothing deleted: " +
+                                    "; ".join(f"{x.name}: {x.broken}" for x in broken))
+    return {v.version_id: x.name for x in lineages for v in x.state.versions}
 
 
 def live_set(store: Store) -> LiveSet:
-    """Load and verify the manifest of every published version; any error propagates."""
-    versions, shards, containers = set(), set(), set()
-    for entry in published(store):
-        manifest = store.load_manifest(entry)
-        versions.add(entry.version_id)
-        shards.update(shard_id.hex() for shard_id in manifest.shard_ids)
-        containers.update(c for c in manifest.containers if c)
+    """Load and verify the manifests of every published version; any doubt raises."""
+    shards, containers = set(), set()
+    published_versions(store, check_manifests=True)  # every name readable, or nothing deleted
+    versions = set()
+    for lineage in store.lineages():
+        for version in lineage.state.versions:
+            versions.add(version.version_id)
+            for manifest in store.load_manifests(lineage.name, version):
+                shards.update(shard_id.hex() for shard_id in manifest.shard_ids)
+                containers.update(c for c in manifest.containers if c)
     return LiveSet(frozenset(versions), frozenset(shards), frozenset(containers))
 
 
@@ -122,7 +140,7 @@ def collect_garbage(store: Store, grace_seconds: float = DEFAULT_GRACE,
 
     candidates = []
     for key in manifests:
-        version_id = key[len(MANIFEST_PREFIX):]
+        version_id = manifest_version(key)
         if version_id in live.versions:
             continue
         started = version_time(version_id)
@@ -134,8 +152,8 @@ def collect_garbage(store: Store, grace_seconds: float = DEFAULT_GRACE,
             candidates.append((key, started))
     if candidates and not dry_run:
         # a long push may have published one of them while we worked: look again
-        now_published = {e.version_id for e in published(store)}
-        candidates = [(k, s) for k, s in candidates if k[len(MANIFEST_PREFIX):] not in now_published]
+        now_published = published_versions(store)
+        candidates = [(k, s) for k, s in candidates if manifest_version(k) not in now_published]
     for key, started in candidates:
         if not dry_run:
             backend.delete_object(key)

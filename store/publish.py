@@ -1,7 +1,8 @@
-"""Publishing: file → shards → encode → encrypt → backend → manifest → catalog.
+"""Publishing: files → shards → encode → encrypt → backend → manifests.
 
-Nothing is visible until the last step, one atomic put of the catalog entry,
-so an error or a crash part-way publishes nothing. Shards already stored for an
+The caller (``Store.publish``) then checks that every shard is still there and
+writes the catalog record: nothing is visible before that one create, so an
+error or a crash part-way publishes nothing. Shards already stored for an
 earlier version of the same name (same content id) are referenced, not stored
 again.
 """
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from .backends.base import Backend, ShardLocation
-from .errors import InvalidInput
-from .format.catalog import Catalog, CatalogEntry, check_name, new_version_id
+from .errors import BackendError, InvalidInput
+from .format.catalog import check_relpath
 from .format.codec import ZSTD_LEVEL, encode
 from .format.crypto import ShardCipher
 from .format.manifest import Manifest, ShardEntry
@@ -62,6 +63,26 @@ def check_source(path: str | os.PathLike) -> Path:
     return path
 
 
+def collect_sources(path: str | os.PathLike) -> tuple[str, list[tuple[str, Path]]]:
+    """A file → ("file", [(its name, path)]); a folder → ("folder", every file under it).
+
+    Folder files keep their relative paths (dot-files and nested folders included),
+    sorted; symbolic links are followed, anything that is not a regular file is refused.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return "file", [(path.name, check_source(path))]
+    files = []
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+        dirnames.sort()
+        for leaf in sorted(filenames):
+            full = Path(dirpath) / leaf
+            files.append((check_relpath(full.relative_to(path).as_posix()), check_source(full)))
+    if not files:
+        raise InvalidInput(f"{path} holds no files")
+    return "folder", files
+
+
 def check_shard_size(shard_size: int) -> int:
     if not MIN_SHARD_SIZE <= shard_size <= MAX_SHARD_SIZE:
         raise InvalidInput(f"shard size must be between {MIN_SHARD_SIZE} and {MAX_SHARD_SIZE} bytes")
@@ -73,60 +94,84 @@ def _read_chunks(f, shard_size: int):
         yield chunk
 
 
-def publish_file(backend: Backend, catalog: Catalog, cipher: ShardCipher, mac_key: bytes,
-                 path: str | os.PathLike, name: str, *, shard_size: int = DEFAULT_SHARD_SIZE,
-                 level: int = ZSTD_LEVEL, previous: Manifest | None = None,
-                 progress: Progress | None = None) -> CatalogEntry:
-    """Store ``path`` as a new version of ``name`` and publish it."""
-    check_name(name)
-    path = check_source(path)
+@dataclass
+class StoredFiles:
+    """The manifests of one version's files, and what storing them cost."""
+
+    manifests: list[Manifest]
+    #: stored bytes of shards no earlier version had (what this version added)
+    new_stored: int = 0
+
+
+def store_files(backend: Backend, cipher: ShardCipher, name: str, version_id: str,
+                files: list[tuple[str, Path]], *, shard_size: int = DEFAULT_SHARD_SIZE,
+                level: int = ZSTD_LEVEL, known: dict[bytes, ShardLocation] | None = None,
+                progress: Progress | None = None) -> StoredFiles:
+    """Shard, encode, encrypt and store every file of one version through one shard writer.
+
+    ``known`` maps shard ids earlier versions of the lineage stored to their locations:
+    equal content (within this version and across versions) is stored once.
+    """
     check_shard_size(shard_size)
-    before = path.stat()
-    known: dict[bytes, ShardLocation] = {}
-    if previous is not None:
-        known = {sid: previous.location(i) for i, sid in enumerate(previous.shard_ids)}
+    known = dict(known or {})
+    total = sum(p.stat().st_size for _, p in files)
+    result = StoredFiles([])
+    done = 0
+    with ThreadPoolExecutor(ENCODE_THREADS) as pool, backend.shard_writer(version_id) as writer:
+        for relpath, path in files:
+            before = path.stat()
+            digest = hashlib.sha256()
+            entries: list[ShardEntry] = []
+            offset = 0
+            pending: deque = deque()
 
-    version_id = new_version_id()
-    digest = hashlib.sha256()
-    entries: list[ShardEntry] = []
-    offset = 0
-    with open(path, "rb") as f, ThreadPoolExecutor(ENCODE_THREADS) as pool, \
-            backend.shard_writer(version_id) as writer:
-        pending: deque = deque()
+            def store_next() -> None:
+                nonlocal offset, done
+                shard = pending.popleft().result()
+                location = known.get(shard.shard_id)
+                if location is None:
+                    location = writer.put(shard.shard_id.hex(), shard.ciphertext, len(entries))
+                    known[shard.shard_id] = location
+                    result.new_stored += len(shard.ciphertext)
+                entries.append(ShardEntry(offset, shard.length, shard.shard_id,
+                                          len(shard.ciphertext), shard.codec, location))
+                offset += shard.length
+                done += shard.length
+                if progress:
+                    progress(done, total)
 
-        def store_next() -> None:
-            nonlocal offset
-            shard = pending.popleft().result()
-            location = known.get(shard.shard_id)
-            if location is None:
-                location = writer.put(shard.shard_id.hex(), shard.ciphertext, len(entries))
-                known[shard.shard_id] = location
-            entries.append(ShardEntry(offset, shard.length, shard.shard_id,
-                                      len(shard.ciphertext), shard.codec, location))
-            offset += shard.length
-            if progress:
-                progress(offset, before.st_size)
-
-        for chunk in _read_chunks(f, shard_size):
-            digest.update(chunk)
-            pending.append(pool.submit(encrypt_shard, cipher, chunk, level))
-            if len(pending) > 2 * ENCODE_THREADS:
-                store_next()
-        while pending:
-            store_next()
-        after = os.fstat(f.fileno())
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or offset != after.st_size:
-            raise InvalidInput(f"{path} changed while it was being pushed; nothing was published")
+            with open(path, "rb") as f:
+                for chunk in _read_chunks(f, shard_size):
+                    digest.update(chunk)
+                    pending.append(pool.submit(encrypt_shard, cipher, chunk, level))
+                    if len(pending) > 2 * ENCODE_THREADS:
+                        store_next()
+                while pending:
+                    store_next()
+                after = os.fstat(f.fileno())
+            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) \
+                    or offset != after.st_size:
+                raise InvalidInput(f"{path} changed while it was being pushed; nothing was published")
+            result.manifests.append(Manifest.build(
+                name=name, version_id=version_id, file_name=relpath, size=offset,
+                sha256=digest.hexdigest(), shard_size=shard_size, created=time.time(),
+                entries=entries))
         writer.commit()
+    return result
 
-    manifest = Manifest.build(name=name, version_id=version_id, file_name=path.name, size=offset,
-                              sha256=digest.hexdigest(), shard_size=shard_size,
-                              created=time.time(), entries=entries)
-    catalog.put_manifest(version_id, manifest.to_bytes(mac_key))
-    entry = CatalogEntry(name=name, version_id=version_id, file_name=path.name, size=offset,
-                         stored_size=manifest.stored_size, shard_count=manifest.shard_count,
-                         created=manifest.created)
-    catalog.publish(entry)
-    log.info("published %s version %s: %d bytes in %d shards, stored %d",
-             name, version_id, offset, manifest.shard_count, manifest.stored_size)
-    return entry
+
+def check_shards_present(backend: Backend, manifests: list[Manifest]) -> None:
+    """Every shard a new version references must still be stored before it is published.
+
+    Garbage collection may have deleted an unreferenced shard this push reused (an
+    orphan of an earlier failed push); publishing then would publish a hole.
+    """
+    seen: set[bytes] = set()
+    for manifest in manifests:
+        for index, shard_id in enumerate(manifest.shard_ids):
+            if shard_id in seen:
+                continue
+            seen.add(shard_id)
+            if not backend.has_shard(shard_id.hex(), manifest.location(index)):
+                raise BackendError(f"shard {shard_id.hex()[:16]} of {manifest.name} vanished during "
+                                   f"the push (garbage collection?); nothing was published, push again")

@@ -25,3 +25,11 @@ def key_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def store_dir(tmp_path: Path) -> Path:
     return tmp_path / "store"
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path, monkeypatch) -> Path:
+    """Each test has its own memory of catalog positions (``MODELFS_STATE_DIR``)."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("MODELFS_STATE_DIR", str(path))
+    return path

@@ -38,9 +38,16 @@ def test_push_missing_file(tmp_path, key_file, store_dir):
     assert "m " not in published_names(store_dir, key_file)
 
 
-def test_push_directory_is_refused(tmp_path, key_file, store_dir):
-    r = fails("push", str(tmp_path), "m", "--store", str(store_dir), "--key-file", str(key_file))
+def test_push_empty_directory_or_special_file_is_refused(tmp_path, key_file, store_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = fails("push", str(empty), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    assert "holds no files" in r.stderr
+    (empty / "fifo").parent.mkdir(exist_ok=True)
+    os.mkfifo(empty / "fifo")
+    r = fails("push", str(empty), "m", "--store", str(store_dir), "--key-file", str(key_file))
     assert "not a regular file" in r.stderr
+    assert not (store_dir / "objects" / "keys").exists()  # a failed push claims nothing
 
 
 @pytest.mark.parametrize("name", ["", "..", "../etc/passwd", "/abs", "a/../b", "a//b", "bad\nname",
@@ -164,14 +171,14 @@ def test_interrupted_push_publishes_nothing(tmp_path, key_file, store_dir):
             push.kill()
     assert push.returncode == -signal.SIGKILL
     assert "big" not in published_names(store_dir, key_file)
-    assert not list((store_dir / "objects").rglob("@*.json")) if (store_dir / "objects").exists() else True
+    assert not list((store_dir / "objects").rglob("catalog/**/@*")) if (store_dir / "objects").exists() else True
 
 
 def test_verify_passes_then_catches_a_corrupt_shard(model_file, key_file, store_dir):
     run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file),
                 "--shard-size", "64KiB")
     ok = run_modelfs("verify", "--store", str(store_dir), "--key-file", str(key_file))
-    assert ok.stdout.startswith("ok m ")
+    assert ok.stdout.startswith("ok m@")
     victim = sorted(p for p in (store_dir / "shards").rglob("*") if p.is_file())[2]
     blob = bytearray(victim.read_bytes())
     blob[5] ^= 0x80

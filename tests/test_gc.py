@@ -76,7 +76,7 @@ def failed_push(url: str, key_file: Path, src: Path, monkeypatch) -> None:
 
 def put_unpublished_manifests(url: str) -> tuple[str, str]:
     """A manifest an old killed push left without a catalog entry, and a young one."""
-    old, young = f"manifests/{old_version_id()}", f"manifests/{new_version_id()}"
+    old, young = f"manifests/{old_version_id()}/0", f"manifests/{new_version_id()}/0"
     store = open_store(url)
     try:
         for key in (old, young):
@@ -99,10 +99,11 @@ def referenced(url: str, key_file: Path) -> tuple[set[str], set[str]]:
     store = open_store(url, key_file=key_file)
     try:
         ids, containers = set(), set()
-        for entry in store.list():
-            manifest = store.load_manifest(entry)
-            ids.update(s.hex() for s in manifest.shard_ids)
-            containers.update(c for c in manifest.containers if c)
+        for lineage in store.lineages():
+            for version in lineage.state.versions:
+                for manifest in store.load_manifests(lineage.name, version):
+                    ids.update(s.hex() for s in manifest.shard_ids)
+                    containers.update(c for c in manifest.containers if c)
         return ids, containers
     finally:
         store.close()
@@ -198,7 +199,7 @@ def test_local_gc_refuses_on_a_tampered_manifest_or_a_wrong_key(tmp_path, store_
     wrong = gc(url, other_key, "--grace", "0", check=False)
     assert wrong.returncode == 4 and "wrong key" in wrong.stderr, wrong
 
-    manifest = store_dir / "objects" / "manifests" / entry.version_id
+    manifest = store_dir / "objects" / "manifests" / entry.version_id / "0"
     data = bytearray(manifest.read_bytes())
     data[-10] ^= 1
     manifest.write_bytes(bytes(data))

@@ -20,6 +20,7 @@ def published(tmp_path_factory):
     """One store holding a pickle, a torch checkpoint, a safetensors file and a .npy file."""
     root = tmp_path_factory.mktemp("formats")
     key = root / "store.key"
+    run_modelfs("keygen", "--key-file", str(key))
     store = root / "store"
     rng = np.random.default_rng(7)
     files = {}

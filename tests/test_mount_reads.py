@@ -27,6 +27,7 @@ def shapes(tmp_path_factory):
     """Files around the shard size: empty, tiny, one short of a shard, several with a partial tail."""
     root = tmp_path_factory.mktemp("shapes")
     key, store = root / "store.key", root / "store"
+    run_modelfs("keygen", "--key-file", str(key))
     rng = np.random.default_rng(3)
     sizes = {"empty": 0, "tiny": 1000, "almost": SHARD - 1, "exact": 2 * SHARD,
              "ragged": 5 * SHARD + 12345}
@@ -69,6 +70,7 @@ def test_whole_files_and_sizes(shapes):
 def forty_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("forty")
     key, store = root / "store.key", root / "store"
+    run_modelfs("keygen", "--key-file", str(key))
     data = np.random.default_rng(5).integers(0, 255, 40 * SHARD - 777, dtype=np.uint8).tobytes()
     (root / "model").write_bytes(data)
     push(store, key, root / "model", "forty")
@@ -216,7 +218,7 @@ def test_flipped_byte_in_manifest_refuses_mount(tmp_path, key_file):
     store = tmp_path / "store"
     (tmp_path / "model").write_bytes(os.urandom(3 * SHARD))
     push(store, key_file, tmp_path / "model", "m")
-    manifest = next((store / "objects" / "manifests").iterdir())
+    manifest = next((store / "objects" / "manifests").iterdir()) / "0"
     blob = bytearray(manifest.read_bytes())
     blob[-40] ^= 0x04
     manifest.write_bytes(bytes(blob))

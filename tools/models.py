@@ -1,11 +1,13 @@
-"""``push``, ``ls``, ``verify``, ``gc``, ``keygen``: the commands that publish, list and check models."""
+"""``push``, ``ls``, ``verify``, ``tag``, ``rm``, ``gc``, ``keygen``: the commands that publish, list and check models."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
 import time
 
+from modelfs.store.errors import ModelfsError, NotFound
 from modelfs.store.sizes import format_size, parse_size
 
 from .console import KEY_HELP, STORE_HELP, ProgressBar
@@ -15,42 +17,85 @@ def cmd_push(args) -> int:
     from modelfs.store.api import open_store
     store = open_store(args.store, key_file=args.key_file, create=True)
     started = time.monotonic()
-    entry = store.publish(args.file, args.name, shard_size=parse_size(args.shard_size),
-                          progress=ProgressBar(f"push {args.name}"))
+    done = store.publish(args.file, args.name, shard_size=parse_size(args.shard_size),
+                         progress=ProgressBar(f"push {args.name}"))
     seconds = time.monotonic() - started
-    print(f"published {entry.name} version {entry.version_id}: {format_size(entry.size)} "
-          f"in {entry.shard_count} shards, stored {format_size(entry.stored_size)} "
-          f"(ratio {entry.ratio:.3f}), {format_size(entry.size / max(seconds, 1e-9))}/s")
+    v = done.version
+    print(f"published {done.name}@{v.version_id} (record {done.state.seq}): {len(v.files)} "
+          f"file(s), {format_size(v.size)} in {v.shard_count} shards, stored "
+          f"{format_size(v.stored_size)} (ratio {v.ratio:.3f}), new {format_size(v.new_stored)}, "
+          f"{format_size(v.size / max(seconds, 1e-9))}/s")
     return 0
+
+
+def _when(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def cmd_ls(args) -> int:
     from modelfs.store.api import open_store
-    entries = open_store(args.store, key_file=args.key_file).list()
+    from modelfs.store.format.catalog import check_name
+    store = open_store(args.store, key_file=args.key_file)
+    if args.name:
+        check_name(args.name)
+    lineages = [x for x in store.lineages(check_manifests=True) if not args.name or x.name == args.name]
+    if args.name and not lineages:
+        raise NotFound(f"no model named {args.name!r} in this store")
     if args.json:
-        print(json.dumps([e.__dict__ | {"ratio": e.ratio} for e in entries], indent=1))
+        print(json.dumps([{"name": x.name, "broken": x.broken,
+                           "state": dataclasses.asdict(x.state) if x.state else None}
+                          for x in lineages], indent=1))
         return 0
-    latest = {e.name: e.version_id for e in entries}
-    rows = [("NAME", "VERSION", "SIZE", "STORED", "RATIO", "SHARDS", "PUBLISHED")]
-    for e in entries:
-        tag = " (latest)" if latest[e.name] == e.version_id else ""
-        when = datetime.datetime.fromtimestamp(e.created).strftime("%Y-%m-%d %H:%M:%S")
-        rows.append((e.name, e.version_id + tag, format_size(e.size), format_size(e.stored_size),
-                     f"{e.ratio:.3f}", str(e.shard_count), when))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    rows = [("NAME", "VERSION", "FILES", "SIZE", "STORED", "NEW", "PUBLISHED", "TAGS")]
+    for x in lineages:
+        if x.broken:
+            rows.append((x.name, "BROKEN", "", "", "", "", "", x.broken))
+            continue
+        for v in x.state.versions:
+            tags = x.state.tags_of(v.version_id)
+            if v is x.state.latest:
+                tags.insert(0, "(latest)")
+            rows.append((x.name, v.version_id, str(len(v.files)), format_size(v.size),
+                         format_size(v.stored_size), format_size(v.new_stored), _when(v.created),
+                         " ".join(tags)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join([c.ljust(w) for c, w in zip(row, widths)] + [row[-1]]).rstrip())
     return 0
 
 
 def cmd_verify(args) -> int:
     from modelfs.store.api import open_store
     store = open_store(args.store, key_file=args.key_file)
-    names = args.names or sorted(store.catalog.latest())
-    for name in names:
-        entry = store.verify(name, progress=ProgressBar(f"verify {name}"))
-        print(f"ok {name} version {entry.version_id}: {format_size(entry.size)}, "
-              f"{entry.shard_count} shards authenticated, SHA-256 matches")
+    specs = args.names or [x.name for x in store.lineages()
+                           if x.broken or (x.state is not None and x.state.versions)]
+    failed: list[tuple[str, ModelfsError]] = []
+    for spec in specs:
+        try:
+            state, v = store.verify(spec, progress=ProgressBar(f"verify {spec}"))
+        except ModelfsError as e:
+            failed.append((spec, e))
+            continue
+        print(f"ok {state.name}@{v.version_id}: {len(v.files)} file(s), {format_size(v.size)}, "
+              f"{v.shard_count} shards authenticated, SHA-256 matches")
+    if failed:
+        raise type(failed[0][1])(f"{len(failed)} of {len(specs)} failed verification: " +
+                                 "; ".join(f"BROKEN {spec}: {e}" for spec, e in failed))
+    return 0
+
+
+def cmd_tag(args) -> int:
+    from modelfs.store.api import open_store
+    state, version = open_store(args.store, key_file=args.key_file).tag(args.spec, args.tag)
+    print(f"tagged {state.name}@{version.version_id} as {args.tag} (record {state.seq})")
+    return 0
+
+
+def cmd_rm(args) -> int:
+    from modelfs.store.api import open_store
+    state = open_store(args.store, key_file=args.key_file).remove(args.spec)
+    left = f"{len(state.versions)} version(s) left" if state.versions else "name freed"
+    print(f"removed {args.spec} (record {state.seq}); {left}; stored bytes go at the next gc")
     return 0
 
 
@@ -75,25 +120,41 @@ def cmd_keygen(args) -> int:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("push", help="publish a model file as compressed, encrypted shards")
-    s.add_argument("file")
+    s = sub.add_parser("push", help="publish a model file or folder as a new version")
+    s.add_argument("file", help="a model file, or a folder (all its files form one version)")
     s.add_argument("name", help="model name, may contain / (e.g. org/bert-base)")
     s.add_argument("--store", help=STORE_HELP)
     s.add_argument("--key-file", help=KEY_HELP)
     s.add_argument("--shard-size", default="4MiB")
     s.set_defaults(func=cmd_push)
 
-    s = sub.add_parser("ls", help="list models and versions")
+    s = sub.add_parser("ls", help="list models, versions, tags and what each version stored")
+    s.add_argument("name", nargs="?", help="only this model")
     s.add_argument("--store", help=STORE_HELP)
     s.add_argument("--key-file", help=KEY_HELP)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_ls)
 
     s = sub.add_parser("verify", help="read models back from the store and check every byte")
-    s.add_argument("names", nargs="*", help="models to check (default: all)")
+    s.add_argument("names", nargs="*", metavar="NAME[@VERSION|@TAG]",
+                   help="versions to check (default: the latest of every model)")
     s.add_argument("--store", help=STORE_HELP)
     s.add_argument("--key-file", help=KEY_HELP)
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("tag", help="point a tag at a version (create or move it)")
+    s.add_argument("spec", metavar="NAME[@VERSION]", help="the version (default: the latest)")
+    s.add_argument("tag")
+    s.add_argument("--store", help=STORE_HELP)
+    s.add_argument("--key-file", help=KEY_HELP)
+    s.set_defaults(func=cmd_tag)
+
+    s = sub.add_parser("rm", help="remove a model, one version, or a tag")
+    s.add_argument("spec", metavar="NAME[@VERSION|@TAG]",
+                   help="NAME: every version; NAME@VERSION: that version and its tags; NAME@TAG: the tag")
+    s.add_argument("--store", help=STORE_HELP)
+    s.add_argument("--key-file", help=KEY_HELP)
+    s.set_defaults(func=cmd_rm)
 
     s = sub.add_parser("gc", help="delete what no published version needs (left by failed pushes)")
     s.add_argument("--store", help=STORE_HELP)

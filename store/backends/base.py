@@ -91,6 +91,14 @@ class Backend(abc.ABC):
         """Atomically create or replace a small object."""
 
     @abc.abstractmethod
+    def put_object_if_absent(self, key: str, data: bytes) -> bool:
+        """Atomically create an object unless it exists; False (and nothing written) if it does.
+
+        Two concurrent callers never both get True: catalog record numbers and
+        lineage keys rely on it.
+        """
+
+    @abc.abstractmethod
     def get_object(self, key: str) -> bytes:
         """Return a whole object; raise ``NotFound`` if absent."""
 

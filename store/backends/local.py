@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +21,7 @@ from .base import Backend, ShardLocation, ShardWriter, StoredItem
 from .layout import (
     TMP_SUFFIX,
     check_key,
+    fsync_dir,
     shard_relpath,
     stored_shard_relpath,
     write_file_atomically,
@@ -74,6 +76,27 @@ class LocalBackend(Backend):
             write_file_atomically(self._object_path(key), data)
         except OSError as e:
             raise BackendError(f"cannot write {key} in {self.root}: {e.strerror}") from e
+
+    def put_object_if_absent(self, key: str, data: bytes) -> bool:
+        """Write a temp file, then ``link`` it to the key: link fails if the key exists."""
+        path = self._object_path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}{TMP_SUFFIX}{uuid.uuid4().hex}")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+            fsync_dir(path.parent)
+        except OSError as e:
+            raise BackendError(f"cannot write {key} in {self.root}: {e.strerror}") from e
+        return True
 
     def get_object(self, key: str) -> bytes:
         try:

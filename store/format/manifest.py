@@ -125,21 +125,21 @@ class Manifest:
         try:
             table = pa.ipc.open_stream(body).read_all()
             meta = json.loads(table.schema.metadata[b"modelfs"])
-        except (pa.ArrowInvalid, KeyError, ValueError) as e:
+            col = table.column
+            manifest = cls(
+                name=str(meta["name"]), version_id=str(meta["version_id"]),
+                file_name=str(meta["file_name"]), size=int(meta["size"]), sha256=str(meta["sha256"]),
+                shard_size=int(meta["shard_size"]), created=float(meta["created"]),
+                offsets=col("offset").to_numpy(),
+                lengths=col("length").to_numpy(),
+                shard_ids=col("shard_id").to_pylist(),
+                stored_lengths=col("stored_length").to_numpy(),
+                codecs=col("codec").to_numpy(),
+                containers=col("container").to_pylist(),
+                container_offsets=col("container_offset").to_numpy(),
+            )
+        except (pa.ArrowException, KeyError, ValueError, TypeError, OverflowError) as e:
             raise IntegrityError(f"manifest does not parse: {e}") from None
-        col = table.column
-        manifest = cls(
-            name=meta["name"], version_id=meta["version_id"], file_name=meta["file_name"],
-            size=int(meta["size"]), sha256=meta["sha256"], shard_size=int(meta["shard_size"]),
-            created=float(meta["created"]),
-            offsets=col("offset").to_numpy(),
-            lengths=col("length").to_numpy(),
-            shard_ids=col("shard_id").to_pylist(),
-            stored_lengths=col("stored_length").to_numpy(),
-            codecs=col("codec").to_numpy(),
-            containers=col("container").to_pylist(),
-            container_offsets=col("container_offset").to_numpy(),
-        )
         manifest.check_layout()
         return manifest
 

@@ -1,0 +1,245 @@
+"""What a mount serves: every name's catalog state and readers of its versions.
+
+A refresh lists the catalog's record keys once and reads only the records that
+are new since the last one (and the manifests of a new latest version), so
+polling a store of many names costs one listing. Each name is loaded on its
+own: a name whose key, records or manifests are missing, foreign, tampered,
+malformed or rolled back is skipped with one log line, and what was being
+served for it stays. Versions other than the latest are loaded when first used.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .config import ReadOptions
+from .errors import ModelfsError, NotFound
+from .format.catalog import LineageState, VersionRecord
+from .format.crypto import ShardCipher
+from .read.cache import ShardCache
+from .read.reader import ModelReader
+from .stats import Stats
+
+if TYPE_CHECKING:
+    from .api import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VersionView:
+    """One version as served: its record and a reader per file."""
+
+    name: str
+    record: VersionRecord
+    readers: dict[str, ModelReader]
+    #: directories inside a folder version ("" is its root)
+    dirs: frozenset[str] = frozenset()
+
+
+@dataclass
+class NameView:
+    state: LineageState
+    versions: dict[str, VersionView] = field(default_factory=dict)
+
+
+class Library:
+    """The models a mount serves, sharing one cache, one pool and one set of counters."""
+
+    def __init__(self, store: "Store", options: ReadOptions = ReadOptions()) -> None:
+        self.store = store
+        self.options = options
+        self.stats = Stats()
+        self.cache = ShardCache(options.cache_size, self.stats)
+        self.readahead = options.readahead
+        self.threads = options.threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.RLock()
+        self._names: dict[str, NameView] = {}
+        self._reported: set[tuple[str, str]] = set()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        #: bumped whenever the set of names or a name's state changes
+        self.generation = 0
+        self.stats.gauges = self._gauges
+        self.store.store_key()  # a missing or unreadable key file refuses the mount
+        errors = self.refresh()
+        if errors and not self._names:
+            # nothing at all can be served (a wrong key file, say): say why instead of mounting
+            raise next(iter(errors.values()))
+
+    def start(self) -> None:
+        """Start the readahead threads and the catalog poller (after the FUSE daemon forked)."""
+        with self._lock:
+            if self.threads and self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="modelfs-read")
+                for view in self._names.values():
+                    for version in view.versions.values():
+                        self._enable_readahead(version)
+        if self._poller is None:
+            self._poller = threading.Thread(target=self._poll, name="modelfs-refresh", daemon=True)
+            self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.options.refresh):
+            try:
+                self.refresh()
+            except ModelfsError as e:  # the store is away: keep serving what we have
+                self._report("", str(e), f"catalog refresh failed: {e}", type(e).__name__)
+            except Exception:
+                log.exception("catalog refresh failed")
+
+    def _report(self, name: str, key: str, message: str, kind: str = "catalog") -> None:
+        """Log a problem once, not on every refresh; count it by kind in the stats."""
+        if (name, key) not in self._reported:
+            self._reported.add((name, key))
+            self.stats.error(kind)
+            log.warning("%s", message)
+
+    def refresh(self) -> dict[str, ModelfsError]:
+        """Pick up new versions, tags and removals; read only records that are new.
+
+        Returns the names that could not be loaded this time, with why.
+        """
+        heads = self.store.catalog.heads()
+        errors: dict[str, ModelfsError] = {}
+        with self._lock:
+            names: dict[str, NameView] = {}
+            for name, seq in heads.items():
+                current = self._names.get(name)
+                if current is not None and current.state.seq == seq:
+                    names[name] = current
+                    continue
+                try:
+                    view = self._load(name, seq, current)
+                except ModelfsError as e:
+                    errors[name] = e
+                    self._report(name, str(seq), f"not serving {name} (record {seq}): {e}",
+                                 type(e).__name__)
+                    view = current
+                if view is not None:
+                    names[name] = view
+            for name, current in self._names.items():
+                if name not in heads:
+                    if self.store.seen.get(name) > 0:
+                        self._report(name, "gone", f"catalog of {name!r} went back in time: every "
+                                     f"record is gone; still serving what was mounted")
+                        names[name] = current
+            names = self._without_clashes(names)
+            if names.keys() != self._names.keys() or any(
+                    names[n] is not self._names[n] for n in names):
+                self.generation += 1
+            self._names = names
+            largest = max((r.manifest.shard_size for view in names.values()
+                           for v in view.versions.values() for r in v.readers.values()), default=0)
+            # each loader (readahead threads + the FUSE thread) holds about two shards of scratch
+            self.cache.set_working_bytes((self.threads + 1) * 2 * largest)
+        return errors
+
+    def _load(self, name: str, seq: int, current: NameView | None) -> NameView:
+        state = self.store.state_at(name, seq)
+        view = NameView(state)
+        kept = {v.version_id for v in state.versions}
+        if current is not None:
+            view.versions = {vid: v for vid, v in current.versions.items() if vid in kept}
+        if state.latest is not None and state.latest.version_id not in view.versions:
+            view.versions[state.latest.version_id] = self._open_version(name, state.latest)
+        return view
+
+    def _without_clashes(self, names: dict[str, NameView]) -> dict[str, NameView]:
+        """A name that would be a directory of another (or the reverse) is not served."""
+        served = sorted(n for n, v in names.items() if v.state.versions)
+        result = {n: v for n, v in names.items() if not v.state.versions}
+        for name in served:
+            clash = next((o for o in result if names[o].state.versions and
+                          (o.startswith(name + "/") or name.startswith(o + "/"))), None)
+            if clash is not None:
+                self._report(name, "clash", f"not serving {name}: it clashes with {clash}")
+                continue
+            result[name] = names[name]
+        return result
+
+    def _open_version(self, name: str, record: VersionRecord) -> VersionView:
+        manifests = self.store.load_manifests(name, record)
+        cipher = ShardCipher(self.store.lineage_keys(name))
+        readers = {m.file_name: ModelReader(m, self.store.backend, cipher, self.cache, self.stats)
+                   for m in manifests}
+        dirs = {""}
+        if record.kind == "folder":
+            for path in readers:
+                parts = path.split("/")
+                dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        view = VersionView(name, record, readers, frozenset(dirs))
+        self._enable_readahead(view)
+        return view
+
+    def _enable_readahead(self, view: VersionView) -> None:
+        if self._pool is not None:
+            for reader in view.readers.values():
+                reader.enable_readahead(self._pool, self.readahead)
+
+    # -- lookups (the FUSE adapter) --------------------------------------------------
+    def names(self) -> list[str]:
+        """Names with at least one version."""
+        return sorted(n for n, v in self._names.items() if v.state.versions)
+
+    def state(self, name: str) -> LineageState | None:
+        view = self._names.get(name)
+        return view.state if view is not None and view.state.versions else None
+
+    def version(self, name: str, ref: str | None = None) -> VersionView | None:
+        """The version ``ref`` (a version id or tag; None = latest) of ``name`` as served now."""
+        view = self._names.get(name)
+        if view is None:
+            return None
+        try:
+            record = view.state.version(ref)
+        except ModelfsError:
+            return None
+        found = view.versions.get(record.version_id)
+        if found is not None:
+            return found
+        with self._lock:
+            found = view.versions.get(record.version_id)
+            if found is None:
+                try:
+                    found = view.versions[record.version_id] = self._open_version(name, record)
+                except ModelfsError as e:
+                    self._report(name, record.version_id,
+                                 f"not serving {name}@{record.version_id}: {e}", type(e).__name__)
+                    return None
+        return found
+
+    def reader(self, spec: str, file: str | None = None) -> ModelReader:
+        """A reader of one file of ``NAME[@REF]`` (the Python API over a mounted library)."""
+        name, _, ref = spec.partition("@")
+        view = self.version(name, ref or None)
+        if view is None:
+            raise NotFound(f"no model {spec!r} served from this store")
+        if file is None and len(view.readers) == 1:
+            return next(iter(view.readers.values()))
+        if file not in view.readers:
+            raise NotFound(f"{spec} has no file {file!r}")
+        return view.readers[file]
+
+    def _gauges(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "cache_bytes": self.cache.used_bytes,
+            "cache_budget": self.cache.budget,
+            "readahead_unread": self.cache.unread_prefetched,
+            "models": len(self.names()),
+            "backend": {"kind": self.store.backend.kind, **self.store.backend.stats()},
+        }
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self.store.close()

@@ -1,0 +1,239 @@
+"""The catalog: concurrent writers, rollback refused, one bad name contained, parsers fuzzed,
+key files and failed pushes that claim nothing."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from helpers import MODELFS, mount_log, mounted, run_modelfs, sha256_of
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from modelfs.store.api import open_store
+from modelfs.store.errors import IntegrityError
+from modelfs.store.format.catalog import LineageState, record_key
+from modelfs.store.format.crypto import LineageKeys, manifest_mac, new_data_key
+from modelfs.store.format.manifest import MAGIC, SCHEMA, Manifest
+
+SHARD = 64 * 1024
+
+
+def cli(store: Path, key: Path, *args: str, check: bool = True):
+    return run_modelfs(*args, "--store", str(store), "--key-file", str(key), check=check)
+
+
+def write(tmp_path: Path, name: str, size: int) -> Path:
+    path = tmp_path / name
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def objects(store: Path) -> Path:
+    return store / "objects"
+
+
+def test_ten_concurrent_first_pushes_all_publish(tmp_path, key_file):
+    store = tmp_path / "store"
+    sources = [write(tmp_path, f"src{i}", 150_000 + i) for i in range(10)]
+    pushes = [subprocess.Popen([*MODELFS, "push", str(src), "race", "--store", str(store),
+                                "--key-file", str(key_file), "--shard-size", "64KiB"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for src in sources]
+    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in pushes]
+    for p in pushes:
+        p.stdout.close()
+        p.stderr.close()
+    assert all(code == 0 for code, _, _ in results), results
+    s = open_store(str(store), key_file=key_file)
+    state = s.lineage("race")
+    assert state.seq == 10 and len(state.versions) == 10
+    by_size = {src.stat().st_size: src for src in sources}
+    for version in state.versions:
+        reader = s.open_model(f"race@{version.version_id}")
+        assert reader.read(0, reader.size) == by_size[reader.size].read_bytes()
+    with mounted(store, key_file, "8MiB") as mnt:
+        for version in state.versions:
+            pinned = mnt / f"race@{version.version_id}"
+            assert sha256_of(pinned) == sha256_of(by_size[version.size])
+
+
+def test_a_catalog_that_goes_back_is_refused_for_that_name_only(tmp_path, key_file):
+    store = tmp_path / "store"
+    v = [write(tmp_path, f"v{i}", 100_000) for i in range(3)]
+    other = write(tmp_path, "other", 50_000)
+    for src in v:
+        cli(store, key_file, "push", str(src), "m")
+    cli(store, key_file, "push", str(other), "other")
+    assert "m" in cli(store, key_file, "ls").stdout  # this host has now seen record 3 of m
+    newest = objects(store) / record_key("m", 3)
+    saved = newest.read_bytes()
+
+    with mounted(store, key_file, "8MiB", "--refresh", "1") as mnt:
+        assert (mnt / "m").read_bytes() == v[2].read_bytes()
+        newest.unlink()  # delete the newest record: the catalog now says v2 is the latest
+        ls = cli(store, key_file, "ls")
+        assert "BROKEN" in ls.stdout and "went back" in ls.stdout
+        bad = cli(store, key_file, "verify", check=False)
+        assert bad.returncode == 3 and "BROKEN m:" in bad.stderr and "went back" in bad.stderr
+        assert "Traceback" not in bad.stderr
+        assert cli(store, key_file, "verify", "other").stdout.startswith("ok other@")
+        # replay an older record under the newest number: its content names record 2
+        shutil.copy(objects(store) / record_key("m", 2), newest)
+        replay = cli(store, key_file, "verify", "m", check=False)
+        assert replay.returncode == 3 and "replayed" in replay.stderr
+        # a live mount keeps serving what it had, and says why once
+        for _ in range(30):
+            if "catalog record 3 of 'm'" in mount_log(mnt):
+                break
+            import time
+            time.sleep(0.2)
+        assert (mnt / "m").read_bytes() == v[2].read_bytes()
+        assert "replayed" in mount_log(mnt)
+    newest.write_bytes(saved)
+    assert cli(store, key_file, "verify", "m").stdout.startswith("ok m@")
+
+
+def _break(store: Path, how: str, tmp_path: Path) -> None:
+    """Damage the name ``bad`` in one way."""
+    record = objects(store) / record_key("bad", 1)
+    if how == "tampered record":
+        data = bytearray(record.read_bytes())
+        data[len(data) // 2] ^= 1
+        record.write_bytes(bytes(data))
+    elif how == "junk record":
+        record.write_bytes(b"MFSR\x01" + json.dumps({"body": 5, "mac": []}).encode())
+    elif how == "missing manifest":
+        shutil.rmtree(next((objects(store) / "manifests").iterdir()))
+    elif how == "foreign key":
+        shutil.rmtree(objects(store) / "catalog" / "bad")
+        (objects(store) / "keys" / "bad.key").unlink()
+        foreign = tmp_path / "foreign.key"
+        run_modelfs("keygen", "--key-file", str(foreign))
+        # another publisher (its own host state) pushes the name with its own store key
+        run_modelfs("push", str(tmp_path / "src-bad"), "bad", "--store", str(store), "--key-file",
+                    str(foreign), env={"MODELFS_STATE_DIR": str(tmp_path / "elsewhere")})
+    elif how == "planted record":
+        (objects(store) / record_key("bad", 2)).write_bytes(b"not a record at all")
+
+
+@pytest.mark.parametrize("how", ["tampered record", "junk record", "missing manifest",
+                                 "foreign key", "planted record"])
+def test_a_bad_name_affects_only_itself(tmp_path, key_file, how):
+    store = tmp_path / "store"
+    good = write(tmp_path, "src-good", 200_000)
+    cli(store, key_file, "push", str(write(tmp_path, "src-bad", 100_000)), "bad")
+    _break(store, how, tmp_path)
+    cli(store, key_file, "push", str(good), "good")
+
+    ls = cli(store, key_file, "ls")
+    assert "Traceback" not in ls.stderr
+    lines = ls.stdout.splitlines()
+    assert any(line.startswith("bad") and "BROKEN" in line for line in lines), ls.stdout
+    assert any(line.startswith("good") and "(latest)" in line for line in lines), ls.stdout
+    bad = cli(store, key_file, "verify", check=False)
+    assert bad.returncode != 0 and "BROKEN bad:" in bad.stderr and "Traceback" not in bad.stderr
+    assert "BROKEN good" not in bad.stderr
+    assert cli(store, key_file, "verify", "good").returncode == 0
+
+    orphan = store / "shards" / "ef" / ("ef" * 32)
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"orphan")
+    os.utime(orphan, (1, 1))
+    gc = cli(store, key_file, "gc", "--grace", "0", check=False)
+    assert gc.returncode != 0 and "bad" in gc.stderr and "nothing deleted" in gc.stderr
+    assert orphan.exists()
+
+    with mounted(store, key_file, "8MiB") as mnt:
+        assert os.listdir(mnt) == [".modelfs", "good"] or sorted(os.listdir(mnt)) == [".modelfs", "good"]
+        assert (mnt / "good").read_bytes() == good.read_bytes()
+        assert mount_log(mnt).count("not serving bad") == 1
+
+
+def test_key_files_and_failed_pushes_claim_nothing(tmp_path, key_file):
+    store = tmp_path / "store"
+    src = write(tmp_path, "src", 100_000)
+    typo = cli(store, tmp_path / "typo.key", "push", str(src), "m", check=False)
+    assert typo.returncode == 2 and "does not exist" in typo.stderr
+    assert not (tmp_path / "typo.key").exists()
+    missing = cli(store, key_file, "push", str(tmp_path / "absent"), "m", check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert not (objects(store) / "keys").exists()
+    cli(store, key_file, "push", str(src), "m")
+    other = tmp_path / "other.key"
+    run_modelfs("keygen", "--key-file", str(other))
+    before = sorted(p for p in store.rglob("*"))
+    wrong = cli(store, other, "push", str(src), "m", check=False)
+    assert wrong.returncode == 4 and "wrong key" in wrong.stderr
+    assert sorted(p for p in store.rglob("*")) == before
+
+
+# -- parsers: a clean error for every input -------------------------------------------
+KEYS = LineageKeys.derive(new_data_key())
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8),
+                                                                                         inner, max_size=4),
+                           max_leaves=12)
+
+
+def _signed_record(body: bytes) -> bytes:
+    from modelfs.store.format.catalog import RECORD_MAGIC, _mac
+    envelope = {"body": body.decode("utf-8", "surrogatepass"), "mac": _mac(KEYS.mac_key, body).hex()}
+    return RECORD_MAGIC + json.dumps(envelope).encode()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=300))
+def test_fuzz_record_bytes(data):
+    with pytest.raises(IntegrityError):
+        LineageState.from_record(data, KEYS.mac_key, "m", 1)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fields=st.dictionaries(st.sampled_from(["format", "name", "seq", "event", "time", "versions",
+                                               "tags", "junk"]), json_values),
+       version=st.dictionaries(st.sampled_from(["version_id", "created", "kind", "files",
+                                                "stored_size", "new_stored", "shard_count"]),
+                               json_values))
+def test_fuzz_authenticated_record_content(fields, version):
+    base = {"format": 1, "name": "m", "seq": 1, "event": "publish", "time": 1.0,
+            "versions": [version], "tags": {}}
+    body = json.dumps({**base, **fields}).encode()
+    try:
+        state = LineageState.from_record(_signed_record(body), KEYS.mac_key, "m", 1)
+    except IntegrityError:
+        return
+    assert state.name == "m" and state.seq == 1  # accepted only when well-formed
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=300))
+def test_fuzz_manifest_bytes(data):
+    with pytest.raises(IntegrityError):
+        Manifest.from_bytes(MAGIC + data, KEYS.mac_key)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(meta=st.dictionaries(st.sampled_from(["format", "name", "version_id", "file_name", "size",
+                                             "sha256", "shard_size", "created"]), json_values),
+       rows=st.integers(0, 3))
+def test_fuzz_authenticated_manifest_content(meta, rows):
+    table = pa.table({"offset": pa.array(range(rows), pa.uint64()),
+                      "length": pa.array([1] * rows, pa.uint32()),
+                      "shard_id": pa.array([b"\0" * 32] * rows, pa.binary(32)),
+                      "stored_length": pa.array([17] * rows, pa.uint32()),
+                      "codec": pa.array([0] * rows, pa.uint8()),
+                      "container": pa.array([""] * rows, pa.string()),
+                      "container_offset": pa.array([0] * rows, pa.uint64())},
+                     schema=SCHEMA.with_metadata({"modelfs": json.dumps(meta)}))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    body = sink.getvalue().to_pybytes()
+    try:
+        Manifest.from_bytes(MAGIC + manifest_mac(KEYS.mac_key, body) + body, KEYS.mac_key)
+    except IntegrityError:
+        pass

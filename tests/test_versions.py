@@ -1,0 +1,206 @@
+"""Versions through real mounts: a descriptor keeps its version, readers never see mixed bytes,
+pinned paths, tags, removal and the version xattr, all compared byte for byte."""
+from __future__ import annotations
+
+import hashlib
+import mmap
+import multiprocessing
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import mounted, run_modelfs, sha256_of
+from modelfs.store.api import open_store
+
+SHARD = 64 * 1024
+REFRESH = "1"
+#: a bound on how long a change may take to appear, never a measured time
+PATIENCE = 60.0
+
+
+def make_versions(tmp_path: Path, count: int, size: int) -> list[Path]:
+    rng = np.random.default_rng(11)
+    paths = []
+    for i in range(count):
+        path = tmp_path / f"v{i}"
+        path.write_bytes(rng.integers(0, 255, size, dtype=np.uint8).tobytes())
+        paths.append(path)
+    return paths
+
+
+def push(store: Path, key: Path, src: Path, name: str) -> str:
+    """Publish and return the new version id."""
+    s = open_store(str(store), key_file=key, create=True)
+    try:
+        return s.publish(src, name, shard_size=SHARD).version_id
+    finally:
+        s.close()
+
+
+def cli(store: Path, key: Path, *args: str):
+    return run_modelfs(*args, "--store", str(store), "--key-file", str(key))
+
+
+def wait_for(predicate, what: str) -> None:
+    deadline = time.monotonic() + PATIENCE
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen")
+        time.sleep(0.2)
+
+
+def fresh_sha(path: Path) -> str | None:
+    try:
+        return sha256_of(path)
+    except OSError:
+        return None
+
+
+def test_descriptor_keeps_its_version_across_three_publishes(tmp_path, key_file):
+    store = tmp_path / "store"
+    versions = make_versions(tmp_path, 4, 3 * (1 << 20) + 12345)
+    push(store, key_file, versions[0], "m")
+    first = versions[0].read_bytes()
+    with mounted(store, key_file, "8MiB", "--refresh", REFRESH) as mnt:
+        fd = os.open(mnt / "m", os.O_RDONLY)
+        mapped_file = open(mnt / "m", "rb")
+        mapped = mmap.mmap(mapped_file.fileno(), 0, prot=mmap.PROT_READ)
+        dd = subprocess.Popen(["dd", f"if={mnt / 'm'}", "bs=64K", "status=none"], stdout=subprocess.PIPE)
+        try:
+            assert os.pread(fd, 1 << 20, 0) == first[:1 << 20]
+            assert mapped[:4096] == first[:4096]
+            head = dd.stdout.read(1 << 20)  # dd now blocks on the full pipe, its file open
+            for src in versions[1:]:
+                push(store, key_file, src, "m")
+                expected = sha256_of(src)
+                wait_for(lambda: fresh_sha(mnt / "m") == expected, f"new opens seeing {src.name}")
+            assert os.pread(fd, len(first), 0) == first
+            assert os.pread(fd, 5000, len(first) - 5000) == first[-5000:]
+            assert mapped[:] == first
+            rest = dd.stdout.read()
+            assert dd.wait(timeout=60) == 0
+            assert head + rest == first
+        finally:
+            mapped.close()
+            mapped_file.close()
+            os.close(fd)
+            if dd.poll() is None:
+                dd.kill()
+                dd.wait()
+
+
+def _reader(mnt: str, hashes: set[str], mode: str, until: float, out) -> None:
+    """Read the latest version again and again until ``until``; count whole passes and mixed ones."""
+    passes = mixed = 0
+    path = os.path.join(mnt, "m")
+    while time.time() < until:
+        h = hashlib.sha256()
+        with open(path, "rb", buffering=0) as f:
+            if mode == "mmap":
+                with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+                    for off in range(0, len(m), 1 << 20):
+                        h.update(m[off:off + (1 << 20)])
+            else:
+                size, off = os.fstat(f.fileno()).st_size, 0
+                while off < size:
+                    chunk = os.pread(f.fileno(), 1 << 20, off)
+                    h.update(chunk)
+                    off += len(chunk)
+                    time.sleep(0.001)
+        if mode == "dd":
+            result = subprocess.run(["dd", f"if={path}", "bs=1M", "status=none"], capture_output=True)
+            h = hashlib.sha256(result.stdout)
+        passes += 1
+        mixed += h.hexdigest() not in hashes
+    out.put((mode, passes, mixed))
+
+
+def test_eight_readers_never_see_mixed_versions_while_publishing(tmp_path, key_file):
+    store = tmp_path / "store"
+    versions = make_versions(tmp_path, 4, 2 * (1 << 20) + 777)
+    hashes = {sha256_of(v) for v in versions}
+    push(store, key_file, versions[0], "m")
+    with mounted(store, key_file, "16MiB", "--refresh", REFRESH) as mnt:
+        until = time.time() + 30
+        out = multiprocessing.Queue()
+        modes = ["pread", "mmap", "dd", "pread", "mmap", "dd", "pread", "mmap"]
+        readers = [multiprocessing.Process(target=_reader, args=(str(mnt), hashes, mode, until, out))
+                   for mode in modes]
+        for r in readers:
+            r.start()
+        published = 1
+        try:
+            while time.time() < until:
+                push(store, key_file, versions[published % len(versions)], "m")
+                published += 1
+                time.sleep(0.5)
+            results = [out.get(timeout=120) for _ in readers]
+        finally:
+            for r in readers:
+                r.join(timeout=30)
+                if r.is_alive():
+                    r.kill()
+        assert published >= 4
+        assert all(passes > 0 for _, passes, _ in results), results
+        assert sum(mixed for _, _, mixed in results) == 0, results
+
+
+def test_pinned_paths_tags_xattr_and_rm(tmp_path, key_file):
+    store = tmp_path / "store"
+    v1, v2 = make_versions(tmp_path, 2, 300_000)
+    id1 = push(store, key_file, v1, "org/m")
+    id2 = push(store, key_file, v2, "org/m")
+    with mounted(store, key_file, "8MiB", "--refresh", REFRESH) as mnt:
+        org = mnt / "org"
+        assert os.listdir(org) == ["m"]  # pinned paths resolve but are not listed
+        assert os.readlink(org / "m") == f"m@{id2}"
+        assert (org / f"m@{id1}").read_bytes() == v1.read_bytes()
+        assert (org / f"m@{id2}").read_bytes() == v2.read_bytes()
+        assert (org / "m").read_bytes() == v2.read_bytes()
+        assert sorted(os.listdir(mnt / ".modelfs" / "versions" / "org" / "m")) == [id1, id2]
+        assert (mnt / ".modelfs" / "versions" / "org" / "m" / id1).read_bytes() == v1.read_bytes()
+        assert os.getxattr(org / "m", "user.modelfs.version") == id2.encode()
+        assert os.getxattr(org / f"m@{id1}", "user.modelfs.version") == id1.encode()
+        assert "user.modelfs.version" in os.listxattr(org / "m")
+
+        cli(store, key_file, "tag", f"org/m@{id1}", "stable")
+        wait_for(lambda: (org / "m@stable").exists(), "the new tag")
+        assert (org / "m@stable").read_bytes() == v1.read_bytes()
+        assert os.listdir(mnt / ".modelfs" / "tags" / "org" / "m") == ["stable"]
+        cli(store, key_file, "tag", "org/m", "stable")  # move it to the latest
+        wait_for(lambda: os.readlink(org / "m@stable") == f"m@{id2}", "the tag move")
+        assert (org / "m@stable").read_bytes() == v2.read_bytes()
+
+        held = open(org / f"m@{id1}", "rb")
+        try:
+            cli(store, key_file, "rm", f"org/m@{id1}")
+            wait_for(lambda: not (org / f"m@{id1}").exists(), "removal of version 1")
+            # an open descriptor keeps reading while the shards exist (until gc)
+            assert held.read() == v1.read_bytes()
+        finally:
+            held.close()
+        assert (org / "m").read_bytes() == v2.read_bytes()
+        cli(store, key_file, "rm", "org/m")
+        wait_for(lambda: not os.path.lexists(org / "m"), "removal of the name")
+        assert os.listdir(mnt) == [".modelfs"]
+    ls = cli(store, key_file, "ls").stdout
+    assert "org/m" not in ls
+
+
+def test_python_api_opens_versions_and_tags(tmp_path, key_file):
+    store = tmp_path / "store"
+    v1, v2 = make_versions(tmp_path, 2, 200_000)
+    id1 = push(store, key_file, v1, "m")
+    push(store, key_file, v2, "m")
+    s = open_store(str(store), key_file=key_file)
+    s.tag(f"m@{id1}", "old")
+    for spec, src in ((f"m@{id1}", v1), ("m@old", v1), ("m", v2)):
+        reader = s.open_model(spec)
+        assert reader.read(0, reader.size) == src.read_bytes()
+    verified = cli(store, key_file, "verify", f"m@{id1}", "m@old").stdout
+    assert verified.count(f"ok m@{id1}") == 2
+    with pytest.raises(Exception, match="no version or tag"):
+        s.open_model("m@nope")
