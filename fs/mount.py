@@ -24,6 +24,7 @@ import mfusepy  # noqa: E402
 from modelfs.store.api import Library, open_store  # noqa: E402
 from modelfs.store.config import ReadOptions  # noqa: E402
 from modelfs.store.errors import InvalidInput, ModelfsError  # noqa: E402
+from modelfs.store.keyring import Access  # noqa: E402
 
 from .operations import CONTROL_DIR, MAX_READ, ModelFS  # noqa: E402
 
@@ -43,6 +44,8 @@ class MountOptions:
     debug: bool = False
     #: one FUSE request at a time: ~7% faster cold streams, but a slow backend read stalls every reader
     single_thread: bool = False
+    #: host key and trusted publishers
+    access: Access = Access()
 
 
 def is_stale(mountpoint: Path) -> bool:
@@ -99,7 +102,7 @@ def run_foreground(opts: MountOptions) -> None:
     """Open and verify the store, then serve FUSE requests until unmounted."""
     limit_malloc_arenas()
     mountpoint = prepare_mountpoint(opts.mountpoint)
-    store = open_store(opts.store_url, key_file=opts.key_file)
+    store = open_store(opts.store_url, key_file=opts.key_file, access=opts.access)
     library = Library(store, opts.read)  # verifies keys and every manifest before mounting
     log.info("mounting %d model(s) from %s on %s", len(library.names()), opts.store_url, mountpoint)
     fuse_options = dict(fsname=FSNAME_PREFIX + opts.store_url.replace(",", ";"),

@@ -182,7 +182,9 @@ class ModelFS(mfusepy.Operations):
     def _node(self, path: str) -> Node:
         node = self._lookup(path)
         if node is None:
-            raise mfusepy.FuseOSError(errno.ENOENT)
+            # a name this host may not open is not listed, and opening it says so
+            name = path.strip("/").partition("@")[0]
+            raise mfusepy.FuseOSError(errno.EACCES if self._library.refused(name) else errno.ENOENT)
         return node
 
     def _attrs(self, mode: int, size: int, mtime_ns: int) -> dict:

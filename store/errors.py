@@ -35,6 +35,10 @@ class AccessDenied(ModelfsError):
     exit_code = 4
 
 
+class NotGranted(AccessDenied):
+    """This host holds a key pair, but the model was not granted to it (or it was revoked)."""
+
+
 class BackendError(ModelfsError):
     """The store could not be reached or answered with an error."""
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from modelfs.store.errors import AccessDenied, IntegrityError, InvalidInput, NotFound
 from modelfs.store.format.keyfiles import HOST_KIND, PUBLISHER_KIND, PublicKey
-from modelfs.store.format.recipients import HostKey, PublisherKey, verify_signature, wrap_for_host
+from modelfs.store.format.recipients import (
+    HostKey,
+    PublisherKey,
+    verify_signature,
+    wrap_for_host,
+)
 
 
 def test_wrapped_key_opens_only_for_its_host_and_name(tmp_path):

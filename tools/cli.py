@@ -11,11 +11,11 @@ import sys
 
 from modelfs.store.errors import ModelfsError
 
-from . import bench, keys, models, mounting, node, stats
+from . import access, bench, keys, models, mounting, node, stats
 
 log = logging.getLogger("modelfs")
 
-COMMAND_MODULES = (models, keys, mounting, stats, node, bench)
+COMMAND_MODULES = (models, access, keys, mounting, stats, node, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

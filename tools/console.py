@@ -9,6 +9,8 @@ from modelfs.store.sizes import format_size
 STORE_HELP = "store URL: a directory (default $MODELFS_STORE or ~/.local/share/modelfs/store), " \
              "http://node1:port,node2:port/?replicas=2, or hdfs://namenode:port/path"
 KEY_HELP = "store key file (default $MODELFS_KEY_FILE or ~/.config/modelfs/store.key)"
+PUBLISHER_HELP = "publisher key file that signs what this writes (default " \
+                 "~/.config/modelfs/publisher.key when it exists)"
 
 
 class ProgressBar:
@@ -53,3 +55,13 @@ def read_options(args):
     given = {f.name: getattr(args, f.name) for f in ReadOptions.fields()
              if getattr(args, f.name, None) is not None}
     return ReadOptions.parse(given)
+
+
+def access_options(args):
+    """The host key, publisher key and trusted publishers a command line names."""
+    from modelfs.store.format.keyfiles import load_trusted
+    from modelfs.store.keyring import Access
+    return Access(host_key_file=getattr(args, "host_key", None),
+                  publisher_key_file=getattr(args, "publisher_key", None),
+                  trusted=load_trusted(getattr(args, "trust", None) or [],
+                                       getattr(args, "trust_file", None) or []))

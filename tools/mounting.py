@@ -6,15 +6,22 @@ import os
 import sys
 from pathlib import Path
 
-from .console import KEY_HELP, STORE_HELP, add_read_options, read_options
+from .console import (
+    KEY_HELP,
+    STORE_HELP,
+    access_options,
+    add_read_options,
+    read_options,
+)
 
 
 def cmd_mount(args) -> int:
     from modelfs.fs.mount import MountOptions, mount_background, run_foreground
     options = read_options(args)  # checked before the daemon starts
+    access = access_options(args)
     if args.foreground:
         run_foreground(MountOptions(args.store, Path(args.mountpoint), args.key_file, options,
-                                    args.allow_other, args.debug, args.single_thread))
+                                    args.allow_other, args.debug, args.single_thread, access))
         return 0
     mountpoint = os.path.abspath(args.mountpoint)
     digest = hashlib.sha256(mountpoint.encode()).hexdigest()[:12]
@@ -36,6 +43,12 @@ def register(sub) -> None:
     s.add_argument("store", help=STORE_HELP)
     s.add_argument("mountpoint")
     s.add_argument("--key-file", help=KEY_HELP)
+    s.add_argument("--host-key", help="this host's X25519 key file, used when there is no store key "
+                                      "(default ~/.config/modelfs/host.key): serves the names granted to it")
+    s.add_argument("--trust", action="append", metavar="PUBLISHER.pub",
+                   help="serve only names whose records and manifests this publisher signed (repeatable)")
+    s.add_argument("--trust-file", action="append",
+                   help="a file of trusted publisher keys, one key line per line")
     add_read_options(s)
     s.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     s.add_argument("--single-thread", action="store_true",

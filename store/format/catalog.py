@@ -4,7 +4,7 @@ Objects on the backend::
 
     catalog/<name>/@<seq>          record number <seq> (12 digits) of lineage <name>
     manifests/<version_id>/<index> the manifest of file <index> of a version
-    keys/<name>.key                the lineage data key, wrapped under the store key
+    keys/<name>/@<gen>/<who>.key   the lineage data keys, wrapped per recipient (``keyring``)
 
 Every publish, tag move and removal writes the next record of its lineage with
 create-if-absent, so two writers can never both take a number: the loser re-reads
@@ -34,7 +34,7 @@ MAX_NAME = 512
 RECORD_MAGIC = b"MFSR\x01"
 RECORD_FORMAT = 1
 SEQ_DIGITS = 12
-EVENTS = ("publish", "tag", "untag", "remove")
+EVENTS = ("publish", "tag", "untag", "remove", "grant", "revoke", "rotate")
 
 
 def check_name(name: str) -> str:

@@ -81,13 +81,15 @@ class LineageKeys:
     id_key: bytes
     enc_key: bytes
     mac_key: bytes
+    #: encrypts catalog records and manifests (``sealed``)
+    seal_key: bytes
 
     @classmethod
     def derive(cls, data_key: bytes) -> "LineageKeys":
         def hkdf(info: bytes) -> bytes:
             return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
                         info=b"modelfs/v1/" + info).derive(data_key)
-        return cls(hkdf(b"shard-id"), hkdf(b"shard-enc"), hkdf(b"manifest-mac"))
+        return cls(hkdf(b"shard-id"), hkdf(b"shard-enc"), hkdf(b"manifest-mac"), hkdf(b"seal"))
 
 
 def new_data_key() -> bytes:

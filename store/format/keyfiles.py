@@ -100,3 +100,23 @@ class PublicKey:
         except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
             raise InvalidInput(f"cannot read public key file {path}: {e}") from None
         return cls.from_line(text, kind)
+
+
+def load_trusted(key_files: list[str], trust_files: list[str]) -> frozenset[bytes] | None:
+    """Publisher public keys from ``--trust`` files (one key each) and ``--trust-file`` lists
+    (one key line per line; blank lines and ``#`` comments skipped); None when none is given."""
+    if not key_files and not trust_files:
+        return None
+    trusted = {PublicKey.load(path, PUBLISHER_KIND).raw for path in key_files}
+    for path in trust_files:
+        try:
+            lines = Path(path).expanduser().read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"cannot read trust file {path}: {e}") from None
+        for number, line in enumerate(lines, 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                try:
+                    trusted.add(PublicKey.from_line(line, PUBLISHER_KIND).raw)
+                except InvalidInput as e:
+                    raise InvalidInput(f"{path} line {number}: {e}") from None
+    return frozenset(trusted)

@@ -14,14 +14,27 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.x25519 import (
+    X25519PrivateKey,
+    X25519PublicKey,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import AccessDenied, IntegrityError, InvalidInput
-from .keyfiles import (CONFIG_DIR, HOST_KIND, PUBLISHER_KIND, RAW_KEY_BYTES, PublicKey,
-                       read_private_file, write_private_file)
+from .keyfiles import (
+    CONFIG_DIR,
+    HOST_KIND,
+    PUBLISHER_KIND,
+    RAW_KEY_BYTES,
+    PublicKey,
+    read_private_file,
+    write_private_file,
+)
 
 WRAP_MAGIC = b"MFX1"
 _WRAP_INFO = b"modelfs/v1/wrap-x25519"
@@ -36,12 +49,12 @@ _RAW_PRIVATE = dict(encoding=serialization.Encoding.Raw, format=serialization.Pr
                     encryption_algorithm=serialization.NoEncryption())
 
 
-def _length_prefixed(*parts: bytes) -> bytes:
+def length_prefixed(*parts: bytes) -> bytes:
     return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
 
 def _wrap_context(name: str, recipient: PublicKey) -> bytes:
-    return _length_prefixed(name.encode(), recipient.fingerprint.encode())
+    return length_prefixed(name.encode(), recipient.fingerprint.encode())
 
 
 def _wrap_key(shared: bytes, ephemeral: bytes, recipient: bytes, context: bytes) -> bytes:
@@ -99,7 +112,7 @@ class HostKey:
 
 
 def _signed_message(kind: str, body: bytes) -> bytes:
-    return _SIGN_DOMAIN + _length_prefixed(kind.encode(), body)
+    return _SIGN_DOMAIN + length_prefixed(kind.encode(), body)
 
 
 @dataclass(frozen=True)
