@@ -120,7 +120,7 @@ class ModelFS(mfusepy.Operations):
         if state is not None:
             return Node("link", int(state.latest.created * 1e9),
                         target=f"{comps[-1]}@{state.latest.version_id}")
-        if joined in self._prefix_dirs():
+        if joined in self._prefix_dirs() or joined in self._library.refused_dirs():
             entries = _children(self._library.names(), joined)
             return self._dir(entries + ((CONTROL_DIR,) if not joined else ()))
         return None

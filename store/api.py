@@ -193,6 +193,7 @@ class Store:
         check_name(name)
         kind, files = collect_sources(path)  # before any key is created: a bad source claims nothing
         self.check_no_clash(name)
+        self.keyring.publisher()  # a bad publisher key file fails before anything is stored
         generation, keys = self.keyring.current(name, create=True)
         known: dict[bytes, ShardLocation] = {}
         try:

@@ -72,6 +72,13 @@ class Access:
     publisher_key_file: str | None = None
     trusted: frozenset[bytes] | None = None
 
+    def check(self) -> None:
+        """Load the key files named explicitly, so a bad one is reported before any work."""
+        if self.host_key_file:
+            HostKey.load(self.host_key_file)
+        if self.publisher_key_file:
+            PublisherKey.load(self.publisher_key_file)
+
 
 class Keyring:
     """Opens, creates, grants and revokes the data keys of lineages in one store."""

@@ -205,6 +205,11 @@ class Library:
             self._report(name, "refused", f"refused access to {name}: {refused[1]}", "access")
         return refused[1]
 
+    def refused_dirs(self) -> set[str]:
+        """The directories that names this host may not open would sit in (not listed)."""
+        return {"/".join(parts[:i]) for name in self._refused
+                for parts in [name.split("/")] for i in range(1, len(parts))}
+
     def state(self, name: str) -> LineageState | None:
         view = self._names.get(name)
         return view.state if view is not None and view.state.versions else None

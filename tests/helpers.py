@@ -29,14 +29,18 @@ def run_modelfs(*args: str, check: bool = True, timeout: float = 300,
 
 
 @contextlib.contextmanager
-def mounted(store_url: str | os.PathLike, key_file: str | os.PathLike, cache_size: str = "256MiB",
+def mounted(store_url: str | os.PathLike, key_file: str | os.PathLike | None, cache_size: str = "256MiB",
             *extra: str) -> Iterator[Path]:
-    """Mount ``store_url`` in a fresh temporary directory; unmount whatever happens."""
+    """Mount ``store_url`` in a fresh temporary directory; unmount whatever happens.
+
+    Without ``key_file`` the mount opens names with a host key (``extra``: ``--host-key FILE``).
+    """
     parent = Path(tempfile.mkdtemp(prefix="modelfs-test-"))
     mountpoint = parent / "mnt"
     mountpoint.mkdir()
     try:
-        run_modelfs("mount", str(store_url), str(mountpoint), "--key-file", str(key_file),
+        keys = ["--key-file", str(key_file)] if key_file is not None else []
+        run_modelfs("mount", str(store_url), str(mountpoint), *keys,
                     "--cache-size", cache_size, *extra, env={"MODELFS_LOG_DIR": str(parent)})
         yield mountpoint
     finally:

@@ -19,6 +19,7 @@ def cmd_mount(args) -> int:
     from modelfs.fs.mount import MountOptions, mount_background, run_foreground
     options = read_options(args)  # checked before the daemon starts
     access = access_options(args)
+    access.check()
     if args.foreground:
         run_foreground(MountOptions(args.store, Path(args.mountpoint), args.key_file, options,
                                     args.allow_other, args.debug, args.single_thread, access))
