@@ -1,7 +1,6 @@
-"""``modelfs bench``: measure modelfs against the plain file and its peers (rclone crypt) in one run.
+"""``modelfs bench`` and the harness that drives modelfs from outside (CLI, mounts, node and HDFS processes).
 
-May import ``modelfs.store`` and ``modelfs.fs`` (it mounts what it measures); never ``tools``.
+``options`` (what to measure), ``runner`` (one run), ``cases``, ``report``; ``harness``, ``nodes``,
+``minidfs`` are shared with ``scripts/`` and the tests. May import ``modelfs.store`` and
+``modelfs.fs`` (it mounts what it measures), never ``tools``; torch only inside the cases that need it.
 """
-from .runner import BenchOptions, render, run
-
-__all__ = ["BenchOptions", "render", "run"]

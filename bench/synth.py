@@ -12,19 +12,21 @@ import json
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
-DTYPES: dict[str, tuple[torch.dtype, str, int]] = {
-    # name: (torch dtype, safetensors dtype tag, bytes per element)
-    "bf16": (torch.bfloat16, "BF16", 2),
-    "fp16": (torch.float16, "F16", 2),
-    "fp32": (torch.float32, "F32", 4),
+DTYPES: dict[str, tuple[str, str, int]] = {
+    # name: (torch dtype, safetensors dtype tag, bytes per element); torch is imported only to write
+    "bf16": ("bfloat16", "BF16", 2),
+    "fp16": ("float16", "F16", 2),
+    "fp32": ("float32", "F32", 4),
 }
 
 # (hidden, intermediate, vocab) of Llama-like decoders, smallest first
@@ -112,13 +114,16 @@ def plan_shapes(size: int, dtype: str) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def _random(shape: tuple[int, ...], dtype: str, gen: torch.Generator) -> torch.Tensor:
-    return (torch.randn(shape, generator=gen, dtype=torch.float32) * 0.02).to(DTYPES[dtype][0])
+    import torch
+    values = torch.randn(shape, generator=gen, dtype=torch.float32) * 0.02
+    return values.to(getattr(torch, DTYPES[dtype][0]))
 
 
 def make_safetensors(path: str | os.PathLike, size: int, dtype: str = "bf16", seed: int = 0) -> SynthModel:
     """Write a safetensors file of about ``size`` bytes one tensor at a time (bounded memory)."""
+    import torch
     path = Path(path)
-    torch_dtype, tag, width = DTYPES[dtype]
+    _, tag, width = DTYPES[dtype]
     shapes = plan_shapes(size, dtype)
     header: dict[str, dict] = {"__metadata__": {"format": "pt", "generator": "modelfs bench"}}
     infos, offset = [], 0
@@ -182,6 +187,7 @@ def sha256_file(path: str | os.PathLike, block: int = 4 << 20) -> str:
 
 
 def iter_checkpoint_tensors(size: int, dtype: str, seed: int) -> Iterator[tuple[str, torch.Tensor]]:
+    import torch
     gen = torch.Generator().manual_seed(seed)
     for name, shape in plan_shapes(size, dtype):
         yield name, _random(shape, dtype, gen)
@@ -189,6 +195,7 @@ def iter_checkpoint_tensors(size: int, dtype: str, seed: int) -> Iterator[tuple[
 
 def make_torch_checkpoint(path: str | os.PathLike, size: int, dtype: str = "bf16", seed: int = 1) -> int:
     """A ``torch.save`` state dict of about ``size`` bytes (zip format, so ``mmap=True`` works)."""
+    import torch
     state = dict(iter_checkpoint_tensors(size, dtype, seed))
     torch.save(state, path)
     written = os.path.getsize(path)

@@ -21,6 +21,7 @@ from pathlib import Path
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # mfusepy would pick libfuse2 if present
 
 import mfusepy  # noqa: E402
+
 from modelfs.store.api import Library, open_store  # noqa: E402
 from modelfs.store.config import ReadOptions  # noqa: E402
 from modelfs.store.errors import InvalidInput, ModelfsError  # noqa: E402

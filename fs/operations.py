@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 import mfusepy
+
 from modelfs.store.errors import ModelfsError
 from modelfs.store.library import Library, VersionView
 from modelfs.store.read.reader import ReadStream
@@ -146,7 +147,8 @@ class ModelFS(mfusepy.Operations):
         if inner in view.readers:
             return Node("file", mtime, view=view, file=inner)
         if inner in view.dirs:
-            return Node("dir", mtime, _children(list(view.readers) + list(view.dirs - {""}), inner), view=view)
+            entries = _children(list(view.readers) + list(view.dirs - {""}), inner)
+            return Node("dir", mtime, entries, view=view)
         return None
 
     def _control(self, comps: list[str]) -> Node | None:

@@ -1,6 +1,6 @@
 """Cold sequential reads of one model from every kind of store, in the same run.
 
-A benchmark, not a test (it reuses the tests' process harnesses). Pushes one
+A benchmark, not a test (it uses the process harnesses of ``modelfs.bench``). Pushes one
 synthetic bf16 safetensors file to a local store, to 3 storage nodes
 (replicas=2, hash placement) and to a MiniDFSCluster (build it first with
 tests/minidfs/prepare.sh), then per round reads, each on a fresh mount with the
@@ -22,16 +22,14 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from hdfs_cluster import start_cluster as start_hdfs  # noqa: E402
-from helpers import mounted, read_stats, run_modelfs  # noqa: E402
-from modelfs.bench.measure import drop_caches  # noqa: E402
-from modelfs.bench.synth import make_safetensors  # noqa: E402
-from modelfs.store.api import open_store  # noqa: E402
-from modelfs.store.sizes import parse_size  # noqa: E402
-from nodes_support import start_cluster as start_nodes  # noqa: E402
+from modelfs.bench.harness import mounted, run_modelfs
+from modelfs.bench.measure import drop_caches
+from modelfs.bench.minidfs import start_minidfs
+from modelfs.bench.nodes import start_nodes
+from modelfs.bench.synth import make_safetensors
+from modelfs.fs.mount import read_stats
+from modelfs.store.api import open_store
+from modelfs.store.sizes import parse_size
 
 BLOCK = 4 << 20
 
@@ -79,7 +77,7 @@ def main() -> int:
     key_file = work / "store.key"
     run_modelfs("keygen", "--key-file", key_file)
     nodes = start_nodes(work / "nodes", 3)
-    hdfs = start_hdfs(work / "hdfs")
+    hdfs = start_minidfs(work / "hdfs")
     try:
         urls = {"local": str(work / "local-store"), "nodes": nodes.url(replicas=2),
                 "hdfs": hdfs.fresh_url("bench")}

@@ -1,17 +1,18 @@
 """Push a torch checkpoint to a local store, mount the store, torch.load it back, show the cache."""
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from modelfs.bench.harness import run_modelfs
+
 
 def modelfs(*args: str) -> None:
     print("$ modelfs", " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "modelfs.tools.cli", *args], check=True)
+    print(run_modelfs(*args).stdout, end="", flush=True)
 
 
 def main() -> None:

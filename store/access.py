@@ -11,6 +11,7 @@ the next ``gc`` after the grace period.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -140,7 +141,7 @@ def _reencrypt(store: Store, manifest: Manifest, old: ShardCipher, new: ShardCip
         length, codec = int(manifest.lengths[index]), int(manifest.codecs[index])
         payload = store.backend.read_shard_verified(
             shard_id.hex(), manifest.location(index), int(manifest.stored_lengths[index]),
-            lambda stored, sid=shard_id: old.decrypt(sid, stored))
+            functools.partial(old.decrypt, shard_id))
         rotation.bytes_read += int(manifest.stored_lengths[index])
         new_id = new.shard_id(codec_params(codec, length), payload)
         entry = known.get(new_id)

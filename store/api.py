@@ -11,9 +11,9 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .backends.base import Backend, ShardLocation
 from .backends.urls import open_backend
@@ -102,7 +102,7 @@ class Published:
 
 class Store:
     def __init__(self, backend: Backend, key_file: str | os.PathLike | None = None,
-                 access: Access = Access()) -> None:
+                 access: Access | None = None) -> None:
         self.backend = backend
         self.catalog = Catalog(backend)
         self.key_file = Path(key_file or DEFAULT_KEY_FILE).expanduser()
@@ -156,7 +156,12 @@ class Store:
         With ``check_manifests`` the manifests of every version are loaded and verified too.
         """
         found = []
-        for name, seq in sorted(self.catalog.heads().items()):
+        heads, legacy = self.catalog.scan()
+        for name in sorted(legacy - heads.keys()):
+            found.append(Lineage(name, error=InvalidInput(
+                f"{name!r} was published by an older modelfs (catalog/{name}/@<version>.json "
+                f"entries, not readable by this version): push it again")))
+        for name, seq in sorted(heads.items()):
             try:
                 state = self.state_at(name, seq)
                 for version in state.versions if check_manifests else ():
@@ -164,7 +169,7 @@ class Store:
                 found.append(Lineage(name, state))
             except ModelfsError as e:
                 found.append(Lineage(name, error=e))
-        return found
+        return sorted(found, key=lambda x: x.name)
 
     def append(self, name: str, change: Callable[[LineageState], LineageState],
                generation: int | None = None) -> LineageState:
@@ -310,7 +315,8 @@ class Store:
         done, total = 0, version.size
         for manifest in self.load_manifests(state.name, version):
             stats = Stats()
-            reader = ModelReader(manifest, self.backend, self.cipher(state.name, manifest), ShardCache(OPEN_MODEL_CACHE, stats), stats)
+            reader = ModelReader(manifest, self.backend, self.cipher(state.name, manifest),
+                                 ShardCache(OPEN_MODEL_CACHE, stats), stats)
             digest = hashlib.sha256()
             for index in range(manifest.shard_count):
                 digest.update(reader.shard(index))
@@ -327,5 +333,5 @@ class Store:
 
 
 def open_store(url: str | None = None, key_file: str | os.PathLike | None = None,
-               create: bool = False, access: Access = Access()) -> Store:
+               create: bool = False, access: Access | None = None) -> Store:
     return Store(open_backend(url, create=create), key_file, access)

@@ -6,6 +6,7 @@ The command line (``modelfs mount --cache-size ...``), ``-o cache_size=...`` mou
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,8 +14,9 @@ from .errors import InvalidInput
 from .sizes import parse_duration, parse_size
 
 #: kinds of option values, and how a command-line string becomes one
-PARSERS = {"size": parse_size, "int": int, "float": float, "duration": parse_duration,
-           "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes", "on", "")}
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "size": parse_size, "int": int, "float": float, "duration": parse_duration, "str": str,
+    "bool": lambda s: s.lower() in ("1", "true", "yes", "on", "")}
 
 
 def option(default: Any, kind: str, help: str) -> Any:
@@ -46,16 +48,25 @@ class ReadOptions:
         return list(dataclasses.fields(cls))
 
     @classmethod
-    def parse(cls, values: dict[str, str]) -> "ReadOptions":
+    def parse(cls, values: dict[str, str]) -> ReadOptions:
         """Options from ``name=value`` strings (``-o`` mount options, URL-style settings)."""
-        known = {f.name: f for f in cls.fields()}
-        kwargs: dict[str, Any] = {}
-        for name, text in values.items():
-            f = known.get(name.replace("-", "_"))
-            if f is None:
-                raise InvalidInput(f"unknown option {name!r}")
-            try:
-                kwargs[f.name] = PARSERS[f.metadata["kind"]](text)
-            except ValueError:
-                raise InvalidInput(f"bad value {text!r} for option {name}") from None
-        return cls(**kwargs)
+        return cls(**parse_fields(cls, values, "option"))
+
+
+def parse_fields(cls: type, values: dict[str, str], what: str) -> dict[str, Any]:
+    """Keyword arguments for the options dataclass ``cls`` from ``name=value`` strings.
+
+    Each field's ``kind`` metadata (see ``option``) says how its string is parsed;
+    an unknown name or a bad value is one ``InvalidInput`` naming it.
+    """
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, text in values.items():
+        f = known.get(name.replace("-", "_"))
+        if f is None:
+            raise InvalidInput(f"unknown {what} {name!r}")
+        try:
+            kwargs[f.name] = PARSERS[f.metadata["kind"]](text)
+        except ValueError:
+            raise InvalidInput(f"bad value {text!r} for {what} {name}") from None
+    return kwargs

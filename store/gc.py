@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 from .api import Store
 from .backends.base import StoredItem
-from .errors import InvalidInput
-from .format.catalog import version_time
+from .errors import InvalidInput, ModelfsError
+from .format.catalog import VersionRecord, version_time
 from .sizes import format_duration, format_size
 
 log = logging.getLogger(__name__)
@@ -77,33 +77,38 @@ def manifest_version(key: str) -> str:
     return key[len(MANIFEST_PREFIX):].split("/")[0]
 
 
-def published_versions(store: Store, check_manifests: bool = False) -> dict[str, str]:
-    """version id → name for every version some lineage's newest record lists.
-
-    A name whose key, records or manifests cannot be read could reference any shard
-    (shard ids do not say which lineage they belong to): gc then stops before
-    deleting anything and names it.
-    """
-    lineages = store.lineages(check_manifests=check_manifests)
-    broken = [x for x in lineages if x.broken]
+def _refuse(broken: list[tuple[str, ModelfsError]]) -> None:
+    """Name every broken name and stop: shard ids do not say which lineage they belong to,
+    so a name that cannot be read could reference any shard."""
     if broken:
-        raise type(broken[0].error)("cannot prove what is unused while these names are broken; "
-                                    "nothing deleted: " +
-                                    "; ".join(f"{x.name}: {x.broken}" for x in broken))
-    return {v.version_id: x.name for x in lineages for v in x.state.versions}
+        raise type(broken[0][1])("cannot prove what is unused while these names are broken; "
+                                 "nothing deleted: " + "; ".join(f"{n}: {e}" for n, e in broken))
+
+
+def published_versions(store: Store) -> dict[str, tuple[str, VersionRecord]]:
+    """version id → (name, version) for every version a lineage's newest record lists."""
+    lineages = store.lineages()
+    _refuse([(x.name, x.error) for x in lineages if x.error is not None])
+    return {v.version_id: (x.name, v) for x in lineages if x.state is not None
+            for v in x.state.versions}
 
 
 def live_set(store: Store) -> LiveSet:
     """Load and verify the manifests of every published version; any doubt raises."""
-    shards, containers = set(), set()
-    published_versions(store, check_manifests=True)  # every name readable, or nothing deleted
-    versions = set()
-    for lineage in store.lineages():
-        for version in lineage.state.versions:
-            versions.add(version.version_id)
-            for manifest in store.load_manifests(lineage.name, version):
-                shards.update(shard_id.hex() for shard_id in manifest.shard_ids)
-                containers.update(c for c in manifest.containers if c)
+    shards: set[str] = set()
+    containers: set[str] = set()
+    versions = published_versions(store)
+    broken: list[tuple[str, ModelfsError]] = []
+    for name, version in versions.values():
+        try:
+            manifests = store.load_manifests(name, version)
+        except ModelfsError as e:
+            broken.append((name, e))
+            continue
+        for manifest in manifests:
+            shards.update(shard_id.hex() for shard_id in manifest.shard_ids)
+            containers.update(c for c in manifest.containers if c)
+    _refuse(broken)
     return LiveSet(frozenset(versions), frozenset(shards), frozenset(containers))
 
 

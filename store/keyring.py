@@ -84,14 +84,15 @@ class Keyring:
     """Opens, creates, grants and revokes the data keys of lineages in one store."""
 
     def __init__(self, backend: Backend, key_file: Path, key_file_is_default: bool,
-                 access: Access = Access()) -> None:
+                 access: Access | None = None) -> None:
         self.backend = backend
         self.key_file = key_file
         self._key_file_is_default = key_file_is_default
-        self.access = access
+        self.access = access or Access()
         self._store_key: bytes | None = None
         self._host: HostKey | None = None
-        self._publisher: PublisherKey | None | bool = False  # False: not looked up yet
+        self._publisher: PublisherKey | None = None
+        self._publisher_looked_up = False
         self._keys: dict[tuple[str, int], LineageKeys] = {}
 
     # -- this host's credentials --------------------------------------------------
@@ -120,11 +121,12 @@ class Keyring:
 
     def publisher(self) -> PublisherKey | None:
         """The key that signs what this process writes; None when there is none."""
-        if self._publisher is False:
+        if not self._publisher_looked_up:
             path = self.access.publisher_key_file
             if path is None and DEFAULT_PUBLISHER_KEY.exists():
                 path = str(DEFAULT_PUBLISHER_KEY)
             self._publisher = PublisherKey.load(path) if path else None
+            self._publisher_looked_up = True
         return self._publisher
 
     def check_credentials(self) -> None:

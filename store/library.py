@@ -50,7 +50,8 @@ class NameView:
 class Library:
     """The models a mount serves, sharing one cache, one pool and one set of counters."""
 
-    def __init__(self, store: "Store", options: ReadOptions = ReadOptions()) -> None:
+    def __init__(self, store: Store, options: ReadOptions | None = None) -> None:
+        options = options or ReadOptions()
         self.store = store
         self.options = options
         self.stats = Stats()
@@ -60,6 +61,7 @@ class Library:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.RLock()
         self._names: dict[str, NameView] = {}
+        self._heads: dict[str, int] = {}
         self._reported: set[tuple[str, str]] = set()
         #: names this host may not open (not granted, or not signed by a trusted publisher), at record seq
         self._refused: dict[str, tuple[int, AccessDenied]] = {}
@@ -109,6 +111,8 @@ class Library:
         """
         heads = self.store.catalog.heads()
         errors: dict[str, ModelfsError] = {}
+        if heads == self._heads:
+            return errors  # nothing new: one listing was the whole cost
         with self._lock:
             names: dict[str, NameView] = {}
             for name, seq in heads.items():
@@ -120,6 +124,7 @@ class Library:
                 if refused is not None and refused[0] == seq:
                     errors[name] = refused[1]
                     continue  # a grant or a newly signed record comes with a new record
+                view: NameView | None
                 try:
                     view = self._load(name, seq, current)
                     self._refused.pop(name, None)
@@ -144,6 +149,7 @@ class Library:
                     names[n] is not self._names[n] for n in names):
                 self.generation += 1
             self._names = names
+            self._heads = heads if not errors else {}  # retry what failed next time
             largest = max((r.manifest.shard_size for view in names.values()
                            for v in view.versions.values() for r in v.readers.values()), default=0)
             # each loader (readahead threads + the FUSE thread) holds about two shards of scratch
@@ -162,14 +168,19 @@ class Library:
 
     def _without_clashes(self, names: dict[str, NameView]) -> dict[str, NameView]:
         """A name that would be a directory of another (or the reverse) is not served."""
-        served = sorted(n for n, v in names.items() if v.state.versions)
         result = {n: v for n, v in names.items() if not v.state.versions}
-        for name in served:
-            clash = next((o for o in result if names[o].state.versions and
-                          (o.startswith(name + "/") or name.startswith(o + "/"))), None)
+        served: set[str] = set()
+        prefixes: set[str] = set()
+        for name in sorted(n for n, v in names.items() if v.state.versions):  # shorter first
+            parts = name.split("/")
+            mine = {"/".join(parts[:i]) for i in range(1, len(parts))}
+            clash = next(iter(mine & served), None) or (name if name in prefixes else None)
             if clash is not None:
-                self._report(name, "clash", f"not serving {name}: it clashes with {clash}")
+                self._report(name, "clash", f"not serving {name}: it clashes with another model's "
+                             f"path ({clash})")
                 continue
+            served.add(name)
+            prefixes |= mine
             result[name] = names[name]
         return result
 

@@ -13,12 +13,12 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from .backends.base import Backend, ShardLocation
+from .backends.base import Backend, ShardLocation, ShardWriter
 from .errors import BackendError, InvalidInput
 from .format.catalog import check_relpath
 from .format.codec import ZSTD_LEVEL, encode
@@ -116,48 +116,60 @@ def store_files(backend: Backend, cipher: ShardCipher, name: str, version_id: st
     known = dict(known or {})
     total = sum(p.stat().st_size for _, p in files)
     result = StoredFiles([])
-    done = 0
+    done = [0]
+
+    def advanced(length: int) -> None:
+        done[0] += length
+        if progress:
+            progress(done[0], total)
+
     with ThreadPoolExecutor(ENCODE_THREADS) as pool, backend.shard_writer(version_id) as writer:
         for relpath, path in files:
-            before = path.stat()
-            digest = hashlib.sha256()
-            entries: list[ShardEntry] = []
-            offset = 0
-            pending: deque = deque()
-
-            def store_next() -> None:
-                nonlocal offset, done
-                shard = pending.popleft().result()
-                location = known.get(shard.shard_id)
-                if location is None:
-                    location = writer.put(shard.shard_id.hex(), shard.ciphertext, len(entries))
-                    known[shard.shard_id] = location
-                    result.new_stored += len(shard.ciphertext)
-                entries.append(ShardEntry(offset, shard.length, shard.shard_id,
-                                          len(shard.ciphertext), shard.codec, location))
-                offset += shard.length
-                done += shard.length
-                if progress:
-                    progress(done, total)
-
-            with open(path, "rb") as f:
-                for chunk in _read_chunks(f, shard_size):
-                    digest.update(chunk)
-                    pending.append(pool.submit(encrypt_shard, cipher, chunk, level))
-                    if len(pending) > 2 * ENCODE_THREADS:
-                        store_next()
-                while pending:
-                    store_next()
-                after = os.fstat(f.fileno())
-            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) \
-                    or offset != after.st_size:
-                raise InvalidInput(f"{path} changed while it was being pushed; nothing was published")
-            result.manifests.append(Manifest.build(
-                name=name, version_id=version_id, file_name=relpath, size=offset,
-                sha256=digest.hexdigest(), shard_size=shard_size, created=time.time(),
-                entries=entries))
+            result.manifests.append(_store_file(
+                pool, writer, cipher, known, result, name, version_id, relpath, path,
+                shard_size, level, advanced))
         writer.commit()
     return result
+
+
+def _store_file(pool: ThreadPoolExecutor, writer: ShardWriter, cipher: ShardCipher,
+                known: dict[bytes, ShardLocation], result: StoredFiles, name: str, version_id: str,
+                relpath: str, path: Path, shard_size: int, level: int,
+                advanced: Callable[[int], None]) -> Manifest:
+    """One file: encode on the pool (a bounded queue), store what is new, build its manifest."""
+    before = path.stat()
+    digest = hashlib.sha256()
+    entries: list[ShardEntry] = []
+    offset = 0
+    pending: deque = deque()
+
+    def store_next() -> None:
+        nonlocal offset
+        shard = pending.popleft().result()
+        location = known.get(shard.shard_id)
+        if location is None:
+            location = writer.put(shard.shard_id.hex(), shard.ciphertext, len(entries))
+            known[shard.shard_id] = location
+            result.new_stored += len(shard.ciphertext)
+        entries.append(ShardEntry(offset, shard.length, shard.shard_id,
+                                  len(shard.ciphertext), shard.codec, location))
+        offset += shard.length
+        advanced(shard.length)
+
+    with open(path, "rb") as f:
+        for chunk in _read_chunks(f, shard_size):
+            digest.update(chunk)
+            pending.append(pool.submit(encrypt_shard, cipher, chunk, level))
+            if len(pending) > 2 * ENCODE_THREADS:
+                store_next()
+        while pending:
+            store_next()
+        after = os.fstat(f.fileno())
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or offset != after.st_size:
+        raise InvalidInput(f"{path} changed while it was being pushed; nothing was published")
+    return Manifest.build(name=name, version_id=version_id, file_name=relpath, size=offset,
+                          sha256=digest.hexdigest(), shard_size=shard_size, created=time.time(),
+                          entries=entries)
 
 
 def check_shards_present(backend: Backend, manifests: list[Manifest]) -> None:

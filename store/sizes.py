@@ -1,4 +1,4 @@
-"""Human byte sizes (``4MiB``, ``2G``, ``512k``) and durations (``90s``, ``15m``, ``1h``, ``2d``) ↔ numbers."""
+"""Human byte sizes (``4MiB``, ``2G``, ``512k``) and durations (``90s``, ``15m``, ``1h``, ``2d``)."""
 from __future__ import annotations
 
 import re

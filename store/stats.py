@@ -1,10 +1,10 @@
-"""Counters of one mount, kept in one place and served as JSON by ``.modelfs/stats``."""
+"""Counters of one mount and of its backends, in one type, served as JSON by ``.modelfs/stats``."""
 from __future__ import annotations
 
 import collections
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -30,66 +30,103 @@ class Latency:
                 "p99_ms": round(p99, 3)}
 
 
-class Stats:
-    """Thread-safe counters; ``snapshot()`` is the JSON document of ``cache-stats``."""
+class Counters:
+    """Named counters, errors by kind and latency samples behind one lock.
+
+    Every component that reports to ``cache-stats`` (the mount, a storage node
+    client, the HDFS client) keeps one of these; ``snapshot()`` gives its JSON.
+    ``error(kind)`` also bumps an ``errors`` counter when one is declared, and the
+    errors by kind appear under ``errors_key`` (left out when that is empty).
+    """
+
+    def __init__(self, names: Iterable[str], latencies: Iterable[str] = (),
+                 errors_key: str = "") -> None:
+        self._lock = threading.Lock()
+        self.values: dict[str, float] = dict.fromkeys(names, 0)
+        self.latencies = {name: Latency() for name in latencies}
+        self.errors_by_kind: collections.Counter[str] = collections.Counter()
+        self.errors_key = errors_key
+
+    def add(self, **deltas: float) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                self.values[name] += delta
+
+    def error(self, kind: str, **deltas: float) -> None:
+        with self._lock:
+            self.errors_by_kind[kind] += 1
+            if "errors" in self.values:
+                self.values["errors"] += 1
+            for name, delta in deltas.items():
+                self.values[name] += delta
+
+    def sample(self, latency: str, seconds: float, **deltas: float) -> None:
+        """One latency sample and its counters in a single lock round (the hot path)."""
+        with self._lock:
+            self.latencies[latency].add(seconds)
+            for name, delta in deltas.items():
+                self.values[name] += delta
+
+    def __getitem__(self, name: str) -> float:
+        with self._lock:
+            return self.values[name]
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            doc: dict = {k: round(v, 3) if isinstance(v, float) else v for k, v in self.values.items()}
+            if self.errors_key:
+                doc[self.errors_key] = dict(self.errors_by_kind)
+            doc.update((name, lat.summary()) for name, lat in self.latencies.items())
+        return doc
+
+
+class Stats(Counters):
+    """The counters of one mount; ``snapshot()`` is the JSON document of ``cache-stats``."""
 
     COUNTERS = (
         "hits", "misses", "hit_bytes", "miss_bytes", "bytes_served", "bytes_fetched",
         "shards_fetched", "evictions", "evicted_bytes", "readahead_issued", "readahead_used",
         "readahead_wasted", "reads", "open_files",
     )
+    LATENCIES = ("fetch_latency", "decode_latency", "read_latency")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        super().__init__(self.COUNTERS, self.LATENCIES, errors_key="errors")
         self.started = time.time()
-        self.counters = dict.fromkeys(self.COUNTERS, 0)
-        self.errors: collections.Counter[str] = collections.Counter()
-        self.fetch_latency = Latency()
-        self.decode_latency = Latency()
-        self.read_latency = Latency()
         #: filled by the owner: () -> dict of live gauges (cache bytes, budget, backend)
         self.gauges: Callable[[], dict] = dict
 
-    def add(self, **deltas: int) -> None:
-        with self._lock:
-            for name, delta in deltas.items():
-                self.counters[name] += delta
+    @property
+    def fetch_latency(self) -> Latency:
+        return self.latencies["fetch_latency"]
 
-    def error(self, kind: str) -> None:
-        with self._lock:
-            self.errors[kind] += 1
+    @property
+    def decode_latency(self) -> Latency:
+        return self.latencies["decode_latency"]
+
+    @property
+    def read_latency(self) -> Latency:
+        return self.latencies["read_latency"]
 
     def record_read(self, nbytes: int, hit_bytes: int, seconds: float) -> None:
-        """One read served to a reader: a single lock round on the hot path.
+        """One read served to a reader.
 
         ``hit_bytes`` of it came from shards already cached (or loading for
         someone else); the rest waited for a fetch this read started.
         """
-        with self._lock:
-            c = self.counters
-            c["bytes_served"] += nbytes
-            c["hit_bytes"] += hit_bytes
-            c["miss_bytes"] += nbytes - hit_bytes
-            c["reads"] += 1
-            self.read_latency.add(seconds)
+        self.sample("read_latency", seconds, bytes_served=nbytes, hit_bytes=hit_bytes,
+                    miss_bytes=nbytes - hit_bytes, reads=1)
 
     def timed(self, latency: Latency, seconds: float) -> None:
         with self._lock:
             latency.add(seconds)
 
     def snapshot(self) -> dict:
-        with self._lock:
-            c = dict(self.counters)
-            doc = {
-                **c,
-                "hit_ratio": c["hits"] / (c["hits"] + c["misses"]) if c["hits"] + c["misses"] else None,
-                "byte_hit_ratio": (c["hit_bytes"] / (c["hit_bytes"] + c["miss_bytes"])
-                                   if c["hit_bytes"] + c["miss_bytes"] else None),
-                "errors": dict(self.errors),
-                "fetch_latency": self.fetch_latency.summary(),
-                "decode_latency": self.decode_latency.summary(),
-                "read_latency": self.read_latency.summary(),
-                "uptime_s": round(time.time() - self.started, 3),
-            }
+        doc = super().snapshot()
+        hits, misses = doc["hits"], doc["misses"]
+        hit_bytes, miss_bytes = doc["hit_bytes"], doc["miss_bytes"]
+        doc["hit_ratio"] = hits / (hits + misses) if hits + misses else None
+        doc["byte_hit_ratio"] = hit_bytes / (hit_bytes + miss_bytes) if hit_bytes + miss_bytes else None
+        doc["uptime_s"] = round(time.time() - self.started, 3)
         doc.update(self.gauges())
         return doc

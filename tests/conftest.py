@@ -1,18 +1,24 @@
+"""Fixtures shared by the suites: keys, stores, storage nodes, the session's MiniDFSCluster.
+
+Every process a fixture starts is stopped in its teardown, also when the test fails.
+"""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-
-from helpers import run_modelfs  # noqa: E402
-
-pytest_plugins = ["hdfs_cluster"]  # the session's MiniDFSCluster (tests/hdfs_cluster.py)
-
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+
+from modelfs.bench.harness import run_modelfs  # noqa: E402
+from modelfs.bench.minidfs import HdfsCluster, MiniDfsUnavailable, start_minidfs  # noqa: E402
+from modelfs.bench.nodes import NodeProc, NodeSet, start_nodes  # noqa: E402
 
 
 @pytest.fixture
@@ -25,6 +31,50 @@ def key_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def store_dir(tmp_path: Path) -> Path:
     return tmp_path / "store"
+
+
+@pytest.fixture
+def nodes3(tmp_path: Path) -> Iterator[NodeSet]:
+    """Three storage nodes sharing a token."""
+    node_set = start_nodes(tmp_path / "n3", 3)
+    try:
+        yield node_set
+    finally:
+        node_set.stop()
+
+
+@pytest.fixture
+def node1(tmp_path: Path) -> Iterator[NodeProc]:
+    """One storage node with a token."""
+    node_set = start_nodes(tmp_path / "n1", 1)
+    try:
+        yield node_set.nodes[0]
+    finally:
+        node_set.stop()
+
+
+@pytest.fixture(scope="session")
+def hdfs_cluster() -> Iterator[HdfsCluster]:
+    """A real MiniDFSCluster (3 datanodes, replication 2) for the whole session; never skipped."""
+    workdir = Path(tempfile.mkdtemp(prefix="modelfs-minidfs-"))
+    try:
+        cluster = start_minidfs(workdir)
+    except MiniDfsUnavailable as e:
+        pytest.fail(f"HDFS tests: {e}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def hdfs(hdfs_cluster: HdfsCluster) -> Iterator[HdfsCluster]:
+    """The session cluster, healed after the test (restarts what the test stopped)."""
+    try:
+        yield hdfs_cluster
+    finally:
+        hdfs_cluster.heal()
 
 
 @pytest.fixture(autouse=True)

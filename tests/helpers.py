@@ -1,61 +1,18 @@
-"""Shared test helpers: run the CLI, mount a store and always unmount it."""
+"""Test helpers: sample models, byte checks, a publish that fails part-way.
+
+The CLI runner, the mount context and the stats reader are the bench's harness
+(``modelfs.bench.harness``) and ``modelfs.fs.mount.read_stats``, re-exported here.
+"""
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import os
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from modelfs.fs.mount import detach
+from modelfs.bench.harness import MODELFS, mount_log, mounted, run_modelfs
+from modelfs.fs.mount import detach, read_stats
 
-MODELFS = [sys.executable, "-m", "modelfs.tools.cli"]
-
-
-def run_modelfs(*args: str, check: bool = True, timeout: float = 300,
-                env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the ``modelfs`` CLI; with ``check`` a non-zero exit fails with its output."""
-    result = subprocess.run([*MODELFS, *map(str, args)], capture_output=True, text=True,
-                            timeout=timeout, env={**os.environ, **(env or {})})
-    if check and result.returncode != 0:
-        raise AssertionError(f"modelfs {' '.join(map(str, args))} exited {result.returncode}\n"
-                             f"stdout: {result.stdout}\nstderr: {result.stderr}")
-    return result
-
-
-@contextlib.contextmanager
-def mounted(store_url: str | os.PathLike, key_file: str | os.PathLike | None, cache_size: str = "256MiB",
-            *extra: str) -> Iterator[Path]:
-    """Mount ``store_url`` in a fresh temporary directory; unmount whatever happens.
-
-    Without ``key_file`` the mount opens names with a host key (``extra``: ``--host-key FILE``).
-    """
-    parent = Path(tempfile.mkdtemp(prefix="modelfs-test-"))
-    mountpoint = parent / "mnt"
-    mountpoint.mkdir()
-    try:
-        keys = ["--key-file", str(key_file)] if key_file is not None else []
-        run_modelfs("mount", str(store_url), str(mountpoint), *keys,
-                    "--cache-size", cache_size, *extra, env={"MODELFS_LOG_DIR": str(parent)})
-        yield mountpoint
-    finally:
-        detach(mountpoint)
-        with contextlib.suppress(OSError):
-            mountpoint.rmdir()
-
-
-def mount_log(mountpoint: Path) -> str:
-    """The daemon log of a mount made by ``mounted``."""
-    return "".join(p.read_text(errors="replace") for p in mountpoint.parent.glob("mount-*.log"))
-
-
-def read_stats(mountpoint: Path) -> dict:
-    return json.loads((mountpoint / ".modelfs" / "stats").read_bytes())
+__all__ = ["MODELFS", "detach", "mount_log", "mounted", "read_stats", "run_modelfs"]
 
 
 def sha256_of(path: Path) -> str:
@@ -123,8 +80,9 @@ def read_calling(path: Path, at: int, action) -> tuple[int, str]:
 
 def publish_failing_at(store, src: Path, name: str, shard_size: int, fail_at: int, monkeypatch) -> None:
     """Publish ``src`` with a read error at shard ``fail_at``: shards are stored, nothing is published."""
-    import modelfs.store.publish as publish_mod
     import pytest
+
+    import modelfs.store.publish as publish_mod
     real_chunks = publish_mod._read_chunks
 
     def failing_chunks(f, size):

@@ -4,11 +4,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import run_modelfs
+
 from modelfs.bench import peers
 from modelfs.bench.synth import (
     make_safetensors,
@@ -109,3 +112,16 @@ def test_rclone_finds_fusermount_through_a_shim(tmp_path: Path, monkeypatch) -> 
     link = tmp_path / "bin" / "fusermount"
     assert link.is_symlink() and os.readlink(link) == real_which("fusermount3")
     assert env["PATH"].split(os.pathsep)[0] == str(tmp_path / "bin")
+
+
+def test_bench_help_and_import_without_torch() -> None:
+    """torch is a test extra: the command line and the bench package must load without it."""
+    code = ("import sys\n"
+            "sys.modules['torch'] = None; sys.modules['safetensors'] = None  # import fails\n"
+            "import modelfs.bench.runner, modelfs.bench.harness\n"
+            "from modelfs.tools.cli import main\n"
+            "sys.argv = ['modelfs', 'bench', '--help']\n"
+            "main()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--cache-size" in result.stdout and "(default 256.0MiB)" in result.stdout

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,6 +14,7 @@ import pytest
 from helpers import MODELFS, mount_log, mounted, run_modelfs, sha256_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from modelfs.store.api import open_store
 from modelfs.store.errors import IntegrityError
 from modelfs.store.format.catalog import LineageState, record_key
@@ -89,7 +91,6 @@ def test_a_catalog_that_goes_back_is_refused_for_that_name_only(tmp_path, key_fi
         for _ in range(30):
             if "catalog record 3 of 'm'" in mount_log(mnt):
                 break
-            import time
             time.sleep(0.2)
         assert (mnt / "m").read_bytes() == v[2].read_bytes()
         assert "replayed" in mount_log(mnt)
@@ -237,3 +238,29 @@ def test_fuzz_authenticated_manifest_content(meta, rows):
         Manifest.from_bytes(MAGIC + manifest_mac(KEYS.mac_key, body) + body, KEYS.mac_key)
     except IntegrityError:
         pass
+
+
+# -- create-if-absent on every backend ----------------------------------------------------
+@pytest.fixture(params=["local", "nodes", "hdfs"])
+def any_store_url(request, tmp_path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "store")
+    if request.param == "nodes":
+        return request.getfixturevalue("nodes3").url(replicas=2)
+    return request.getfixturevalue("hdfs_cluster").fresh_url("ifabsent")
+
+
+def test_create_if_absent_has_exactly_one_winner(any_store_url):
+    from concurrent.futures import ThreadPoolExecutor
+    backend = open_store(any_store_url, create=True).backend
+    try:
+        bodies = [f"writer {i}".encode() for i in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            won = list(pool.map(lambda body: backend.put_object_if_absent("catalog/x/@000000000001", body),
+                                bodies))
+        assert won.count(True) == 1, won
+        assert backend.get_object("catalog/x/@000000000001") == bodies[won.index(True)]
+        assert backend.put_object_if_absent("catalog/x/@000000000001", b"late") is False
+        assert list(backend.list_objects("catalog/")) == ["catalog/x/@000000000001"]
+    finally:
+        backend.close()

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from modelfs.store.errors import IntegrityError
 from modelfs.store.format import codec
+from modelfs.store.errors import IntegrityError
 from modelfs.store.format.crypto import LineageKeys, ShardCipher, new_data_key
 from modelfs.store.publish import encrypt_shard
 

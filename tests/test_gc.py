@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from hdfs_native import Client
 from helpers import mounted, publish_failing_at, run_modelfs, sha256_of
+
 from modelfs.store.api import open_store
 from modelfs.store.backends.base import StoredItem
 from modelfs.store.backends.layout import TMP_SUFFIX, shard_relpath
@@ -24,7 +25,6 @@ from modelfs.store.backends.local import LocalBackend
 from modelfs.store.errors import InvalidInput
 from modelfs.store.format.catalog import new_version_id
 from modelfs.store.sizes import parse_duration
-from nodes_support import start_cluster
 
 needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 
@@ -231,47 +231,40 @@ def test_local_reused_orphan_is_young_again(tmp_path):
 
 # -- storage nodes -------------------------------------------------------------
 
-@pytest.fixture
-def cluster3(tmp_path):
-    cluster = start_cluster(tmp_path / "c3", 3)
-    yield cluster
-    cluster.stop()
-
-
-def node_files(cluster) -> set[tuple[str, str]]:
-    return {(n.name, name) for n in cluster.nodes for name in shard_files(n.data)}
+def node_files(node_set) -> set[tuple[str, str]]:
+    return {(n.name, name) for n in node_set.nodes for name in shard_files(n.data)}
 
 
 @needs_fuse
-def test_nodes_gc_removes_orphans_from_every_node(tmp_path, cluster3, key_file, monkeypatch):
-    url = cluster3.url(replicas=2, placement="range", extra="&run_length=3")
+def test_nodes_gc_removes_orphans_from_every_node(tmp_path, nodes3, key_file, monkeypatch):
+    url = nodes3.url(replicas=2, placement="range", extra="&run_length=3")
     models = make_models(tmp_path)
     publish_all(url, key_file, models)
-    live = node_files(cluster3)
+    live = node_files(nodes3)
     assert {name for _, name in live} == referenced(url, key_file)[0]
 
     # listing shards needs the token, like every read of a node started with one
-    node = cluster3.nodes[0]
+    node = nodes3.nodes[0]
     conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)
     conn.request("GET", "/list/shards/")
     assert conn.getresponse().status == 401
     conn.close()
 
     failed_push(url, key_file, models["c"], monkeypatch)
-    orphans = {name for _, name in node_files(cluster3) - live}
+    orphans = {name for _, name in node_files(nodes3) - live}
     assert orphans
     stray = "ef" * 32  # an orphan copy on every node
-    for n in cluster3.nodes:
+    for n in nodes3.nodes:
         write_file(n.data / shard_relpath(stray), b"stray")
-    for n in cluster3.nodes:
+    for n in nodes3.nodes:
         for p in (n.data / "shards").rglob("*"):
             age(p)
-    young = write_file(cluster3.nodes[1].data / shard_relpath("cd" * 32), b"being pushed")
+    young = write_file(nodes3.nodes[1].data / shard_relpath("cd" * 32), b"being pushed")
 
     done = gc(url, key_file)
     assert f"deleted {len(orphans) + 1} unreferenced" in done.stdout, done.stdout
     assert f"kept {len({name for _, name in live})} in use and 1 younger" in done.stdout
-    assert node_files(cluster3) == live | {(cluster3.nodes[1].name, young.name)}
+    assert node_files(nodes3) == live | {(nodes3.nodes[1].name, young.name)}
     check_mount(url, key_file, models)
 
 

@@ -1,6 +1,6 @@
 """HdfsBackend through the Backend interface, against a real MiniDFSCluster.
 
-Needs the ``hdfs_cluster`` plugin (tests/hdfs_cluster.py) and the harness built
+Needs the ``hdfs_cluster`` fixture (tests/conftest.py, modelfs.bench.minidfs) and the harness built
 by tests/minidfs/prepare.sh.
 """
 from __future__ import annotations
@@ -13,8 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hdfs_native import Client
+
 from modelfs.store.backends.base import ShardLocation
-from modelfs.store.backends.hdfs.backend import HA_FAILOVER_ATTEMPTS, HdfsBackend
+from modelfs.store.backends.hdfs.backend import HdfsBackend
+from modelfs.store.backends.hdfs.config import HA_FAILOVER_ATTEMPTS
 from modelfs.store.backends.urls import open_backend
 from modelfs.store.errors import BackendError, InvalidInput, NotFound
 
@@ -98,7 +100,7 @@ def test_pack_commit_and_read_back(backend, hdfs_cluster):
     assert {loc.container for loc in locations} == {"packs/v-commit.pack"}
     offsets = [loc.offset for loc in locations]
     assert offsets == [sum(len(d) for _, d in shards[:i]) for i in range(len(shards))]
-    for (sid, data), loc in zip(shards, locations):
+    for (sid, data), loc in zip(shards, locations, strict=True):
         assert backend.has_shard(sid, loc)
         assert backend.read_shard(sid, loc, len(data)) == data
     assert backend.pack_files() == ["packs/v-commit.pack"]
@@ -158,7 +160,7 @@ def test_uncommitted_pack_is_invisible(backend, hdfs_cluster):
 def test_parallel_range_reads(backend):
     shards = random_shards(32, 256 * 1024, seed=3)
     locations = write_pack(backend, "v-parallel", shards)
-    jobs = [(sid, data, loc) for (sid, data), loc in zip(shards, locations)] * 4
+    jobs = [(sid, data, loc) for (sid, data), loc in zip(shards, locations, strict=True)] * 4
     random.Random(4).shuffle(jobs)
 
     def check(job) -> bool:
@@ -190,7 +192,7 @@ def test_read_survives_a_stopped_datanode(hdfs):
     shards = random_shards(12, 2 * 1024 * 1024, seed=5)  # 24 MiB: three 8 MiB blocks
     locations = write_pack(b, "v-dn", shards)
     hdfs.stop_datanode(0)
-    for (sid, data), loc in zip(shards, locations):
+    for (sid, data), loc in zip(shards, locations, strict=True):
         assert b.read_shard(sid, loc, len(data)) == data
 
 
@@ -283,5 +285,5 @@ def test_failed_commit_cleans_up_and_never_replaces_a_pack(backend, hdfs_cluster
     with pytest.raises(BackendError, match="cannot commit"):
         writer.commit()
     assert [p for p in hdfs_files(hdfs_cluster, backend.url) if ".tmp-" in p] == []
-    for (sid, data), loc in zip(first, locations):
+    for (sid, data), loc in zip(first, locations, strict=True):
         assert backend.read_shard(sid, loc, len(data)) == data

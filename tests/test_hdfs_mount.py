@@ -1,6 +1,6 @@
 """HDFS end to end: push with the CLI to a real MiniDFSCluster, read through a FUSE mount.
 
-Needs the ``hdfs_cluster`` plugin (tests/hdfs_cluster.py), /dev/fuse and fuse3.
+Needs the ``hdfs_cluster`` fixture (tests/conftest.py, modelfs.bench.minidfs), /dev/fuse and fuse3.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from helpers import (
     run_modelfs,
     sha256_of,
 )
+
 from modelfs.store.api import open_store
 
 #: A read through the mount while the namenode is away must fail (EIO) within this.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import mount_log, mounted, read_stats, run_modelfs, sha256_of
+
 from modelfs.store.api import open_store
 from modelfs.store.errors import AccessDenied, NotGranted
 from modelfs.store.format.catalog import record_key

@@ -5,17 +5,22 @@ import hashlib
 import http.client
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from modelfs.bench.nodes import TOKEN, NodeSet, start_nginx, start_node, start_nodes
 from modelfs.store.backends.base import ShardLocation
 from modelfs.store.backends.layout import shard_relpath
 from modelfs.store.backends.local import LocalBackend
+from modelfs.store.backends.nodes.options import NodeStoreOptions
 from modelfs.store.backends.nodes.placement import Placement, rendezvous_order
 from modelfs.store.backends.nodes.protocol import DIGEST_HEADER, MAX_BODY
-from modelfs.store.backends.nodes.replicated import ClusterBackend
+from modelfs.store.backends.nodes.replicated import NodesBackend
 from modelfs.store.errors import (
     AccessDenied,
     BackendError,
@@ -23,7 +28,6 @@ from modelfs.store.errors import (
     InvalidInput,
     NotFound,
 )
-from nodes_support import TOKEN, Cluster, start_cluster, start_nginx, start_node
 
 # -- helpers -------------------------------------------------------------------
 
@@ -36,7 +40,7 @@ def make_shards(count: int, size: int = 20_000, seed: int = 0) -> list[tuple[str
     return out
 
 
-def write_shards(backend: ClusterBackend, shards, version: str = "v1") -> list[ShardLocation]:
+def write_shards(backend: NodesBackend, shards, version: str = "v1") -> list[ShardLocation]:
     with backend.shard_writer(version) as w:
         locations = [w.put(sid, data, i) for i, (sid, data) in enumerate(shards)]
         w.commit()
@@ -51,8 +55,8 @@ def verifier(shard_id: str):
     return verify
 
 
-def nodes_holding(cluster: Cluster, shard_id: str) -> set[str]:
-    return {n.name for n in cluster.nodes if (n.data / shard_relpath(shard_id)).exists()}
+def nodes_holding(node_set: NodeSet, shard_id: str) -> set[str]:
+    return {n.name for n in node_set.nodes if (n.data / shard_relpath(shard_id)).exists()}
 
 
 def files_under(root: Path) -> list[Path]:
@@ -74,36 +78,22 @@ def auth(extra: dict | None = None) -> dict:
     return {"Authorization": f"Bearer {TOKEN}", **(extra or {})}
 
 
-@pytest.fixture
-def cluster3(tmp_path):
-    cluster = start_cluster(tmp_path / "c3", 3)
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture
-def node1(tmp_path):
-    cluster = start_cluster(tmp_path / "c1", 1)
-    yield cluster.nodes[0]
-    cluster.stop()
-
-
 # -- URL and placement -----------------------------------------------------------
 
 def test_url_parsing(tmp_path):
     token = tmp_path / "t"
     token.write_text("abc\n")
-    b = ClusterBackend.from_url(f"http://a:1,b:2,c:3/?replicas=3&placement=range&token_file={token}")
+    b = NodesBackend.from_url(f"http://a:1,b:2,c:3/?replicas=3&placement=range&token_file={token}")
     assert b.names == ["a:1", "b:2", "c:3"] and b.placement.replicas == 3
     assert b.placement.mode == "range" and not b.readonly
-    assert ClusterBackend.from_url("http://a:1,b:2/").placement.replicas == 2
-    static = ClusterBackend.from_url("http://h:8080/store/")
+    assert NodesBackend.from_url("http://a:1,b:2/").placement.replicas == 2
+    static = NodesBackend.from_url("http://h:8080/store/")
     assert static.readonly and static.base_path == "/store/" and static.placement.replicas == 1
     for bad in ("http://a:1/?replicas=2", "http://a:1,b:2/?placement=ring",
                 "http://a:1,b:2/?bogus=1", "http://a:1,a:1/?replicas=1",
                 f"http://a:1/?token_file={tmp_path}/missing"):
         with pytest.raises(InvalidInput):
-            ClusterBackend.from_url(bad)
+            NodesBackend.from_url(bad)
 
 
 def test_rendezvous_moves_only_keys_of_a_removed_node():
@@ -144,7 +134,7 @@ def test_writes_need_the_token_and_refused_writes_leave_nothing(node1):
     # a wrong token in the store URL surfaces as a clear access error
     bad = node1.data.parent / "badtoken"
     bad.write_text("nope")
-    backend = ClusterBackend.from_url(f"http://{node1.name}/?replicas=1&token_file={bad}")
+    backend = NodesBackend.from_url(f"http://{node1.name}/?replicas=1&token_file={bad}")
     with pytest.raises(AccessDenied):
         backend.put_object("a/b", b"1")
     with pytest.raises(AccessDenied):
@@ -187,8 +177,8 @@ def test_traversal_and_unknown_kinds_refused(node1, path):
     assert files_under(node1.data) == []
 
 
-def test_client_refuses_bad_ids_and_keys(cluster3):
-    backend = ClusterBackend.from_url(cluster3.url())
+def test_client_refuses_bad_ids_and_keys(nodes3):
+    backend = NodesBackend.from_url(nodes3.url())
     for key in ("../x", "/etc/passwd", "a/../../b", ""):
         with pytest.raises(InvalidInput):
             backend.put_object(key, b"1")
@@ -201,7 +191,7 @@ def test_client_refuses_bad_ids_and_keys(cluster3):
             with backend.shard_writer("v") as w:
                 w.put(sid, b"1", 0)
     backend.close()
-    assert all(files_under(n.data) == [] for n in cluster3.nodes)
+    assert all(files_under(n.data) == [] for n in nodes3.nodes)
 
 
 def test_oversized_body_refused(node1):
@@ -231,13 +221,13 @@ def test_oversized_body_refused(node1):
     assert files_under(node1.data) == []
 
 
-def test_range_head_and_node_dir_is_a_local_store(cluster3):
-    backend = ClusterBackend.from_url(cluster3.url(replicas=2))
+def test_range_head_and_node_dir_is_a_local_store(nodes3):
+    backend = NodesBackend.from_url(nodes3.url(replicas=2))
     shards = make_shards(3, size=100_000)
     locations = write_shards(backend, shards)
     backend.put_object("catalog/m/latest", b'{"v": 1}')
     sid, data = shards[1]
-    node = cluster3.node(backend.replica_nodes(sid, locations[1])[0])
+    node = nodes3.node(backend.replica_nodes(sid, locations[1])[0])
     path = f"/{shard_relpath(sid)}"
     conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)
     conn.request("GET", path, headers=auth({"Range": "bytes=1000-1999"}))
@@ -272,38 +262,38 @@ def test_range_head_and_node_dir_is_a_local_store(cluster3):
 
 # -- placement on real nodes --------------------------------------------------------
 
-def test_hash_placement_spreads_shards(cluster3):
-    backend = ClusterBackend.from_url(cluster3.url(replicas=2, placement="hash"))
+def test_hash_placement_spreads_shards(nodes3):
+    backend = NodesBackend.from_url(nodes3.url(replicas=2, placement="hash"))
     shards = make_shards(90, size=2000)
     locations = write_shards(backend, shards)
     assert all(loc == ShardLocation() for loc in locations)
     per_node = Counter()
     primaries = Counter()
-    for (sid, _), loc in zip(shards, locations):
-        holders = nodes_holding(cluster3, sid)
+    for (sid, _), loc in zip(shards, locations, strict=True):
+        holders = nodes_holding(nodes3, sid)
         assert holders == set(backend.replica_nodes(sid, loc))
         per_node.update(holders)
         primaries[backend.replica_nodes(sid, loc)[0]] += 1
     assert sum(per_node.values()) == 180
-    assert all(40 <= per_node[n.name] <= 80 for n in cluster3.nodes), per_node
-    assert all(15 <= primaries[n.name] for n in cluster3.nodes), primaries
+    assert all(40 <= per_node[n.name] <= 80 for n in nodes3.nodes), per_node
+    assert all(15 <= primaries[n.name] for n in nodes3.nodes), primaries
     backend.close()
 
 
-def test_range_placement_makes_contiguous_runs(cluster3):
-    backend = ClusterBackend.from_url(cluster3.url(replicas=2, placement="range", extra="&run_length=4"))
+def test_range_placement_makes_contiguous_runs(nodes3):
+    backend = NodesBackend.from_url(nodes3.url(replicas=2, placement="range", extra="&run_length=4"))
     shards = make_shards(48, size=2000)
     locations = write_shards(backend, shards, version="ver1")
-    holders = [frozenset(nodes_holding(cluster3, sid)) for sid, _ in shards]
+    holders = [frozenset(nodes_holding(nodes3, sid)) for sid, _ in shards]
     for run in range(12):
         block = holders[run * 4:(run + 1) * 4]
         assert len(set(block)) == 1 and len(block[0]) == 2, block   # one replica set per run
         assert all(loc.container == f"run:ver1:{run}" for loc in locations[run * 4:(run + 1) * 4])
-    assert len(set(holders)) >= 2          # runs still spread over the cluster
+    assert len(set(holders)) >= 2          # runs still spread over the nodes
     # a reader derives the replicas from the recorded location alone
-    reader = ClusterBackend.from_url(cluster3.url(replicas=2, placement="hash"))
-    for (sid, data), loc in zip(shards, locations):
-        assert set(reader.replica_nodes(sid, loc)) == set(nodes_holding(cluster3, sid))
+    reader = NodesBackend.from_url(nodes3.url(replicas=2, placement="hash"))
+    for (sid, data), loc in zip(shards, locations, strict=True):
+        assert set(reader.replica_nodes(sid, loc)) == set(nodes_holding(nodes3, sid))
         assert reader.read_shard(sid, loc, len(data)) == data
     backend.close()
     reader.close()
@@ -312,18 +302,18 @@ def test_range_placement_makes_contiguous_runs(cluster3):
 # -- failures ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("placement", ["hash", "range"])
-def test_one_node_of_three_lost_loses_nothing(cluster3, placement):
-    url = cluster3.url(replicas=2, placement=placement, extra="&run_length=3")
-    backend = ClusterBackend.from_url(url)
+def test_one_node_of_three_lost_loses_nothing(nodes3, placement):
+    url = nodes3.url(replicas=2, placement=placement, extra="&run_length=3")
+    backend = NodesBackend.from_url(url)
     shards = make_shards(30, size=5000)
     locations = write_shards(backend, shards)
     backend.put_object("manifests/v1.arrow", b"manifest")
     backend.put_object("catalog/model/latest", b"v1")
     backend.close()
-    victim = cluster3.nodes[1]
+    victim = nodes3.nodes[1]
     victim.kill()
-    reader = ClusterBackend.from_url(url)
-    for (sid, data), loc in zip(shards, locations):
+    reader = NodesBackend.from_url(url)
+    for (sid, data), loc in zip(shards, locations, strict=True):
         assert reader.read_shard_verified(sid, loc, len(data), verifier(sid)) == data
     assert reader.get_object("manifests/v1.arrow") == b"manifest"
     assert list(reader.list_objects("catalog/")) == ["catalog/model/latest"]
@@ -336,18 +326,18 @@ def test_one_node_of_three_lost_loses_nothing(cluster3, placement):
     reader.close()
 
 
-def test_two_nodes_dead_fail_only_shards_without_a_live_replica(cluster3):
-    url = cluster3.url(replicas=2, placement="hash")
-    backend = ClusterBackend.from_url(url)
+def test_two_nodes_dead_fail_only_shards_without_a_live_replica(nodes3):
+    url = nodes3.url(replicas=2, placement="hash")
+    backend = NodesBackend.from_url(url)
     shards = make_shards(40, size=3000)
     locations = write_shards(backend, shards)
     backend.close()
-    dead = {cluster3.nodes[0].name, cluster3.nodes[2].name}
-    cluster3.nodes[0].kill()
-    cluster3.nodes[2].kill()
-    reader = ClusterBackend.from_url(url)
+    dead = {nodes3.nodes[0].name, nodes3.nodes[2].name}
+    nodes3.nodes[0].kill()
+    nodes3.nodes[2].kill()
+    reader = NodesBackend.from_url(url)
     lost = ok = 0
-    for (sid, data), loc in zip(shards, locations):
+    for (sid, data), loc in zip(shards, locations, strict=True):
         replicas = reader.replica_nodes(sid, loc)
         if set(replicas) <= dead:
             lost += 1
@@ -362,14 +352,14 @@ def test_two_nodes_dead_fail_only_shards_without_a_live_replica(cluster3):
     reader.close()
 
 
-def test_corrupt_copy_fails_over_and_is_counted(cluster3):
-    url = cluster3.url(replicas=2)
-    backend = ClusterBackend.from_url(url)
+def test_corrupt_copy_fails_over_and_is_counted(nodes3):
+    url = nodes3.url(replicas=2)
+    backend = NodesBackend.from_url(url)
     shards = make_shards(5, size=50_000)
     locations = write_shards(backend, shards)
     sid, data = shards[2]
     primary, secondary = backend.replica_nodes(sid, locations[2])
-    f = cluster3.node(primary).data / shard_relpath(sid)
+    f = nodes3.node(primary).data / shard_relpath(sid)
     corrupt = bytearray(f.read_bytes())
     corrupt[100] ^= 0xFF
     f.write_bytes(bytes(corrupt))
@@ -379,7 +369,7 @@ def test_corrupt_copy_fails_over_and_is_counted(cluster3):
     assert stats["nodes"][primary]["integrity_errors"] == 1
     assert stats["nodes"][primary]["state"] == "up"      # a bad file is not a dead node
     # a truncated copy counts as corrupt too; with both copies bad the error says so
-    g = cluster3.node(secondary).data / shard_relpath(sid)
+    g = nodes3.node(secondary).data / shard_relpath(sid)
     g.write_bytes(data[:-7])
     with pytest.raises(IntegrityError) as info:
         backend.read_shard_verified(sid, locations[2], len(data), verifier(sid))
@@ -389,26 +379,26 @@ def test_corrupt_copy_fails_over_and_is_counted(cluster3):
 
 
 def test_writes_fail_when_a_target_replica_is_down(tmp_path):
-    cluster = start_cluster(tmp_path / "c2", 2)
+    node_set = start_nodes(tmp_path / "c2", 2)
     try:
-        url = cluster.url(replicas=2)
-        cluster.nodes[1].kill()
-        backend = ClusterBackend.from_url(url)
+        url = node_set.url(replicas=2)
+        node_set.nodes[1].kill()
+        backend = NodesBackend.from_url(url)
         shards = make_shards(4, size=1000)
         with pytest.raises(BackendError) as info:
             write_shards(backend, shards)
-        assert cluster.nodes[1].name in str(info.value)
+        assert node_set.nodes[1].name in str(info.value)
         with pytest.raises(BackendError):
             backend.put_object("catalog/m/latest", b"v1")
         backend.close()
     finally:
-        cluster.stop()
+        node_set.stop()
 
 
 def test_sigterm_stops_a_node_cleanly(tmp_path):
-    cluster = start_cluster(tmp_path / "c1", 1)
-    node = cluster.nodes[0]
-    backend = ClusterBackend.from_url(cluster.url(replicas=1))
+    node_set = start_nodes(tmp_path / "c1", 1)
+    node = node_set.nodes[0]
+    backend = NodesBackend.from_url(node_set.url(replicas=1))
     backend.put_object("a/b", b"x" * 10)        # leaves a kept-alive connection open
     assert backend.get_object("a/b") == b"x" * 10
     start = time.monotonic()
@@ -433,7 +423,7 @@ def test_nginx_served_store_directory(tmp_path):
     local.put_object("manifests/v1.arrow", b"M" * 1000)
     nginx = start_nginx(store_dir, tmp_path / "nginx")
     try:
-        backend = ClusterBackend.from_url(nginx.url)
+        backend = NodesBackend.from_url(nginx.url)
         assert backend.readonly
         for sid, data in shards:
             assert backend.read_shard_verified(sid, ShardLocation(), len(data), verifier(sid)) == data
@@ -459,14 +449,14 @@ def test_nginx_served_store_directory(tmp_path):
         nginx.stop()
 
 
-def test_a_hung_node_costs_one_timeout_then_is_skipped(cluster3):
-    backend = ClusterBackend.from_url(cluster3.url(replicas=2, extra="&timeout=1"))
+def test_a_hung_node_costs_one_timeout_then_is_skipped(nodes3):
+    backend = NodesBackend.from_url(nodes3.url(replicas=2, extra="&timeout=1"))
     shards = make_shards(12, size=4000)
     locations = write_shards(backend, shards)
-    hung = cluster3.nodes[2]
+    hung = nodes3.nodes[2]
     hung.proc.send_signal(signal.SIGSTOP)          # accepts connections, never answers
     try:
-        first = [(sid, data, loc) for (sid, data), loc in zip(shards, locations)
+        first = [(sid, data, loc) for (sid, data), loc in zip(shards, locations, strict=True)
                  if backend.replica_nodes(sid, loc)[0] == hung.name]
         assert len(first) >= 2
         sid, data, loc = first[0]
@@ -482,3 +472,27 @@ def test_a_hung_node_costs_one_timeout_then_is_skipped(cluster3):
     finally:
         hung.proc.send_signal(signal.SIGCONT)
     backend.close()
+
+
+def test_a_node_store_client_does_not_load_the_server(nodes3):
+    """A mount daemon of a node store opens the backend and reads; aiohttp stays out of it."""
+    code = ("import sys\n"
+            "from modelfs.store.backends.urls import open_backend\n"
+            f"b = open_backend({nodes3.url()!r})\n"
+            "print(list(b.list_objects('')), 'aiohttp' in sys.modules, 'urllib3' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split()[-2:] == ["False", "True"], out.stdout + out.stderr
+
+
+def test_readme_lists_every_url_parameter_with_its_default():
+    """The README's table of node-store URL parameters is NodeStoreOptions, default for default."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for f in NodeStoreOptions.fields():
+        default = f.default
+        if isinstance(default, bool):
+            shown = str(int(default))
+        elif default == "":
+            shown = "–"
+        else:
+            shown = str(default)
+        assert f"| `{f.name}` | {shown} | {f.metadata['help']} |" in readme, f.name

@@ -17,17 +17,11 @@ from helpers import (
     run_modelfs,
     sha256_of,
 )
+
+from modelfs.bench.nodes import start_nginx, start_nodes
 from modelfs.store.api import open_store
 from modelfs.store.backends.layout import shard_relpath
-from modelfs.store.backends.nodes.replicated import ClusterBackend
-from nodes_support import start_cluster, start_nginx
-
-
-@pytest.fixture
-def cluster3(tmp_path):
-    cluster = start_cluster(tmp_path / "c3", 3)
-    yield cluster
-    cluster.stop()
+from modelfs.store.backends.nodes.replicated import NodesBackend
 
 
 def random_file(path: Path, size: int, seed: int) -> Path:
@@ -46,21 +40,21 @@ def shard_table(url: str, key_file: Path, name: str) -> list[tuple[int, int, str
         store.close()
 
 
-def test_torch_and_safetensors_through_a_node_cluster(cluster3, tmp_path, key_file):
-    url = cluster3.url(replicas=2, placement="hash")
+def test_torch_and_safetensors_through_a_node_cluster(nodes3, tmp_path, key_file):
+    url = nodes3.url(replicas=2, placement="hash")
     models = make_sample_models(tmp_path)
     ckpt, st = models.checkpoint, models.safetensors
     for path, name in ((ckpt, "torch/ckpt"), (st, "st/model")):
         run_modelfs("push", path, name, "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
     # every node holds some of the shards, and each shard has exactly two copies
     table = shard_table(url, key_file, "st/model")
-    copies = [sum((n.data / shard_relpath(sid)).exists() for n in cluster3.nodes) for _, _, sid, _ in table]
+    copies = [sum((n.data / shard_relpath(sid)).exists() for n in nodes3.nodes) for _, _, sid, _ in table]
     assert set(copies) == {2}
-    assert all(any((n.data / "shards").rglob("*")) for n in cluster3.nodes)
+    assert all(any((n.data / "shards").rglob("*")) for n in nodes3.nodes)
     # corrupt one stored copy of a safetensors shard: reads must still be right
     _, _, sid, loc = table[len(table) // 2]
-    primary = ClusterBackend.from_url(url).replica_nodes(sid, loc)[0]
-    bad = cluster3.node(primary).data / shard_relpath(sid)
+    primary = NodesBackend.from_url(url).replica_nodes(sid, loc)[0]
+    bad = nodes3.node(primary).data / shard_relpath(sid)
     blob = bytearray(bad.read_bytes())
     blob[len(blob) // 2] ^= 0x55
     bad.write_bytes(bytes(blob))
@@ -68,7 +62,7 @@ def test_torch_and_safetensors_through_a_node_cluster(cluster3, tmp_path, key_fi
     with mounted(url, key_file, "64MiB") as mnt:
         check_sample_models(models, mnt / "torch" / "ckpt", mnt / "st" / "model")
         backend = read_stats(mnt)["backend"]
-        assert backend["kind"] == "cluster"
+        assert backend["kind"] == "nodes"
         assert backend["integrity_errors"] >= 1 and backend["failovers"] >= 1
         assert backend["nodes"][primary]["integrity_errors"] >= 1
         assert all(n["bytes"] > 0 and n["requests"] > 0 for n in backend["nodes"].values())
@@ -78,13 +72,13 @@ def test_torch_and_safetensors_through_a_node_cluster(cluster3, tmp_path, key_fi
 
 
 @pytest.mark.parametrize("placement", ["hash", "range"])
-def test_kill_a_node_during_a_long_sequential_read(cluster3, tmp_path, key_file, placement):
-    url = cluster3.url(replicas=2, placement=placement, extra="&run_length=8")
+def test_kill_a_node_during_a_long_sequential_read(nodes3, tmp_path, key_file, placement):
+    url = nodes3.url(replicas=2, placement=placement, extra="&run_length=8")
     src = random_file(tmp_path / "big.bin", 64 << 20, seed=3)
     run_modelfs("push", src, "big", "--store", url, "--key-file", key_file, "--shard-size", "1MiB")
     # the victim is the first replica of the last shard, so the read must fail over after the kill
     *_, (_, _, last_sid, last_loc) = shard_table(url, key_file, "big")
-    victim = cluster3.node(ClusterBackend.from_url(url).replica_nodes(last_sid, last_loc)[0])
+    victim = nodes3.node(NodesBackend.from_url(url).replica_nodes(last_sid, last_loc)[0])
     with mounted(url, key_file, "16MiB") as mnt:
         # kill -9 a quarter of the way through
         done, digest = read_calling(mnt / "big", 16 << 20, victim.kill)
@@ -96,15 +90,15 @@ def test_kill_a_node_during_a_long_sequential_read(cluster3, tmp_path, key_file,
         assert backend["nodes"][victim.name]["state"] == "down"
 
 
-def test_two_dead_nodes_fail_only_ranges_without_a_live_replica(cluster3, tmp_path, key_file):
-    url = cluster3.url(replicas=2, placement="hash")
+def test_two_dead_nodes_fail_only_ranges_without_a_live_replica(nodes3, tmp_path, key_file):
+    url = nodes3.url(replicas=2, placement="hash")
     src = random_file(tmp_path / "m.bin", 12 << 20, seed=5)
     run_modelfs("push", src, "m", "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
     table = shard_table(url, key_file, "m")
-    backend = ClusterBackend.from_url(url)
+    backend = NodesBackend.from_url(url)
     original = src.read_bytes()
     with mounted(url, key_file, "64MiB", "--readahead", "0") as mnt:
-        dead = [cluster3.nodes[0], cluster3.nodes[1]]
+        dead = [nodes3.nodes[0], nodes3.nodes[1]]
         for node in dead:
             node.kill()
         dead_names = {n.name for n in dead}
@@ -130,20 +124,20 @@ def test_two_dead_nodes_fail_only_ranges_without_a_live_replica(cluster3, tmp_pa
 
 
 def test_push_with_a_target_replica_down_publishes_nothing(tmp_path, key_file):
-    cluster = start_cluster(tmp_path / "c2", 2)
+    node_set = start_nodes(tmp_path / "c2", 2)
     try:
-        url = cluster.url(replicas=2)
+        url = node_set.url(replicas=2)
         src = random_file(tmp_path / "x.bin", 3 << 20, seed=9)
-        cluster.nodes[1].kill()
+        node_set.nodes[1].kill()
         result = run_modelfs("push", src, "x", "--store", url, "--key-file", key_file,
                              "--shard-size", "256KiB", check=False)
         assert result.returncode != 0
-        assert cluster.nodes[1].name in result.stderr
-        live = cluster.nodes[0].data
+        assert node_set.nodes[1].name in result.stderr
+        live = node_set.nodes[0].data
         assert not (live / "objects" / "catalog").exists()
         assert not (live / "objects" / "manifests").exists()
     finally:
-        cluster.stop()
+        node_set.stop()
 
 
 def test_mount_a_store_directory_served_by_nginx(tmp_path, key_file):
@@ -155,6 +149,6 @@ def test_mount_a_store_directory_served_by_nginx(tmp_path, key_file):
         with mounted(nginx.url, key_file, "32MiB") as mnt:
             assert sorted(p.name for p in (mnt / "org").iterdir()) == ["n"]
             assert (mnt / "org" / "n").read_bytes() == src.read_bytes()
-            assert read_stats(mnt)["backend"]["kind"] == "cluster"
+            assert read_stats(mnt)["backend"]["kind"] == "nodes"
     finally:
         nginx.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from modelfs.store.errors import AccessDenied, IntegrityError, InvalidInput, NotFound
 from modelfs.store.format.keyfiles import HOST_KIND, PUBLISHER_KIND, PublicKey
 from modelfs.store.format.recipients import (

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import mounted, run_modelfs, sha256_of
+
 from modelfs.store.api import open_store
 
 SHARD = 64 * 1024
@@ -76,7 +77,7 @@ def test_descriptor_keeps_its_version_across_three_publishes(tmp_path, key_file)
             for src in versions[1:]:
                 push(store, key_file, src, "m")
                 expected = sha256_of(src)
-                wait_for(lambda: fresh_sha(mnt / "m") == expected, f"new opens seeing {src.name}")
+                wait_for(lambda want=expected: fresh_sha(mnt / "m") == want, f"new opens seeing {src.name}")
             assert os.pread(fd, len(first), 0) == first
             assert os.pread(fd, 5000, len(first) - 5000) == first[-5000:]
             assert mapped[:] == first

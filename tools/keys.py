@@ -41,7 +41,8 @@ def cmd_show(args) -> int:
         line = path.read_text() if path.exists() else ""
         kind = PUBLISHER_KIND if line.startswith(PUBLISHER_KIND) else HOST_KIND
         key = PublicKey.load(path, kind)
-        print(f"{path}  {'publisher' if kind == PUBLISHER_KIND else 'host'}  {key.fingerprint}  {key.comment}")
+        role = "publisher" if kind == PUBLISHER_KIND else "host"
+        print(f"{path}  {role}  {key.fingerprint}  {key.comment}")
     return 0
 
 

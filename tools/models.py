@@ -1,4 +1,4 @@
-"""``push``, ``ls``, ``verify``, ``tag``, ``rm``, ``gc``, ``keygen``: the commands that publish, list and check models."""
+"""``push``, ``ls``, ``verify``, ``tag``, ``rm``, ``gc``, ``keygen``: publish, list and check models."""
 from __future__ import annotations
 
 import dataclasses
@@ -63,7 +63,7 @@ def cmd_ls(args) -> int:
                          store.signed_by.get(v.version_id) or "-", " ".join(tags)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print("  ".join([c.ljust(w) for c, w in zip(row, widths)] + [row[-1]]).rstrip())
+        print("  ".join([c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)] + [row[-1]]).rstrip())
     return 0
 
 

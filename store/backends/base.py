@@ -18,8 +18,11 @@ or not any manifest references them.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ class ShardWriter(abc.ABC):
     def abort(self) -> None:
         """Drop what was written; must not fail if nothing was."""
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -130,7 +133,7 @@ class Backend(abc.ABC):
         """
 
     def read_shard_verified(self, shard_id: str, location: ShardLocation, length: int,
-                            verify) -> object:
+                            verify: Callable[[bytes], T]) -> T:
         """Read a shard and pass it through ``verify(bytes) -> result``.
 
         ``verify`` raises ``IntegrityError`` on bad bytes. Backends with several
@@ -160,5 +163,5 @@ class Backend(abc.ABC):
         """Per-node or per-connection counters for ``cache-stats`` (optional)."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing to release
         """Release connections and threads."""

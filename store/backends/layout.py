@@ -30,6 +30,25 @@ def write_file_atomically(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def create_file_exclusively(path: Path, data: bytes) -> bool:
+    """Write ``data`` to a temp file, then ``link`` it to ``path``: False (nothing written)
+    if ``path`` exists, so of two concurrent creators exactly one wins."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{TMP_SUFFIX}{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True
+
+
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:

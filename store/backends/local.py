@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import BackendError, InvalidInput, NotFound
 from .base import Backend, ShardLocation, ShardWriter, StoredItem
 from .layout import (
     TMP_SUFFIX,
     check_key,
-    fsync_dir,
+    create_file_exclusively,
     shard_relpath,
     stored_shard_relpath,
     write_file_atomically,
@@ -32,7 +31,7 @@ log = logging.getLogger(__name__)
 class LocalShardWriter(ShardWriter):
     """Shards are content-addressed files, durable when ``put`` returns."""
 
-    def __init__(self, backend: "LocalBackend") -> None:
+    def __init__(self, backend: LocalBackend) -> None:
         self._backend = backend
 
     def put(self, shard_id: str, data: bytes, index: int) -> ShardLocation:
@@ -78,25 +77,10 @@ class LocalBackend(Backend):
             raise BackendError(f"cannot write {key} in {self.root}: {e.strerror}") from e
 
     def put_object_if_absent(self, key: str, data: bytes) -> bool:
-        """Write a temp file, then ``link`` it to the key: link fails if the key exists."""
-        path = self._object_path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}{TMP_SUFFIX}{uuid.uuid4().hex}")
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            finally:
-                tmp.unlink(missing_ok=True)
-            fsync_dir(path.parent)
+            return create_file_exclusively(self._object_path(key), data)
         except OSError as e:
             raise BackendError(f"cannot write {key} in {self.root}: {e.strerror}") from e
-        return True
 
     def get_object(self, key: str) -> bytes:
         try:

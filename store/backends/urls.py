@@ -26,8 +26,8 @@ def open_backend(url: str | None, create: bool = False) -> Backend:
         path = urlsplit(url).path if scheme == "file" else url
         return LocalBackend(path, create=create)
     if scheme in ("http", "https"):
-        from .nodes.replicated import ClusterBackend
-        return ClusterBackend.from_url(url)
+        from .nodes.replicated import NodesBackend
+        return NodesBackend.from_url(url)
     if scheme == "hdfs":
         from .hdfs.backend import HdfsBackend
         return HdfsBackend.from_url(url)

@@ -170,7 +170,7 @@ class LineageState:
     def tags_of(self, version_id: str) -> list[str]:
         return sorted(t for t, v in self.tags.items() if v == version_id)
 
-    def next(self, event: str, **changes: Any) -> "LineageState":
+    def next(self, event: str, **changes: Any) -> LineageState:
         return replace(self, seq=self.seq + 1, event=event, time=time.time(), **changes)
 
     # -- encoding ----------------------------------------------------------------
@@ -184,7 +184,7 @@ class LineageState:
         return RECORD_MAGIC + json.dumps(envelope, sort_keys=True).encode()
 
     @classmethod
-    def from_record(cls, data: bytes, mac_key: bytes, name: str, seq: int) -> "LineageState":
+    def from_record(cls, data: bytes, mac_key: bytes, name: str, seq: int) -> LineageState:
         """Parse and authenticate record ``seq`` of ``name``; any flaw is an ``IntegrityError``."""
         where = f"catalog record {seq} of {name!r}"
         if not isinstance(data, bytes) or not data.startswith(RECORD_MAGIC):
@@ -268,14 +268,21 @@ class Catalog:
 
     def heads(self) -> dict[str, int]:
         """The highest record number of every lineage, from one listing (no record is read)."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[dict[str, int], set[str]]:
+        """(highest record number per lineage, names that still have old-format entries)."""
         heads: dict[str, int] = {}
+        legacy: set[str] = set()
         for key in self.backend.list_objects("catalog/"):
             parsed = parse_record_key(key)
             if parsed is not None:
                 name, seq = parsed
                 if seq > heads.get(name, -1):
                     heads[name] = seq
-        return heads
+            elif key.endswith(".json") and "/@" in key:
+                legacy.add(key[len("catalog/"):key.rindex("/@")])
+        return heads, legacy
 
     def head(self, name: str) -> int:
         """The highest record number of one lineage (0: none)."""
@@ -283,28 +290,9 @@ class Catalog:
                 if (p := parse_record_key(k)) is not None and p[0] == name]
         return max(seqs, default=0)
 
-    def read_record(self, name: str, seq: int, mac_key: bytes) -> LineageState:
-        return LineageState.from_record(self.backend.get_object(record_key(name, seq)),
-                                        mac_key, name, seq)
-
-    def write_record(self, state: LineageState, mac_key: bytes) -> bool:
-        """Create record ``state.seq``; False when another writer took that number first."""
-        return self.backend.put_object_if_absent(record_key(state.name, state.seq),
-                                                 state.to_record(mac_key))
-
-    # -- manifests and keys ----------------------------------------------------
+    # -- manifests ----------------------------------------------------
     def put_manifest(self, version_id: str, index: int, data: bytes) -> None:
         self.backend.put_object(manifest_key(version_id, index), data)
 
     def get_manifest(self, version_id: str, index: int = 0) -> bytes:
         return self.backend.get_object(manifest_key(version_id, index))
-
-    def get_wrapped_key(self, name: str) -> bytes | None:
-        try:
-            return self.backend.get_object(f"keys/{name}.key")
-        except NotFound:
-            return None
-
-    def create_wrapped_key(self, name: str, wrapped: bytes) -> bool:
-        """Store the lineage key unless one exists; False when another push created it first."""
-        return self.backend.put_object_if_absent(f"keys/{name}.key", wrapped)

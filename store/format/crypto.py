@@ -85,7 +85,7 @@ class LineageKeys:
     seal_key: bytes
 
     @classmethod
-    def derive(cls, data_key: bytes) -> "LineageKeys":
+    def derive(cls, data_key: bytes) -> LineageKeys:
         def hkdf(info: bytes) -> bytes:
             return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
                         info=b"modelfs/v1/" + info).derive(data_key)

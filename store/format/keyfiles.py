@@ -77,7 +77,7 @@ class PublicKey:
         return f"{text} {self.comment}".rstrip()
 
     @classmethod
-    def from_line(cls, line: str, kind: str) -> "PublicKey":
+    def from_line(cls, line: str, kind: str) -> PublicKey:
         head, _, comment = line.strip().partition(" ")
         found, sep, encoded = head.partition(":")
         if not sep or found != kind:
@@ -91,7 +91,7 @@ class PublicKey:
         return cls(kind, raw, comment.strip())
 
     @classmethod
-    def load(cls, path: str | os.PathLike, kind: str) -> "PublicKey":
+    def load(cls, path: str | os.PathLike, kind: str) -> PublicKey:
         path = Path(path).expanduser()
         try:
             text = path.read_text()

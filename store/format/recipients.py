@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -44,9 +44,6 @@ _SIGN_DOMAIN = b"modelfs/v1/sign/"
 DEFAULT_HOST_KEY = Path(os.environ.get("MODELFS_HOST_KEY", str(CONFIG_DIR / "host.key")))
 DEFAULT_PUBLISHER_KEY = Path(os.environ.get("MODELFS_PUBLISHER_KEY", str(CONFIG_DIR / "publisher.key")))
 
-_RAW = dict(encoding=serialization.Encoding.Raw, format=serialization.PublicFormat.Raw)
-_RAW_PRIVATE = dict(encoding=serialization.Encoding.Raw, format=serialization.PrivateFormat.Raw,
-                    encryption_algorithm=serialization.NoEncryption())
 
 
 def length_prefixed(*parts: bytes) -> bytes:
@@ -65,7 +62,7 @@ def _wrap_key(shared: bytes, ephemeral: bytes, recipient: bytes, context: bytes)
 def wrap_for_host(data_key: bytes, recipient: PublicKey, name: str) -> bytes:
     """Encrypt ``data_key`` so that only the holder of ``recipient``'s private key opens it."""
     ephemeral = X25519PrivateKey.generate()
-    ephemeral_public = ephemeral.public_key().public_bytes(**_RAW)
+    ephemeral_public = ephemeral.public_key().public_bytes_raw()
     shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient.raw))
     context = _wrap_context(name, recipient)
     key = _wrap_key(shared, ephemeral_public, recipient.raw, context)
@@ -80,16 +77,16 @@ class HostKey:
 
     @property
     def public(self) -> PublicKey:
-        return PublicKey(HOST_KIND, self.private.public_key().public_bytes(**_RAW))
+        return PublicKey(HOST_KIND, self.private.public_key().public_bytes_raw())
 
     @classmethod
-    def create(cls, path: str | os.PathLike = DEFAULT_HOST_KEY, overwrite: bool = False) -> "HostKey":
+    def create(cls, path: str | os.PathLike = DEFAULT_HOST_KEY, overwrite: bool = False) -> HostKey:
         private = X25519PrivateKey.generate()
-        write_private_file(path, private.private_bytes(**_RAW_PRIVATE), overwrite)
+        write_private_file(path, private.private_bytes_raw(), overwrite)
         return cls(private)
 
     @classmethod
-    def load(cls, path: str | os.PathLike = DEFAULT_HOST_KEY) -> "HostKey":
+    def load(cls, path: str | os.PathLike = DEFAULT_HOST_KEY) -> HostKey:
         raw = read_private_file(path, "host key file")
         if len(raw) != RAW_KEY_BYTES:
             raise InvalidInput(f"host key file {path} is not a modelfs host key")
@@ -123,17 +120,17 @@ class PublisherKey:
 
     @property
     def public(self) -> PublicKey:
-        return PublicKey(PUBLISHER_KIND, self.private.public_key().public_bytes(**_RAW))
+        return PublicKey(PUBLISHER_KIND, self.private.public_key().public_bytes_raw())
 
     @classmethod
     def create(cls, path: str | os.PathLike = DEFAULT_PUBLISHER_KEY,
-               overwrite: bool = False) -> "PublisherKey":
+               overwrite: bool = False) -> PublisherKey:
         private = Ed25519PrivateKey.generate()
-        write_private_file(path, private.private_bytes(**_RAW_PRIVATE), overwrite)
+        write_private_file(path, private.private_bytes_raw(), overwrite)
         return cls(private)
 
     @classmethod
-    def load(cls, path: str | os.PathLike = DEFAULT_PUBLISHER_KEY) -> "PublisherKey":
+    def load(cls, path: str | os.PathLike = DEFAULT_PUBLISHER_KEY) -> PublisherKey:
         raw = read_private_file(path, "publisher key file")
         if len(raw) != RAW_KEY_BYTES:
             raise InvalidInput(f"publisher key file {path} is not a modelfs publisher key")

@@ -1,5 +1,6 @@
-"""modelfs storage nodes: the replicated client backend, placement, the wire protocol, the server.
+"""modelfs storage nodes: URL options, a one-node client, the replicated backend, placement, server.
 
-The client side (``replicated``, ``placement``, ``protocol``) never imports ``server`` (aiohttp),
-so a mount daemon of a node store does not load it. May import ``backends.base``/``layout``/``local``.
+The client side (``options``, ``client``, ``listing``, ``replicated``, ``writer``, ``placement``,
+``protocol``) never imports ``server`` (aiohttp), so a mount daemon of a node store does not load it.
+May import ``backends.base``/``layout``, ``errors``, ``config`` and ``stats``.
 """

@@ -20,8 +20,8 @@ Readers need only the shard id and the recorded location (stateless).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ...errors import InvalidInput
 from ..base import ShardLocation

