@@ -70,8 +70,8 @@ def cmd_ls(args) -> int:
 def cmd_verify(args) -> int:
     from modelfs.store.api import open_store
     store = open_store(args.store, key_file=args.key_file)
-    specs = args.names or [x.name for x in store.lineages()
-                           if x.broken or (x.state is not None and x.state.versions)]
+    specs = args.names or [x.name for x in store.lineages() if not isinstance(x.error, NotGranted)
+                           and (x.broken or (x.state is not None and x.state.versions))]
     failed: list[tuple[str, ModelfsError]] = []
     for spec in specs:
         try:
