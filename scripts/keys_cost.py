@@ -23,6 +23,7 @@ from modelfs.store.format.recipients import HostKey
 from modelfs.store.sizes import format_size, parse_size
 
 MODELFS = [sys.executable, "-m", "modelfs.tools.cli"]
+CHUNK = 16 << 20
 
 
 def run(*args: str) -> tuple[float, str]:
@@ -45,8 +46,11 @@ def main() -> None:
     key, store = root / "store.key", root / "store"
     run("keygen", "--key-file", str(key))
     src = root / "model.bin"
-    words = np.random.default_rng(1).normal(size=parse_size(args.size) // 4).astype(np.float32)
-    src.write_bytes((words.view(np.uint32) >> 16).astype(np.uint16).tobytes())  # bf16 bit patterns
+    rng = np.random.default_rng(1)
+    with open(src, "wb") as f:
+        for _ in range(parse_size(args.size) // CHUNK):  # bf16 bit patterns of normal weights
+            words = rng.normal(size=CHUNK // 2).astype(np.float32)
+            f.write((words.view(np.uint32) >> 16).astype(np.uint16).tobytes())
     common = ["--store", str(store), "--key-file", str(key)]
     seconds, out = run("push", str(src), "org/m", *common)
     print(f"push {format_size(src.stat().st_size)}: {seconds:.1f} s; {out}")

@@ -84,6 +84,8 @@ def test_grant_revoke_rotate_with_two_hosts(tmp_path, key_file):
     b_key, _, _ = host_pair(tmp_path, "b")
     out = cli(store, key_file, "grant", "org/m", "--to", str(a_pub)).stdout
     assert f"granted org/m to {a_fp}" in out
+    listed = run_modelfs("ls", "--store", str(store), "--host-key", str(a_key)).stdout.splitlines()
+    assert [line.split()[0] for line in listed[1:]] == ["org/m"]   # only what A was granted
 
     with mounted(store, None, "16MiB", "--host-key", str(a_key)) as a, \
             mounted(store, None, "16MiB", "--host-key", str(b_key)) as b:

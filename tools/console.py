@@ -9,6 +9,8 @@ from modelfs.store.sizes import format_size
 STORE_HELP = "store URL: a directory (default $MODELFS_STORE or ~/.local/share/modelfs/store), " \
              "http://node1:port,node2:port/?replicas=2, or hdfs://namenode:port/path"
 KEY_HELP = "store key file (default $MODELFS_KEY_FILE or ~/.config/modelfs/store.key)"
+HOST_KEY_HELP = "this host's X25519 key file, used when there is no store key (default " \
+                "~/.config/modelfs/host.key): only the names granted to it"
 PUBLISHER_HELP = "publisher key file that signs what this writes (default " \
                  "~/.config/modelfs/publisher.key when it exists)"
 

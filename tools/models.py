@@ -10,7 +10,7 @@ import time
 from modelfs.store.errors import ModelfsError, NotFound, NotGranted
 from modelfs.store.sizes import format_size, parse_size
 
-from .console import KEY_HELP, PUBLISHER_HELP, STORE_HELP, ProgressBar, access_options
+from .console import HOST_KEY_HELP, KEY_HELP, PUBLISHER_HELP, STORE_HELP, ProgressBar, access_options
 
 
 def cmd_push(args) -> int:
@@ -35,7 +35,7 @@ def _when(t: float) -> str:
 def cmd_ls(args) -> int:
     from modelfs.store.api import open_store
     from modelfs.store.format.catalog import check_name
-    store = open_store(args.store, key_file=args.key_file)
+    store = open_store(args.store, key_file=args.key_file, access=access_options(args))
     if args.name:
         check_name(args.name)
     lineages = [x for x in store.lineages(check_manifests=True) if (not args.name or x.name == args.name)
@@ -69,7 +69,7 @@ def cmd_ls(args) -> int:
 
 def cmd_verify(args) -> int:
     from modelfs.store.api import open_store
-    store = open_store(args.store, key_file=args.key_file)
+    store = open_store(args.store, key_file=args.key_file, access=access_options(args))
     specs = args.names or [x.name for x in store.lineages() if not isinstance(x.error, NotGranted)
                            and (x.broken or (x.state is not None and x.state.versions))]
     failed: list[tuple[str, ModelfsError]] = []
@@ -137,6 +137,7 @@ def register(sub) -> None:
     s.add_argument("name", nargs="?", help="only this model")
     s.add_argument("--store", help=STORE_HELP)
     s.add_argument("--key-file", help=KEY_HELP)
+    s.add_argument("--host-key", help=HOST_KEY_HELP)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_ls)
 
@@ -145,6 +146,7 @@ def register(sub) -> None:
                    help="versions to check (default: the latest of every model)")
     s.add_argument("--store", help=STORE_HELP)
     s.add_argument("--key-file", help=KEY_HELP)
+    s.add_argument("--host-key", help=HOST_KEY_HELP)
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("tag", help="point a tag at a version (create or move it)")

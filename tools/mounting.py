@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .console import (
+    HOST_KEY_HELP,
     KEY_HELP,
     STORE_HELP,
     access_options,
@@ -44,8 +45,7 @@ def register(sub) -> None:
     s.add_argument("store", help=STORE_HELP)
     s.add_argument("mountpoint")
     s.add_argument("--key-file", help=KEY_HELP)
-    s.add_argument("--host-key", help="this host's X25519 key file, used when there is no store key "
-                                      "(default ~/.config/modelfs/host.key): serves the names granted to it")
+    s.add_argument("--host-key", help=HOST_KEY_HELP)
     s.add_argument("--trust", action="append", metavar="PUBLISHER.pub",
                    help="serve only names whose records and manifests this publisher signed (repeatable)")
     s.add_argument("--trust-file", action="append",
