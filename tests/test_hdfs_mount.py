@@ -179,7 +179,7 @@ def test_push_failing_mid_read_publishes_nothing(hdfs_cluster, tmp_path, key_fil
     store = open_store(url, key_file=key_file)
     try:
         publish_failing_at(store, src, "m", 512 * 1024, 5, monkeypatch)
-        assert store.list() == []
+        assert store.lineages() == []
     finally:
         store.close()
     assert not [p for p in store_files(hdfs_cluster, url) if "/packs/" in p]

@@ -99,21 +99,22 @@ def _reader(mnt: str, hashes: set[str], mode: str, until: float, out) -> None:
     path = os.path.join(mnt, "m")
     while time.time() < until:
         h = hashlib.sha256()
-        with open(path, "rb", buffering=0) as f:
-            if mode == "mmap":
-                with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
-                    for off in range(0, len(m), 1 << 20):
-                        h.update(m[off:off + (1 << 20)])
-            else:
-                size, off = os.fstat(f.fileno()).st_size, 0
-                while off < size:
-                    chunk = os.pread(f.fileno(), 1 << 20, off)
-                    h.update(chunk)
-                    off += len(chunk)
-                    time.sleep(0.001)
         if mode == "dd":
             result = subprocess.run(["dd", f"if={path}", "bs=1M", "status=none"], capture_output=True)
-            h = hashlib.sha256(result.stdout)
+            h.update(result.stdout)
+        else:
+            with open(path, "rb", buffering=0) as f:
+                if mode == "mmap":
+                    with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+                        for off in range(0, len(m), 1 << 20):
+                            h.update(m[off:off + (1 << 20)])
+                else:
+                    size, off = os.fstat(f.fileno()).st_size, 0
+                    while off < size:
+                        chunk = os.pread(f.fileno(), 1 << 20, off)
+                        h.update(chunk)
+                        off += len(chunk)
+                        time.sleep(0.001)
         passes += 1
         mixed += h.hexdigest() not in hashes
     out.put((mode, passes, mixed))
@@ -201,6 +202,9 @@ def test_python_api_opens_versions_and_tags(tmp_path, key_file):
     for spec, src in ((f"m@{id1}", v1), ("m@old", v1), ("m", v2)):
         reader = s.open_model(spec)
         assert reader.read(0, reader.size) == src.read_bytes()
+    listing = cli(store, key_file, "ls", "m").stdout.splitlines()
+    assert len(listing) == 3 and id1 in listing[1] and listing[1].endswith("old")
+    assert listing[2].endswith("(latest)")
     verified = cli(store, key_file, "verify", f"m@{id1}", "m@old").stdout
     assert verified.count(f"ok m@{id1}") == 2
     with pytest.raises(Exception, match="no version or tag"):

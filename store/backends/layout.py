@@ -16,23 +16,17 @@ TMP_SUFFIX = ".tmp-"
 
 def write_file_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via temp file + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{TMP_SUFFIX}{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    _place(path, data, exclusive=False)
 
 
 def create_file_exclusively(path: Path, data: bytes) -> bool:
     """Write ``data`` to a temp file, then ``link`` it to ``path``: False (nothing written)
     if ``path`` exists, so of two concurrent creators exactly one wins."""
+    return _place(path, data, exclusive=True)
+
+
+def _place(path: Path, data: bytes, exclusive: bool) -> bool:
+    """Temp file + fsync, then rename (replace) or link (create only); the temp never stays."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}{TMP_SUFFIX}{uuid.uuid4().hex}")
     try:
@@ -40,8 +34,13 @@ def create_file_exclusively(path: Path, data: bytes) -> bool:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.link(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
     except FileExistsError:
+        if not exclusive:
+            raise
         return False
     finally:
         tmp.unlink(missing_ok=True)

@@ -83,49 +83,35 @@ class HdfsBackend(Backend):
         return self.path(f"objects/{check_key(key)}")
 
     def put_object(self, key: str, data: bytes) -> None:
+        self._place(key, data, overwrite=True)
+
+    def put_object_if_absent(self, key: str, data: bytes) -> bool:
+        """Rename without overwrite: the namenode refuses if the key exists, so one creator wins."""
+        return self._place(key, data, overwrite=False)
+
+    def _place(self, key: str, data: bytes, overwrite: bool) -> bool:
+        """Write a temp file, rename it to the key; the temp never stays. False: the key existed."""
         final = self._object_path(key)
         tmp = f"{final}{TMP_SUFFIX}{uuid.uuid4().hex}"
 
-        def write(client) -> None:
+        def write(client) -> bool:
             from hdfs_native import WriteOptions
             try:
                 with client.create(tmp, WriteOptions(create_parent=True, overwrite=True)) as f:
                     f.write(data)
-                client.rename(tmp, final, True)
-            except BaseException:
-                try:
-                    client.delete(tmp, False)
-                except Exception:  # noqa: BLE001 - the original error matters
-                    pass
+                client.rename(tmp, final, overwrite)
+                return True
+            except Exception:
+                unless_missing(lambda: client.delete(tmp, False), False)
+                if not overwrite and unless_missing(lambda: client.get_file_info(final), None):
+                    return False  # another writer created it first
                 raise
 
-        self.hdfs.call(write, f"cannot write {key}")
-        self.hdfs.counters.add(writes=1, bytes_written=len(data))
-
-    def put_object_if_absent(self, key: str, data: bytes) -> bool:
-        """Write a temp file, then rename it without overwrite: the namenode refuses if the key exists."""
-        final = self._object_path(key)
-        tmp = f"{final}{TMP_SUFFIX}{uuid.uuid4().hex}"
-
-        def create(client) -> bool:
-            from hdfs_native import WriteOptions
-            try:
-                with client.create(tmp, WriteOptions(create_parent=True, overwrite=False)) as f:
-                    f.write(data)
-                try:
-                    client.rename(tmp, final, False)
-                except Exception:
-                    if unless_missing(lambda: client.get_file_info(final), None) is not None:
-                        return False  # another writer created it first
-                    raise
-                return True
-            finally:
-                unless_missing(lambda: client.delete(tmp, False), False)
-
-        created = self.hdfs.call(create, f"cannot create {key}", retry=False)
-        if created:
+        # a create is not retried: a lost answer to a rename that happened would read as "taken"
+        placed = self.hdfs.call(write, f"cannot write {key}", retry=overwrite)
+        if placed:
             self.hdfs.counters.add(writes=1, bytes_written=len(data))
-        return created
+        return placed
 
     def get_object(self, key: str) -> bytes:
         path = self._object_path(key)
