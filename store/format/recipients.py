@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -70,27 +71,45 @@ def wrap_for_host(data_key: bytes, recipient: PublicKey, name: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class HostKey:
-    """A compute host's X25519 key pair; the private half never leaves the host."""
+class _KeyPair:
+    """A key pair whose private half lives in one file on this machine, readable by its owner only."""
 
-    private: X25519PrivateKey
+    private: Any
+    _KIND: ClassVar[str]
+    _WHAT: ClassVar[str]
+    _ALGORITHM: ClassVar[Any]
+    _DEFAULT: ClassVar[Path]
 
     @property
     def public(self) -> PublicKey:
-        return PublicKey(HOST_KIND, self.private.public_key().public_bytes_raw())
+        return PublicKey(self._KIND, self.private.public_key().public_bytes_raw())
 
     @classmethod
-    def create(cls, path: str | os.PathLike = DEFAULT_HOST_KEY, overwrite: bool = False) -> HostKey:
-        private = X25519PrivateKey.generate()
-        write_private_file(path, private.private_bytes_raw(), overwrite)
+    def create(cls: type[_Pair], path: str | os.PathLike | None = None, overwrite: bool = False) -> _Pair:
+        private = cls._ALGORITHM.generate()
+        write_private_file(path or cls._DEFAULT, private.private_bytes_raw(), overwrite)
         return cls(private)
 
     @classmethod
-    def load(cls, path: str | os.PathLike = DEFAULT_HOST_KEY) -> HostKey:
-        raw = read_private_file(path, "host key file")
+    def load(cls: type[_Pair], path: str | os.PathLike | None = None) -> _Pair:
+        path = path or cls._DEFAULT
+        raw = read_private_file(path, f"{cls._WHAT} key file")
         if len(raw) != RAW_KEY_BYTES:
-            raise InvalidInput(f"host key file {path} is not a modelfs host key")
-        return cls(X25519PrivateKey.from_private_bytes(raw))
+            raise InvalidInput(f"{cls._WHAT} key file {path} is not a modelfs {cls._WHAT} key")
+        return cls(cls._ALGORITHM.from_private_bytes(raw))
+
+
+_Pair = TypeVar("_Pair", bound=_KeyPair)
+
+
+@dataclass(frozen=True)
+class HostKey(_KeyPair):
+    """A compute host's X25519 key pair; the private half never leaves the host."""
+
+    _KIND = HOST_KIND
+    _WHAT = "host"
+    _ALGORITHM = X25519PrivateKey
+    _DEFAULT = DEFAULT_HOST_KEY
 
     def unwrap(self, wrapped: bytes, name: str) -> bytes:
         """The data key of ``name`` wrapped for this host; ``AccessDenied`` for any other."""
@@ -113,28 +132,13 @@ def _signed_message(kind: str, body: bytes) -> bytes:
 
 
 @dataclass(frozen=True)
-class PublisherKey:
+class PublisherKey(_KeyPair):
     """A publisher's Ed25519 key pair: signs catalog records and manifests it writes."""
 
-    private: Ed25519PrivateKey
-
-    @property
-    def public(self) -> PublicKey:
-        return PublicKey(PUBLISHER_KIND, self.private.public_key().public_bytes_raw())
-
-    @classmethod
-    def create(cls, path: str | os.PathLike = DEFAULT_PUBLISHER_KEY,
-               overwrite: bool = False) -> PublisherKey:
-        private = Ed25519PrivateKey.generate()
-        write_private_file(path, private.private_bytes_raw(), overwrite)
-        return cls(private)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike = DEFAULT_PUBLISHER_KEY) -> PublisherKey:
-        raw = read_private_file(path, "publisher key file")
-        if len(raw) != RAW_KEY_BYTES:
-            raise InvalidInput(f"publisher key file {path} is not a modelfs publisher key")
-        return cls(Ed25519PrivateKey.from_private_bytes(raw))
+    _KIND = PUBLISHER_KIND
+    _WHAT = "publisher"
+    _ALGORITHM = Ed25519PrivateKey
+    _DEFAULT = DEFAULT_PUBLISHER_KEY
 
     def sign(self, kind: str, body: bytes) -> bytes:
         return self.private.sign(_signed_message(kind, body))
