@@ -12,6 +12,8 @@ import errno
 import json
 import logging
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -24,15 +26,20 @@ import mfusepy  # noqa: E402
 
 from modelfs.store.api import Library, open_store  # noqa: E402
 from modelfs.store.config import ReadOptions  # noqa: E402
-from modelfs.store.errors import InvalidInput, ModelfsError  # noqa: E402
+from modelfs.store.errors import InvalidInput, ModelfsError, MountFailed  # noqa: E402
 from modelfs.store.keyring import Access  # noqa: E402
 
 from .operations import CONTROL_DIR, MAX_READ, ModelFS  # noqa: E402
+from .stopping import StopOnSignal, fusermount, notify_systemd  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 FSNAME_PREFIX = "modelfs:"
 READY_TIMEOUT = 60.0
+#: FUSE worker threads, busy and idle (libfuse 3.14 logs a warning when max_idle_threads is unset)
+FUSE_MAX_THREADS = 16
+#: what fuse_main returns when the kernel mount itself failed
+FUSE_MOUNT_FAILED = 4
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,13 @@ class MountOptions:
     debug: bool = False
     #: one FUSE request at a time: ~7% faster cold streams, but a slow backend read stalls every reader
     single_thread: bool = False
+    #: owner shown for every file and directory (default: the mounting user)
+    uid: int | None = None
+    gid: int | None = None
+    #: permission bits removed from the read-only modes (0o444 files, 0o555 directories)
+    umask: int = 0
+    #: kernel mount flags passed on as given (nosuid, nodev, noexec, noatime...)
+    kernel_flags: tuple[str, ...] = ()
     #: host key and trusted publishers
     access: Access = Access()
 
@@ -56,11 +70,6 @@ def is_stale(mountpoint: Path) -> bool:
     except OSError as e:
         return e.errno == errno.ENOTCONN
     return False
-
-
-def fusermount(mountpoint: Path, lazy: bool = False) -> subprocess.CompletedProcess:
-    args = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(mountpoint)]
-    return subprocess.run(args, capture_output=True, text=True)
 
 
 def prepare_mountpoint(mountpoint: str | os.PathLike) -> Path:
@@ -99,20 +108,63 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         log.debug("mallopt not available; heap tuning skipped")
 
 
+class ServedFS(ModelFS):
+    """The filesystem as a daemon serves it: reports readiness once the kernel mount is up."""
+
+    def init_with_config(self, conn, config) -> None:
+        super().init_with_config(conn, config)
+        notify_systemd(f"READY=1\nSTATUS=serving {self._mountpoint}")
+
+
 def run_foreground(opts: MountOptions) -> None:
-    """Open and verify the store, then serve FUSE requests until unmounted."""
+    """Open and verify the store, then serve FUSE requests until unmounted or stopped by a signal."""
     limit_malloc_arenas()
     mountpoint = prepare_mountpoint(opts.mountpoint)
+    stopper = StopOnSignal(mountpoint)  # first: every thread started from here on inherits the mask
     store = open_store(opts.store_url, key_file=opts.key_file, access=opts.access)
     library = Library(store, opts.read)  # verifies keys and every manifest before mounting
     log.info("mounting %d model(s) from %s on %s", len(library.names()), opts.store_url, mountpoint)
     fuse_options = dict(fsname=FSNAME_PREFIX + opts.store_url.replace(",", ";"),
                         subtype="modelfs", ro=True, default_permissions=True,
-                        max_read=MAX_READ)
+                        max_read=MAX_READ, max_threads=FUSE_MAX_THREADS,
+                        max_idle_threads=FUSE_MAX_THREADS)
+    fuse_options.update(dict.fromkeys(opts.kernel_flags, True))
     if opts.allow_other:
         fuse_options["allow_other"] = True
-    mfusepy.FUSE(ModelFS(library, str(mountpoint)), str(mountpoint), foreground=True,
-                 nothreads=opts.single_thread, raw_fi=True, debug=opts.debug, **fuse_options)
+    operations = ServedFS(library, str(mountpoint), opts.uid, opts.gid, opts.umask)
+    if not stopper.serving():
+        time.sleep(1)  # the pending interrupt stops us here
+        return
+    try:
+        mfusepy.FUSE(operations, str(mountpoint), foreground=True, nothreads=opts.single_thread,
+                     raw_fi=True, debug=opts.debug, **fuse_options)
+    except RuntimeError as e:
+        if stopper.received is None:
+            code = e.args[0] if e.args and isinstance(e.args[0], int) else None
+            raise MountFailed(explain_fuse_failure(mountpoint, code)) from None
+    finally:
+        stopper.finished()
+    if stopper.received:
+        log.info("stopped by %s; %s unmounted", stopper.received, mountpoint)
+
+
+def explain_fuse_failure(mountpoint: Path, code: int | None) -> str:
+    """One line saying why libfuse could not mount (it only returns a number)."""
+    if code != FUSE_MOUNT_FAILED:
+        return f"FUSE failed while serving {mountpoint} (libfuse status {code}); see the log"
+    fusermount3 = shutil.which("fusermount3")
+    if not os.path.exists("/dev/fuse"):
+        return ("cannot mount: there is no /dev/fuse (load the kernel module with `modprobe fuse`; "
+                "in a container, pass the device /dev/fuse)")
+    if os.geteuid() != 0 and not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        if fusermount3 is None or not os.stat(fusermount3).st_mode & stat.S_ISUID:
+            return (f"cannot mount: user {os.geteuid()} may not open /dev/fuse and fusermount3 is "
+                    f"{'not installed' if fusermount3 is None else 'not set-uid root'} "
+                    "(install fuse3, or give this user read/write access to /dev/fuse)")
+        return (f"cannot mount: user {os.geteuid()} may not open /dev/fuse "
+                "(give this user read/write access to /dev/fuse, e.g. the fuse group)")
+    return (f"cannot mount {mountpoint}: the kernel or fusermount3 refused it (allow_other needs "
+            "user_allow_other in /etc/fuse.conf; run with --debug for libfuse's own messages)")
 
 
 def mount_background(argv: list[str], mountpoint: str | os.PathLike, log_file: Path) -> None:
@@ -128,7 +180,9 @@ def mount_background(argv: list[str], mountpoint: str | os.PathLike, log_file: P
     while time.monotonic() < deadline:
         code = child.poll()
         if code is not None:
-            raise ModelfsError(_last_error(log_file) or f"mount daemon exited with status {code}")
+            error = ModelfsError(_last_error(log_file) or f"mount daemon exited with status {code}")
+            error.exit_code = code if code > 0 else 1  # the daemon's own code: same cause, same code
+            raise error
         if os.path.ismount(mountpoint) and control.is_dir():
             return
         time.sleep(0.05)
@@ -166,13 +220,19 @@ def detach(mountpoint: str | os.PathLike) -> None:
 
 
 def modelfs_mounts() -> list[Path]:
-    """Every modelfs mount on this host, from /proc/self/mounts."""
+    """Every live modelfs mount on this host, from /proc/self/mounts; stale ones are skipped
+    with a warning (their daemon died: nothing to ask)."""
     found = []
     with open("/proc/self/mounts") as f:
         for line in f:
             fields = line.split()
             if len(fields) > 2 and fields[2] == "fuse.modelfs":
-                found.append(Path(fields[1].replace("\\040", " ")))
+                path = Path(fields[1].replace("\\040", " "))
+                if is_stale(path):
+                    log.warning("skipping %s: a stale mount (its daemon died); unmount it with "
+                                "`modelfs umount %s` or mount it again", path, path)
+                else:
+                    found.append(path)
     return found
 
 

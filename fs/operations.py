@@ -66,7 +66,8 @@ def _children(paths, prefix: str) -> tuple[str, ...]:
 class ModelFS(mfusepy.Operations):
     use_ns = True
 
-    def __init__(self, library: Library, mountpoint: str) -> None:
+    def __init__(self, library: Library, mountpoint: str, uid: int | None = None,
+                 gid: int | None = None, umask: int = 0) -> None:
         self._library = library
         self._mountpoint = mountpoint
         self._handles: dict[int, ReadStream | bytes] = {}
@@ -74,7 +75,9 @@ class ModelFS(mfusepy.Operations):
         self._handles_lock = threading.Lock()
         self._open_nodes: dict[int, Node] = {}
         self._mounted_ns = time.time_ns()
-        self._uid, self._gid = os.getuid(), os.getgid()
+        self._uid = os.getuid() if uid is None else uid
+        self._gid = os.getgid() if gid is None else gid
+        self._umask = umask  # applied to the read-only modes (0o444 files, 0o555 directories)
         self._dir_set: frozenset[str] = frozenset()
         self._dirs_generation = -1
 
@@ -190,7 +193,9 @@ class ModelFS(mfusepy.Operations):
         return node
 
     def _attrs(self, mode: int, size: int, mtime_ns: int) -> dict:
-        return {"st_mode": mode, "st_nlink": 1, "st_size": size, "st_uid": self._uid,
+        # st_blocks counts the logical size (what a copy takes), so du agrees with ls -l
+        return {"st_mode": mode & ~self._umask, "st_nlink": 1, "st_size": size,
+                "st_blocks": (size + 511) // 512, "st_uid": self._uid,
                 "st_gid": self._gid, "st_mtime": mtime_ns, "st_ctime": mtime_ns,
                 "st_atime": mtime_ns, "st_blksize": MAX_READ}
 
@@ -201,9 +206,9 @@ class ModelFS(mfusepy.Operations):
         if node.kind == "dir":
             return {**self._attrs(stat.S_IFDIR | 0o555, 0, node.mtime_ns), "st_nlink": 2}
         if node.kind == "link":
-            return self._attrs(stat.S_IFLNK | 0o777, len(node.target), node.mtime_ns)
+            return {**self._attrs(stat.S_IFLNK | 0o777, len(node.target), node.mtime_ns), "st_blocks": 0}
         size = node.view.readers[node.file].size if node.view is not None else 0
-        return {**self._attrs(stat.S_IFREG | 0o444, size, node.mtime_ns), "st_blocks": (size + 511) // 512}
+        return self._attrs(stat.S_IFREG | 0o444, size, node.mtime_ns)
 
     def readlink(self, path: str) -> str:
         node = self._node(path)
@@ -227,11 +232,14 @@ class ModelFS(mfusepy.Operations):
         return [VERSION_XATTR] if self._node(path).version_id is not None else []
 
     def statfs(self, path: str) -> dict:
-        states = [self._library.state(n) for n in self._library.names()]
-        total = sum(s.latest.size for s in states if s is not None)
-        return {"f_bsize": MAX_READ, "f_frsize": 4096, "f_blocks": total // 4096 + 1,
-                "f_bfree": 0, "f_bavail": 0, "f_files": len(states),
-                "f_ffree": 0, "f_namemax": 255}
+        """Size: the logical bytes of the latest versions; used: what the store holds for them;
+        free: what compression saves (nothing can be written, so free space is never offered)."""
+        latest = [s.latest for s in map(self._library.state, self._library.names()) if s and s.latest]
+        logical = sum(v.size for v in latest) // 4096 + 1
+        stored = min(sum(v.stored_size for v in latest) // 4096 + 1, logical)
+        return {"f_bsize": MAX_READ, "f_frsize": 4096, "f_blocks": logical,
+                "f_bfree": logical - stored, "f_bavail": logical - stored,
+                "f_files": len(latest), "f_ffree": 0, "f_namemax": 255}
 
     # -- files -----------------------------------------------------------------
     def open(self, path: str, fi) -> int:

@@ -8,6 +8,7 @@ key, records and manifests, so another name's damage never gets in the way.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import time
@@ -327,6 +328,11 @@ class Store:
                 raise IntegrityError(f"{state.name}@{version.version_id} {manifest.file_name}: "
                                      f"SHA-256 does not match")
         return state, version
+
+    def open_file(self, spec: str, file: str | None = None) -> io.BufferedReader:
+        """A file of ``NAME[@VERSION|@TAG]`` as a read-only binary file object (no FUSE needed)."""
+        from .read.rawio import open_model_file
+        return open_model_file(self.open_model(spec, file))
 
     def close(self) -> None:
         self.backend.close()

@@ -1,8 +1,26 @@
-"""One exception hierarchy for everything below the filesystem.
+"""One exception hierarchy for everything below the filesystem, and the exit codes of every command.
 
-`fs` maps these to errno values, `tools` to messages and exit codes.
+`fs` maps these to errno values, `tools` to one message and the exit code of ``EXIT_CODES``.
 """
 from __future__ import annotations
+
+import errno
+
+#: exit code → cause; the one table that the README and ``modelfs --help`` show
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "any other failure",
+    2: "bad input: usage, option, name, URL, size, mountpoint or file not acceptable",
+    3: "integrity failure: stored bytes failed authentication (corrupt, truncated, tampered)",
+    4: "access denied: wrong or unreadable key, refused credential, no permission",
+    5: "backend unreachable or failing: storage node, HDFS, or the local store's disk (full)",
+    6: "not found: store, model, version, key file or input file does not exist",
+    7: "mount failed: FUSE unavailable (/dev/fuse) or the kernel refused the mount",
+    8: "checks failed: a benchmark target it prints as FAIL fell short",
+    130: "interrupted (SIGINT): a push publishes nothing; a foreground mount unmounts and exits 0",
+    141: "output closed early (broken pipe, e.g. piped into head)",
+    143: "terminated (SIGTERM): a push publishes nothing; a foreground mount unmounts and exits 0",
+}
 
 
 class ModelfsError(Exception):
@@ -11,14 +29,8 @@ class ModelfsError(Exception):
     exit_code = 1
 
 
-class NotFound(ModelfsError):
-    """A model, version, object or file does not exist."""
-
-    exit_code = 2
-
-
 class InvalidInput(ModelfsError):
-    """A name, URL, size or file the user gave is not acceptable."""
+    """A name, URL, size, option or file the user gave is not acceptable."""
 
     exit_code = 2
 
@@ -43,3 +55,37 @@ class BackendError(ModelfsError):
     """The store could not be reached or answered with an error."""
 
     exit_code = 5
+
+
+class NotFound(ModelfsError):
+    """A store, model, version, object or file does not exist."""
+
+    exit_code = 6
+
+
+class MountFailed(ModelfsError):
+    """FUSE is not usable here, or the kernel refused the mount."""
+
+    exit_code = 7
+
+
+class ChecksFailed(ModelfsError):
+    """A measurement fell short of a target it is checked against."""
+
+    exit_code = 8
+
+
+def from_os_error(error: OSError) -> ModelfsError:
+    """The modelfs error for an ``OSError`` that reached a command: same cause, same exit code."""
+    where = f"{error.filename}: " if error.filename else ""
+    message = f"{where}{error.strerror or error}"
+    if error.errno in (errno.ENOENT,):
+        return NotFound(message)
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return AccessDenied(message)
+    if error.errno in (errno.EISDIR, errno.ENOTDIR, errno.EINVAL, errno.ENAMETOOLONG):
+        return InvalidInput(message)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.ECONNREFUSED, errno.ETIMEDOUT,
+                       errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET):
+        return BackendError(message)
+    return ModelfsError(message)

@@ -67,10 +67,6 @@ class Counters:
             for name, delta in deltas.items():
                 self.values[name] += delta
 
-    def __getitem__(self, name: str) -> float:
-        with self._lock:
-            return self.values[name]
-
     def snapshot(self) -> dict:
         with self._lock:
             doc: dict = {k: round(v, 3) if isinstance(v, float) else v for k, v in self.values.items()}

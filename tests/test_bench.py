@@ -36,8 +36,11 @@ def test_bench_end_to_end(tmp_path: Path) -> None:
     assert shutil.which("rclone"), "rclone is a test dependency (scripts/setup --tests installs it)"
     result = run_modelfs("bench", "--size", "32MiB", "--runs", "1", "--json", str(out),
                          "--workdir", str(tmp_path), "--peers", "rclone",
-                         timeout=300)
+                         timeout=300, check=False)
     report = json.loads(out.read_text())
+    short = [name for name, met in report["targets"].items() if met is False]
+    assert result.returncode == (8 if short else 0), result.stderr  # a FAIL target fails the command
+    assert all(name in result.stderr for name in short)
 
     assert report["verified"] is True
     assert set(report["checks"]) == CHECKS and all(report["checks"].values())

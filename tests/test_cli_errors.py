@@ -126,20 +126,27 @@ def test_mountpoint_problems(tmp_path, model_file, key_file, store_dir):
     assert "not mounted" in r.stderr
 
 
-def test_stale_mount_is_recovered(tmp_path, model_file, key_file, store_dir):
-    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+def leave_stale_mount(store_dir: Path, key_file: Path, mnt: Path) -> None:
+    """Mount in the foreground, then SIGKILL the daemon: the mount stays, its daemon is gone."""
     daemon = subprocess.Popen([*MODELFS, "mount", str(store_dir), str(mnt), "--key-file", str(key_file),
                                "--foreground"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):
+        for _ in range(400):
             if os.path.ismount(mnt):
                 break
             time.sleep(0.05)
         assert os.path.ismount(mnt)
+    finally:
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(timeout=10)
+
+
+def test_stale_mount_is_recovered(tmp_path, model_file, key_file, store_dir):
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        leave_stale_mount(store_dir, key_file, mnt)
         with pytest.raises(OSError) as e:
             os.listdir(mnt)
         assert e.value.errno == 107  # ENOTCONN: "Transport endpoint is not connected"
@@ -147,8 +154,6 @@ def test_stale_mount_is_recovered(tmp_path, model_file, key_file, store_dir):
                     env={"MODELFS_LOG_DIR": str(tmp_path)})
         assert (mnt / "m").read_bytes() == model_file.read_bytes()
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
         detach(mnt)
 
 
@@ -185,3 +190,127 @@ def test_verify_passes_then_catches_a_corrupt_shard(model_file, key_file, store_
     victim.write_bytes(bytes(blob))
     r = fails("verify", "m", "--store", str(store_dir), "--key-file", str(key_file))
     assert "failed authentication" in r.stderr
+
+
+# -- one message and the documented exit code for every former traceback ------------------------
+
+def test_same_cause_same_exit_code_everywhere(tmp_path, model_file, key_file, store_dir):
+    from modelfs.store.errors import AccessDenied, InvalidInput, NotFound
+    env = {"MODELFS_LOG_DIR": str(tmp_path)}
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    missing = str(tmp_path / "nowhere")
+    for args in (["ls", "--store", missing], ["verify", "--store", missing], ["gc", "--store", missing],
+                 ["mount", missing, str(mnt)]):
+        r = fails(*args, "--key-file", str(key_file), env=env)
+        assert r.returncode == NotFound.exit_code == 6 and "does not exist" in r.stderr, (args, r)
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    other = tmp_path / "other.key"
+    run_modelfs("keygen", "--key-file", str(other))
+    for args in (["verify", "--store", str(store_dir)], ["mount", str(store_dir), str(mnt)]):
+        r = fails(*args, "--key-file", str(other), env=env)
+        assert r.returncode == AccessDenied.exit_code == 4 and "wrong key" in r.stderr, (args, r)
+    for args in (["ls", "--store", "http://a:b:c/"], ["mount", "http://a:b:c/", str(mnt)]):
+        r = fails(*args, "--key-file", str(key_file), env=env)
+        assert r.returncode == InvalidInput.exit_code == 2 and "a:b:c" in r.stderr, (args, r)
+    assert not os.path.ismount(mnt)
+
+
+def test_key_file_is_a_directory(model_file, key_file, store_dir, tmp_path):
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    r = fails("verify", "--store", str(store_dir), "--key-file", str(tmp_path))
+    assert r.returncode == 2 and "Is a directory" in r.stderr and str(tmp_path) in r.stderr
+    r = fails("push", str(model_file), "n", "--store", str(store_dir), "--key-file", str(tmp_path))
+    assert r.returncode == 2
+    assert "n " not in published_names(store_dir, key_file)
+
+
+def test_local_store_on_a_full_disk(tmp_path, key_file):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(3_000_000))
+        store = disk / "store"
+        r = fails("push", str(big), "big", "--store", str(store), "--key-file", str(key_file),
+                  "--shard-size", "256KiB")
+        assert r.returncode == 5 and "No space left on device" in r.stderr, r
+        assert "big" not in published_names(store, key_file)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_serve_with_a_missing_token_file(tmp_path):
+    r = fails("serve", "--data", str(tmp_path / "data"), "--listen", "127.0.0.1:0",
+              "--token-file", str(tmp_path / "nonexistent"))
+    assert r.returncode == 2 and "cannot read token file" in r.stderr and "nonexistent" in r.stderr
+
+
+def test_push_creates_a_missing_store_only_under_an_existing_parent(model_file, key_file, tmp_path):
+    r = fails("push", str(model_file), "m", "--store", str(tmp_path / "typo" / "store"),
+              "--key-file", str(key_file))
+    assert r.returncode == 6 and "does not exist" in r.stderr
+    assert not (tmp_path / "typo").exists()
+    ok = run_modelfs("push", str(model_file), "m", "--store", str(tmp_path / "store"), "--key-file", str(key_file))
+    assert f"creating a new store at {tmp_path / 'store'}" in ok.stdout
+    again = run_modelfs("push", str(model_file), "m2", "--store", str(tmp_path / "store"), "--key-file", str(key_file))
+    assert "creating" not in again.stdout
+
+
+def test_cache_stats_into_a_closed_pipe(model_file, key_file, store_dir):
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    with mounted(store_dir, key_file) as mnt:
+        r = subprocess.run(["sh", "-c", f"{' '.join(MODELFS)} cache-stats {mnt} --watch 0.2 --json | head -2"],
+                           capture_output=True, text=True, timeout=60)
+    assert len(r.stdout.splitlines()) == 2
+    assert all("cache_budget" in line for line in r.stdout.splitlines())
+    assert r.stderr == "", r.stderr
+
+
+def test_cache_stats_skips_a_stale_mount(tmp_path, model_file, key_file, store_dir):
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    try:
+        leave_stale_mount(store_dir, key_file, stale)
+        with mounted(store_dir, key_file) as live:
+            r = run_modelfs("cache-stats", check=False)
+        assert r.returncode == 0, r.stderr
+        assert str(live) in r.stdout and str(stale) not in r.stdout
+        assert f"skipping {stale}: a stale mount" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        detach(stale)
+
+
+def test_mount_option_errors_are_input_errors(model_file, key_file, store_dir, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for opts, message in (("ro,bogus", "unknown mount option"), ("rw", "read-only"),
+                          ("ro,threads=many", "bad value")):
+        r = fails("mount", str(store_dir), str(mnt), "-o", opts, "--key-file", str(key_file))
+        assert r.returncode == 2 and message in r.stderr, r
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signalled_push_says_so_and_publishes_nothing(tmp_path, key_file, store_dir, sig, code):
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(4 << 20))
+    push = subprocess.Popen([*MODELFS, "push", str(big), "big", "--store", str(store_dir),
+                             "--key-file", str(key_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for _ in range(400):
+            if (store_dir / "shards").exists() and sum(1 for _ in (store_dir / "shards").rglob("*")) > 8:
+                break
+            time.sleep(0.02)
+        push.send_signal(sig)
+        _, err = push.communicate(timeout=60)
+    finally:
+        if push.poll() is None:
+            push.kill()
+    assert push.returncode == code, err
+    assert err.strip().splitlines()[-1].endswith("nothing was published") and "Traceback" not in err
+    assert "big" not in published_names(store_dir, key_file)

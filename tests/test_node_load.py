@@ -1,4 +1,4 @@
-"""A bounded load test: three storage nodes on 127.0.0.1, concurrent readers and writers, then idle connections.
+"""A bounded load test: three storage nodes on 127.0.0.1, concurrent readers and writers, idle connections.
 
 The load phase lasts ``MODELFS_NODE_LOAD_SECONDS`` (20 s by default; the README's figures come
 from 60). Every thread stops at the deadline or after a fixed number of requests, whichever
@@ -13,10 +13,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import pytest
-from modelfs.store.backends.nodes.replicated import ClusterBackend
-from nodes_support import Cluster, start_cluster
 from test_node_server import closed_by_peer, peak_rss_mib, request, scrape
+
+from modelfs.bench.nodes import NodeSet
+from modelfs.store.backends.nodes.replicated import NodesBackend
 
 LOAD_SECONDS = float(os.environ.get("MODELFS_NODE_LOAD_SECONDS", "20"))
 READERS = 32
@@ -49,12 +49,12 @@ def make_shard(seed: str, size: int) -> tuple[str, bytes]:
     return hashlib.sha256(data).hexdigest(), data
 
 
-def store_url(cluster: Cluster) -> str:
-    hosts = ",".join(n.name for n in cluster.nodes)
-    return f"http://{hosts}/?replicas=2&token_file={cluster.token_file}&timeout=60&backoff=5&pool=48"
+def store_url(nodes3: NodeSet) -> str:
+    hosts = ",".join(n.name for n in nodes3.nodes)
+    return f"http://{hosts}/?replicas=2&token_file={nodes3.token_file}&timeout=60&backoff=5&pool=48"
 
 
-def reader(backend: ClusterBackend, shards: list, deadline: float, tally: Tally, seed: int) -> None:
+def reader(backend: NodesBackend, shards: list, deadline: float, tally: Tally, seed: int) -> None:
     for i in range(MAX_REQUESTS_PER_THREAD):
         if time.monotonic() >= deadline:
             return
@@ -68,7 +68,7 @@ def reader(backend: ClusterBackend, shards: list, deadline: float, tally: Tally,
             tally.reads += 1
 
 
-def writer(backend: ClusterBackend, deadline: float, tally: Tally, seed: int) -> None:
+def writer(backend: NodesBackend, deadline: float, tally: Tally, seed: int) -> None:
     for i in range(MAX_REQUESTS_PER_THREAD):
         if time.monotonic() >= deadline:
             return
@@ -85,10 +85,10 @@ def writer(backend: ClusterBackend, deadline: float, tally: Tally, seed: int) ->
             tally.writes += 1
 
 
-def health_watch(cluster: Cluster, stop: threading.Event, tally: Tally) -> None:
+def health_watch(nodes3: NodeSet, stop: threading.Event, tally: Tally) -> None:
     """``/health`` on every node, twice a second, until ``stop``: each must answer 200."""
     while not stop.wait(0.5):
-        for node in cluster.nodes:
+        for node in nodes3.nodes:
             try:
                 status = request(node.port, "GET", "/health", timeout=10)[0]
                 if status != 200:
@@ -99,18 +99,11 @@ def health_watch(cluster: Cluster, stop: threading.Event, tally: Tally) -> None:
                 tally.health_checks += 1
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    c = start_cluster(tmp_path / "load", 3)
-    yield c
-    c.stop()
-
-
-def test_three_nodes_under_load_then_idle_connections(cluster):
-    backend = ClusterBackend.from_url(store_url(cluster))
+def test_three_nodes_under_load_then_idle_connections(nodes3):
+    backend = NodesBackend.from_url(store_url(nodes3))
     tally = Tally()
     stop_health = threading.Event()
-    watcher = threading.Thread(target=health_watch, args=(cluster, stop_health, tally))
+    watcher = threading.Thread(target=health_watch, args=(nodes3, stop_health, tally))
     idle: list[socket.socket] = []
     try:
         seeded = []
@@ -132,7 +125,7 @@ def test_three_nodes_under_load_then_idle_connections(cluster):
         loaded = tally.health_checks
 
         # then idle connections to every node: /health keeps answering, the node closes them
-        for node in cluster.nodes:
+        for node in nodes3.nodes:
             for _ in range(IDLE_CONNECTIONS):
                 idle.append(socket.create_connection(("127.0.0.1", node.port), timeout=30))
         close_deadline = time.monotonic() + 90
@@ -145,7 +138,7 @@ def test_three_nodes_under_load_then_idle_connections(cluster):
         assert loaded > 0 and tally.health_checks > loaded
         for name, node_stats in backend.stats()["nodes"].items():
             assert node_stats["errors"] == 0, (name, node_stats["last_error"])
-        for node in cluster.nodes:
+        for node in nodes3.nodes:
             metrics = scrape(node.port)
             statuses = {dict(labels)["status"]: value for (sample, labels), value in metrics.items()
                         if sample == "modelfs_node_requests_total"}

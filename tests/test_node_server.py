@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelfs.bench.nodes import TOKEN, NodeProc, wait_node
 from modelfs.store.backends.layout import shard_relpath
 from modelfs.store.backends.nodes.protocol import DIGEST_HEADER
 from modelfs.store.backends.nodes.server import serve
 from modelfs.store.errors import InvalidInput
-from nodes_support import TOKEN, NodeProc, wait_node
-from prometheus_client.parser import text_string_to_metric_families
 
 MiB = 1024 * 1024
 
@@ -229,7 +230,7 @@ def test_symlinks_in_the_data_dir_are_never_followed(node, tmp_path):
 def test_malformed_headers_get_4xx(node):
     data = bytes(range(256)) * 40
     assert put(node.port, "/objects/r", data) == 201
-    head = ("GET /objects/r HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ".encode()
+    head = (b"GET /objects/r HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
             + "tökén".encode() + b"\xff\xfe\r\n\r\n")
     assert raw_exchange(node.port, head) == 403
     assert raw_exchange(node.port, b"GET /objects/r HTTP/1.1\r\nHost: x\r\n"

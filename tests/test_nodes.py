@@ -451,13 +451,15 @@ def test_nginx_served_store_directory(tmp_path):
 
 def test_a_hung_node_costs_one_timeout_then_is_skipped(nodes3):
     backend = NodesBackend.from_url(nodes3.url(replicas=2, extra="&timeout=1"))
-    shards = make_shards(12, size=4000)
+    shards = make_shards(48, size=4000)
     locations = write_shards(backend, shards)
-    hung = nodes3.nodes[2]
+    # the node that is first replica of the most shards (placement depends on the random ports)
+    firsts = [backend.replica_nodes(sid, loc)[0] for (sid, _), loc in zip(shards, locations, strict=True)]
+    hung = max(nodes3.nodes, key=lambda node: firsts.count(node.name))
     hung.proc.send_signal(signal.SIGSTOP)          # accepts connections, never answers
     try:
-        first = [(sid, data, loc) for (sid, data), loc in zip(shards, locations, strict=True)
-                 if backend.replica_nodes(sid, loc)[0] == hung.name]
+        first = [(sid, data, loc) for (sid, data), loc, name in zip(shards, locations, firsts, strict=True)
+                 if name == hung.name]
         assert len(first) >= 2
         sid, data, loc = first[0]
         assert backend.read_shard(sid, loc, len(data)) == data   # timeout, then the next replica

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
-from modelfs.store.errors import ModelfsError
+from modelfs.store.errors import ChecksFailed, IntegrityError, InvalidInput, ModelfsError
 from modelfs.store.sizes import format_size, parse_size
 
 from .console import KEY_HELP
@@ -29,7 +28,7 @@ def cmd_bench(args) -> int:
         torch_size=parse_size(args.torch_size), seed=args.seed,
         workdir=Path(args.workdir) if args.workdir else None, keep=args.keep)
     if options.runs < 1:
-        raise ModelfsError("--runs must be at least 1")
+        raise InvalidInput("--runs must be at least 1")
     try:
         report = run(options)
     except RuntimeError as e:
@@ -38,8 +37,10 @@ def cmd_bench(args) -> int:
     if args.json:
         print(f"wrote {args.json}")
     if not report["verified"]:
-        print("modelfs: bench: bytes read through the mount differ from the original", file=sys.stderr)
-        return 1
+        raise IntegrityError("bench: bytes read through the mount differ from the original")
+    short = [name for name, met in report["targets"].items() if met is False]
+    if short:
+        raise ChecksFailed(f"bench: targets not met: {', '.join(short)}")
     return 0
 
 

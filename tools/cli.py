@@ -1,49 +1,136 @@
-"""modelfs: push large model files once as compressed, encrypted shards; mount them anywhere.
+"""Push large model files once as compressed, encrypted shards and mount them anywhere as read-only files.
 
-The entry point: builds the parser from each command module's ``register`` and maps
-``ModelfsError`` to one message and its exit code.
+The entry point: builds the parser from each command module's ``register``, sets up logging, and
+maps every error to one message and the exit code of ``EXIT_CODES``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
-from modelfs.store.errors import ModelfsError
+from modelfs.store.errors import EXIT_CODES, InvalidInput, ModelfsError, from_os_error
 
 from . import access, bench, keys, models, mounting, node, stats
+from .mounthelper import helper_argv
 
 log = logging.getLogger("modelfs")
 
 COMMAND_MODULES = (models, access, keys, mounting, stats, node, bench)
 
 
+def package_version() -> str:
+    try:
+        return version("modelfs")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def exit_code_table() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code:>3}  {cause}" for code, cause in EXIT_CODES.items())
+
+
+def add_logging_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``-v``, ``-q``, ``--log-file``: before or after the command (the command's value wins)."""
+    default = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (debug messages)",
+                        **default)
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors", **default)
+    parser.add_argument("--log-file", metavar="PATH", help="append log messages to PATH "
+                        "(a background mount's daemon log too)", **default)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="modelfs", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    p = argparse.ArgumentParser(prog="modelfs", description=__doc__.splitlines()[0],
+                                epilog=exit_code_table(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    add_logging_options(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
+    for command in sub.choices.values():
+        add_logging_options(command, top=False)
+    p.commands = set(sub.choices)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def setup_logging(args: argparse.Namespace) -> None:
     daemon = getattr(args, "foreground", False) or args.command == "serve"  # long-running: log more
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO if daemon else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if daemon else "%(levelname)s: %(message)s")
+    level = (logging.DEBUG if args.verbose else logging.ERROR if args.quiet
+             else logging.INFO if daemon else logging.WARNING)
+    handler: logging.Handler
+    if args.log_file:
+        handler = logging.FileHandler(os.path.expanduser(args.log_file))
+    else:
+        handler = logging.StreamHandler()
+    timed = daemon or args.log_file
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s" if timed else "%(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if not daemon:
         # a failed shard read is also raised, and printed once below
         logging.getLogger("modelfs.store.read.reader").setLevel(logging.CRITICAL)
+
+
+_UNPUBLISHED = {"push": "; nothing was published"}
+
+
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    argv = helper_argv(argv, parser.commands)
+    args = parser.parse_args(argv)
+    args.argv = argv
     try:
+        setup_logging(args)
+        log.debug("modelfs %s: %s", package_version(), " ".join(argv))
+        signal.signal(signal.SIGTERM, _terminated)
         return args.func(args)
     except ModelfsError as e:
-        print(f"modelfs: {e}", file=sys.stderr)
-        return e.exit_code
+        return fail(str(e), e.exit_code)
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):
+            return output_closed()
+        error = from_os_error(e)
+        return fail(str(error), error.exit_code)
+    except ValueError as e:  # a value no check caught (e.g. a URL a client library cannot parse)
+        log.debug("bad value", exc_info=True)
+        return fail(f"invalid input: {e}", InvalidInput.exit_code)
     except KeyboardInterrupt:
-        print("modelfs: interrupted; nothing was published", file=sys.stderr)
-        return 130
+        return fail("interrupted" + _UNPUBLISHED.get(args.command, ""), 128 + signal.SIGINT)
+    except SystemExit as e:
+        if e.code == 128 + signal.SIGTERM:
+            return fail("terminated" + _UNPUBLISHED.get(args.command, ""), e.code)
+        raise
+    except Exception as e:  # a bug: still one line; the traceback with -v
+        log.debug("unexpected error", exc_info=True)
+        return fail(f"unexpected error: {e!r} (run with -v for details)", ModelfsError.exit_code)
+
+
+def fail(message: str, code: int) -> int:
+    try:
+        print(f"modelfs: {message}", file=sys.stderr)
+    except OSError:
+        pass
+    return code
+
+
+def output_closed() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, without a second error at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

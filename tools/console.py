@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from modelfs.store.sizes import format_size
 
@@ -15,28 +16,55 @@ PUBLISHER_HELP = "publisher key file that signs what this writes (default " \
                  "~/.config/modelfs/publisher.key when it exists)"
 
 
-class ProgressBar:
-    """A one-line bar on a terminal; silent otherwise."""
+PROGRESS_HELP = "print progress lines even without a terminal (logs, CI); a terminal gets a bar"
+#: seconds between two progress lines without a terminal
+LINE_INTERVAL = 1.0
 
-    def __init__(self, label: str) -> None:
+
+class ProgressBar:
+    """A one-line bar on a terminal; with ``lines``, a progress line per second elsewhere."""
+
+    def __init__(self, label: str, lines: bool = False) -> None:
         self._label = label
-        self._on = sys.stderr.isatty()
+        self._bar = sys.stderr.isatty()
+        self._on = self._bar or lines
         self._started = time.monotonic()
-        self._last = 0.0
+        self._last = -LINE_INTERVAL
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
-        if not self._on or (now - self._last < 0.1 and done < total):
+        interval = 0.1 if self._bar else LINE_INTERVAL
+        if not self._on or (now - self._last < interval and done < total):
             return
         self._last = now
         frac = done / total if total else 1.0
-        rate = done / max(now - self._started, 1e-6)
-        bar = "#" * int(frac * 30)
-        sys.stderr.write(f"\r{self._label} [{bar:<30}] {frac:6.1%} {format_size(done)} "
-                         f"{format_size(rate)}/s ")
-        if done >= total:
-            sys.stderr.write("\n")
+        rate = format_size(done / max(now - self._started, 1e-6))
+        if self._bar:
+            bar = "#" * int(frac * 30)
+            sys.stderr.write(f"\r{self._label} [{bar:<30}] {frac:6.1%} {format_size(done)} {rate}/s ")
+            sys.stderr.write("\n" if done >= total else "")
+        else:
+            sys.stderr.write(f"{self._label} {frac:.1%} {format_size(done)} of {format_size(total)}, "
+                             f"{rate}/s\n")
         sys.stderr.flush()
+
+
+def open_push_store(url: str | None, key_file: str | None, access=None):
+    """The store a push writes to. A missing local store directory is created only when its
+    parent exists (a typo in a path must not start a new store silently), and that is said."""
+    from urllib.parse import urlsplit
+
+    from modelfs.store.api import open_store
+    from modelfs.store.backends.urls import DEFAULT_STORE
+    from modelfs.store.errors import NotFound
+    url = url or DEFAULT_STORE
+    if "://" not in url or url.startswith("file://"):
+        root = Path(urlsplit(url).path if "://" in url else url).expanduser().absolute()
+        if not root.exists():
+            if not root.parent.is_dir() and url != DEFAULT_STORE:
+                raise NotFound(f"store directory {root} does not exist, nor its parent {root.parent}")
+            print(f"creating a new store at {root}")
+    return open_store(url, key_file=key_file, create=True, access=access)
 
 
 def _show_default(f) -> str:

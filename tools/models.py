@@ -10,15 +10,23 @@ import time
 from modelfs.store.errors import ModelfsError, NotFound, NotGranted
 from modelfs.store.sizes import format_size, parse_size
 
-from .console import HOST_KEY_HELP, KEY_HELP, PUBLISHER_HELP, STORE_HELP, ProgressBar, access_options
+from .console import (
+    HOST_KEY_HELP,
+    KEY_HELP,
+    PROGRESS_HELP,
+    PUBLISHER_HELP,
+    STORE_HELP,
+    ProgressBar,
+    access_options,
+    open_push_store,
+)
 
 
 def cmd_push(args) -> int:
-    from modelfs.store.api import open_store
-    store = open_store(args.store, key_file=args.key_file, create=True, access=access_options(args))
+    store = open_push_store(args.store, args.key_file, access_options(args))
     started = time.monotonic()
     done = store.publish(args.file, args.name, shard_size=parse_size(args.shard_size),
-                         progress=ProgressBar(f"push {args.name}"))
+                         progress=ProgressBar(f"push {args.name}", lines=args.progress))
     seconds = time.monotonic() - started
     v = done.version
     print(f"published {done.name}@{v.version_id} (record {done.state.seq}): {len(v.files)} "
@@ -131,6 +139,7 @@ def register(sub) -> None:
     s.add_argument("--key-file", help=KEY_HELP)
     s.add_argument("--shard-size", default="4MiB")
     s.add_argument("--publisher-key", help=PUBLISHER_HELP)
+    s.add_argument("--progress", action="store_true", help=PROGRESS_HELP)
     s.set_defaults(func=cmd_push)
 
     s = sub.add_parser("ls", help="list models, versions, tags and what each version stored")

@@ -1,35 +1,116 @@
-"""``mount`` and ``umount``."""
+"""``mount`` and ``umount``; ``-o`` mount options as mount(8) and fstab give them."""
 from __future__ import annotations
 
+import argparse
+import grp
 import hashlib
+import logging
 import os
-import sys
+import pwd
 from pathlib import Path
 
-from .console import (
-    HOST_KEY_HELP,
-    KEY_HELP,
-    STORE_HELP,
-    access_options,
-    add_read_options,
-    read_options,
-)
+from modelfs.store.errors import InvalidInput
+
+from .console import HOST_KEY_HELP, KEY_HELP, STORE_HELP, access_options, add_read_options, read_options
+
+#: conventional options that mean nothing more to a read-only FUSE mount (or are mount(8)'s own)
+IGNORED_OPTIONS = {"defaults", "default_permissions", "auto", "noauto", "user", "users",
+                   "nouser", "owner", "group", "nofail", "_netdev", "suid", "dev", "exec", "async",
+                   "atime", "relatime", "strictatime", "diratime", "sloppy"}
+IGNORED_PREFIXES = ("x-", "comment=")
+#: kernel mount flags passed on to the mount as given
+KERNEL_FLAGS = {"nosuid", "nodev", "noexec", "sync", "noatime", "nodiratime", "dirsync"}
+#: ``-o`` names that set a flag of ``modelfs mount``
+FLAG_OPTIONS = {"allow_other", "single_thread", "debug"}
+
+log = logging.getLogger(__name__)
+
+
+def _user_id(value: str) -> int:
+    try:
+        return int(value) if value.isdigit() else pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise ValueError(f"no user {value!r}") from None
+
+
+def _group_id(value: str) -> int:
+    try:
+        return int(value) if value.isdigit() else grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise ValueError(f"no group {value!r}") from None
+
+
+#: ``-o`` names with a value: how the text becomes the value of the argument of the same name
+VALUE_OPTIONS = {"uid": _user_id, "gid": _group_id, "umask": lambda v: int(v, 8), "key_file": str,
+                 "host_key": str}
+
+
+def apply_mount_options(args: argparse.Namespace, option_lists: list[str]) -> None:
+    """Fold ``-o a,b=c`` into ``args``; what the command line gave explicitly wins.
+
+    Every ``ReadOptions`` field is accepted by its name (``cache_size=8GiB``), so read options
+    added later work here without changes.
+    """
+    from modelfs.store.config import ReadOptions
+    read_names = {f.name for f in ReadOptions.fields()}
+    writable = False  # the last of ro/rw wins, as in mount(8)
+    for item in ",".join(option_lists).split(","):
+        name, _, value = (part.strip() for part in item.partition("="))
+        attr = name.replace("-", "_")
+        if name in ("ro", "rw"):
+            writable = name == "rw"
+        elif not name or name in IGNORED_OPTIONS or name.startswith(IGNORED_PREFIXES):
+            continue
+        elif name in KERNEL_FLAGS:
+            args.kernel_flags.append(name)
+        elif attr in FLAG_OPTIONS:
+            setattr(args, attr, True)
+        elif attr in VALUE_OPTIONS:
+            if getattr(args, attr) is None:
+                try:
+                    setattr(args, attr, VALUE_OPTIONS[attr](value))
+                except ValueError:
+                    raise InvalidInput(f"bad value {value!r} for mount option {name}") from None
+        elif attr in read_names:
+            if getattr(args, attr) is None:
+                setattr(args, attr, value)
+        else:
+            raise InvalidInput(f"unknown mount option {name!r}")
+    if writable:  # mount(8) and fstab pass 'rw' unless 'ro' is given: as for a write-protected disk
+        log.warning("modelfs mounts are read-only; mounting read-only (give 'ro' to silence this)")
+
+
+def mount_options(args: argparse.Namespace):
+    """The ``MountOptions`` of a ``modelfs mount`` command line, checked before any daemon starts."""
+    from modelfs.fs.mount import MountOptions
+    apply_mount_options(args, args.options)
+    access = access_options(args)
+    access.check()  # a missing or too readable host key is reported before the daemon starts
+    return MountOptions(args.store, Path(args.mountpoint), args.key_file, read_options(args),
+                        args.allow_other, args.debug, args.single_thread, args.uid, args.gid,
+                        args.umask or 0, tuple(args.kernel_flags), access)
 
 
 def cmd_mount(args) -> int:
-    from modelfs.fs.mount import MountOptions, mount_background, run_foreground
-    options = read_options(args)  # checked before the daemon starts
-    access = access_options(args)
-    access.check()
     if args.foreground:
-        run_foreground(MountOptions(args.store, Path(args.mountpoint), args.key_file, options,
-                                    args.allow_other, args.debug, args.single_thread, access))
+        from modelfs.fs.stopping import block_stop_signals
+        block_stop_signals()  # before numpy and pyarrow start threads (on import)
+    from modelfs.fs.mount import mount_background, prepare_mountpoint, run_foreground
+    options = mount_options(args)
+    if args.check_only:
+        prepare_mountpoint(options.mountpoint)
+        return 0
+    if args.foreground:
+        run_foreground(options)
         return 0
     mountpoint = os.path.abspath(args.mountpoint)
-    digest = hashlib.sha256(mountpoint.encode()).hexdigest()[:12]
-    log_file = Path(os.environ.get("MODELFS_LOG_DIR", Path.home() / ".cache" / "modelfs")) / f"mount-{digest}.log"
-    argv = [a for a in sys.argv[1:]] + ["--foreground"]
-    mount_background(argv, mountpoint, log_file)
+    if args.log_file:
+        log_file = Path(args.log_file).expanduser().absolute()
+    else:
+        digest = hashlib.sha256(mountpoint.encode()).hexdigest()[:12]
+        log_dir = Path(os.environ.get("MODELFS_LOG_DIR", Path.home() / ".cache" / "modelfs"))
+        log_file = log_dir / f"mount-{digest}.log"
+    mount_background([*args.argv, "--foreground"], mountpoint, log_file)
     print(f"mounted {args.store or 'default store'} on {mountpoint} (log: {log_file})")
     return 0
 
@@ -44,6 +125,10 @@ def register(sub) -> None:
     s = sub.add_parser("mount", help="mount a store: each model is a read-only file")
     s.add_argument("store", help=STORE_HELP)
     s.add_argument("mountpoint")
+    s.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
+                   help="mount options, comma separated, as in fstab: ro, allow_other, uid=, gid=, "
+                        "umask=, key_file=, host_key=, any read option by name (cache_size=8GiB), "
+                        "nosuid/nodev/noexec/noatime; _netdev, nofail, noauto, x-* are ignored")
     s.add_argument("--key-file", help=KEY_HELP)
     s.add_argument("--host-key", help=HOST_KEY_HELP)
     s.add_argument("--trust", action="append", metavar="PUBLISHER.pub",
@@ -52,14 +137,19 @@ def register(sub) -> None:
                    help="a file of trusted publisher keys, one key line per line")
     add_read_options(s)
     s.add_argument("--allow-other", action="store_true", help="let other users read the mount")
+    s.add_argument("--uid", type=_user_id, help="owner shown for every file (default: the mounting user)")
+    s.add_argument("--gid", type=_group_id, help="group shown for every file (default: the mounting user's)")
+    s.add_argument("--umask", type=lambda v: int(v, 8),
+                   help="octal permission bits to remove from the read-only modes (0444/0555)")
     s.add_argument("--single-thread", action="store_true",
                    help="serve one FUSE request at a time (a little faster for one streaming reader "
                         "of a local store; a slow backend then stalls every reader)")
-    s.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
+    s.add_argument("--foreground", "-f", action="store_true",
+                   help="stay in the foreground (for systemd); SIGTERM/SIGINT unmount and exit 0")
+    s.add_argument("--check-only", action="store_true", help=argparse.SUPPRESS)  # mount -f
     s.add_argument("--debug", action="store_true", help="libfuse debug output")
-    s.set_defaults(func=cmd_mount)
+    s.set_defaults(func=cmd_mount, kernel_flags=[])
 
     s = sub.add_parser("umount", help="unmount a modelfs mount")
     s.add_argument("mountpoint")
     s.set_defaults(func=cmd_umount)
-

@@ -84,7 +84,7 @@ class NodeClient:
 
     def failed(self, reason: str, down: bool) -> None:
         """Count a failure; ``down`` also skips the node for ``backoff`` seconds."""
-        self.counters.error("http" if not down else "down")
+        self.counters.add(errors=1)
         with self._lock:
             self._last_error = reason
             was_up = down and not self.is_down()

@@ -13,7 +13,7 @@ Two placements choose the key:
 * ``range`` — a run key ``run:<version>:<index // run_length>`` that the writer
   stores in ``ShardLocation.container``. Neighbouring shards of one model share a
   run and therefore a replica set, so a sequential read streams long contiguous
-  runs from one node, while different runs still spread over the cluster.
+  runs from one node, while different runs still spread over the nodes.
 
 Readers need only the shard id and the recorded location (stateless).
 """

@@ -1,0 +1,441 @@
+"""Operating a mount: mount(8) and fstab, -o options, systemd, signals, du/df, the command line."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from helpers import MODELFS, detach, mounted, run_modelfs, sha256_of
+
+BIN = Path(sys.executable).parent  # where pip installed the console scripts
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def model(tmp_path, key_file, store_dir) -> Path:
+    """A 3 MB model pushed as org/m in 256 KiB shards, half of it compressible."""
+    path = tmp_path / "model.bin"
+    path.write_bytes(os.urandom(1_500_000) + bytes(1_500_000))
+    run_modelfs("push", str(path), "org/m", "--store", str(store_dir), "--key-file", str(key_file),
+                "--shard-size", "256KiB")
+    return path
+
+
+@pytest.fixture
+def mountpoint(tmp_path) -> Path:
+    path = tmp_path / "mnt"
+    path.mkdir()
+    yield path
+    detach(path)
+
+
+def wait_mounted(path: Path, process: subprocess.Popen | None = None) -> None:
+    for _ in range(600):
+        if os.path.ismount(path) and (path / ".modelfs").is_dir():
+            return
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"mount exited with {process.returncode}: {process.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not come up")
+
+
+def mount_line(path: Path) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return next(line.split() for line in f if line.split()[1] == str(path))
+
+
+def test_helper_as_mount8_calls_it(model, key_file, store_dir, mountpoint, tmp_path):
+    """``mount.fuse.modelfs STORE MNT -o OPTS``: options mapped, uid/gid/umask in stat, bytes equal."""
+    helper = BIN / "mount.fuse.modelfs"
+    assert helper.exists(), "pip install must install the mount.fuse.modelfs helper"
+    opts = (f"ro,allow_other,default_permissions,uid=1234,gid=4321,umask=027,key_file={key_file},"
+            f"cache_size=32MiB,readahead=4MiB,threads=1,refresh=1s,_netdev,nofail,noauto,"
+            "x-systemd.automount,nosuid,nodev,dev,suid")
+    result = subprocess.run([str(helper), str(store_dir), str(mountpoint), "-o", opts, "-n"],
+                            capture_output=True, text=True, env={**os.environ, "MODELFS_LOG_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    file = mountpoint / "org" / "m"
+    st, dir_st = file.stat(), (mountpoint / "org").stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 4321, 0o440)
+    assert (dir_st.st_uid, dir_st.st_gid, stat.S_IMODE(dir_st.st_mode)) == (1234, 4321, 0o550)
+    assert sha256_of(file) == sha256_of(model)
+    options = mount_line(mountpoint)[3].split(",")
+    assert {"ro", "allow_other", "nosuid", "nodev", "default_permissions"} <= set(options)
+    stats = json.loads((mountpoint / ".modelfs" / "stats").read_bytes())
+    assert stats["cache_budget"] == 32 << 20
+    log = "".join(p.read_text() for p in tmp_path.glob("mount-*.log"))
+    assert "Ignoring invalid max threads" not in log and "Traceback" not in log
+
+
+def test_helper_mounts_rw_read_only_with_a_warning(model, key_file, store_dir, mountpoint, tmp_path):
+    """A bare ``mount -t fuse.modelfs`` passes 'rw': it mounts read-only and says so, as mount(8) does."""
+    result = subprocess.run([str(BIN / "mount.fuse.modelfs"), str(store_dir), str(mountpoint),
+                             "-o", f"defaults,rw,key_file={key_file}"], capture_output=True, text=True,
+                            env={**os.environ, "MODELFS_LOG_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "read-only" in result.stderr
+    assert "ro" in mount_line(mountpoint)[3].split(",")
+    assert sha256_of(mountpoint / "org" / "m") == sha256_of(model)
+    with pytest.raises(OSError):
+        open(mountpoint / "org" / "m", "r+b")
+
+
+@pytest.mark.parametrize("opts, message", [
+    ("ro,colour=blue", "unknown mount option 'colour'"),
+    ("ro,cache_size=lots", "invalid size"), ("ro,uid=nosuchuser", "bad value"),
+    ("ro,umask=9", "bad value")])
+def test_helper_refuses_bad_options(model, key_file, store_dir, mountpoint, opts, message):
+    """Unknown options and bad values are refused before anything is mounted."""
+    result = subprocess.run([str(BIN / "mount.fuse.modelfs"), str(store_dir), str(mountpoint),
+                             "-o", f"{opts},key_file={key_file}"], capture_output=True, text=True)
+    assert result.returncode == 2, result
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not os.path.ismount(mountpoint)
+
+
+def test_helper_fake_mount_checks_and_mounts_nothing(model, key_file, store_dir, mountpoint):
+    result = subprocess.run([str(BIN / "mount.fuse.modelfs"), str(store_dir), str(mountpoint), "-f",
+                             "-o", f"ro,key_file={key_file}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert not os.path.ismount(mountpoint)
+
+
+def run_in_private_namespace(script: str, tmp_path: Path) -> dict:
+    """Run ``script`` (Python) in a private mount namespace whose /sbin and /usr/local/sbin show
+    the installed helper and ``modelfs``, as a system-wide install would; it prints JSON."""
+    helpers = tmp_path / "helpers"
+    helpers.mkdir()
+    (helpers / "mount.fuse.modelfs").symlink_to(BIN / "mount.fuse.modelfs")
+    (helpers / "modelfs").symlink_to(BIN / "modelfs")
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(script))
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, str(path),
+                             str(helpers)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MODELFS_LOG_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+NAMESPACE_PRELUDE = """
+    import hashlib, json, os, subprocess, sys
+    helpers = sys.argv[1]
+    def sh(*args):
+        r = subprocess.run(args, capture_output=True, text=True)
+        return {"rc": r.returncode, "err": r.stderr.strip()}
+    def digest(path):
+        try:
+            return hashlib.sha256(open(path, "rb").read()).hexdigest()
+        except OSError as e:
+            return str(e)
+    def owner(path):
+        st = os.stat(path)
+        return [st.st_uid, st.st_gid, oct(st.st_mode & 0o777)]
+"""
+
+
+def test_mount_t_fuse_modelfs_through_mount_fuse3_and_fstab(model, key_file, store_dir, tmp_path):
+    """``mount -t fuse.modelfs`` with modelfs on the default PATH (mount.fuse3 runs it) and an
+    fstab line through ``mount -T FSTAB``; both show the model's bytes and the options."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"# modelfs\n{store_dir} {second} fuse.modelfs ro,_netdev,nofail,allow_other,"
+                     f"uid=321,umask=077,key_file={key_file},cache_size=16MiB,"
+                     "x-systemd.requires=network-online.target 0 0\n")
+    out = run_in_private_namespace(NAMESPACE_PRELUDE + f"""
+    result = {{}}
+    subprocess.run(["mount", "--bind", helpers, "/usr/local/sbin"], check=True)
+    try:
+        result["dash_t"] = sh("mount", "-t", "fuse.modelfs", "{store_dir}", "{first}",
+                              "-o", "ro,uid=555,gid=66,key_file={key_file},_netdev")
+        result["dash_t_file"] = [digest("{first}/org/m"), owner("{first}/org/m")]
+        result["fstab"] = sh("mount", "-T", "{fstab}", "{second}")
+        result["fstab_file"] = [digest("{second}/org/m"), owner("{second}/org/m")]
+        result["types"] = [l.split()[2] for l in open("/proc/self/mounts")
+                           if l.split()[1] in ("{first}", "{second}")]
+    finally:
+        result["umount"] = [sh("umount", "{first}"), sh("umount", "{second}")]
+    print(json.dumps(result))
+    """, tmp_path)
+    assert out["dash_t"]["rc"] == 0 and out["fstab"]["rc"] == 0, out
+    want = sha256_of(model)
+    assert out["dash_t_file"] == [want, [555, 66, "0o444"]]
+    assert out["fstab_file"] == [want, [321, os.getgid(), "0o400"]]
+    assert out["types"] == ["fuse.modelfs", "fuse.modelfs"]
+    assert [u["rc"] for u in out["umount"]] == [0, 0]
+
+
+def test_mount_t_finds_the_sbin_helper(model, key_file, store_dir, tmp_path):
+    """With ``/sbin/mount.fuse.modelfs`` linked, mount(8) runs the helper itself."""
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    out = run_in_private_namespace(NAMESPACE_PRELUDE + f"""
+    result = {{}}
+    only = os.path.join(helpers, "sbin")
+    os.mkdir(only)
+    os.symlink(os.path.join(helpers, "mount.fuse.modelfs"), os.path.join(only, "mount.fuse.modelfs"))
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", "lowerdir=" + only + ":/usr/sbin",
+                    "/usr/sbin"], check=True)
+    try:
+        result["mount"] = sh("mount", "-v", "-t", "fuse.modelfs", "{store_dir}", "{mnt}",
+                             "-o", "ro,key_file={key_file}")
+        result["file"] = digest("{mnt}/org/m")
+    finally:
+        result["umount"] = sh("umount", "{mnt}")
+    print(json.dumps(result))
+    """, tmp_path)
+    assert out["mount"]["rc"] == 0, out
+    assert out["file"] == sha256_of(model)
+    assert out["umount"]["rc"] == 0
+
+
+def start_foreground(store_dir, key_file, mountpoint, *extra, env=None) -> subprocess.Popen:
+    return subprocess.Popen([*MODELFS, "mount", str(store_dir), str(mountpoint), "--key-file",
+                             str(key_file), "--foreground", *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_stop_signal_unmounts_and_exits_0(model, key_file, store_dir, mountpoint, sig):
+    daemon = start_foreground(store_dir, key_file, mountpoint)
+    try:
+        wait_mounted(mountpoint, daemon)
+        assert sha256_of(mountpoint / "org" / "m") == sha256_of(model)
+        daemon.send_signal(sig)
+        _, err = daemon.communicate(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert daemon.returncode == 0, err
+    assert "Traceback" not in err and "RuntimeError" not in err
+    assert f"{sig.name} received" in err
+    assert not os.path.ismount(mountpoint)
+
+
+def test_stop_with_a_file_open_detaches_and_the_open_file_still_reads(model, key_file, store_dir,
+                                                                       mountpoint):
+    daemon = start_foreground(store_dir, key_file, mountpoint)
+    try:
+        wait_mounted(mountpoint, daemon)
+        with open(mountpoint / "org" / "m", "rb") as f:
+            head = f.read(1000)
+            daemon.send_signal(signal.SIGTERM)
+            for _ in range(200):
+                if not os.path.ismount(mountpoint):
+                    break
+                time.sleep(0.05)
+            assert not os.path.ismount(mountpoint)  # detached lazily: new opens cannot reach it
+            assert head + f.read() == model.read_bytes()
+        _, err = daemon.communicate(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert daemon.returncode == 0, err
+    assert "detaching lazily" in err and "Traceback" not in err
+
+
+def test_systemd_notify_ready_and_stopping(model, key_file, store_dir, mountpoint, tmp_path):
+    """``Type=notify``: READY=1 once the mount answers, STOPPING=1 on SIGTERM (sd_notify protocol)."""
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(60)
+        daemon = start_foreground(store_dir, key_file, mountpoint, env={"NOTIFY_SOCKET": address})
+        try:
+            ready = sock.recv(4096).decode()
+            assert ready.startswith("READY=1")
+            assert os.path.ismount(mountpoint) and (mountpoint / "org" / "m").stat().st_size == 3_000_000
+            daemon.send_signal(signal.SIGTERM)
+            assert sock.recv(4096).decode() == "STOPPING=1"
+            daemon.communicate(timeout=60)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+    assert daemon.returncode == 0
+
+
+def test_systemd_unit_verifies(tmp_path):
+    """The documented unit passes ``systemd-analyze verify`` (with ExecStart at this install)."""
+    unit = (REPO / "contrib" / "modelfs-mount@.service").read_text()
+    assert "Type=notify" in unit and "--foreground" in unit
+    (tmp_path / "modelfs-mount@.service").write_text(
+        unit.replace("/usr/local/bin/modelfs", str(BIN / "modelfs")))
+    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "modelfs-mount@models.service")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "modelfs-mount@" not in result.stderr, result.stderr
+
+
+def test_du_and_df(model, key_file, store_dir, tmp_path):
+    with mounted(store_dir, key_file) as mnt:
+        file = mnt / "org" / "m"
+        assert file.stat().st_blocks * 512 >= 3_000_000 > (file.stat().st_blocks - 1) * 512
+        du = subprocess.run(["du", "-sb", "--apparent-size", str(mnt / "org")], capture_output=True, text=True)
+        du_blocks = subprocess.run(["du", "-sk", str(file)], capture_output=True, text=True)
+        assert int(du.stdout.split()[0]) >= 3_000_000
+        assert int(du_blocks.stdout.split()[0]) >= 2929  # KiB: the logical size, not 0
+        vfs = os.statvfs(mnt)
+        stored = json.loads(run_modelfs("ls", "--json", "--store", str(store_dir), "--key-file",
+                                        str(key_file)).stdout)[0]["stored_size"]
+        assert vfs.f_blocks * vfs.f_frsize >= 3_000_000
+        used = (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize
+        assert abs(used - stored) <= 2 * vfs.f_frsize and stored < 2_000_000  # the zeros compress
+        assert 0 < vfs.f_bavail < vfs.f_blocks  # not 100% used
+        df = subprocess.run(["df", "--output=pcent", str(mnt)], capture_output=True, text=True)
+        assert df.stdout.split()[-1] != "100%"
+
+
+def test_version_and_help():
+    version = run_modelfs("--version").stdout
+    assert version.startswith("modelfs ") and version.split()[1][0].isdigit()
+    help_text = run_modelfs("--help").stdout
+    assert "Push large model files once" in help_text
+    from modelfs.store.errors import EXIT_CODES
+    for code, cause in EXIT_CODES.items():
+        assert f"{code:>3}  {cause}" in help_text
+
+
+def test_verbose_quiet_and_log_file_after_the_command(model, key_file, store_dir, tmp_path):
+    quiet = run_modelfs("ls", "--store", str(store_dir), "--key-file", str(key_file), "-q")
+    assert "org/m" in quiet.stdout and quiet.stderr == ""
+    log = tmp_path / "modelfs.log"
+    verbose = run_modelfs("ls", "--store", str(store_dir), "--key-file", str(key_file), "-v",
+                          "--log-file", str(log))
+    assert "org/m" in verbose.stdout
+    assert "DEBUG modelfs: modelfs " in log.read_text() and verbose.stderr == ""
+    before = run_modelfs("-v", "ls", "--store", str(store_dir), "--key-file", str(key_file))
+    assert "DEBUG: modelfs " in before.stderr
+
+
+def test_mount_log_file_option(model, key_file, store_dir, mountpoint, tmp_path):
+    log = tmp_path / "daemon.log"
+    run_modelfs("mount", str(store_dir), str(mountpoint), "--key-file", str(key_file), "--log-file", str(log))
+    assert sha256_of(mountpoint / "org" / "m") == sha256_of(model)
+    run_modelfs("umount", str(mountpoint))
+    text = log.read_text()
+    assert "mounting 1 model(s)" in text and "Ignoring invalid max threads" not in text
+
+
+def reach_for_others(path: Path, hold: Path) -> list[str]:
+    """Shell commands that, in a private mount namespace, let any user reach ``path``: each
+    ancestor closed to others (like /root) is covered by a tmpfs through which the one child
+    on the way is bound again."""
+    commands = []
+    for ancestor in reversed(path.parents):
+        if ancestor != Path("/") and not ancestor.stat().st_mode & 0o001:
+            child = ancestor / path.relative_to(ancestor).parts[0]
+            held = hold / f"{len(commands)}"
+            commands += [f"mkdir -p {held}", f"mount --bind {child} {held}",
+                         f"mount -t tmpfs -o mode=755 tmpfs {ancestor}", f"mkdir -p {child}",
+                         f"mount --bind {held} {child}"]
+    return commands
+
+
+def test_mount_without_access_to_dev_fuse(model, key_file, store_dir, tmp_path):
+    """A user who may not open /dev/fuse, with no way to gain privileges (no_new_privs, as in many
+    containers, so the set-uid fusermount3 cannot help), gets one clear message and exit code 7."""
+    work = tmp_path / "nobody"
+    work.mkdir(mode=0o755)
+    shutil.copytree(store_dir, work / "store")
+    shutil.copy(key_file, work / "key")
+    (work / "mnt").mkdir()
+    for path in [work, *work.rglob("*")]:
+        os.chown(path, 65534, 65534)
+    os.chmod(tmp_path, 0o755)
+    hold = Path(f"/tmp/modelfs-hold-{os.getpid()}")
+    script = " && ".join([*reach_for_others(Path(sys.base_prefix), hold),
+                          *reach_for_others(work, hold / "w"),
+                          f"exec setpriv --reuid=65534 --regid=65534 --clear-groups --no-new-privs "
+                          f"{sys.executable} -m modelfs.tools.cli mount {work}/store {work}/mnt "
+                          f"--key-file {work}/key"])
+    try:
+        result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "HOME": str(work), "MODELFS_LOG_DIR": str(work)})
+    finally:
+        detach(work / "mnt")
+        shutil.rmtree(hold, ignore_errors=True)
+    assert result.returncode == 7, result
+    assert "user 65534 may not open /dev/fuse" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "RuntimeError" not in result.stderr
+
+
+def test_push_progress_without_a_terminal(tmp_path, key_file, store_dir):
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(6 << 20))
+    quiet = run_modelfs("push", str(big), "a", "--store", str(store_dir), "--key-file", str(key_file),
+                        "--shard-size", "1MiB")
+    assert "%" not in quiet.stderr  # no terminal, no --progress: no bar
+    loud = run_modelfs("push", str(big), "b", "--store", str(store_dir), "--key-file", str(key_file),
+                       "--shard-size", "1MiB", "--progress")
+    lines = [line for line in loud.stderr.splitlines() if line.startswith("push b")]
+    assert len(lines) >= 2 and "\r" not in loud.stderr
+    assert lines[-1].split()[2] == "100.0%"
+
+
+def test_file_like_reader_without_fuse(tmp_path, key_file, store_dir):
+    """``Store.open_file`` / ``open_model_file``: io.BufferedReader, torch.load, safetensors, seeks."""
+    import io
+
+    import torch
+    from helpers import make_sample_models
+    from safetensors.torch import load as load_safetensors
+
+    from modelfs.store.api import open_store
+    from modelfs.store.read.rawio import ModelRawIO, open_model_file
+    models = make_sample_models(tmp_path)
+    for path, name in ((models.checkpoint, "ckpt"), (models.safetensors, "st")):
+        run_modelfs("push", str(path), name, "--store", str(store_dir), "--key-file", str(key_file),
+                    "--shard-size", "256KiB")
+    store = open_store(str(store_dir), key_file=key_file)
+    try:
+        with store.open_file("ckpt") as f:
+            assert isinstance(f, io.BufferedReader) and f.readable() and f.seekable()
+            state = torch.load(f, weights_only=True)
+        assert state.keys() == models.state.keys()
+        assert all(torch.equal(state[k], v) for k, v in models.state.items())
+        with store.open_file("st") as f:
+            tensors = load_safetensors(f.read())
+        assert set(tensors) == set(models.tensors)
+        assert all(torch.equal(tensors[k], v) for k, v in models.tensors.items())
+
+        original = models.checkpoint.read_bytes()
+        raw = ModelRawIO(store.open_model("ckpt"))
+        assert raw.seek(0, io.SEEK_END) == len(original) == raw.tell()
+        assert raw.read(10) == b""
+        raw.seek(300_000)
+        buffer = bytearray(700_000)  # crosses shard boundaries
+        assert raw.readinto(buffer) == 700_000 and bytes(buffer) == original[300_000:1_000_000]
+        raw.seek(-100, io.SEEK_CUR)
+        assert raw.read(100) == original[999_900:1_000_000]
+        raw.seek(-5, io.SEEK_END)
+        assert raw.readall() == original[-5:]
+        with pytest.raises(OSError):
+            raw.seek(-1)
+        raw.close()
+        with pytest.raises(ValueError):
+            raw.read(1)
+        with open_model_file(store.open_model("ckpt"), buffer_size=4096) as f:
+            chunks = []
+            while chunk := f.read(12_345):
+                chunks.append(chunk)
+            assert b"".join(chunks) == original
+    finally:
+        store.close()
+
+
+def test_readme_shows_the_exit_code_table():
+    from modelfs.store.errors import EXIT_CODES
+    readme = (REPO / "README.md").read_text()
+    for code, cause in EXIT_CODES.items():
+        assert f"| {code} | {cause} |" in readme
