@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import ReadOptions
-from .errors import AccessDenied, ModelfsError, NotFound, NotGranted
+from .errors import AccessDenied, ModelfsError, NotFound, NotGranted, Untrusted
 from .format.catalog import LineageState, VersionRecord
 from .read.cache import ShardCache
 from .read.reader import ModelReader
@@ -71,7 +71,8 @@ class Library:
         self.generation = 0
         self.stats.gauges = self._gauges
         self.store.keyring.check_credentials()  # a missing or unreadable key file refuses the mount
-        errors = {n: e for n, e in self.refresh().items() if not isinstance(e, NotGranted)}
+        # names this host may not open are not served; anything else wrong with every name refuses the mount
+        errors = {n: e for n, e in self.refresh().items() if not isinstance(e, (NotGranted, Untrusted))}
         if errors and not self._names:
             # nothing at all can be served (a wrong key file, say): say why instead of mounting
             raise next(iter(errors.values()))

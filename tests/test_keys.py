@@ -212,6 +212,9 @@ def test_trust_serves_only_what_a_trusted_publisher_signed(tmp_path, key_file):
             assert log.count("not serving flipped") == 1 and "failed authentication" in log
             assert open_errno(mnt / "unsigned") == errno.EACCES
             assert mount_log(mnt).count("not serving unsigned") == 1   # no second line on open
+    with mounted(store, key_file, "16MiB", "--trust", str(q_key.with_suffix(".pub"))) as mnt:
+        assert os.listdir(mnt) == [".modelfs"]   # Q signed no name whole: an empty mount, not a failure
+        assert "manifest 0 of resigned@" in mount_log(mnt) and p_fp in mount_log(mnt)
     with mounted(store, key_file, "16MiB") as mnt:   # without --trust: as before
         assert sorted(os.listdir(mnt)) == [".modelfs", "resigned", "signed", "unsigned"]
         assert sha256_of(mnt / "unsigned") == sha256_of(sources["unsigned"])

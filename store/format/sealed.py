@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import AccessDenied, IntegrityError
+from ..errors import IntegrityError, Untrusted
 from .crypto import NONCE_BYTES, LineageKeys
 from .keyfiles import PUBLISHER_KIND, RAW_KEY_BYTES, PublicKey
 from .recipients import PublisherKey, length_prefixed, verify_signature
@@ -114,9 +114,9 @@ def open_sealed(data: bytes, kind: str, place: bytes, keys_for: Callable[[int], 
                                  f"verify (tampered)") from None
     if trusted is not None:
         if signer is None:
-            raise AccessDenied(f"{where} is not signed; refused (this mount serves only what a "
+            raise Untrusted(f"{where} is not signed; refused (this mount serves only what a "
                                f"trusted publisher signed)")
         if signer.raw not in trusted:
-            raise AccessDenied(f"{where} is signed by publisher {signer.fingerprint}, which is not "
+            raise Untrusted(f"{where} is signed by publisher {signer.fingerprint}, which is not "
                                f"trusted here; refused")
     return Opened(body, generation, signer)
