@@ -34,6 +34,11 @@ class ReadOptions:
     threads: int = option(2, "int", "readahead/decode threads")
     refresh: float = option(5.0, "duration", "seconds between polls of the catalog for new "
                             "versions, tags and removals")
+    disk_cache: str = option("", "str", "directory that keeps fetched shards as stored (still "
+                             "encrypted) across remounts and reboots; may be shared by mounts")
+    disk_cache_size: int = option(50 << 30, "size", "bound of the disk cache (least recently "
+                                  "used shards are evicted)")
+    metrics: str = option("", "str", "serve Prometheus metrics of this mount on HOST:PORT/metrics")
 
     def __post_init__(self) -> None:
         if self.cache_size <= 0:
@@ -42,6 +47,11 @@ class ReadOptions:
             raise InvalidInput("readahead and threads may not be negative")
         if self.refresh <= 0:
             raise InvalidInput("refresh interval must be positive")
+        if self.disk_cache_size <= 0:
+            raise InvalidInput("disk cache size must be positive")
+        host, _, port = self.metrics.rpartition(":")
+        if self.metrics and not (host and port.isdigit() and int(port) < 65536):
+            raise InvalidInput(f"--metrics wants HOST:PORT (e.g. 127.0.0.1:9567), not {self.metrics!r}")
 
     @classmethod
     def fields(cls) -> list[dataclasses.Field]:

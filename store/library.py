@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .backends.disk_cache import DiskCache, DiskCachedBackend
 from .config import ReadOptions
 from .errors import AccessDenied, ModelfsError, NotFound, NotGranted, Untrusted
 from .format.catalog import LineageState, VersionRecord
@@ -56,6 +57,14 @@ class Library:
         self.options = options
         self.stats = Stats()
         self.cache = ShardCache(options.cache_size, self.stats)
+        self.disk_cache = (DiskCache(options.disk_cache, options.disk_cache_size)
+                           if options.disk_cache else None)
+        if self.disk_cache:
+            store.backend = DiskCachedBackend(store.backend, self.disk_cache)
+        self.metrics = None
+        if options.metrics:  # prometheus-client is imported only by mounts that serve metrics
+            from .metrics import MetricsServer
+            self.metrics = MetricsServer(options.metrics, self.stats)
         self.readahead = options.readahead
         self.threads = options.threads
         self._pool: ThreadPoolExecutor | None = None
@@ -85,6 +94,8 @@ class Library:
                 for view in self._names.values():
                     for version in view.versions.values():
                         self._enable_readahead(version)
+        if self.metrics:
+            self.metrics.start()
         if self._poller is None:
             self._poller = threading.Thread(target=self._poll, name="modelfs-refresh", daemon=True)
             self._poller.start()
@@ -187,8 +198,9 @@ class Library:
 
     def _open_version(self, name: str, record: VersionRecord) -> VersionView:
         manifests = self.store.load_manifests(name, record)
+        stats = self.stats.model(name)
         readers = {m.file_name: ModelReader(m, self.store.backend, self.store.cipher(name, m),
-                                            self.cache, self.stats) for m in manifests}
+                                            self.cache, stats) for m in manifests}
         dirs = {""}
         if record.kind == "folder":
             for path in readers:
@@ -270,10 +282,13 @@ class Library:
             "readahead_unread": self.cache.unread_prefetched,
             "models": len(self.names()),
             "backend": {"kind": self.store.backend.kind, **self.store.backend.stats()},
+            "disk_cache": self.disk_cache.stats() if self.disk_cache else None,
         }
 
     def close(self) -> None:
         self._stop.set()
+        if self.metrics:
+            self.metrics.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self.store.close()

@@ -1,6 +1,7 @@
 """Counters of one mount and of its backends, in one type, served as JSON by ``.modelfs/stats``."""
 from __future__ import annotations
 
+import bisect
 import collections
 import threading
 import time
@@ -9,18 +10,34 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 LATENCY_SAMPLES = 4096
+#: upper bounds (seconds) of the latency histogram buckets that a mount's ``/metrics`` exports
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Latency:
-    """Recent samples (seconds) of one kind of operation, for percentiles."""
+    """Recent samples (seconds) of one kind of operation, for percentiles, and a
+    cumulative histogram of every sample (percentiles of recent samples cannot be
+    summed across hosts; Prometheus histograms can)."""
 
     def __init__(self) -> None:
         self._samples: collections.deque[float] = collections.deque(maxlen=LATENCY_SAMPLES)
         self.count = 0
+        self.total_seconds = 0.0
+        self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
 
     def add(self, seconds: float) -> None:
         self._samples.append(seconds)
         self.count += 1
+        self.total_seconds += seconds
+        self._buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+    def histogram(self) -> list[tuple[float, int]]:
+        """``(upper bound, samples at or below it)`` per bucket, ending with ``(inf, count)``."""
+        cumulative, out = 0, []
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), list(self._buckets), strict=True):
+            cumulative += n
+            out.append((bound, cumulative))
+        return out
 
     def summary(self) -> dict:
         if not self._samples:
@@ -91,6 +108,14 @@ class Stats(Counters):
         self.started = time.time()
         #: filled by the owner: () -> dict of live gauges (cache bytes, budget, backend)
         self.gauges: Callable[[], dict] = dict
+        self.models: dict[str, ModelStats] = {}
+
+    def model(self, name: str) -> ModelStats:
+        """The counters of one model name (kept across its versions); made on first use."""
+        with self._lock:
+            if name not in self.models:
+                self.models[name] = ModelStats(self, name)
+            return self.models[name]
 
     @property
     def fetch_latency(self) -> Latency:
@@ -124,5 +149,46 @@ class Stats(Counters):
         doc["hit_ratio"] = hits / (hits + misses) if hits + misses else None
         doc["byte_hit_ratio"] = hit_bytes / (hit_bytes + miss_bytes) if hit_bytes + miss_bytes else None
         doc["uptime_s"] = round(time.time() - self.started, 3)
+        doc["time"] = round(time.time(), 3)
+        with self._lock:
+            models = sorted(self.models.items())
+        doc["per_model"] = {name: m.snapshot() for name, m in models}
         doc.update(self.gauges())
         return doc
+
+
+class ModelStats(Stats):
+    """The counters of one model name, handed to its readers in place of the mount's
+    ``Stats`` (hence a ``Stats``): every update counts for the model and for the mount."""
+
+    MODEL_COUNTERS = ("bytes_served", "hit_bytes", "miss_bytes", "reads", "bytes_fetched", "shards_fetched")
+
+    def __init__(self, mount: Stats, name: str) -> None:
+        Counters.__init__(self, self.MODEL_COUNTERS, ("fetch_latency", "read_latency"), errors_key="errors")
+        self.mount = mount
+        self.name = name
+
+    @property
+    def decode_latency(self) -> Latency:  # decoding is not per model: the mount's
+        return self.mount.decode_latency
+
+    def add(self, **deltas: float) -> None:
+        self.mount.add(**deltas)
+        super().add(**{k: v for k, v in deltas.items() if k in self.values})
+
+    def error(self, kind: str, **deltas: float) -> None:
+        self.mount.error(kind, **deltas)
+        super().error(kind, **{k: v for k, v in deltas.items() if k in self.values})
+
+    def record_read(self, nbytes: int, hit_bytes: int, seconds: float) -> None:
+        self.mount.record_read(nbytes, hit_bytes, seconds)
+        super().record_read(nbytes, hit_bytes, seconds)
+
+    def timed(self, latency: Latency, seconds: float) -> None:
+        if latency is self.fetch_latency:
+            self.sample("fetch_latency", seconds)
+            latency = self.mount.fetch_latency
+        self.mount.timed(latency, seconds)
+
+    def snapshot(self) -> dict:
+        return Counters.snapshot(self)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelfs.store.api import open_store
-from modelfs.store.errors import IntegrityError
+from modelfs.store.errors import AccessDenied, IntegrityError, InvalidInput, NotFound
 from modelfs.store.format.catalog import LineageState, record_key
 from modelfs.store.format.crypto import LineageKeys, manifest_mac, new_data_key
 from modelfs.store.format.manifest import MAGIC, SCHEMA, Manifest
@@ -84,13 +84,14 @@ def test_a_catalog_that_goes_back_is_refused_for_that_name_only(tmp_path, key_fi
         ls = cli(store, key_file, "ls")
         assert "BROKEN" in ls.stdout and "went back" in ls.stdout
         bad = cli(store, key_file, "verify", check=False)
-        assert bad.returncode == 3 and "BROKEN m:" in bad.stderr and "went back" in bad.stderr
+        assert bad.returncode == IntegrityError.exit_code
+        assert "BROKEN m:" in bad.stderr and "went back" in bad.stderr
         assert "Traceback" not in bad.stderr
         assert cli(store, key_file, "verify", "other").stdout.startswith("ok other@")
         # replay an older record under the newest number: its content names record 2
         shutil.copy(objects(store) / record_key("m", 2), newest)
         replay = cli(store, key_file, "verify", "m", check=False)
-        assert replay.returncode == 3 and "replayed" in replay.stderr
+        assert replay.returncode == IntegrityError.exit_code and "replayed" in replay.stderr
         # a live mount keeps serving what it had, and said why once
         assert mount_log(mnt).count("not serving m (record 2): catalog of 'm' went back in time") == 1
         assert (mnt / "m").read_bytes() == v[2].read_bytes()
@@ -159,17 +160,17 @@ def test_key_files_and_failed_pushes_claim_nothing(tmp_path, key_file):
     store = tmp_path / "store"
     src = write(tmp_path, "src", 100_000)
     typo = cli(store, tmp_path / "typo.key", "push", str(src), "m", check=False)
-    assert typo.returncode == 2 and "does not exist" in typo.stderr
+    assert typo.returncode == NotFound.exit_code and "does not exist" in typo.stderr
     assert not (tmp_path / "typo.key").exists()
     missing = cli(store, key_file, "push", str(tmp_path / "absent"), "m", check=False)
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert missing.returncode == InvalidInput.exit_code and "does not exist" in missing.stderr
     assert not (objects(store) / "keys").exists()
     cli(store, key_file, "push", str(src), "m")
     other = tmp_path / "other.key"
     run_modelfs("keygen", "--key-file", str(other))
     before = sorted(p for p in store.rglob("*"))
     wrong = cli(store, other, "push", str(src), "m", check=False)
-    assert wrong.returncode == 4 and "wrong key" in wrong.stderr
+    assert wrong.returncode == AccessDenied.exit_code and "wrong key" in wrong.stderr
     assert sorted(p for p in store.rglob("*")) == before
 
 

@@ -280,13 +280,18 @@ def test_du_and_df(model, key_file, store_dir, tmp_path):
     with mounted(store_dir, key_file) as mnt:
         file = mnt / "org" / "m"
         assert file.stat().st_blocks * 512 >= 3_000_000 > (file.stat().st_blocks - 1) * 512
-        du = subprocess.run(["du", "-sb", "--apparent-size", str(mnt / "org")], capture_output=True, text=True)
-        du_blocks = subprocess.run(["du", "-sk", str(file)], capture_output=True, text=True)
+        # a model name is a symlink to its latest version: du -L follows it, plain du sees the link
+        du = subprocess.run(["du", "-sbL", "--apparent-size", str(mnt / "org")],
+                            capture_output=True, text=True)
+        du_blocks = subprocess.run(["du", "-skL", str(file)], capture_output=True, text=True)
+        links = subprocess.run(["du", "-sk", str(mnt / "org")], capture_output=True, text=True)
+        assert int(links.stdout.split()[0]) == 0
         assert int(du.stdout.split()[0]) >= 3_000_000
         assert int(du_blocks.stdout.split()[0]) >= 2929  # KiB: the logical size, not 0
         vfs = os.statvfs(mnt)
-        stored = json.loads(run_modelfs("ls", "--json", "--store", str(store_dir), "--key-file",
-                                        str(key_file)).stdout)[0]["stored_size"]
+        listing = json.loads(run_modelfs("ls", "--json", "--store", str(store_dir), "--key-file",
+                                         str(key_file)).stdout)
+        stored = listing[0]["state"]["versions"][-1]["stored_size"]
         assert vfs.f_blocks * vfs.f_frsize >= 3_000_000
         used = (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize
         assert abs(used - stored) <= 2 * vfs.f_frsize and stored < 2_000_000  # the zeros compress

@@ -68,7 +68,9 @@ def open_push_store(url: str | None, key_file: str | None, access=None):
 
 
 def _show_default(f) -> str:
-    return format_size(f.default).replace(" ", "") if f.metadata["kind"] == "size" else str(f.default)
+    if f.metadata["kind"] == "size":
+        return format_size(f.default).replace(" ", "")
+    return str(f.default) if f.default != "" else "off"
 
 
 def add_read_options(parser) -> None:

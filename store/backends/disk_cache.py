@@ -1,0 +1,308 @@
+"""A bounded local directory of shards as stored, in front of any backend.
+
+Entries are the stored bytes (still encrypted and authenticated), so plaintext never
+reaches the disk, and a cached copy is checked exactly like a fetched one: by the
+caller's ``verify``. A copy that fails is dropped and fetched again. Only bytes that
+passed ``verify`` are written, to a temporary name then renamed, so a reader (in this
+mount or another one sharing the directory) never sees a torn entry. Writes run on one
+background thread behind a short queue, so a read waits for the disk only when the disk
+falls that far behind (a warm-up faster than the disk).
+
+Recency lives in the file system, not in one process: a hit sets the entry's mtime
+to now, and eviction removes the oldest mtimes. Each mount keeps an estimate of the
+directory's size and rescans it (seeing what other mounts wrote) when its estimate
+passes the bound or after writing a twentieth of it, so several mounts of one
+directory hold the bound approximately and a remount finds everything again. A
+failed write (a full disk) is skipped: the cache never fails a read.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..errors import IntegrityError, InvalidInput
+from .base import Backend, ShardLocation, ShardWriter, StoredItem, T
+from .layout import TMP_SUFFIX, shard_relpath
+
+log = logging.getLogger(__name__)
+
+#: rescan the directory after writing budget / RESCAN_FRACTION bytes (other mounts write too)
+RESCAN_FRACTION = 20
+#: an eviction pass brings the directory down to this share of the bound
+LOW_WATER = 0.9
+#: temporary files older than this were left by a crash and are removed by a scan
+STALE_TMP_SECONDS = 3600.0
+#: shards waiting for the writer thread (their stored bytes are held in memory meanwhile)
+WRITE_QUEUE = 8
+
+COUNTERS = ("hits", "hit_bytes", "misses", "miss_bytes", "writes", "write_bytes",
+            "skipped_writes", "evictions", "evicted_bytes", "corrupt")
+
+
+class DiskCache:
+    """The directory: entries by shard id, an LRU bound by mtime, counters."""
+
+    def __init__(self, directory: str | os.PathLike, budget: int) -> None:
+        self.directory = Path(directory).expanduser().absolute()
+        self.budget = budget
+        try:
+            (self.directory / "shards").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InvalidInput(f"cannot use disk cache directory {self.directory}: {e.strerror}") from None
+        if not os.access(self.directory / "shards", os.W_OK | os.X_OK):
+            raise InvalidInput(f"disk cache directory {self.directory} is not writable")
+        self._lock = threading.Lock()
+        self._trim_lock = threading.Lock()
+        self._entries: dict[str, int] = {}  # shard id -> size, as far as this mount knows
+        self._used = 0
+        self._written_since_scan = 0
+        self._write_errors_logged: set[int] = set()
+        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(WRITE_QUEUE)
+        self._writer: threading.Thread | None = None
+        self._pending = 0
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.trim()
+
+    def __repr__(self) -> str:
+        return f"DiskCache({str(self.directory)!r}, {self.budget})"
+
+    def path(self, shard_id: str) -> Path:
+        return self.directory / shard_relpath(shard_id)
+
+    def count(self, **deltas: int) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                self.counters[name] += delta
+
+    def get(self, shard_id: str) -> bytes | None:
+        """The cached stored bytes of a shard (marked as just used), or None."""
+        path = self.path(shard_id)
+        try:
+            data = path.read_bytes()
+            os.utime(path)  # recency for every mount of this directory
+        except FileNotFoundError:
+            with self._lock:
+                self._used -= self._entries.pop(shard_id, 0)
+            return None
+        except OSError as e:
+            log.warning("disk cache entry %s unreadable: %s", path, e.strerror)
+            return None
+        with self._lock:
+            if shard_id not in self._entries:
+                self._entries[shard_id] = len(data)
+                self._used += len(data)
+        return data
+
+    def drop(self, shard_id: str, reason: str) -> None:
+        """Remove an entry that failed verification."""
+        log.warning("disk cache entry %s dropped: %s", shard_id[:16], reason)
+        try:
+            self.path(shard_id).unlink()
+        except OSError:
+            pass  # already gone (another mount dropped it) or unremovable: the next put replaces it
+        with self._lock:
+            self._used -= self._entries.pop(shard_id, 0)
+            self.counters["corrupt"] += 1
+
+    def put(self, shard_id: str, data: bytes) -> None:
+        """Queue verified stored bytes for the writer thread (started on first use, so
+        after the FUSE daemon forked); blocks only while the queue is full."""
+        with self._lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="modelfs-disk-cache",
+                                                daemon=True)
+                self._writer.start()
+            self._pending += 1
+        self._queue.put((shard_id, data))
+
+    def _write_loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                self.write(*item)
+            except Exception:  # never let one bad write stop the writer
+                log.exception("disk cache write of %s failed", item[0][:16])
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+    def close(self) -> None:
+        """Finish the queued writes."""
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+
+    def write(self, shard_id: str, data: bytes) -> None:
+        """Keep verified stored bytes now; a failure (full disk, I/O error) only skips the write."""
+        path = self.path(shard_id)
+        tmp = path.with_name(f"{path.name}{TMP_SUFFIX}{uuid.uuid4().hex}")
+        try:
+            path.parent.mkdir(exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as e:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            self._skipped(e)
+            return
+        with self._lock:
+            self._used += len(data) - self._entries.get(shard_id, 0)
+            self._entries[shard_id] = len(data)
+            self._written_since_scan += len(data)
+            self.counters["writes"] += 1
+            self.counters["write_bytes"] += len(data)
+            due = (self._used > self.budget
+                   or self._written_since_scan > self.budget // RESCAN_FRACTION)
+        if due:
+            self.trim()
+
+    def _skipped(self, error: OSError) -> None:
+        with self._lock:
+            self.counters["skipped_writes"] += 1
+            first = (error.errno or 0) not in self._write_errors_logged
+            self._write_errors_logged.add(error.errno or 0)
+        if first:  # once per kind of failure, not once per shard
+            what = "is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "cannot be written"
+            log.warning("disk cache %s %s (%s); skipping writes that fail, reads go on",
+                        self.directory, what, error.strerror)
+
+    def _scan(self) -> Iterator[tuple[str, int, float]]:
+        """(shard id, size, mtime) of every entry on disk; removes stale temporary files."""
+        now = time.time()
+        with os.scandir(self.directory / "shards") as prefixes:
+            for prefix in prefixes:
+                if not prefix.is_dir(follow_symlinks=False):
+                    continue
+                try:
+                    with os.scandir(prefix.path) as files:
+                        items = list(files)
+                except FileNotFoundError:
+                    continue
+                for entry in items:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # evicted by another mount meanwhile
+                    if TMP_SUFFIX in entry.name:
+                        if now - st.st_mtime > STALE_TMP_SECONDS:
+                            Path(entry.path).unlink(missing_ok=True)
+                    elif len(entry.name) == 64:
+                        yield entry.name, st.st_size, st.st_mtime
+
+    def trim(self) -> None:
+        """Rescan the directory and evict the least recently used entries over the bound."""
+        if not self._trim_lock.acquire(blocking=False):
+            return  # another thread of this mount is at it
+        try:
+            found = sorted(self._scan(), key=lambda item: item[2])
+            used = sum(size for _, size, _ in found)
+            entries = {shard_id: size for shard_id, size, _ in found}
+            evicted = evicted_bytes = 0
+            if used > self.budget:
+                target = int(self.budget * LOW_WATER)
+                for shard_id, size, _ in found:
+                    if used <= target:
+                        break
+                    try:
+                        self.path(shard_id).unlink()
+                        evicted += 1
+                        evicted_bytes += size
+                    except FileNotFoundError:
+                        pass  # another mount evicted it
+                    used -= size
+                    del entries[shard_id]
+            with self._lock:
+                self._entries, self._used, self._written_since_scan = entries, used, 0
+                self.counters["evictions"] += evicted
+                self.counters["evicted_bytes"] += evicted_bytes
+        except OSError as e:
+            log.warning("disk cache %s could not be scanned: %s", self.directory, e.strerror)
+        finally:
+            self._trim_lock.release()
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"dir": str(self.directory), "budget": self.budget, "used_bytes": self._used,
+                    "entries": len(self._entries), "pending_writes": self._pending, **self.counters}
+
+
+class DiskCachedBackend(Backend):
+    """A backend whose verified shard reads go through a ``DiskCache``; the rest passes through."""
+
+    def __init__(self, inner: Backend, cache: DiskCache) -> None:
+        self.inner = inner
+        self.cache = cache
+        self.kind = inner.kind
+
+    def __repr__(self) -> str:
+        return f"DiskCachedBackend({self.inner!r}, {self.cache!r})"
+
+    def __getattr__(self, name: str):
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)  # backend-specific extras (node list, URL, ...)
+
+    def read_shard_verified(self, shard_id: str, location: ShardLocation, length: int,
+                            verify: Callable[[bytes], T]) -> T:
+        stored = self.cache.get(shard_id)
+        if stored is not None:
+            try:
+                result = verify(stored)
+            except IntegrityError as e:
+                self.cache.drop(shard_id, str(e))
+            else:
+                self.cache.count(hits=1, hit_bytes=len(stored))
+                return result
+
+        def verify_and_keep(fetched: bytes) -> T:
+            result = verify(fetched)
+            self.cache.put(shard_id, fetched)
+            return result
+
+        self.cache.count(misses=1, miss_bytes=length)
+        return self.inner.read_shard_verified(shard_id, location, length, verify_and_keep)
+
+    # -- everything else is the wrapped backend's ---------------------------------
+    def read_shard(self, shard_id: str, location: ShardLocation, length: int) -> bytes:
+        return self.inner.read_shard(shard_id, location, length)  # unverified: not cached
+
+    def put_object(self, key: str, data: bytes) -> None:
+        self.inner.put_object(key, data)
+
+    def get_object(self, key: str) -> bytes:
+        return self.inner.get_object(key)
+
+    def list_objects(self, prefix: str) -> Iterator[str]:
+        return self.inner.list_objects(prefix)
+
+    def delete_object(self, key: str) -> None:
+        self.inner.delete_object(key)
+
+    def shard_writer(self, version_id: str) -> ShardWriter:
+        return self.inner.shard_writer(version_id)
+
+    def has_shard(self, shard_id: str, location: ShardLocation) -> bool:
+        return self.inner.has_shard(shard_id, location)
+
+    def list_stored(self) -> Iterator[StoredItem]:
+        return self.inner.list_stored()
+
+    def delete_stored(self, item: StoredItem) -> bool:
+        return self.inner.delete_stored(item)
+
+    def stats(self) -> dict:
+        return self.inner.stats()
+
+    def close(self) -> None:
+        self.cache.close()
+        self.inner.close()

@@ -1,0 +1,106 @@
+"""``modelfs cache-stats`` on real mounts: the JSON against its schema, the text view, --watch rates."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+from helpers import MODELFS, mounted, run_modelfs
+from test_disk_cache import settled
+from test_metrics import push_random
+
+from modelfs.store.stats_schema import SNAPSHOT_SCHEMA
+
+SHARD = 64 * 1024
+
+
+@pytest.fixture
+def warm_mount(tmp_path, key_file):
+    """A mount with a disk cache, one model read once."""
+    store = tmp_path / "store"
+    data = push_random(str(store), key_file, tmp_path, "org/m", 6 * SHARD, 5)
+    with mounted(store, key_file, "256MiB", "--disk-cache", str(tmp_path / "cache")) as mnt:
+        assert (mnt / "org" / "m").read_bytes() == data
+        settled(mnt)
+        yield mnt, data
+
+
+def test_json_matches_the_documented_schema(warm_mount):
+    mnt, data = warm_mount
+    doc = json.loads(run_modelfs("cache-stats", str(mnt), "--json").stdout)
+    jsonschema.validate(doc, SNAPSHOT_SCHEMA)
+    assert doc["bytes_served"] == doc["per_model"]["org/m"]["bytes_served"] == len(data)
+    assert doc["disk_cache"]["writes"] == 6
+    printed = json.loads(run_modelfs("cache-stats", "--schema").stdout)
+    assert printed == json.loads(json.dumps(SNAPSHOT_SCHEMA))
+    broken = {**doc, "unexpected": 1}  # the schema does reject what it does not document
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, SNAPSHOT_SCHEMA)
+
+
+def test_text_view_shows_every_group_in_readable_units(warm_mount):
+    mnt, data = warm_mount
+    text = run_modelfs("cache-stats", str(mnt)).stdout
+    doc = json.loads(run_modelfs("cache-stats", str(mnt), "--json").stdout)
+    assert f"pid {doc['pid']}, peak RSS " in text and "MiB)" in text
+    assert re.search(r"^  read +\d+ samples  p50 [\d.]+ ms", text, re.M)
+    assert re.search(r"^  disk +[\d.]+ KiB used of 50\.0 GiB in 6 shards", text, re.M)
+    assert "corrupt entries dropped 0" in text and "fetched from store 6 (" in text
+    assert re.search(r"^  backend +kind local", text, re.M)
+    assert re.search(r"^  model org/m\n +served 384\.0 KiB in \d+ reads", text, re.M)
+    assert "{" not in text.replace(str(doc["disk_cache"]["dir"]), "")  # no raw JSON
+
+
+def test_watch_prints_timestamped_rates(warm_mount):
+    mnt, data = warm_mount
+    watch = subprocess.Popen([*MODELFS, "cache-stats", str(mnt), "--watch", "0.3"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        view = []
+        while (line := watch.stdout.readline()) != "\n":  # the full view, then a blank line
+            view.append(line)
+        assert view[0].startswith(str(mnt))
+        first = watch.stdout.readline()  # an interval with no reads
+        with open(mnt / "org" / "m", "rb", buffering=0) as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # so the read reaches the daemon
+            assert f.read() == data
+        lines = [first] + [watch.stdout.readline() for _ in range(4)]
+    finally:
+        watch.kill()
+        watch.wait()
+    pattern = re.compile(rf"^\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d  {re.escape(str(mnt))}  "
+                         r"served ([\d.]+) MB/s  fetched [\d.]+ MB/s  hits [\d.]+/s  misses [\d.]+/s  "
+                         r"reads [\d.]+/s  disk hits [\d.]+/s$")
+    matches = [pattern.match(line) for line in lines]
+    assert all(matches), lines
+    assert float(matches[0].group(1)) == 0 and any(float(m.group(1)) > 0 for m in matches[1:])
+
+
+def test_watch_json_into_a_closed_pipe_exits_quietly(warm_mount):
+    mnt, _ = warm_mount
+    result = subprocess.run(["bash", "-c", f"{' '.join(MODELFS)} cache-stats {mnt} --watch 0.1 --json "
+                             "| head -2; exit ${PIPESTATUS[0]}"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert [json.loads(line)["bytes_served"] for line in result.stdout.splitlines()] == [6 * SHARD] * 2
+
+
+def test_every_mount_view_skips_a_stale_mount(warm_mount, tmp_path, key_file):
+    live, _ = warm_mount
+    with mounted(tmp_path / "store", key_file, "64MiB") as stale:
+        pid = json.loads((stale / ".modelfs" / "stats").read_bytes())["pid"]
+        os.kill(pid, signal.SIGKILL)  # the daemon dies: "Transport endpoint is not connected"
+        while Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+        result = run_modelfs("cache-stats", check=False)
+        as_json = run_modelfs("cache-stats", "--json", check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert re.search(rf"^{re.escape(str(live))}  \(1 models", result.stdout, re.M)
+    assert f"skipping {stale}" in result.stderr
+    assert str(live) in json.loads(as_json.stdout) and str(stale) not in json.loads(as_json.stdout)

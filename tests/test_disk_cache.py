@@ -1,0 +1,212 @@
+"""The disk cache tier and warmup through real mounts: reuse, corruption, bound, sharing, full disk."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import mount_log, mounted, read_stats, run_modelfs
+
+from modelfs.store.api import open_store
+from modelfs.store.backends.layout import shard_relpath
+
+SHARD = 64 * 1024
+SHARDS = 20
+
+
+def push(store: Path, key: Path, path: Path, name: str) -> None:
+    run_modelfs("push", str(path), name, "--store", str(store), "--key-file", str(key),
+                "--shard-size", str(SHARD))
+
+
+def shard_ids(store: Path, key: Path, name: str) -> list[str]:
+    s = open_store(str(store), key_file=key)
+    try:
+        return [sid.hex() for sid in s.open_model(name).manifest.shard_ids]
+    finally:
+        s.close()
+
+
+def cached(cache: Path) -> dict[str, bytes]:
+    """Every file in the cache directory, by name."""
+    return {p.name: p.read_bytes() for p in (cache / "shards").glob("*/*") if p.is_file()}
+
+
+@pytest.fixture
+def model(tmp_path, key_file):
+    """A published random model of 20 shards: (store, original bytes, shard ids)."""
+    store = tmp_path / "store"
+    data = np.random.default_rng(7).integers(0, 256, SHARDS * SHARD - 99, dtype=np.uint8).tobytes()
+    (tmp_path / "m.bin").write_bytes(data)
+    push(store, key_file, tmp_path / "m.bin", "org/m")
+    return store, data, shard_ids(store, key_file, "org/m")
+
+
+def settled(mnt: Path, timeout: float = 120.0) -> dict:
+    """The mount's stats once its disk cache has written every queued shard."""
+    deadline = time.monotonic() + timeout
+    while (stats := read_stats(mnt))["disk_cache"]["pending_writes"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return stats
+
+
+def hide_shards(store: Path) -> None:
+    """Move the store's shards away: from now on any fetch from the store fails."""
+    shutil.move(store / "shards", store.parent / "shards-away")
+
+
+def test_remount_reads_every_shard_from_the_disk_cache(model, tmp_path, key_file):
+    store, data, ids = model
+    cache = tmp_path / "cache"
+    opts = ("--disk-cache", str(cache), "--disk-cache-size", "64MiB")
+    with mounted(store, key_file, "256MiB", *opts) as mnt:
+        assert (mnt / "org" / "m").read_bytes() == data
+        disk = settled(mnt)["disk_cache"]
+        assert (disk["misses"], disk["writes"], disk["hits"], disk["entries"]) == (SHARDS, SHARDS, 0, SHARDS)
+    entries = cached(cache)
+    assert sorted(entries) == sorted(ids)  # named by shard id, nothing else (no temp files)
+    for shard_id, stored in entries.items():  # the stored (encrypted) bytes, never plaintext
+        assert stored == (store / shard_relpath(shard_id)).read_bytes()
+        assert data[:4096] not in stored and data[SHARD:SHARD + 4096] not in stored
+    hide_shards(store)
+    with mounted(store, key_file, "256MiB", *opts) as mnt:
+        assert (mnt / "org" / "m").read_bytes() == data
+        s = read_stats(mnt)
+        assert (s["disk_cache"]["hits"], s["disk_cache"]["misses"]) == (SHARDS, 0)
+        assert s["disk_cache"]["hit_bytes"] == sum(len(b) for b in entries.values())
+
+
+def test_corrupt_and_truncated_entries_are_dropped_and_fetched_again(model, tmp_path, key_file):
+    store, data, ids = model
+    cache = tmp_path / "cache"
+    opts = ("--disk-cache", str(cache))
+    with mounted(store, key_file, "256MiB", *opts) as mnt:
+        assert (mnt / "org" / "m").read_bytes() == data
+        settled(mnt)
+    flipped, truncated = cache / shard_relpath(ids[3]), cache / shard_relpath(ids[11])
+    raw = bytearray(flipped.read_bytes())
+    raw[100] ^= 1
+    flipped.write_bytes(bytes(raw))
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    with mounted(store, key_file, "256MiB", *opts) as mnt:
+        assert (mnt / "org" / "m").read_bytes() == data
+        disk = settled(mnt)["disk_cache"]
+        assert (disk["corrupt"], disk["misses"], disk["hits"]) == (2, 2, SHARDS - 2)
+        assert "dropped" in mount_log(mnt)
+    for shard_id in (ids[3], ids[11]):  # fetched again and kept, intact
+        kept = (cache / shard_relpath(shard_id)).read_bytes()
+        assert kept == (store / shard_relpath(shard_id)).read_bytes()
+
+
+def test_bound_evicts_least_recently_used_and_survives_a_remount(model, tmp_path, key_file):
+    store, data, ids = model
+    cache = tmp_path / "cache"
+    opts = ("--disk-cache", str(cache), "--disk-cache-size", str(6 * SHARD), "--threads", "0")
+    with mounted(store, key_file, "256MiB", *opts) as mnt:
+        assert (mnt / "org" / "m").read_bytes() == data
+        disk = settled(mnt)["disk_cache"]
+        assert disk["used_bytes"] <= 6 * SHARD and disk["evictions"] > 0
+    kept = set(cached(cache))
+    assert sum(len(b) for b in cached(cache).values()) <= 6 * SHARD
+    assert ids[-1] in kept and not kept & set(ids[:10])  # the oldest went first
+    # a remount finds the same entries: reading the kept tail fetches nothing from the store
+    tail = [i for i, sid in enumerate(ids) if sid in kept]
+    with mounted(store, key_file, "256MiB", *opts) as mnt:
+        with open(mnt / "org" / "m", "rb") as f:
+            f.seek(tail[0] * SHARD)
+            assert f.read() == data[tail[0] * SHARD:]
+        disk = read_stats(mnt)["disk_cache"]
+        assert tail == list(range(tail[0], SHARDS)) and (disk["hits"], disk["misses"]) == (len(tail), 0)
+
+
+def test_two_mounts_share_one_cache_directory(model, tmp_path, key_file):
+    store, data, ids = model
+    cache = tmp_path / "cache"
+    budget = 8 * SHARD
+    opts = ("--disk-cache", str(cache), "--disk-cache-size", str(budget))
+    with mounted(store, key_file, "1MiB", *opts) as a, mounted(store, key_file, "1MiB", *opts) as b:
+        errors: list[str] = []
+
+        def reader(mnt: Path, seed: int) -> None:
+            rng = np.random.default_rng(seed)
+            with open(mnt / "org" / "m", "rb", buffering=0) as f:
+                for _ in range(60):
+                    index = int(rng.integers(0, SHARDS))
+                    f.seek(index * SHARD)
+                    if f.read(SHARD) != data[index * SHARD:(index + 1) * SHARD]:
+                        errors.append(f"{mnt} shard {index}")
+                    # drop the page cache so the next read of this range reaches the daemon
+                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+        threads = [threading.Thread(target=reader, args=(m, seed))
+                   for seed, m in enumerate([a, b, a, b])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        stats = [settled(m)["disk_cache"] for m in (a, b)]
+        assert all(s["writes"] > 0 for s in stats) and sum(s["hits"] for s in stats) > 0
+    entries = cached(cache)
+    for shard_id, stored in entries.items():  # no torn or foreign files
+        assert stored == (store / shard_relpath(shard_id)).read_bytes()
+    assert sum(len(v) for v in entries.values()) <= budget + 2 * (SHARD + 64)
+
+
+@pytest.fixture
+def tiny_tmpfs():
+    """A 256 KiB tmpfs (room for about three shards), unmounted in teardown."""
+    path = Path(tempfile.mkdtemp(prefix="modelfs-tmpfs-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+        path.rmdir()
+
+
+def test_full_disk_skips_writes_and_never_fails_a_read(model, key_file, tiny_tmpfs):
+    store, data, ids = model
+    opts = ("--disk-cache", str(tiny_tmpfs / "cache"), "--disk-cache-size", "1GiB")
+    with mounted(store, key_file, "256MiB", *opts) as mnt:
+        assert (mnt / "org" / "m").read_bytes() == data
+        disk = settled(mnt)["disk_cache"]
+        assert disk["skipped_writes"] > 0 and disk["writes"] + disk["skipped_writes"] == SHARDS
+        assert "disk cache" in mount_log(mnt) and "is full" in mount_log(mnt)
+    assert not list((tiny_tmpfs / "cache").rglob("*.tmp-*"))  # failed writes leave nothing behind
+
+
+def test_warmup_fills_the_disk_cache_for_a_later_mount(tmp_path, key_file):
+    store, cache = tmp_path / "store", tmp_path / "cache"
+    rng = np.random.default_rng(9)
+    originals = {}
+    for name, size in (("team/a", 7 * SHARD + 5), ("team/sub/b", 3 * SHARD), ("other", SHARD)):
+        originals[name] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        src = tmp_path / name.replace("/", "_")
+        src.write_bytes(originals[name])
+        push(store, key_file, src, name)
+    opts = ("--disk-cache", str(cache))
+    with mounted(store, key_file, "256MiB", *opts) as mnt:
+        result = run_modelfs("warmup", str(mnt / "team"))
+        assert "warmed 2 files" in result.stdout and "from the store" in result.stdout
+        assert "warmup 100.0%" in result.stderr  # progress lines without a terminal
+        assert read_stats(mnt)["disk_cache"]["entries"] == 8 + 3
+        again = run_modelfs("warmup", str(mnt / "team" / "a"), str(mnt / "team"))
+        # the first run dropped its pages from the kernel's cache: this one reached the daemon
+        assert "warmed 2 files, 640.0 KiB" in again.stdout
+        assert "640.0 KiB were already in memory" in again.stdout
+        outside = run_modelfs("warmup", str(tmp_path), check=False)
+        assert outside.returncode == 2 and "not inside a modelfs mount" in outside.stderr
+    hide_shards(store)
+    with mounted(store, key_file, "256MiB", *opts) as mnt:
+        for name in ("team/a", "team/sub/b"):
+            assert (mnt / name).read_bytes() == originals[name]
+        assert read_stats(mnt)["disk_cache"]["misses"] == 0
+        with pytest.raises(OSError):
+            (mnt / "other").read_bytes()  # not warmed, and the store's shards are gone

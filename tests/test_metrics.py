@@ -1,0 +1,110 @@
+"""Prometheus /metrics of real mounts, scraped over 127.0.0.1 and parsed with prometheus_client."""
+from __future__ import annotations
+
+import socket
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import mounted, read_stats, run_modelfs
+from prometheus_client.parser import text_string_to_metric_families
+from test_disk_cache import settled, shard_ids
+
+from modelfs.bench.harness import free_port
+from modelfs.store.backends.layout import shard_relpath
+
+SHARD = 64 * 1024
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """Every sample of /metrics by (name, sorted labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def push_random(store: str, key: Path, tmp: Path, name: str, size: int, seed: int) -> bytes:
+    data = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+    src = tmp / f"src-{seed}"
+    src.write_bytes(data)
+    run_modelfs("push", str(src), name, "--store", store, "--key-file", str(key), "--shard-size", str(SHARD))
+    return data
+
+
+def test_metrics_follow_reads_per_model_and_per_tier(tmp_path, key_file):
+    store = tmp_path / "store"
+    a = push_random(str(store), key_file, tmp_path, "org/a", 5 * SHARD, 1)
+    push_random(str(store), key_file, tmp_path, "org/b", 3 * SHARD, 2)
+    port = free_port()
+    with mounted(store, key_file, "256MiB", "--metrics", f"127.0.0.1:{port}",
+                 "--disk-cache", str(tmp_path / "cache")) as mnt:
+        before = scrape(port)
+        assert before[("modelfs_bytes_served_total", ())] == 0
+        assert before[("modelfs_cache_bytes", (("tier", "disk"),))] == 0
+        assert (mnt / "org" / "a").read_bytes() == a
+        settled(mnt)
+        after = scrape(port)
+        model_a, model_b = (("model", "org/a"),), (("model", "org/b"),)
+        assert after[("modelfs_bytes_served_total", ())] == len(a)
+        assert after[("modelfs_model_bytes_served_total", model_a)] == len(a)
+        assert after[("modelfs_model_bytes_served_total", model_b)] == 0
+        assert after[("modelfs_model_shards_fetched_total", model_a)] == 5
+        assert after[("modelfs_misses_total", ())] + after[("modelfs_hits_total", ())] >= 5
+        assert after[("modelfs_fetch_latency_seconds_count", ())] == 5
+        assert after[("modelfs_model_fetch_latency_seconds_count", model_a)] == 5
+        buckets = sorted((float(dict(labels)["le"]), v) for (name, labels), v in after.items()
+                         if name == "modelfs_model_fetch_latency_seconds_bucket"
+                         and ("model", "org/a") in labels)
+        assert [v for _, v in buckets] == sorted(v for _, v in buckets) and buckets[-1] == (float("inf"), 5)
+        stats = read_stats(mnt)  # the two views agree
+        assert after[("modelfs_cache_bytes", (("tier", "memory"),))] == stats["cache_bytes"] > 0
+        assert after[("modelfs_cache_bytes", (("tier", "disk"),))] == stats["disk_cache"]["used_bytes"] > 0
+        assert after[("modelfs_disk_cache_misses_total", ())] == 5
+        assert after[("modelfs_cache_budget_bytes", (("tier", "memory"),))] == 256 << 20
+
+        # a corrupt shard of org/b: an error counted for that model and kind
+        first_b = shard_ids(store, key_file, "org/b")[0]
+        path = store / shard_relpath(first_b)
+        raw = bytearray(path.read_bytes())
+        raw[50] ^= 1
+        path.write_bytes(bytes(raw))
+        with pytest.raises(OSError):
+            (mnt / "org" / "b").read_bytes()
+        failed = scrape(port)
+        assert failed[("modelfs_model_errors_total", (("kind", "IntegrityError"), ("model", "org/b")))] >= 1
+        assert failed[("modelfs_errors_total", (("kind", "IntegrityError"),))] >= 1
+        assert ("modelfs_model_errors_total", (("kind", "IntegrityError"), ("model", "org/a"))) not in failed
+
+
+def test_metrics_of_a_node_store_have_per_node_figures(nodes3, tmp_path, key_file):
+    url = nodes3.url(replicas=2)
+    data = push_random(url, key_file, tmp_path, "n/m", 12 * SHARD, 3)
+    port = free_port()
+    with mounted(url, key_file, "256MiB", "--metrics", f"127.0.0.1:{port}") as mnt:
+        assert (mnt / "n" / "m").read_bytes() == data
+        m = scrape(port)
+    nodes = [n.name for n in nodes3.nodes]
+    assert all(m[("modelfs_backend_node_up", (("node", n),))] == 1 for n in nodes)
+    received = sum(m[("modelfs_backend_node_bytes", (("node", n),))] for n in nodes)
+    assert received >= m[("modelfs_bytes_fetched_total", ())] > 0
+    assert sum(m[("modelfs_backend_node_requests", (("node", n),))] for n in nodes) >= 12
+    assert m[("modelfs_backend_failovers", (("kind", "nodes"),))] == 0
+
+
+def test_metrics_address_errors_are_messages(tmp_path, key_file, store_dir):
+    push_random(str(store_dir), key_file, tmp_path, "x", SHARD, 4)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    bad = run_modelfs("mount", str(store_dir), str(mnt), "--key-file", str(key_file),
+                      "--metrics", "9567", check=False)
+    assert bad.returncode == 2 and "HOST:PORT" in bad.stderr and "Traceback" not in bad.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = run_modelfs("mount", str(store_dir), str(mnt), "--key-file", str(key_file),
+                            "--metrics", f"127.0.0.1:{busy.getsockname()[1]}", check=False,
+                            env={"MODELFS_LOG_DIR": str(tmp_path)})
+    assert taken.returncode != 0 and "cannot serve metrics" in taken.stderr
+    assert "Traceback" not in taken.stderr and not any(mnt.iterdir())

@@ -1,0 +1,174 @@
+"""``warmup``: fetch files of a mount into its cache tiers before traffic arrives.
+
+It reads the files through the mount, in ranges on a few threads, and drops what it
+read from the kernel page cache at once (``posix_fadvise(DONTNEED)``), so the host's
+page cache is not flooded. Reading as any loader does needs no channel into the
+daemon: it works for every user who can read the mount (also ``allow_other``), sees
+exactly the versions the mount serves, drives the daemon's readahead, and every shard
+it brings in is authenticated before the disk cache keeps it. The cost is the decode
+CPU of the bytes warmed, which a host has to spare before it takes traffic.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelfs.store.errors import InvalidInput, ModelfsError
+from modelfs.store.sizes import format_size
+
+from .console import ProgressBar
+
+log = logging.getLogger(__name__)
+
+#: bytes per read call, and per unit of work handed to a thread
+CHUNK = 4 << 20
+RANGE = 64 << 20
+#: seconds between progress lines without a terminal
+LINE_INTERVAL = 2.0
+
+
+@dataclass(frozen=True)
+class WarmFile:
+    mount: Path
+    path: Path
+    size: int
+
+
+def mount_of(path: Path, mounts: list[Path]) -> Path:
+    """The modelfs mount that holds ``path`` (the deepest one, should mounts nest)."""
+    holding = [m for m in mounts if path == m or m in path.parents]
+    if not holding:
+        raise InvalidInput(f"{path} is not inside a modelfs mount")
+    return max(holding, key=lambda m: len(m.parts))
+
+
+def collect(paths: list[str], mounts: list[Path]) -> list[WarmFile]:
+    """Every model file named or under a named folder, once (a name and the version
+    it points to are one file)."""
+    from modelfs.fs.mount import CONTROL_DIR
+    found: dict[Path, WarmFile] = {}
+    for given in paths:
+        path = Path(os.path.abspath(given))
+        if not path.exists():
+            raise InvalidInput(f"{given}: no such file or directory")
+        mount = mount_of(path, mounts)
+        if path.is_dir():
+            files = []
+            for root, dirs, names in os.walk(path):
+                dirs[:] = [d for d in dirs if not (Path(root) == mount and d == CONTROL_DIR)]
+                files += [Path(root) / n for n in sorted(names)]
+        else:
+            files = [path]
+        for file in files:
+            real = Path(os.path.realpath(file))
+            inside = mount in real.parents and real.relative_to(mount).parts[0] != CONTROL_DIR
+            if inside and real.is_file():
+                found.setdefault(real, WarmFile(mount, real, real.stat().st_size))
+    return list(found.values())
+
+
+class Progress:
+    """The bar on a terminal; a line every ``LINE_INTERVAL`` seconds otherwise (logs, CI)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self._lock = threading.Lock()
+        self._bar = ProgressBar("warmup") if sys.stderr.isatty() else None
+        self._started = self._last = time.monotonic()
+
+    def add(self, nbytes: int) -> None:
+        with self._lock:
+            self.done += nbytes
+            if self._bar:
+                self._bar(self.done, self.total)
+                return
+            now = time.monotonic()
+            if now - self._last >= LINE_INTERVAL or self.done >= self.total:
+                self._last = now
+                rate = self.done / max(now - self._started, 1e-6)
+                print(f"warmup {self.done / max(self.total, 1):6.1%}  {format_size(self.done)} of "
+                      f"{format_size(self.total)}  {format_size(rate)}/s", file=sys.stderr, flush=True)
+
+
+def warm_range(file: WarmFile, start: int, end: int, progress: Progress) -> None:
+    """Read ``[start, end)`` through the mount, dropping the pages behind the reads."""
+    fd = os.open(file.path, os.O_RDONLY)
+    try:
+        offset = start
+        while offset < end:
+            data = os.pread(fd, min(CHUNK, end - offset), offset)
+            if not data:
+                break
+            os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
+            offset += len(data)
+            progress.add(len(data))
+    finally:
+        os.close(fd)
+
+
+def cmd_warmup(args) -> int:
+    from modelfs.fs.mount import modelfs_mounts, read_stats
+    files = collect(args.paths, modelfs_mounts())
+    mounts = sorted({f.mount for f in files})
+    before = {m: read_stats(m) for m in mounts}
+    for m in mounts:
+        if before[m]["disk_cache"] is None:
+            log.warning("%s has no disk cache: only what fits in its memory cache stays warm", m)
+    progress = Progress(sum(f.size for f in files))
+    started = time.monotonic()
+    failed: list[str] = []
+    with ThreadPoolExecutor(max(args.jobs, 1), thread_name_prefix="modelfs-warmup") as pool:
+        work = {pool.submit(warm_range, f, start, min(start + RANGE, f.size), progress): (f, start)
+                for f in files for start in range(0, f.size, RANGE)}
+        for future, (f, start) in work.items():
+            try:
+                future.result()
+            except OSError as e:
+                failed.append(f"{f.path} at {start}: {e.strerror}")
+    after = {m: written(m, read_stats) for m in mounts}
+    seconds = time.monotonic() - started
+    print(f"warmed {len(files)} files, {format_size(progress.done)} in {seconds:.1f} s "
+          f"({format_size(progress.done / max(seconds, 1e-6))}/s)")
+    for m in mounts:
+        print(f"  {m}: {warm_summary(before[m], after[m])}")
+    if failed:
+        raise ModelfsError(f"{len(failed)} ranges could not be read: " + "; ".join(failed[:5]))
+    return 0
+
+
+def written(mount: Path, read_stats) -> dict:
+    """The stats of a mount once its disk cache has written what the warm-up queued."""
+    while (stats := read_stats(mount))["disk_cache"] and stats["disk_cache"]["pending_writes"]:
+        time.sleep(0.05)
+    return stats
+
+
+def warm_summary(before: dict, after: dict) -> str:
+    """Where the warmed bytes came from, and what each cache tier now holds."""
+    def grew(key: str, a: dict = after, b: dict = before) -> str:
+        return format_size(a[key] - b[key])
+
+    disk, disk_before = after["disk_cache"], before["disk_cache"]
+    if disk and disk_before:
+        loaded = (f"stored shards loaded: {grew('hit_bytes', disk, disk_before)} from the disk cache, "
+                  f"{grew('miss_bytes', disk, disk_before)} from the store")
+    else:
+        loaded = f"stored shards loaded from the store: {grew('bytes_fetched')}"
+    held = f"memory {format_size(after['cache_bytes'])} of {format_size(after['cache_budget'])}"
+    if disk:
+        held = f"disk cache {format_size(disk['used_bytes'])} of {format_size(disk['budget'])}, {held}"
+    return f"{grew('hit_bytes')} were already in memory; {loaded}; now {held}"
+
+
+def register(sub) -> None:
+    s = sub.add_parser("warmup", help="fetch files of a mount into its disk and memory caches")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="model files or folders inside a mount")
+    s.add_argument("--jobs", "-j", type=int, default=4, help="ranges read at once (default 4)")
+    s.set_defaults(func=cmd_warmup)
