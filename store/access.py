@@ -13,11 +13,12 @@ from __future__ import annotations
 import fnmatch
 import functools
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 
 from .api import Store
-from .errors import ModelfsError, NotFound
+from .errors import InvalidInput, ModelfsError, NotFound
 from .format.catalog import (
     FileRecord,
     LineageState,
@@ -34,16 +35,19 @@ from .publish import Progress
 log = logging.getLogger(__name__)
 
 
-def matching_names(store: Store, pattern: str) -> list[str]:
-    """The names a ``NAME`` or pattern (``org/*``) means; a plain name must exist."""
+def matching_states(store: Store, pattern: str) -> dict[str, LineageState]:
+    """The names a ``NAME`` or pattern (``org/*``) means, each read (so each must be readable).
+
+    A plain name must exist; a pattern skips removed names. Everything is read before
+    anything changes, so a broken name stops a grant before it starts.
+    """
     if not any(c in pattern for c in "*?["):
-        check_name(pattern)
-        store.lineage(pattern)  # exists, and this host can read it
-        return [pattern]
-    names = sorted(n for n in store.catalog.heads() if fnmatch.fnmatchcase(n, pattern))
-    if not names:
+        return {pattern: store.lineage(check_name(pattern))}
+    states = {n: store.lineage(n) for n in sorted(store.catalog.heads()) if fnmatch.fnmatchcase(n, pattern)}
+    states = {n: s for n, s in states.items() if s.versions}
+    if not states:
         raise NotFound(f"no model matches {pattern!r}")
-    return names
+    return states
 
 
 def _generations_in_use(store: Store, state: LineageState) -> list[int]:
@@ -58,8 +62,8 @@ def _generations_in_use(store: Store, state: LineageState) -> list[int]:
 def grant(store: Store, pattern: str, hosts: list[PublicKey]) -> dict[str, LineageState]:
     """Give each of ``hosts`` the keys of every name ``pattern`` means."""
     done = {}
-    for name in matching_names(store, pattern):
-        generations = _generations_in_use(store, store.lineage(name))
+    for name, state in matching_states(store, pattern).items():
+        generations = _generations_in_use(store, state)
         for host in hosts:
             store.keyring.grant(name, host, generations)
         done[name] = store.append(name, lambda s: s.next("grant"))
@@ -70,7 +74,10 @@ def grant(store: Store, pattern: str, hosts: list[PublicKey]) -> dict[str, Linea
 
 def revoke(store: Store, name: str, fingerprint: str) -> tuple[int, LineageState]:
     """Delete the host's wrapped keys of ``name``: new mounts of that host cannot open it."""
-    store.lineage(name)
+    if not re.fullmatch(r"[0-9a-f]{16}", fingerprint):
+        raise InvalidInput(f"{fingerprint!r} is not a host key fingerprint (16 hex digits, as "
+                           f"`modelfs keys show` prints it)")
+    store.lineage(check_name(name))
     count = store.keyring.revoke(name, fingerprint)
     return count, store.append(name, lambda s: s.next("revoke"))
 

@@ -13,7 +13,7 @@ import pytest
 from helpers import mount_log, mounted, read_stats, run_modelfs, sha256_of
 
 from modelfs.store.api import open_store
-from modelfs.store.errors import AccessDenied, NotGranted
+from modelfs.store.errors import AccessDenied, InvalidInput, NotFound, NotGranted
 from modelfs.store.format.catalog import record_key
 from modelfs.store.format.keyfiles import HOST_KIND, PUBLISHER_KIND, PublicKey
 from modelfs.store.format.recipients import HostKey, PublisherKey
@@ -99,8 +99,12 @@ def test_grant_revoke_rotate_with_two_hosts(tmp_path, key_file):
         assert "not granted to this host" in mount_log(b)
 
     # revoke A: a new mount of A cannot read it
+    bad = cli(store, key_file, "revoke", "org/m", "--host", "gpu-17", check=False)
+    assert bad.returncode == InvalidInput.exit_code and "not a host key fingerprint" in bad.stderr
     out = cli(store, key_file, "revoke", "org/m", "--host", a_fp).stdout
     assert "1 wrapped key(s) deleted" in out
+    again = cli(store, key_file, "revoke", "org/m", "--host", a_fp, check=False)
+    assert again.returncode == NotFound.exit_code and f"host {a_fp} holds no key" in again.stderr
     with mounted(store, None, "16MiB", "--host-key", str(a_key)) as a:
         assert os.listdir(a) == [".modelfs"] and os.listdir(a / "org") == []
         assert open_errno(a / "org" / "m") == errno.EACCES
@@ -189,6 +193,9 @@ def test_trust_serves_only_what_a_trusted_publisher_signed(tmp_path, key_file):
         cli(store, key_file, "push", str(src), name, "--shard-size", SHARD, *signer)
     cli(store, key_file, "tag", "signed", "stable", "--publisher-key", str(p_key))
     _resign(store, key_file, "resigned", PublisherKey.load(q_key))
+    with mounted(store, key_file, "16MiB", "--trust", str(q_key.with_suffix(".pub"))) as mnt:
+        assert os.listdir(mnt) == [".modelfs"]   # Q signed no name whole: an empty mount, not a failure
+        assert "manifest 0 of resigned@" in mount_log(mnt) and p_fp in mount_log(mnt)
     flipped = store / "objects" / record_key("flipped", 1)
     data = bytearray(flipped.read_bytes())
     data[-20] ^= 1
@@ -212,9 +219,6 @@ def test_trust_serves_only_what_a_trusted_publisher_signed(tmp_path, key_file):
             assert log.count("not serving flipped") == 1 and "failed authentication" in log
             assert open_errno(mnt / "unsigned") == errno.EACCES
             assert mount_log(mnt).count("not serving unsigned") == 1   # no second line on open
-    with mounted(store, key_file, "16MiB", "--trust", str(q_key.with_suffix(".pub"))) as mnt:
-        assert os.listdir(mnt) == [".modelfs"]   # Q signed no name whole: an empty mount, not a failure
-        assert "manifest 0 of resigned@" in mount_log(mnt) and p_fp in mount_log(mnt)
     with mounted(store, key_file, "16MiB") as mnt:   # without --trust: as before
         assert sorted(os.listdir(mnt)) == [".modelfs", "resigned", "signed", "unsigned"]
         assert sha256_of(mnt / "unsigned") == sha256_of(sources["unsigned"])
