@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from .backends.disk_cache import DiskCache, DiskCachedBackend
 from .config import ReadOptions
-from .errors import AccessDenied, ModelfsError, NotFound, NotGranted, Untrusted
+from .errors import AccessDenied, ModelfsError, NotGranted, Untrusted
 from .format.catalog import LineageState, VersionRecord
 from .read.cache import ShardCache
 from .read.reader import ModelReader
@@ -260,18 +260,6 @@ class Library:
                                  f"not serving {name}@{record.version_id}: {e}", type(e).__name__)
                     return None
         return found
-
-    def reader(self, spec: str, file: str | None = None) -> ModelReader:
-        """A reader of one file of ``NAME[@REF]`` (the Python API over a mounted library)."""
-        name, _, ref = spec.partition("@")
-        view = self.version(name, ref or None)
-        if view is None:
-            raise NotFound(f"no model {spec!r} served from this store")
-        if file is None and len(view.readers) == 1:
-            return next(iter(view.readers.values()))
-        if file not in view.readers:
-            raise NotFound(f"{spec} has no file {file!r}")
-        return view.readers[file]
 
     def _gauges(self) -> dict:
         return {

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import publish_failing_at
+
 from modelfs.store.api import open_store
 from modelfs.store.errors import ModelfsError
 from modelfs.store.gc import collect_garbage

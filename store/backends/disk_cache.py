@@ -279,6 +279,9 @@ class DiskCachedBackend(Backend):
     def put_object(self, key: str, data: bytes) -> None:
         self.inner.put_object(key, data)
 
+    def put_object_if_absent(self, key: str, data: bytes) -> bool:
+        return self.inner.put_object_if_absent(key, data)
+
     def get_object(self, key: str) -> bytes:
         return self.inner.get_object(key)
 
