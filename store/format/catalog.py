@@ -261,7 +261,7 @@ def check_relpath(path: str) -> str:
 
 # -- reading and writing records --------------------------------------------------------
 class Catalog:
-    """Record keys, records, manifests and wrapped keys on one backend (no keys held here)."""
+    """Record keys and manifests on one backend (no keys here; ``sealed_catalog`` seals them)."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend

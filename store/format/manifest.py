@@ -80,7 +80,7 @@ class Manifest:
 
     @classmethod
     def build(cls, *, name: str, version_id: str, file_name: str, size: int, sha256: str,
-              shard_size: int, created: float, entries: list[ShardEntry]) -> Manifest:
+              shard_size: int, created: float, entries: list[ShardEntry]) -> "Manifest":
         return cls(
             name=name, version_id=version_id, file_name=file_name, size=size, sha256=sha256,
             shard_size=shard_size, created=created,
@@ -116,7 +116,7 @@ class Manifest:
         return MAGIC + manifest_mac(mac_key, body) + body
 
     @classmethod
-    def from_bytes(cls, data: bytes, mac_key: bytes) -> Manifest:
+    def from_bytes(cls, data: bytes, mac_key: bytes) -> "Manifest":
         if not data.startswith(MAGIC) or len(data) < len(MAGIC) + MAC_BYTES:
             raise IntegrityError("not a modelfs manifest (bad header)")
         mac = data[len(MAGIC):len(MAGIC) + MAC_BYTES]
