@@ -280,3 +280,33 @@ def test_rotate_and_gc_on_nodes_and_hdfs(tmp_path, key_file, backend, request):
     assert not any(s.backend.has_shard(sid, where) for sid, where in old_shards)
     s.verify("m")
     assert collect_garbage(open_store(url, key_file=key_file), grace_seconds=0).items == 0
+
+
+def test_tampered_swapped_and_truncated_shards_fail_under_a_host_key(tmp_path, key_file):
+    """The shard checks hold the same when a host opens the name with its own key pair."""
+    store = tmp_path / "store"
+    src = write(tmp_path, "src", 8 * 65536)
+    cli(store, key_file, "push", str(src), "m", "--shard-size", SHARD)
+    a_key, a_pub, _ = host_pair(tmp_path, "a")
+    cli(store, key_file, "grant", "m", "--to", str(a_pub))
+    s = open_store(str(store), key_file=key_file)
+    manifest = s.load_manifests("m", s.lineage("m").latest)[0]
+    shard = {i: next((store / "shards").rglob(sid.hex())) for i, sid in enumerate(manifest.shard_ids)}
+    flipped = bytearray(shard[1].read_bytes())
+    flipped[10] ^= 1
+    shard[1].write_bytes(bytes(flipped))
+    third, fifth = shard[3].read_bytes(), shard[5].read_bytes()
+    shard[3].write_bytes(fifth)
+    shard[5].write_bytes(third)
+    shard[7].write_bytes(shard[7].read_bytes()[:100])
+    original = src.read_bytes()
+    with mounted(store, None, "1MiB", "--host-key", str(a_key)) as mnt:
+        with open(mnt / "m", "rb", buffering=0) as f:
+            for index in range(8):
+                at = index * 65536
+                if index in (1, 3, 5, 7):
+                    with pytest.raises(OSError) as caught:
+                        os.pread(f.fileno(), 65536, at)
+                    assert caught.value.errno == errno.EIO
+                else:
+                    assert os.pread(f.fileno(), 65536, at) == original[at:at + 65536]
