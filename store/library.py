@@ -157,6 +157,7 @@ class Library:
                                      f"record is gone; still serving what was mounted")
                         names[name] = current
             names = self._without_clashes(names)
+            self._refused = {n: r for n, r in self._refused.items() if n in heads}  # gone: not refused
             if names.keys() != self._names.keys() or any(
                     names[n] is not self._names[n] for n in names):
                 self.generation += 1
