@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 import mfusepy
+import numpy as np
 
 from modelfs.store.errors import ModelfsError
 from modelfs.store.library import Library, VersionView
@@ -61,6 +62,21 @@ def _children(paths, prefix: str) -> tuple[str, ...]:
     """The first components under ``prefix`` ("" = top) of slash-separated ``paths``."""
     start = prefix + "/" if prefix else ""
     return tuple(sorted({p[len(start):].split("/")[0] for p in paths if p.startswith(start) and p != prefix}))
+
+
+class KernelSlice:
+    """A read-only slice of a cached shard handed to libfuse without a copy: mfusepy copies
+    a read's result into the kernel's buffer with ``ctypes.memmove``, which takes the address
+    from ``_as_parameter_``; the slice (and so the shard) stays alive until that is done."""
+
+    __slots__ = ("_view", "_as_parameter_")
+
+    def __init__(self, view: np.ndarray) -> None:
+        self._view = view
+        self._as_parameter_ = view.ctypes.data
+
+    def __len__(self) -> int:
+        return len(self._view)
 
 
 class ModelFS(mfusepy.Operations):
@@ -268,7 +284,8 @@ class ModelFS(mfusepy.Operations):
         if isinstance(handle, bytes):
             return handle[offset:offset + size]
         try:
-            return handle.read(offset, size)
+            data = handle.read(offset, size)
+            return KernelSlice(data) if isinstance(data, np.ndarray) else data
         except ModelfsError as e:
             raise mfusepy.FuseOSError(errno_of(e)) from None
         except Exception:

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ from pathlib import Path
 from .backends.base import Backend, ShardLocation, ShardWriter
 from .errors import BackendError, InvalidInput
 from .format.catalog import check_relpath
+from .format.chunking import Cut, read_cuts
 from .format.codec import ZSTD_LEVEL, encode
 from .format.crypto import ShardCipher
 from .format.manifest import Manifest, ShardEntry
@@ -43,8 +44,8 @@ class EncryptedShard:
     ciphertext: bytes
 
 
-def encrypt_shard(cipher: ShardCipher, chunk: bytes, level: int) -> EncryptedShard:
-    encoded = encode(chunk, level)
+def encrypt_shard(cipher: ShardCipher, chunk: bytes, level: int, width: int = 0) -> EncryptedShard:
+    encoded = encode(chunk, level, width)
     shard_id = cipher.shard_id(encoded.params, encoded.payload)
     return EncryptedShard(shard_id, encoded.codec, encoded.length,
                           cipher.encrypt(shard_id, encoded.payload))
@@ -89,9 +90,9 @@ def check_shard_size(shard_size: int) -> int:
     return shard_size
 
 
-def _read_chunks(f, shard_size: int):
-    while chunk := f.read(shard_size):
-        yield chunk
+def _read_chunks(f, shard_size: int) -> Iterator[tuple[Cut, bytes]]:
+    """The file's shards, cut at content boundaries (tensors, zip entries, FastCDC)."""
+    return read_cuts(f, os.fstat(f.fileno()).st_size, shard_size)
 
 
 @dataclass
@@ -157,9 +158,9 @@ def _store_file(pool: ThreadPoolExecutor, writer: ShardWriter, cipher: ShardCiph
         advanced(shard.length)
 
     with open(path, "rb") as f:
-        for chunk in _read_chunks(f, shard_size):
+        for cut, chunk in _read_chunks(f, shard_size):
             digest.update(chunk)
-            pending.append(pool.submit(encrypt_shard, cipher, chunk, level))
+            pending.append(pool.submit(encrypt_shard, cipher, chunk, level, cut.width))
             if len(pending) > 2 * ENCODE_THREADS:
                 store_next()
         while pending:
@@ -167,9 +168,11 @@ def _store_file(pool: ThreadPoolExecutor, writer: ShardWriter, cipher: ShardCiph
         after = os.fstat(f.fileno())
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or offset != after.st_size:
         raise InvalidInput(f"{path} changed while it was being pushed; nothing was published")
+    # format 2: shard_size records the largest shard (what a reader must hold at once)
+    largest = max((e.length for e in entries), default=shard_size)
     return Manifest.build(name=name, version_id=version_id, file_name=relpath, size=offset,
-                          sha256=digest.hexdigest(), shard_size=shard_size, created=time.time(),
-                          entries=entries)
+                          sha256=digest.hexdigest(), shard_size=largest, created=time.time(),
+                          entries=entries, format=2)
 
 
 def check_shards_present(backend: Backend, manifests: list[Manifest]) -> None:

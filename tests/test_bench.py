@@ -59,7 +59,8 @@ def test_bench_end_to_end(tmp_path: Path) -> None:
     assert model["synthetic"] and model["dtype"] == "bf16"
     assert 30 << 20 < model["size"] <= 32 << 20
     assert 0 < model["stored_size"] < model["size"]  # random bf16 still compresses
-    assert model["manifest_bytes"] > 0 and model["shard_count"] == -(-model["size"] // (4 << 20))
+    # shards are cut at tensor boundaries, none larger than 4 MiB
+    assert model["manifest_bytes"] > 0 and model["shard_count"] >= -(-model["size"] // (4 << 20))
     fetch = report["one_tensor_fetch"]
     assert fetch["bytes_fetched"][0] > 0
     assert fetch["bound_bytes"] == fetch["tensor_bytes"] + 2 * model["shard_size"] + model["manifest_bytes"]

@@ -176,7 +176,8 @@ def test_interrupted_push_publishes_nothing(tmp_path, key_file, store_dir):
             push.kill()
     assert push.returncode == -signal.SIGKILL
     assert "big" not in published_names(store_dir, key_file)
-    assert not list((store_dir / "objects").rglob("catalog/**/@*")) if (store_dir / "objects").exists() else True
+    catalog = store_dir / "objects" / "catalog"
+    assert not catalog.exists() or not any(catalog.rglob("@*"))
 
 
 def test_verify_passes_then_catches_a_corrupt_shard(model_file, key_file, store_dir):
@@ -252,17 +253,18 @@ def test_push_creates_a_missing_store_only_under_an_existing_parent(model_file, 
               "--key-file", str(key_file))
     assert r.returncode == 6 and "does not exist" in r.stderr
     assert not (tmp_path / "typo").exists()
-    ok = run_modelfs("push", str(model_file), "m", "--store", str(tmp_path / "store"), "--key-file", str(key_file))
+    store = ("--store", str(tmp_path / "store"), "--key-file", str(key_file))
+    ok = run_modelfs("push", str(model_file), "m", *store)
     assert f"creating a new store at {tmp_path / 'store'}" in ok.stdout
-    again = run_modelfs("push", str(model_file), "m2", "--store", str(tmp_path / "store"), "--key-file", str(key_file))
+    again = run_modelfs("push", str(model_file), "m2", *store)
     assert "creating" not in again.stdout
 
 
 def test_cache_stats_into_a_closed_pipe(model_file, key_file, store_dir):
     run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
     with mounted(store_dir, key_file) as mnt:
-        r = subprocess.run(["sh", "-c", f"{' '.join(MODELFS)} cache-stats {mnt} --watch 0.2 --json | head -2"],
-                           capture_output=True, text=True, timeout=60)
+        command = f"{' '.join(MODELFS)} cache-stats {mnt} --watch 0.2 --json | head -2"
+        r = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
     assert len(r.stdout.splitlines()) == 2
     assert all("cache_budget" in line for line in r.stdout.splitlines())
     assert r.stderr == "", r.stderr

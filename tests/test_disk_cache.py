@@ -33,6 +33,16 @@ def shard_ids(store: Path, key: Path, name: str) -> list[str]:
         s.close()
 
 
+def shard_offsets(store: Path, key: Path, name: str) -> list[int]:
+    """Where each shard starts, and the file's end (shards are cut by content)."""
+    s = open_store(str(store), key_file=key)
+    try:
+        m = s.open_model(name).manifest
+        return [int(o) for o in m.offsets] + [m.size]
+    finally:
+        s.close()
+
+
 def cached(cache: Path) -> dict[str, bytes]:
     """Every file in the cache directory, by name."""
     return {p.name: p.read_bytes() for p in (cache / "shards").glob("*/*") if p.is_file()}
@@ -68,7 +78,8 @@ def test_remount_reads_every_shard_from_the_disk_cache(model, tmp_path, key_file
     with mounted(store, key_file, "256MiB", *opts) as mnt:
         assert (mnt / "org" / "m").read_bytes() == data
         disk = settled(mnt)["disk_cache"]
-        assert (disk["misses"], disk["writes"], disk["hits"], disk["entries"]) == (SHARDS, SHARDS, 0, SHARDS)
+        n = len(ids)
+        assert (disk["misses"], disk["writes"], disk["hits"], disk["entries"]) == (n, n, 0, n)
     entries = cached(cache)
     assert sorted(entries) == sorted(ids)  # named by shard id, nothing else (no temp files)
     for shard_id, stored in entries.items():  # the stored (encrypted) bytes, never plaintext
@@ -78,7 +89,7 @@ def test_remount_reads_every_shard_from_the_disk_cache(model, tmp_path, key_file
     with mounted(store, key_file, "256MiB", *opts) as mnt:
         assert (mnt / "org" / "m").read_bytes() == data
         s = read_stats(mnt)
-        assert (s["disk_cache"]["hits"], s["disk_cache"]["misses"]) == (SHARDS, 0)
+        assert (s["disk_cache"]["hits"], s["disk_cache"]["misses"]) == (len(ids), 0)
         assert s["disk_cache"]["hit_bytes"] == sum(len(b) for b in entries.values())
 
 
@@ -97,7 +108,7 @@ def test_corrupt_and_truncated_entries_are_dropped_and_fetched_again(model, tmp_
     with mounted(store, key_file, "256MiB", *opts) as mnt:
         assert (mnt / "org" / "m").read_bytes() == data
         disk = settled(mnt)["disk_cache"]
-        assert (disk["corrupt"], disk["misses"], disk["hits"]) == (2, 2, SHARDS - 2)
+        assert (disk["corrupt"], disk["misses"], disk["hits"]) == (2, 2, len(ids) - 2)
         assert "dropped" in mount_log(mnt)
     for shard_id in (ids[3], ids[11]):  # fetched again and kept, intact
         kept = (cache / shard_relpath(shard_id)).read_bytes()
@@ -117,18 +128,20 @@ def test_bound_evicts_least_recently_used_and_survives_a_remount(model, tmp_path
     assert ids[-1] in kept and not kept & set(ids[:10])  # the oldest went first
     # a remount finds the same entries: reading the kept tail fetches nothing from the store
     tail = [i for i, sid in enumerate(ids) if sid in kept]
+    start = -(-shard_offsets(store, key_file, "org/m")[tail[0]] // 4096) * 4096  # its first whole page
     with mounted(store, key_file, "256MiB", *opts) as mnt:
         with open(mnt / "org" / "m", "rb") as f:
-            f.seek(tail[0] * SHARD)
-            assert f.read() == data[tail[0] * SHARD:]
+            f.seek(start)
+            assert f.read() == data[start:]
         disk = read_stats(mnt)["disk_cache"]
-        assert tail == list(range(tail[0], SHARDS)) and (disk["hits"], disk["misses"]) == (len(tail), 0)
+        assert tail == list(range(tail[0], len(ids))) and (disk["hits"], disk["misses"]) == (len(tail), 0)
 
 
 def test_two_mounts_share_one_cache_directory(model, tmp_path, key_file):
     store, data, ids = model
     cache = tmp_path / "cache"
     budget = 8 * SHARD
+    bounds = shard_offsets(store, key_file, "org/m")
     opts = ("--disk-cache", str(cache), "--disk-cache-size", str(budget))
     with mounted(store, key_file, "1MiB", *opts) as a, mounted(store, key_file, "1MiB", *opts) as b:
         errors: list[str] = []
@@ -137,9 +150,10 @@ def test_two_mounts_share_one_cache_directory(model, tmp_path, key_file):
             rng = np.random.default_rng(seed)
             with open(mnt / "org" / "m", "rb", buffering=0) as f:
                 for _ in range(60):
-                    index = int(rng.integers(0, SHARDS))
-                    f.seek(index * SHARD)
-                    if f.read(SHARD) != data[index * SHARD:(index + 1) * SHARD]:
+                    index = int(rng.integers(0, len(ids)))
+                    start, end = bounds[index], bounds[index + 1]
+                    f.seek(start)
+                    if f.read(end - start) != data[start:end]:
                         errors.append(f"{mnt} shard {index}")
                     # drop the page cache so the next read of this range reaches the daemon
                     os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
@@ -177,7 +191,7 @@ def test_full_disk_skips_writes_and_never_fails_a_read(model, key_file, tiny_tmp
     with mounted(store, key_file, "256MiB", *opts) as mnt:
         assert (mnt / "org" / "m").read_bytes() == data
         disk = settled(mnt)["disk_cache"]
-        assert disk["skipped_writes"] > 0 and disk["writes"] + disk["skipped_writes"] == SHARDS
+        assert disk["skipped_writes"] > 0 and disk["writes"] + disk["skipped_writes"] == len(ids)
         assert "disk cache" in mount_log(mnt) and "is full" in mount_log(mnt)
     assert not list((tiny_tmpfs / "cache").rglob("*.tmp-*"))  # failed writes leave nothing behind
 
@@ -196,7 +210,8 @@ def test_warmup_fills_the_disk_cache_for_a_later_mount(tmp_path, key_file):
         result = run_modelfs("warmup", str(mnt / "team"))
         assert "warmed 2 files" in result.stdout and "from the store" in result.stdout
         assert "warmup 100.0%" in result.stderr  # progress lines without a terminal
-        assert read_stats(mnt)["disk_cache"]["entries"] == 8 + 3
+        team = [sid for name in ("team/a", "team/sub/b") for sid in shard_ids(store, key_file, name)]
+        assert read_stats(mnt)["disk_cache"]["entries"] == len(set(team))
         again = run_modelfs("warmup", str(mnt / "team" / "a"), str(mnt / "team"))
         # the first run dropped its pages from the kernel's cache: this one reached the daemon
         assert "warmed 2 files, 640.0 KiB" in again.stdout

@@ -61,7 +61,8 @@ def test_helper_as_mount8_calls_it(model, key_file, store_dir, mountpoint, tmp_p
             f"cache_size=32MiB,readahead=4MiB,threads=1,refresh=1s,_netdev,nofail,noauto,"
             "x-systemd.automount,nosuid,nodev,dev,suid")
     result = subprocess.run([str(helper), str(store_dir), str(mountpoint), "-o", opts, "-n"],
-                            capture_output=True, text=True, env={**os.environ, "MODELFS_LOG_DIR": str(tmp_path)})
+                            capture_output=True, text=True,
+                            env={**os.environ, "MODELFS_LOG_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     file = mountpoint / "org" / "m"
     st, dir_st = file.stat(), (mountpoint / "org").stat()

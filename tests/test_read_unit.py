@@ -157,7 +157,8 @@ def reader_of(published, budget: int = 64 * SHARD) -> tuple[ModelReader, Stats]:
 def test_reads_across_shard_boundaries_are_the_original_bytes(published):
     original, backend, manifest, _ = published
     reader, stats = reader_of(published)
-    assert manifest.shard_count == 11 and reader.size == len(original)
+    # shards are cut by content (1/4 to 2x the shard size): enough of them to cross boundaries
+    assert manifest.shard_count >= 4 and reader.size == len(original)
     ranges = [(0, 1), (SHARD - 1, 2), (SHARD - 10, 3 * SHARD + 20), (5 * SHARD, SHARD),
               (len(original) - 100, 100), (len(original) - 5, 1000), (0, len(original)),
               (len(original), 10)]
@@ -185,9 +186,10 @@ def test_a_tampered_shard_is_an_error_never_wrong_bytes(published):
     data, mtime = backend.shards[sid]
     backend.shards[sid] = (data[:100] + bytes([data[100] ^ 1]) + data[101:], mtime)
     reader, stats = reader_of(published)
-    assert reader.read(0, 3 * SHARD) == original[:3 * SHARD]
+    start = int(manifest.offsets[3])
+    assert reader.read(0, start) == original[:start]
     with pytest.raises(IntegrityError, match="shard 3"):
-        reader.read(3 * SHARD + 10, 10)
+        reader.read(start + 10, 10)
     assert stats.snapshot()["errors"] == {"IntegrityError": 1}
 
 

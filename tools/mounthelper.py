@@ -14,7 +14,7 @@ import sys
 
 
 def helper_argv(argv: list[str], commands: set[str]) -> list[str]:
-    """``STORE MOUNTPOINT -o OPTS`` (how mount.fuse3 runs ``modelfs``) → ``mount STORE MOUNTPOINT -o OPTS``."""
+    """``STORE MOUNTPOINT -o OPTS`` (how mount.fuse3 runs ``modelfs``) → ``mount STORE MNT -o OPTS``."""
     if len(argv) >= 4 and argv[2] == "-o" and argv[0] not in commands and not argv[0].startswith("-"):
         return ["mount", *argv]
     return argv

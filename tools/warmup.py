@@ -60,7 +60,7 @@ def collect(paths: list[str], mounts: list[Path]) -> list[WarmFile]:
         mount = mount_of(path, mounts)
         if path.is_dir():
             files = []
-            for root, dirs, names in os.walk(path):
+            for root, dirs, names in os.walk(path, followlinks=True):  # a folder model is a link
                 dirs[:] = [d for d in dirs if not (Path(root) == mount and d == CONTROL_DIR)]
                 files += [Path(root) / n for n in sorted(names)]
         else:

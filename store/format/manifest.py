@@ -19,6 +19,8 @@ from ..errors import IntegrityError
 from .crypto import check_manifest_mac, manifest_mac
 
 MAGIC = b"MFSM\x01"
+#: format 1: fixed-size shards; format 2: shards cut at tensor boundaries or by content
+FORMATS = (1, 2)
 MAC_BYTES = 32
 
 SCHEMA = pa.schema([
@@ -61,6 +63,7 @@ class Manifest:
     codecs: np.ndarray
     containers: list[str]
     container_offsets: np.ndarray
+    format: int = 1
     extra: dict = field(default_factory=dict)
 
     @property
@@ -80,8 +83,9 @@ class Manifest:
 
     @classmethod
     def build(cls, *, name: str, version_id: str, file_name: str, size: int, sha256: str,
-              shard_size: int, created: float, entries: list[ShardEntry]) -> "Manifest":
-        return cls(
+              shard_size: int, created: float, entries: list[ShardEntry],
+              format: int = 1) -> Manifest:
+        return cls(format=format,
             name=name, version_id=version_id, file_name=file_name, size=size, sha256=sha256,
             shard_size=shard_size, created=created,
             offsets=np.array([e.offset for e in entries], dtype=np.uint64),
@@ -96,7 +100,7 @@ class Manifest:
     # -- serialisation -------------------------------------------------------
     def to_bytes(self, mac_key: bytes) -> bytes:
         meta = {
-            "format": 1, "name": self.name, "version_id": self.version_id,
+            "format": self.format, "name": self.name, "version_id": self.version_id,
             "file_name": self.file_name, "size": self.size, "sha256": self.sha256,
             "shard_size": self.shard_size, "created": self.created,
         }
@@ -116,7 +120,7 @@ class Manifest:
         return MAGIC + manifest_mac(mac_key, body) + body
 
     @classmethod
-    def from_bytes(cls, data: bytes, mac_key: bytes) -> "Manifest":
+    def from_bytes(cls, data: bytes, mac_key: bytes) -> Manifest:
         if not data.startswith(MAGIC) or len(data) < len(MAGIC) + MAC_BYTES:
             raise IntegrityError("not a modelfs manifest (bad header)")
         mac = data[len(MAGIC):len(MAGIC) + MAC_BYTES]
@@ -125,8 +129,12 @@ class Manifest:
         try:
             table = pa.ipc.open_stream(body).read_all()
             meta = json.loads(table.schema.metadata[b"modelfs"])
+            if meta.get("format") not in FORMATS:
+                raise IntegrityError(f"manifest format {meta.get('format')!r} is not one this "
+                                     f"version reads ({', '.join(map(str, FORMATS))})")
             col = table.column
             manifest = cls(
+                format=int(meta["format"]),
                 name=str(meta["name"]), version_id=str(meta["version_id"]),
                 file_name=str(meta["file_name"]), size=int(meta["size"]), sha256=str(meta["sha256"]),
                 shard_size=int(meta["shard_size"]), created=float(meta["created"]),

@@ -5,24 +5,84 @@ share one fetch: the first caller loads, the others wait on its future. The
 budget covers everything the cache holds, the shards being loaded (their size
 is reserved when the load starts) and the loaders' scratch buffers, so
 readahead is part of the budget, not on top of it.
+
+Evicted shard buffers are kept (a few) for the next load to decode into: a new
+buffer costs a page fault per 4 KiB on first touch, as much CPU as the decoding.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
+import sys
 import threading
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
+from typing import Any
 
 import cachetools
+import numpy as np
 
 from ..stats import Stats
+
+log = logging.getLogger(__name__)
+
+#: glibc mallopt parameters, and the values that keep shard-sized blocks in the heap
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HEAP_BLOCKS_UP_TO = 32 << 20
+_allocator_tuned = False
+
+
+def keep_freed_blocks() -> None:
+    """Make glibc serve shard-sized blocks (ciphertext, plaintext, scratch) from its heap and
+    keep what is freed for the next one, instead of a fresh mmap per block: a new block costs a
+    page fault per 4 KiB on first touch, and with shards of many sizes glibc's adaptive
+    threshold keeps mapping new ones. Once per process; a no-op where glibc is not the libc."""
+    global _allocator_tuned
+    if _allocator_tuned:
+        return
+    _allocator_tuned = True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    ok = mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO) and mallopt(M_TRIM_THRESHOLD, HEAP_BLOCKS_UP_TO)
+    log.debug("malloc thresholds %s", "set" if ok else "left as they are")
+
+
+#: evicted buffers kept for the next loads to decode into: outside the budget (counting them
+#: in it would make every load evict one more shard), so at most this many shards beyond it
+SPARE_BUFFERS = 1
+
+
+#: shard buffers are allocated in multiples of this, so that one fits many shard sizes
+BUFFER_STEP = 1 << 20
+
+
+def _owner(value) -> np.ndarray | None:
+    """The array that owns a cached shard's memory, if a decode allocated it (reusable)."""
+    owner = value.base if isinstance(value, np.ndarray) and value.base is not None else value
+    return owner if isinstance(owner, np.ndarray) and owner.base is None else None
+
+
+def footprint(value) -> int:
+    """Memory a cached shard holds: its whole buffer, not only the bytes in use."""
+    owner = _owner(value)
+    return len(owner) if owner is not None else len(value)
+
+
+def new_buffer(size: int) -> np.ndarray:
+    """A buffer for one shard, its capacity rounded up to ``BUFFER_STEP``."""
+    return np.empty(-(-size // BUFFER_STEP) * BUFFER_STEP, dtype=np.uint8)[:size]
 
 
 class _CountingLRU(cachetools.LRUCache):
     """LRUCache that reports what it evicts."""
 
     def __init__(self, maxsize: int, on_evict: Callable[[Hashable, bytes], None]) -> None:
-        super().__init__(maxsize=maxsize, getsizeof=len)
+        super().__init__(maxsize=maxsize, getsizeof=footprint)
         self._on_evict = on_evict
 
     def popitem(self):
@@ -50,6 +110,8 @@ class ShardCache:
         self._inflight_bytes = 0  # reserved for loads in progress, part of the budget
         self._working_bytes = 0  # kept free for the loaders' scratch buffers
         self._prefetched: set[Hashable] = set()  # inserted by readahead, not read yet
+        self._spare: list[np.ndarray] = []  # evicted buffers to decode into again
+        keep_freed_blocks()
 
     @property
     def used_bytes(self) -> int:
@@ -69,6 +131,30 @@ class ShardCache:
         wasted = key in self._prefetched
         self._prefetched.discard(key)
         self._stats.add(evictions=1, evicted_bytes=len(value), readahead_wasted=int(wasted))
+        owner = _owner(value)
+        if owner is not None:
+            if len(self._spare) >= SPARE_BUFFERS:
+                del self._spare[0]
+            self._spare.append(owner)
+
+    def take_buffer(self, size: int) -> np.ndarray:
+        """The first ``size`` bytes of an evicted buffer that no reader still holds a view of
+        (the smallest that fits, at most twice the size), or of a new one: to decode into."""
+        with self._lock:
+            best, buffer = None, None
+            for i in range(len(self._spare)):
+                buffer = self._spare[i]
+                # references: the list, ``buffer`` and getrefcount's argument; every view a
+                # reader still holds adds one (numpy views point at the owning array)
+                if (size <= len(buffer) <= 2 * size and sys.getrefcount(buffer) == 3
+                        and (best is None or len(buffer) < len(self._spare[best]))):
+                    best = i
+            buffer = None  # drop the loop's reference before handing one out
+            if best is not None:
+                buffer = self._spare.pop(best)
+                buffer.flags.writeable = True
+                return buffer[:size]
+        return new_buffer(size)
 
     def set_working_bytes(self, nbytes: int) -> None:
         """Keep ``nbytes`` of the budget free for what loaders hold while decoding
@@ -83,8 +169,8 @@ class ShardCache:
         while self._lru and self._lru.currsize > limit:
             self._lru.popitem()
 
-    def get(self, key: Hashable, load: Callable[[], bytes], size: int,
-            prefetch: bool = False) -> tuple[bytes, bool]:
+    def get(self, key: Hashable, load: Callable[[], Any], size: int,
+            prefetch: bool = False) -> tuple[Any, bool]:
         """Return the value and whether it was a hit (cached, or loading for someone else);
         load it once, however many callers ask at once.
 
@@ -98,15 +184,17 @@ class ShardCache:
                     self._prefetched.discard(key)
                     self._stats.add(hits=1, readahead_used=int(used))
                 return value, True
-            flight = self._inflight.get(key)
-            owner = flight is None
-            if owner:
+            found = self._inflight.get(key)
+            owner = found is None
+            if found is None:
                 flight = self._inflight[key] = _Flight(wanted=not prefetch, size=size)
                 self._inflight_bytes += size
                 self._make_room()
-            elif not prefetch:
-                used_readahead = not flight.wanted
-                flight.wanted = True
+            else:
+                flight = found
+                if not prefetch:
+                    used_readahead = not flight.wanted
+                    flight.wanted = True
         if not owner:
             value = flight.future.result()  # raises the loader's error
             if not prefetch:
@@ -123,7 +211,7 @@ class ShardCache:
         with self._lock:
             del self._inflight[key]
             self._inflight_bytes -= size
-            if len(value) <= self.budget:
+            if footprint(value) <= self.budget:
                 self._lru[key] = value
                 self._make_room()
                 if not flight.wanted:

@@ -3,17 +3,18 @@
 ``ModelReader.read`` maps a range onto shards with ``numpy.searchsorted`` and
 takes each shard from the cache, loading it on a miss (fetch, authenticate,
 decrypt, decompress, un-group). ``ReadStream`` is the per-open-file view that
-detects sequential access and keeps a readahead window of whole shards loading
-on a shared thread pool: the window grows with the length of the sequential
-run up to the readahead limit and is cancelled on a seek, so a random reader
-gets no readahead at all and a short run little.
+turns the plans of its ``ReadaheadWindow`` (see ``window.py``) into loads of
+whole shards on a shared thread pool.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from bisect import bisect_right
 from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
 
 from ..backends.base import Backend
 from ..errors import IntegrityError, ModelfsError
@@ -22,11 +23,9 @@ from ..format.crypto import ShardCipher
 from ..format.manifest import Manifest
 from ..stats import Stats
 from .cache import ShardCache
+from .window import ReadaheadPlan, ReadaheadWindow
 
 log = logging.getLogger(__name__)
-
-#: readahead window = shards read sequentially so far / RUN_TO_WINDOW (capped)
-RUN_TO_WINDOW = 4
 
 
 class ModelReader:
@@ -46,20 +45,20 @@ class ModelReader:
         self._offsets: list[int] = manifest.offsets.tolist()
         self._lengths: list[int] = manifest.lengths.tolist()
         self._reported: set[int] = set()
-        self.max_window = 0  # readahead window limit, in shards; 0 = no readahead
+        self.readahead_limit = 0  # largest readahead window of a stream, bytes; 0 = none
 
     def enable_readahead(self, pool: ThreadPoolExecutor, readahead_bytes: int) -> None:
         """Let streams load ahead on ``pool``, inside half the cache budget so that
         prefetched shards survive until they are read."""
         self._pool = pool
-        limit = min(readahead_bytes, self._cache.budget // 2)
-        self.max_window = limit // max(self.manifest.shard_size, 1)
+        self.readahead_limit = min(readahead_bytes, self._cache.budget // 2)
 
     def __repr__(self) -> str:
         return f"ModelReader({self.manifest.name}@{self.manifest.version_id})"
 
     # -- one shard -------------------------------------------------------------
-    def _load(self, index: int) -> bytes:
+    def _load(self, index: int) -> np.ndarray:
+        """Fetch, check and decode one shard into a (recycled) buffer; the cache keeps the array."""
         m = self.manifest
         shard_id = m.shard_ids[index]
         stored_length = int(m.stored_lengths[index])
@@ -67,15 +66,19 @@ class ModelReader:
         started = time.monotonic()
         fetched_at = started
 
-        def verify(stored: bytes) -> bytes:
+        def verify(stored: bytes) -> np.ndarray:
             nonlocal fetched_at
             fetched_at = time.monotonic()
             if len(stored) != stored_length:
                 raise IntegrityError(f"shard {index} is truncated ({len(stored)} of {stored_length} bytes)")
-            return decode(codec, length, self._cipher.decrypt(shard_id, stored))
+            payload = self._cipher.decrypt(shard_id, stored)
+            plain = decode(codec, length, payload, self._cache.take_buffer(length) if codec & 0xF else None)
+            if isinstance(plain, memoryview) and isinstance(plain.obj, np.ndarray):
+                return plain.obj  # the buffer decode wrote into
+            return np.frombuffer(plain, dtype=np.uint8)
 
         try:
-            plain = self._backend.read_shard_verified(self._keys[index], m.location(index),
+            plain: np.ndarray = self._backend.read_shard_verified(self._keys[index], m.location(index),
                                                       stored_length, verify)
         except ModelfsError as e:
             self._stats.error(type(e).__name__)
@@ -91,15 +94,18 @@ class ModelReader:
         self._stats.add(bytes_fetched=stored_length, shards_fetched=1)
         return plain
 
-    def shard(self, index: int, prefetch: bool = False) -> bytes | memoryview:
-        return self._shard(index, prefetch)[0]
+    def shard(self, index: int, prefetch: bool = False) -> memoryview:
+        """The decoded bytes of one shard (read-only)."""
+        return self._shard(index, prefetch)[0].data
 
-    def _shard(self, index: int, prefetch: bool = False) -> tuple[bytes | memoryview, bool]:
+    def _shard(self, index: int, prefetch: bool = False) -> tuple[np.ndarray, bool]:
         """The decoded shard, and whether it came from the cache (or another reader's load)."""
         return self._cache.get(self._keys[index], lambda: self._load(index),
                                self._lengths[index], prefetch=prefetch)
 
     def prefetch(self, index: int) -> Future:
+        if self._pool is None:
+            raise RuntimeError("readahead is not enabled")
         self._stats.add(readahead_issued=1)
         return self._pool.submit(self._prefetch_quietly, index)
 
@@ -115,13 +121,18 @@ class ModelReader:
     # -- byte ranges -----------------------------------------------------------
     def shard_span(self, offset: int, length: int) -> tuple[int, int]:
         """First and last shard index touched by a non-empty range inside the file."""
-        return self.manifest.shard_index(offset), self.manifest.shard_index(offset + length - 1)
+        return (bisect_right(self._offsets, offset) - 1,
+                bisect_right(self._offsets, offset + length - 1) - 1)
 
     def read(self, offset: int, length: int) -> bytes:
-        return self.read_span(offset, length)[0]
+        return bytes(self.read_span(offset, length)[0])
 
-    def read_span(self, offset: int, length: int) -> tuple[bytes, int, int]:
-        """The bytes of a range, and the first and last shard it touched (-1, -1 if none)."""
+    def read_span(self, offset: int, length: int) -> tuple[bytes | np.ndarray, int, int]:
+        """The bytes of a range, and the first and last shard it touched (-1, -1 if none).
+
+        A range inside one shard is a read-only view of the cached shard (no copy); one that
+        crosses shards is joined into new bytes.
+        """
         if offset < 0 or length < 0:
             raise ValueError("negative offset or length")
         length = min(length, self.size - offset)
@@ -130,7 +141,7 @@ class ModelReader:
         started = time.monotonic()
         first, last = self.shard_span(offset, length)
         offsets = self._offsets
-        pieces = []
+        pieces: list[np.ndarray] = []
         hit_bytes = 0
         for index in range(first, last + 1):
             data, hit = self._shard(index)
@@ -138,60 +149,46 @@ class ModelReader:
             end = min(offset + length - offsets[index], len(data))
             pieces.append(data[start:end] if (start, end) != (0, len(data)) else data)
             hit_bytes += (end - start) if hit else 0
-        out = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+        out = pieces[0] if len(pieces) == 1 else b"".join(piece.data for piece in pieces)
         self._stats.record_read(len(out), hit_bytes, time.monotonic() - started)
         return out, first, last
 
-    def stream(self) -> "ReadStream":
+    def stream(self) -> ReadStream:
         return ReadStream(self)
 
 
 class ReadStream:
-    """One open file: a sequential detector driving readahead of whole shards."""
+    """One open file: a ``ReadaheadWindow`` whose plans become loads on the reader's pool."""
 
     def __init__(self, reader: ModelReader) -> None:
         self.reader = reader
-        self._last_shard = -1  # so a read from the start counts as sequential
-        self._window = 0
-        self._run_start = 0
+        self._window = ReadaheadWindow(reader._offsets, reader.size, reader.readahead_limit)
         self._ahead: dict[int, Future] = {}
         self._lock = threading.Lock()
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytes | np.ndarray:
+        """The bytes of a range: a read-only view of a cached shard where it can be (see
+        ``ModelReader.read_span``); hold it only as long as needed."""
         data, first, last = self.reader.read_span(offset, length)
-        if data and self.reader.max_window:
+        if len(data) and self.reader.readahead_limit:
             with self._lock:  # the kernel sends concurrent reads of one open file
-                self._advance(first, last)
+                self._follow(self._window.observe(first, last))
         return data
 
-    def _advance(self, first: int, last: int) -> None:
-        """Size the window by how long the current sequential run is; reset on a seek.
-
-        A read that starts in the current shard, the next one, or slightly behind
-        (the kernel may deliver concurrent requests out of order) continues the
-        run. The window is a quarter of the shards the run has read so far, up to
-        the limit: a short run (one tensor) fetches at most a few shards past its
-        end, a long stream soon reaches the full window.
-        """
-        if self._last_shard - self._window <= first <= self._last_shard + 1:
-            if last <= self._last_shard:
-                return
-        else:
-            self.cancel()
-            self._run_start = first
-        self._last_shard = last
-        self._window = min((last - self._run_start) // RUN_TO_WINDOW, self.reader.max_window)
-        if not self._window:
-            return
-        for index in [i for i in self._ahead if i <= last]:
-            del self._ahead[index]
-        end = min(last + self._window, self.reader.manifest.shard_count - 1)
-        for index in range(last + 1, end + 1):
-            if index not in self._ahead and not self.reader.is_loaded(index):
+    def _follow(self, plan: ReadaheadPlan) -> None:
+        for index in plan.cancel:
+            future = self._ahead.pop(index, None)
+            if future is not None:
+                future.cancel()
+        for index in plan.passed:
+            self._ahead.pop(index, None)
+        for index in plan.prefetch:
+            if not self.reader.is_loaded(index):
                 self._ahead[index] = self.reader.prefetch(index)
 
     def cancel(self) -> None:
-        """Drop queued readahead (a seek made it useless); running loads finish into the cache."""
+        """Drop queued readahead; running loads finish into the cache."""
+        self._window.reset()
         for future in self._ahead.values():
             future.cancel()
         self._ahead.clear()

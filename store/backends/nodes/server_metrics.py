@@ -6,8 +6,8 @@ share counters. Object names and sizes are not exported: only counts, bytes and 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
