@@ -27,6 +27,7 @@ import mfusepy  # noqa: E402
 from modelfs.store.api import Library, open_store  # noqa: E402
 from modelfs.store.config import ReadOptions  # noqa: E402
 from modelfs.store.errors import InvalidInput, ModelfsError, MountFailed  # noqa: E402
+from modelfs.store.keyring import Access  # noqa: E402
 
 from .operations import CONTROL_DIR, MAX_READ, ModelFS  # noqa: E402
 from .stopping import StopOnSignal, fusermount, notify_systemd  # noqa: E402
@@ -58,6 +59,8 @@ class MountOptions:
     umask: int = 0
     #: kernel mount flags passed on as given (nosuid, nodev, noexec, noatime...)
     kernel_flags: tuple[str, ...] = ()
+    #: host key and trusted publishers
+    access: Access = Access()
 
 
 def is_stale(mountpoint: Path) -> bool:
@@ -118,7 +121,7 @@ def run_foreground(opts: MountOptions) -> None:
     limit_malloc_arenas()
     mountpoint = prepare_mountpoint(opts.mountpoint)
     stopper = StopOnSignal(mountpoint)  # first: every thread started from here on inherits the mask
-    store = open_store(opts.store_url, key_file=opts.key_file)
+    store = open_store(opts.store_url, key_file=opts.key_file, access=opts.access)
     library = Library(store, opts.read)  # verifies keys and every manifest before mounting
     log.info("mounting %d model(s) from %s on %s", len(library.names()), opts.store_url, mountpoint)
     fuse_options = dict(fsname=FSNAME_PREFIX + opts.store_url.replace(",", ";"),

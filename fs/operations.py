@@ -140,7 +140,7 @@ class ModelFS(mfusepy.Operations):
         if state is not None:
             return Node("link", int(state.latest.created * 1e9),
                         target=f"{comps[-1]}@{state.latest.version_id}")
-        if joined in self._prefix_dirs():
+        if joined in self._prefix_dirs() or joined in self._library.refused_dirs():
             entries = _children(self._library.names(), joined)
             return self._dir(entries + ((CONTROL_DIR,) if not joined else ()))
         return None
@@ -203,7 +203,9 @@ class ModelFS(mfusepy.Operations):
     def _node(self, path: str) -> Node:
         node = self._lookup(path)
         if node is None:
-            raise mfusepy.FuseOSError(errno.ENOENT)
+            # a name this host may not open is not listed, and opening it says so
+            name = path.strip("/").partition("@")[0]
+            raise mfusepy.FuseOSError(errno.EACCES if self._library.refused(name) else errno.ENOENT)
         return node
 
     def _attrs(self, mode: int, size: int, mtime_ns: int) -> dict:

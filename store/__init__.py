@@ -1,6 +1,6 @@
 """Everything below the filesystem, usable without FUSE: format, read engine, backends, publishing.
 
 Layers, lowest first: ``errors``/``sizes``/``stats``/``config``/``seen`` → ``backends`` → ``format`` →
-``read`` → ``publish``/``library`` → ``api`` → ``gc``. A module imports only from its own layer or
-the ones below; never FUSE.
+``read``/``keyring`` → ``sealed_catalog`` → ``publish``/``library`` → ``api`` → ``gc``/``access``. A module
+imports only from its own layer or the ones below; never FUSE.
 """

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .backends.base import Backend, ShardLocation
 from .backends.urls import open_backend
-from .errors import AccessDenied, IntegrityError, InvalidInput, ModelfsError, NotFound
+from .errors import IntegrityError, InvalidInput, ModelfsError, NotFound
 from .format.catalog import (
     Catalog,
     FileRecord,
@@ -29,17 +29,9 @@ from .format.catalog import (
     new_version_id,
     split_ref,
 )
-from .format.crypto import (
-    DEFAULT_KEY_FILE,
-    LineageKeys,
-    ShardCipher,
-    create_key_file,
-    load_key_file,
-    new_data_key,
-    unwrap_key,
-    wrap_key,
-)
+from .format.crypto import DEFAULT_KEY_FILE, LineageKeys, ShardCipher
 from .format.manifest import Manifest
+from .keyring import Access, Keyring
 from .library import Library
 from .publish import (
     DEFAULT_SHARD_SIZE,
@@ -50,6 +42,7 @@ from .publish import (
 )
 from .read.cache import ShardCache
 from .read.reader import ModelReader
+from .sealed_catalog import SealedCatalog
 from .seen import SeenRecords
 from .stats import Stats
 
@@ -109,14 +102,18 @@ class Published:
 
 
 class Store:
-    def __init__(self, backend: Backend, key_file: str | os.PathLike | None = None) -> None:
+    def __init__(self, backend: Backend, key_file: str | os.PathLike | None = None,
+                 access: Access | None = None) -> None:
         self.backend = backend
         self.catalog = Catalog(backend)
         self.key_file = Path(key_file or DEFAULT_KEY_FILE).expanduser()
         #: only the default key file may be created on first push
-        self._key_file_is_default = key_file is None
-        self._store_key: bytes | None = None
-        self._lineages: dict[str, LineageKeys] = {}
+        self.keyring = Keyring(backend, self.key_file, key_file is None, access)
+        self.sealed = SealedCatalog(self.catalog, self.keyring)
+        #: the key generation of each lineage's newest record read, and who signed each version
+        self.record_generation: dict[str, int] = {}
+        self.manifest_generation: dict[tuple[str, str], int] = {}
+        self.signed_by: dict[str, str | None] = {}
         self.seen = SeenRecords(repr(backend))
 
     def __repr__(self) -> str:
@@ -124,38 +121,16 @@ class Store:
 
     # -- keys ----------------------------------------------------------------
     def store_key(self, create: bool = False) -> bytes:
-        if self._store_key is None:
-            if create and self._key_file_is_default and not self.key_file.exists():
-                create_key_file(self.key_file)
-                log.warning("created a new store key at %s; keep it safe, without it nothing "
-                            "pushed with it can be read", self.key_file)
-            self._store_key = load_key_file(self.key_file)
-        return self._store_key
+        return self.keyring.store_key(create)
 
     def lineage_keys(self, name: str, create: bool = False) -> LineageKeys:
-        """The keys of one model name, unwrapped from the store (made on first push).
+        """The keys of the newest generation of ``name`` (generation 1 made on first push)."""
+        return self.keyring.current(name, create)[1]
 
-        A first push creates the wrapped key with create-if-absent: of two concurrent
-        first pushes one creates it and the other uses the winner's.
-        """
-        if name in self._lineages:
-            return self._lineages[name]
-        store_key = self.store_key(create=create)
-        wrapped = self.catalog.get_wrapped_key(name)
-        if wrapped is None:
-            if not create:
-                raise NotFound(f"no key for model {name!r} in this store")
-            data_key = new_data_key()
-            if not self.catalog.create_wrapped_key(name, wrap_key(store_key, data_key, name.encode())):
-                return self.lineage_keys(name)  # lost the race: use the winner's key
-        else:
-            try:
-                data_key = unwrap_key(store_key, wrapped, name.encode())
-            except AccessDenied:
-                raise AccessDenied(f"wrong key: {self.key_file} does not unlock model {name!r} "
-                                   f"in this store (was it pushed with another key file?)") from None
-        keys = self._lineages[name] = LineageKeys.derive(data_key)
-        return keys
+    def cipher(self, name: str, manifest: Manifest) -> ShardCipher:
+        """The shard cipher of the key generation a loaded manifest was sealed under."""
+        generation = self.manifest_generation[(manifest.version_id, manifest.file_name)]
+        return ShardCipher(self.keyring.keys(name, generation))
 
     # -- catalog state -----------------------------------------------------------
     def state_at(self, name: str, seq: int) -> LineageState:
@@ -167,7 +142,8 @@ class Store:
                 f"has seen record {seen} (deleted or replayed records?); refusing it")
         if seq == 0:
             raise NotFound(f"no model named {name!r} in this store")
-        state = self.catalog.read_record(name, seq, self.lineage_keys(name).mac_key)
+        state, opened = self.sealed.read_record(name, seq)
+        self.record_generation[name] = opened.generation
         self.seen.raise_to(name, seq)
         return state
 
@@ -196,15 +172,20 @@ class Store:
                 found.append(Lineage(name, error=e))
         return sorted(found, key=lambda x: x.name)
 
-    def _append(self, name: str, change: Callable[[LineageState], LineageState]) -> LineageState:
-        """Write the next record of ``name``; on a lost race re-read the head and retry."""
-        keys = self.lineage_keys(name)
+    def append(self, name: str, change: Callable[[LineageState], LineageState],
+               generation: int | None = None) -> LineageState:
+        """Write the next record of ``name`` sealed under ``generation`` (default: the newest);
+        on a lost race re-read the head and retry."""
+        generation = generation or self.keyring.current(name)[0]
         for _ in range(APPEND_ATTEMPTS):
             head = self.catalog.head(name)
             current = (self.state_at(name, head) if head
                        else LineageState(name, 0, "publish", time.time()))
+            if head and self.record_generation[name] > generation:
+                raise ModelfsError(f"the key of {name!r} was rotated while this ran; nothing was "
+                                   f"written, run it again")
             new = change(current)
-            if self.catalog.write_record(new, keys.mac_key):
+            if self.sealed.write_record(new, generation):
                 self.seen.raise_to(name, new.seq)
                 return new
             log.info("record %d of %s was taken by another writer; retrying", new.seq, name)
@@ -218,7 +199,8 @@ class Store:
         check_name(name)
         kind, files = collect_sources(path)  # before any key is created: a bad source claims nothing
         self.check_no_clash(name)
-        keys = self.lineage_keys(name, create=True)
+        self.keyring.publisher()  # a bad publisher key file fails before anything is stored
+        generation, keys = self.keyring.current(name, create=True)
         known: dict[bytes, ShardLocation] = {}
         try:
             previous = self.lineage(name)
@@ -231,14 +213,15 @@ class Store:
         stored = store_files(self.backend, ShardCipher(keys), name, version_id, files,
                              shard_size=shard_size, known=known, progress=progress)
         for index, manifest in enumerate(stored.manifests):
-            self.catalog.put_manifest(version_id, index, manifest.to_bytes(keys.mac_key))
+            self.sealed.put_manifest(manifest, index, generation)
         check_shards_present(self.backend, stored.manifests)
         record = VersionRecord(
             version_id=version_id, created=time.time(), kind=kind,
             files=tuple(FileRecord(m.file_name, m.size, m.sha256) for m in stored.manifests),
             stored_size=sum(m.stored_size for m in stored.manifests), new_stored=stored.new_stored,
             shard_count=sum(m.shard_count for m in stored.manifests))
-        state = self._append(name, lambda s: s.next("publish", versions=s.versions + (record,)))
+        state = self.append(name, lambda s: s.next("publish", versions=s.versions + (record,)),
+                            generation)
         log.info("published %s version %s (record %d): %d bytes in %d files, %d new stored bytes",
                  name, version_id, state.seq, record.size, len(record.files), record.new_stored)
         return Published(state, record)
@@ -253,7 +236,7 @@ class Store:
             version = state.version(ref)
             chosen[:] = [version]
             return state.next("tag", tags={**state.tags, tag: version.version_id})
-        return self._append(name, change), chosen[0]
+        return self.append(name, change), chosen[0]
 
     def remove(self, spec: str) -> LineageState:
         """``NAME``: every version (frees the name); ``NAME@VERSION``: one version and its tags;
@@ -270,7 +253,7 @@ class Store:
             gone = state.version(ref).version_id
             return state.next("remove", versions=tuple(v for v in state.versions if v.version_id != gone),
                               tags={t: v for t, v in state.tags.items() if v != gone})
-        return self._append(name, change)
+        return self.append(name, change)
 
     def check_no_clash(self, name: str) -> None:
         """In the mount a name is a file and its prefixes are directories: they may not collide."""
@@ -287,15 +270,16 @@ class Store:
     # -- read ----------------------------------------------------------------------
     def load_manifests(self, name: str, version: VersionRecord) -> list[Manifest]:
         """The verified manifest of every file of a version, checked against its record."""
-        keys = self.lineage_keys(name)
         manifests = []
         for index, f in enumerate(version.files):
-            manifest = Manifest.from_bytes(self.catalog.get_manifest(version.version_id, index),
-                                           keys.mac_key)
+            manifest, opened = self.sealed.read_manifest(name, version.version_id, index)
             if (manifest.name, manifest.version_id, manifest.file_name, manifest.size,
                     manifest.sha256) != (name, version.version_id, f.path, f.size, f.sha256):
                 raise IntegrityError(f"manifest {index} of {name}@{version.version_id} does not "
                                      f"match its catalog record")
+            self.manifest_generation[(version.version_id, f.path)] = opened.generation
+            if index == 0:
+                self.signed_by[version.version_id] = opened.signed_by
             manifests.append(manifest)
         return manifests
 
@@ -323,17 +307,17 @@ class Store:
             index, _ = version.file(file)
         manifest = self.load_manifests(state.name, version)[index]
         stats = Stats()
-        return ModelReader(manifest, self.backend, ShardCipher(self.lineage_keys(state.name)),
+        return ModelReader(manifest, self.backend, self.cipher(state.name, manifest),
                            ShardCache(cache_size, stats), stats)
 
     def verify(self, spec: str, progress: Progress | None = None) -> tuple[LineageState, VersionRecord]:
         """Read every shard of one version back and check each file's SHA-256."""
         state, version = self.open_version(spec)
-        cipher = ShardCipher(self.lineage_keys(state.name))
         done, total = 0, version.size
         for manifest in self.load_manifests(state.name, version):
             stats = Stats()
-            reader = ModelReader(manifest, self.backend, cipher, ShardCache(OPEN_MODEL_CACHE, stats), stats)
+            reader = ModelReader(manifest, self.backend, self.cipher(state.name, manifest),
+                                 ShardCache(OPEN_MODEL_CACHE, stats), stats)
             digest = hashlib.sha256()
             for index in range(manifest.shard_count):
                 digest.update(reader.shard(index))
@@ -355,5 +339,5 @@ class Store:
 
 
 def open_store(url: str | None = None, key_file: str | os.PathLike | None = None,
-               create: bool = False) -> Store:
-    return Store(open_backend(url, create=create), key_file)
+               create: bool = False, access: Access | None = None) -> Store:
+    return Store(open_backend(url, create=create), key_file, access)

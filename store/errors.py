@@ -12,7 +12,7 @@ EXIT_CODES: dict[int, str] = {
     1: "any other failure",
     2: "bad input: usage, option, name, URL, size, mountpoint or file not acceptable",
     3: "integrity failure: stored bytes failed authentication (corrupt, truncated, tampered)",
-    4: "access denied: wrong or unreadable key, refused credential, no permission",
+    4: "access denied: wrong or unreadable key, not granted, untrusted publisher, no permission",
     5: "backend unreachable or failing: storage node, HDFS, or the local store's disk (full)",
     6: "not found: store, model, version, key file or input file does not exist",
     7: "mount failed: FUSE unavailable (/dev/fuse) or the kernel refused the mount",
@@ -45,6 +45,14 @@ class AccessDenied(ModelfsError):
     """Wrong key, missing key, or a refused credential."""
 
     exit_code = 4
+
+
+class NotGranted(AccessDenied):
+    """This host holds a key pair, but the model was not granted to it (or it was revoked)."""
+
+
+class Untrusted(AccessDenied):
+    """A record or manifest is not signed by a publisher this mount trusts (``--trust``)."""
 
 
 class BackendError(ModelfsError):

@@ -20,7 +20,7 @@ The rules, in order:
 * **Unpublished manifests** (no catalog entry) go once the push that wrote them
   started longer ago than the grace period (the version id holds that time).
 
-Wrapped keys (``keys/<name>.key``) are never deleted: a first push of a name
+Wrapped keys (``keys/<name>/@<generation>/...``) are never deleted: a first push of a name
 writes its key before anything else, and without it its shards are unreadable.
 """
 from __future__ import annotations

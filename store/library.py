@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 
 from .backends.disk_cache import DiskCache, DiskCachedBackend
 from .config import ReadOptions
-from .errors import ModelfsError
+from .errors import AccessDenied, ModelfsError, NotGranted, Untrusted
 from .format.catalog import LineageState, VersionRecord
-from .format.crypto import ShardCipher
 from .read.cache import ShardCache
 from .read.reader import ModelReader
 from .stats import Stats
@@ -73,13 +72,16 @@ class Library:
         self._names: dict[str, NameView] = {}
         self._heads: dict[str, int] = {}
         self._reported: set[tuple[str, str]] = set()
+        #: names this host may not open (not granted, or not signed by a trusted publisher), at record seq
+        self._refused: dict[str, tuple[int, AccessDenied]] = {}
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         #: bumped whenever the set of names or a name's state changes
         self.generation = 0
         self.stats.gauges = self._gauges
-        self.store.store_key()  # a missing or unreadable key file refuses the mount
-        errors = self.refresh()
+        self.store.keyring.check_credentials()  # a missing or unreadable key file refuses the mount
+        # names this host may not open are not served; anything else wrong with every name refuses the mount
+        errors = {n: e for n, e in self.refresh().items() if not isinstance(e, (NotGranted, Untrusted))}
         if errors and not self._names:
             # nothing at all can be served (a wrong key file, say): say why instead of mounting
             raise next(iter(errors.values()))
@@ -130,13 +132,21 @@ class Library:
                 if current is not None and current.state.seq == seq:
                     names[name] = current
                     continue
+                refused = self._refused.get(name)
+                if refused is not None and refused[0] == seq:
+                    errors[name] = refused[1]
+                    continue  # a grant or a newly signed record comes with a new record
                 view: NameView | None
                 try:
                     view = self._load(name, seq, current)
+                    self._refused.pop(name, None)
                 except ModelfsError as e:
                     errors[name] = e
-                    self._report(name, str(seq), f"not serving {name} (record {seq}): {e}",
-                                 type(e).__name__)
+                    if isinstance(e, AccessDenied):
+                        self._refused[name] = (seq, e)
+                    if not isinstance(e, NotGranted):  # not granted is normal: said on open
+                        self._report(name, str(seq), f"not serving {name} (record {seq}): {e}",
+                                     type(e).__name__)
                     view = current
                 if view is not None:
                     names[name] = view
@@ -147,6 +157,7 @@ class Library:
                                      f"record is gone; still serving what was mounted")
                         names[name] = current
             names = self._without_clashes(names)
+            self._refused = {n: r for n, r in self._refused.items() if n in heads}  # gone: not refused
             if names.keys() != self._names.keys() or any(
                     names[n] is not self._names[n] for n in names):
                 self.generation += 1
@@ -188,10 +199,9 @@ class Library:
 
     def _open_version(self, name: str, record: VersionRecord) -> VersionView:
         manifests = self.store.load_manifests(name, record)
-        cipher = ShardCipher(self.store.lineage_keys(name))
         stats = self.stats.model(name)
-        readers = {m.file_name: ModelReader(m, self.store.backend, cipher, self.cache, stats)
-                   for m in manifests}
+        readers = {m.file_name: ModelReader(m, self.store.backend, self.store.cipher(name, m),
+                                            self.cache, stats) for m in manifests}
         dirs = {""}
         if record.kind == "folder":
             for path in readers:
@@ -210,6 +220,20 @@ class Library:
     def names(self) -> list[str]:
         """Names with at least one version."""
         return sorted(n for n, v in self._names.items() if v.state.versions)
+
+    def refused(self, name: str) -> AccessDenied | None:
+        """Why this host may not open ``name`` (logged once), or None."""
+        refused = self._refused.get(name)
+        if refused is None or name in self.names():
+            return None
+        if isinstance(refused[1], NotGranted):  # other refusals were logged when the record came
+            self._report(name, "refused", f"refused access to {name}: {refused[1]}", "access")
+        return refused[1]
+
+    def refused_dirs(self) -> set[str]:
+        """The directories that names this host may not open would sit in (not listed)."""
+        return {"/".join(parts[:i]) for name in self._refused
+                for parts in [name.split("/")] for i in range(1, len(parts))}
 
     def state(self, name: str) -> LineageState | None:
         view = self._names.get(name)

@@ -113,7 +113,7 @@ def _break(store: Path, how: str, tmp_path: Path) -> None:
         shutil.rmtree(next((objects(store) / "manifests").iterdir()))
     elif how == "foreign key":
         shutil.rmtree(objects(store) / "catalog" / "bad")
-        (objects(store) / "keys" / "bad.key").unlink()
+        shutil.rmtree(objects(store) / "keys" / "bad")
         foreign = tmp_path / "foreign.key"
         run_modelfs("keygen", "--key-file", str(foreign))
         # another publisher (its own host state) pushes the name with its own store key

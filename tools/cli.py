@@ -14,12 +14,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 from modelfs.store.errors import EXIT_CODES, InvalidInput, ModelfsError, from_os_error
 
-from . import bench, models, mounting, node, stats, warmup
+from . import access, bench, keys, models, mounting, node, stats, warmup
 from .mounthelper import helper_argv
 
 log = logging.getLogger("modelfs")
 
-COMMAND_MODULES = (models, mounting, stats, warmup, node, bench)
+COMMAND_MODULES = (models, access, keys, mounting, stats, warmup, node, bench)
 
 
 def package_version() -> str:

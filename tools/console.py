@@ -10,6 +10,10 @@ from modelfs.store.sizes import format_size
 STORE_HELP = "store URL: a directory (default $MODELFS_STORE or ~/.local/share/modelfs/store), " \
              "http://node1:port,node2:port/?replicas=2, or hdfs://namenode:port/path"
 KEY_HELP = "store key file (default $MODELFS_KEY_FILE or ~/.config/modelfs/store.key)"
+HOST_KEY_HELP = "this host's X25519 key file, used when there is no store key (default " \
+                "~/.config/modelfs/host.key): only the names granted to it"
+PUBLISHER_HELP = "publisher key file that signs what this writes (default " \
+                 "~/.config/modelfs/publisher.key when it exists)"
 
 
 PROGRESS_HELP = "print progress lines even without a terminal (logs, CI); a terminal gets a bar"
@@ -45,7 +49,7 @@ class ProgressBar:
         sys.stderr.flush()
 
 
-def open_push_store(url: str | None, key_file: str | None):
+def open_push_store(url: str | None, key_file: str | None, access=None):
     """The store a push writes to. A missing local store directory is created only when its
     parent exists (a typo in a path must not start a new store silently), and that is said."""
     from urllib.parse import urlsplit
@@ -60,7 +64,7 @@ def open_push_store(url: str | None, key_file: str | None):
             if not root.parent.is_dir() and url != DEFAULT_STORE:
                 raise NotFound(f"store directory {root} does not exist, nor its parent {root.parent}")
             print(f"creating a new store at {root}")
-    return open_store(url, key_file=key_file, create=True)
+    return open_store(url, key_file=key_file, create=True, access=access)
 
 
 def _show_default(f) -> str:
@@ -83,3 +87,13 @@ def read_options(args):
     given = {f.name: getattr(args, f.name) for f in ReadOptions.fields()
              if getattr(args, f.name, None) is not None}
     return ReadOptions.parse(given)
+
+
+def access_options(args):
+    """The host key, publisher key and trusted publishers a command line names."""
+    from modelfs.store.format.keyfiles import load_trusted
+    from modelfs.store.keyring import Access
+    return Access(host_key_file=getattr(args, "host_key", None),
+                  publisher_key_file=getattr(args, "publisher_key", None),
+                  trusted=load_trusted(getattr(args, "trust", None) or [],
+                                       getattr(args, "trust_file", None) or []))

@@ -7,14 +7,23 @@ import json
 import logging
 import time
 
-from modelfs.store.errors import ModelfsError, NotFound
+from modelfs.store.errors import ModelfsError, NotFound, NotGranted
 from modelfs.store.sizes import format_size, parse_size
 
-from .console import KEY_HELP, PROGRESS_HELP, STORE_HELP, ProgressBar, open_push_store
+from .console import (
+    HOST_KEY_HELP,
+    KEY_HELP,
+    PROGRESS_HELP,
+    PUBLISHER_HELP,
+    STORE_HELP,
+    ProgressBar,
+    access_options,
+    open_push_store,
+)
 
 
 def cmd_push(args) -> int:
-    store = open_push_store(args.store, args.key_file)
+    store = open_push_store(args.store, args.key_file, access_options(args))
     started = time.monotonic()
     done = store.publish(args.file, args.name, shard_size=parse_size(args.shard_size),
                          progress=ProgressBar(f"push {args.name}", lines=args.progress))
@@ -34,21 +43,24 @@ def _when(t: float) -> str:
 def cmd_ls(args) -> int:
     from modelfs.store.api import open_store
     from modelfs.store.format.catalog import check_name
-    store = open_store(args.store, key_file=args.key_file)
+    store = open_store(args.store, key_file=args.key_file, access=access_options(args))
     if args.name:
         check_name(args.name)
-    lineages = [x for x in store.lineages(check_manifests=True) if not args.name or x.name == args.name]
+    lineages = [x for x in store.lineages(check_manifests=True) if (not args.name or x.name == args.name)
+                and not isinstance(x.error, NotGranted)]  # a host lists only what it was granted
     if args.name and not lineages:
         raise NotFound(f"no model named {args.name!r} in this store")
     if args.json:
         print(json.dumps([{"name": x.name, "broken": x.broken,
-                           "state": dataclasses.asdict(x.state) if x.state else None}
+                           "state": dataclasses.asdict(x.state) if x.state else None,
+                           "signed_by": {v.version_id: store.signed_by.get(v.version_id)
+                                         for v in (x.state.versions if x.state else ())}}
                           for x in lineages], indent=1))
         return 0
-    rows = [("NAME", "VERSION", "FILES", "SIZE", "STORED", "NEW", "PUBLISHED", "TAGS")]
+    rows = [("NAME", "VERSION", "FILES", "SIZE", "STORED", "NEW", "PUBLISHED", "SIGNED BY", "TAGS")]
     for x in lineages:
         if x.broken:
-            rows.append((x.name, "BROKEN", "", "", "", "", "", x.broken))
+            rows.append((x.name, "BROKEN", "", "", "", "", "", "", x.broken))
             continue
         for v in x.state.versions:
             tags = x.state.tags_of(v.version_id)
@@ -56,7 +68,7 @@ def cmd_ls(args) -> int:
                 tags.insert(0, "(latest)")
             rows.append((x.name, v.version_id, str(len(v.files)), format_size(v.size),
                          format_size(v.stored_size), format_size(v.new_stored), _when(v.created),
-                         " ".join(tags)))
+                         store.signed_by.get(v.version_id) or "-", " ".join(tags)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join([c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)] + [row[-1]]).rstrip())
@@ -65,9 +77,9 @@ def cmd_ls(args) -> int:
 
 def cmd_verify(args) -> int:
     from modelfs.store.api import open_store
-    store = open_store(args.store, key_file=args.key_file)
-    specs = args.names or [x.name for x in store.lineages()
-                           if x.broken or (x.state is not None and x.state.versions)]
+    store = open_store(args.store, key_file=args.key_file, access=access_options(args))
+    specs = args.names or [x.name for x in store.lineages() if not isinstance(x.error, NotGranted)
+                           and (x.broken or (x.state is not None and x.state.versions))]
     failed: list[tuple[str, ModelfsError]] = []
     for spec in specs:
         try:
@@ -85,14 +97,15 @@ def cmd_verify(args) -> int:
 
 def cmd_tag(args) -> int:
     from modelfs.store.api import open_store
-    state, version = open_store(args.store, key_file=args.key_file).tag(args.spec, args.tag)
+    store = open_store(args.store, key_file=args.key_file, access=access_options(args))
+    state, version = store.tag(args.spec, args.tag)
     print(f"tagged {state.name}@{version.version_id} as {args.tag} (record {state.seq})")
     return 0
 
 
 def cmd_rm(args) -> int:
     from modelfs.store.api import open_store
-    state = open_store(args.store, key_file=args.key_file).remove(args.spec)
+    state = open_store(args.store, key_file=args.key_file, access=access_options(args)).remove(args.spec)
     left = f"{len(state.versions)} version(s) left" if state.versions else "name freed"
     print(f"removed {args.spec} (record {state.seq}); {left}; stored bytes go at the next gc")
     return 0
@@ -125,6 +138,7 @@ def register(sub) -> None:
     s.add_argument("--store", help=STORE_HELP)
     s.add_argument("--key-file", help=KEY_HELP)
     s.add_argument("--shard-size", default="4MiB")
+    s.add_argument("--publisher-key", help=PUBLISHER_HELP)
     s.add_argument("--progress", action="store_true", help=PROGRESS_HELP)
     s.set_defaults(func=cmd_push)
 
@@ -132,6 +146,7 @@ def register(sub) -> None:
     s.add_argument("name", nargs="?", help="only this model")
     s.add_argument("--store", help=STORE_HELP)
     s.add_argument("--key-file", help=KEY_HELP)
+    s.add_argument("--host-key", help=HOST_KEY_HELP)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_ls)
 
@@ -140,6 +155,7 @@ def register(sub) -> None:
                    help="versions to check (default: the latest of every model)")
     s.add_argument("--store", help=STORE_HELP)
     s.add_argument("--key-file", help=KEY_HELP)
+    s.add_argument("--host-key", help=HOST_KEY_HELP)
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("tag", help="point a tag at a version (create or move it)")
@@ -147,6 +163,7 @@ def register(sub) -> None:
     s.add_argument("tag")
     s.add_argument("--store", help=STORE_HELP)
     s.add_argument("--key-file", help=KEY_HELP)
+    s.add_argument("--publisher-key", help=PUBLISHER_HELP)
     s.set_defaults(func=cmd_tag)
 
     s = sub.add_parser("rm", help="remove a model, one version, or a tag")
@@ -154,6 +171,7 @@ def register(sub) -> None:
                    help="NAME: every version; NAME@VERSION: that version and its tags; NAME@TAG: the tag")
     s.add_argument("--store", help=STORE_HELP)
     s.add_argument("--key-file", help=KEY_HELP)
+    s.add_argument("--publisher-key", help=PUBLISHER_HELP)
     s.set_defaults(func=cmd_rm)
 
     s = sub.add_parser("gc", help="delete what no published version needs (left by failed pushes)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from modelfs.store.errors import InvalidInput
 
-from .console import KEY_HELP, STORE_HELP, add_read_options, read_options
+from .console import HOST_KEY_HELP, KEY_HELP, STORE_HELP, access_options, add_read_options, read_options
 
 #: conventional options that mean nothing more to a read-only FUSE mount (or are mount(8)'s own)
 IGNORED_OPTIONS = {"defaults", "default_permissions", "auto", "noauto", "user", "users",
@@ -41,7 +41,8 @@ def _group_id(value: str) -> int:
 
 
 #: ``-o`` names with a value: how the text becomes the value of the argument of the same name
-VALUE_OPTIONS = {"uid": _user_id, "gid": _group_id, "umask": lambda v: int(v, 8), "key_file": str}
+VALUE_OPTIONS = {"uid": _user_id, "gid": _group_id, "umask": lambda v: int(v, 8), "key_file": str,
+                 "host_key": str}
 
 
 def apply_mount_options(args: argparse.Namespace, option_lists: list[str]) -> None:
@@ -83,9 +84,11 @@ def mount_options(args: argparse.Namespace):
     """The ``MountOptions`` of a ``modelfs mount`` command line, checked before any daemon starts."""
     from modelfs.fs.mount import MountOptions
     apply_mount_options(args, args.options)
+    access = access_options(args)
+    access.check()  # a missing or too readable host key is reported before the daemon starts
     return MountOptions(args.store, Path(args.mountpoint), args.key_file, read_options(args),
                         args.allow_other, args.debug, args.single_thread, args.uid, args.gid,
-                        args.umask or 0, tuple(args.kernel_flags))
+                        args.umask or 0, tuple(args.kernel_flags), access)
 
 
 def cmd_mount(args) -> int:
@@ -124,9 +127,14 @@ def register(sub) -> None:
     s.add_argument("mountpoint")
     s.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
                    help="mount options, comma separated, as in fstab: ro, allow_other, uid=, gid=, "
-                        "umask=, key_file=, any read option by name (cache_size=8GiB), "
+                        "umask=, key_file=, host_key=, any read option by name (cache_size=8GiB), "
                         "nosuid/nodev/noexec/noatime; _netdev, nofail, noauto, x-* are ignored")
     s.add_argument("--key-file", help=KEY_HELP)
+    s.add_argument("--host-key", help=HOST_KEY_HELP)
+    s.add_argument("--trust", action="append", metavar="PUBLISHER.pub",
+                   help="serve only names whose records and manifests this publisher signed (repeatable)")
+    s.add_argument("--trust-file", action="append",
+                   help="a file of trusted publisher keys, one key line per line")
     add_read_options(s)
     s.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     s.add_argument("--uid", type=_user_id, help="owner shown for every file (default: the mounting user)")

@@ -4,7 +4,7 @@ Objects on the backend::
 
     catalog/<name>/@<seq>          record number <seq> (12 digits) of lineage <name>
     manifests/<version_id>/<index> the manifest of file <index> of a version
-    keys/<name>.key                the lineage data key, wrapped under the store key
+    keys/<name>/@<gen>/<who>.key   the lineage data keys, wrapped per recipient (``keyring``)
 
 Every publish, tag move and removal writes the next record of its lineage with
 create-if-absent, so two writers can never both take a number: the loser re-reads
@@ -34,7 +34,7 @@ MAX_NAME = 512
 RECORD_MAGIC = b"MFSR\x01"
 RECORD_FORMAT = 1
 SEQ_DIGITS = 12
-EVENTS = ("publish", "tag", "untag", "remove")
+EVENTS = ("publish", "tag", "untag", "remove", "grant", "revoke", "rotate")
 
 
 def check_name(name: str) -> str:
@@ -261,7 +261,7 @@ def check_relpath(path: str) -> str:
 
 # -- reading and writing records --------------------------------------------------------
 class Catalog:
-    """Record keys, records, manifests and wrapped keys on one backend (no keys held here)."""
+    """Record keys and manifests on one backend (no keys here; ``sealed_catalog`` seals them)."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -290,28 +290,9 @@ class Catalog:
                 if (p := parse_record_key(k)) is not None and p[0] == name]
         return max(seqs, default=0)
 
-    def read_record(self, name: str, seq: int, mac_key: bytes) -> LineageState:
-        return LineageState.from_record(self.backend.get_object(record_key(name, seq)),
-                                        mac_key, name, seq)
-
-    def write_record(self, state: LineageState, mac_key: bytes) -> bool:
-        """Create record ``state.seq``; False when another writer took that number first."""
-        return self.backend.put_object_if_absent(record_key(state.name, state.seq),
-                                                 state.to_record(mac_key))
-
-    # -- manifests and keys ----------------------------------------------------
+    # -- manifests ----------------------------------------------------
     def put_manifest(self, version_id: str, index: int, data: bytes) -> None:
         self.backend.put_object(manifest_key(version_id, index), data)
 
     def get_manifest(self, version_id: str, index: int = 0) -> bytes:
         return self.backend.get_object(manifest_key(version_id, index))
-
-    def get_wrapped_key(self, name: str) -> bytes | None:
-        try:
-            return self.backend.get_object(f"keys/{name}.key")
-        except NotFound:
-            return None
-
-    def create_wrapped_key(self, name: str, wrapped: bytes) -> bool:
-        """Store the lineage key unless one exists; False when another push created it first."""
-        return self.backend.put_object_if_absent(f"keys/{name}.key", wrapped)

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import AccessDenied, IntegrityError, InvalidInput, NotFound
+from ..errors import AccessDenied, IntegrityError, NotFound
+from .keyfiles import read_private_file, write_private_file
 
 FORMAT_VERSION = 1
 KEY_BYTES = 32
@@ -33,27 +34,15 @@ DEFAULT_KEY_FILE = Path(os.environ.get(
 # -- the store key file ----------------------------------------------------------
 def create_key_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write 32 random bytes to a new file readable by its owner only."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise InvalidInput(f"key file {path} already exists (refusing to overwrite it)") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_bytes(KEY_BYTES))
-    os.chmod(path, 0o600)
-    return path
+    return write_private_file(path, secrets.token_bytes(KEY_BYTES), overwrite)
 
 
 def load_key_file(path: str | os.PathLike) -> bytes:
-    path = Path(path).expanduser()
+    """The store key; refused when missing, readable by group or others, or not 32 bytes."""
     try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        raise NotFound(f"key file {path} does not exist (create one with `modelfs keygen`)") from None
-    except PermissionError:
-        raise AccessDenied(f"key file {path} is not readable") from None
+        key = read_private_file(path, "key file")
+    except NotFound as e:
+        raise NotFound(f"{e} (create one with `modelfs keygen`)") from None
     if len(key) != KEY_BYTES:
         raise AccessDenied(f"key file {path} is not a modelfs key ({len(key)} bytes, expected {KEY_BYTES})")
     return key
@@ -81,13 +70,15 @@ class LineageKeys:
     id_key: bytes
     enc_key: bytes
     mac_key: bytes
+    #: encrypts catalog records and manifests (``sealed``)
+    seal_key: bytes
 
     @classmethod
     def derive(cls, data_key: bytes) -> LineageKeys:
         def hkdf(info: bytes) -> bytes:
             return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
                         info=b"modelfs/v1/" + info).derive(data_key)
-        return cls(hkdf(b"shard-id"), hkdf(b"shard-enc"), hkdf(b"manifest-mac"))
+        return cls(hkdf(b"shard-id"), hkdf(b"shard-enc"), hkdf(b"manifest-mac"), hkdf(b"seal"))
 
 
 def new_data_key() -> bytes:

@@ -1,0 +1,165 @@
+"""Who may read a lineage: grant, revoke, rotate.
+
+``grant`` wraps the lineage's data keys for a host's X25519 public key; ``revoke`` deletes
+that host's wrapped keys. Each writes a catalog record (so mounts notice at their next
+poll). Revocation cannot take back a key a host already unwrapped: ``rotate`` makes a new
+key generation, wrapped for the store and the hosts that still hold the current one, and
+re-encrypts every live version under it: new shards, new manifests and new version ids,
+in one new catalog record. The old shards and manifests are then unreferenced and go at
+the next ``gc`` after the grace period.
+"""
+from __future__ import annotations
+
+import fnmatch
+import functools
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+from .api import Store
+from .errors import InvalidInput, ModelfsError, NotFound
+from .format.catalog import (
+    FileRecord,
+    LineageState,
+    VersionRecord,
+    check_name,
+    new_version_id,
+)
+from .format.codec import codec_params
+from .format.crypto import ShardCipher
+from .format.keyfiles import PublicKey
+from .format.manifest import Manifest, ShardEntry
+from .publish import Progress
+
+log = logging.getLogger(__name__)
+
+
+def matching_states(store: Store, pattern: str) -> dict[str, LineageState]:
+    """The names a ``NAME`` or pattern (``org/*``) means, each read (so each must be readable).
+
+    A plain name must exist; a pattern skips removed names. Everything is read before
+    anything changes, so a broken name stops a grant before it starts.
+    """
+    if not any(c in pattern for c in "*?["):
+        return {pattern: store.lineage(check_name(pattern))}
+    states = {n: store.lineage(n) for n in sorted(store.catalog.heads()) if fnmatch.fnmatchcase(n, pattern)}
+    states = {n: s for n, s in states.items() if s.versions}
+    if not states:
+        raise NotFound(f"no model matches {pattern!r}")
+    return states
+
+
+def _generations_in_use(store: Store, state: LineageState) -> list[int]:
+    """Every key generation from the oldest one a live record or manifest is sealed under."""
+    used = {store.record_generation[state.name]}
+    for version in state.versions:
+        for manifest in store.load_manifests(state.name, version):
+            used.add(store.manifest_generation[(manifest.version_id, manifest.file_name)])
+    return [g for g in store.keyring.generations(state.name) if g >= min(used)]
+
+
+def grant(store: Store, pattern: str, hosts: list[PublicKey]) -> dict[str, LineageState]:
+    """Give each of ``hosts`` the keys of every name ``pattern`` means."""
+    done = {}
+    for name, state in matching_states(store, pattern).items():
+        generations = _generations_in_use(store, state)
+        for host in hosts:
+            store.keyring.grant(name, host, generations)
+        done[name] = store.append(name, lambda s: s.next("grant"))
+        log.info("granted %s (key generations %s) to %s", name, generations,
+                 ", ".join(h.fingerprint for h in hosts))
+    return done
+
+
+def revoke(store: Store, name: str, fingerprint: str) -> tuple[int, LineageState]:
+    """Delete the host's wrapped keys of ``name``: new mounts of that host cannot open it."""
+    if not re.fullmatch(r"[0-9a-f]{16}", fingerprint):
+        raise InvalidInput(f"{fingerprint!r} is not a host key fingerprint (16 hex digits, as "
+                           f"`modelfs keys show` prints it)")
+    store.lineage(check_name(name))
+    count = store.keyring.revoke(name, fingerprint)
+    return count, store.append(name, lambda s: s.next("revoke"))
+
+
+@dataclass
+class Rotation:
+    """What a rotation did."""
+
+    name: str
+    generation: int
+    state: LineageState
+    #: old version id → new version id
+    renamed: dict[str, str] = field(default_factory=dict)
+    shards: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    #: new shard id → its stored entry: a shard shared by versions or files is written once
+    written: dict[bytes, ShardEntry] = field(default_factory=dict, repr=False)
+
+
+def rotate(store: Store, name: str, progress: Progress | None = None) -> Rotation:
+    """A new data key generation for ``name``, every live version re-encrypted under it."""
+    state = store.lineage(name)
+    generation = store.keyring.new_generation(name)
+    keys = store.keyring.keys(name, generation)
+    rotation = Rotation(name, generation, state)
+    new_versions = []
+    total = sum(v.size for v in state.versions)
+    done = 0
+    for version in state.versions:
+        version_id = new_version_id()
+        rotation.renamed[version.version_id] = version_id
+        manifests = []
+        with store.backend.shard_writer(version_id) as writer:
+            for manifest in store.load_manifests(name, version):
+                manifests.append(_reencrypt(store, manifest, store.cipher(name, manifest),
+                                            ShardCipher(keys), version_id, writer, rotation))
+                done += manifest.size
+                if progress:
+                    progress(done, total)
+            writer.commit()
+        for index, manifest in enumerate(manifests):
+            store.sealed.put_manifest(manifest, index, generation)
+        new_versions.append(VersionRecord(
+            version_id=version_id, created=version.created, kind=version.kind,
+            files=tuple(FileRecord(m.file_name, m.size, m.sha256) for m in manifests),
+            stored_size=sum(m.stored_size for m in manifests), new_stored=version.new_stored,
+            shard_count=sum(m.shard_count for m in manifests)))
+
+    def change(current: LineageState) -> LineageState:
+        if [v.version_id for v in current.versions] != list(rotation.renamed):
+            raise ModelfsError(f"{name!r} changed while it was being rotated; nothing was "
+                               f"published, run rotate again")
+        return current.next("rotate", versions=tuple(new_versions),
+                            tags={t: rotation.renamed[v] for t, v in current.tags.items()})
+    rotation.state = store.append(name, change, generation)
+    log.info("rotated %s to key generation %d: %d versions, %d shards re-encrypted", name,
+             generation, len(new_versions), rotation.shards)
+    return rotation
+
+
+def _reencrypt(store: Store, manifest: Manifest, old: ShardCipher, new: ShardCipher,
+               version_id: str, writer, rotation: Rotation) -> Manifest:
+    """Decrypt each stored shard and encrypt it again under the new keys (no recompression)."""
+    entries = []
+    known = rotation.written
+    for index, shard_id in enumerate(manifest.shard_ids):
+        length, codec = int(manifest.lengths[index]), int(manifest.codecs[index])
+        payload = store.backend.read_shard_verified(
+            shard_id.hex(), manifest.location(index), int(manifest.stored_lengths[index]),
+            functools.partial(old.decrypt, shard_id))
+        rotation.bytes_read += int(manifest.stored_lengths[index])
+        new_id = new.shard_id(codec_params(codec, length), payload)
+        entry = known.get(new_id)
+        if entry is None:
+            ciphertext = new.encrypt(new_id, payload)
+            location = writer.put(new_id.hex(), ciphertext, index)
+            entry = known[new_id] = ShardEntry(0, length, new_id, len(ciphertext), codec, location)
+            rotation.shards += 1
+            rotation.bytes_written += len(ciphertext)
+        entries.append(ShardEntry(int(manifest.offsets[index]), length, new_id, entry.stored_length,
+                                  codec, entry.location))
+    return Manifest.build(name=manifest.name, version_id=version_id, file_name=manifest.file_name,
+                          size=manifest.size, sha256=manifest.sha256, shard_size=manifest.shard_size,
+                          created=time.time(), entries=entries)

@@ -1,0 +1,63 @@
+"""``keys host-init``, ``keys publisher-init``, ``keys show``: a host's and a publisher's key pairs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _public_path(private: Path) -> Path:
+    return private.with_suffix(".pub")
+
+
+def _init(kind_cls, default: Path, args, what: str) -> int:
+    path = Path(args.key_file or default).expanduser()
+    pair = kind_cls.create(path, overwrite=args.force)
+    public = pair.public
+    if args.comment:
+        public = type(public)(public.kind, public.raw, args.comment)
+    _public_path(path).write_text(public.to_line() + "\n")
+    print(f"wrote a new {what} key to {path} (mode 0600) and its public key to {_public_path(path)}")
+    print(f"fingerprint {public.fingerprint}")
+    print(public.to_line())
+    return 0
+
+
+def cmd_host_init(args) -> int:
+    from modelfs.store.format.recipients import DEFAULT_HOST_KEY, HostKey
+    return _init(HostKey, DEFAULT_HOST_KEY, args, "host")
+
+
+def cmd_publisher_init(args) -> int:
+    from modelfs.store.format.recipients import DEFAULT_PUBLISHER_KEY, PublisherKey
+    return _init(PublisherKey, DEFAULT_PUBLISHER_KEY, args, "publisher")
+
+
+def cmd_show(args) -> int:
+    from modelfs.store.format.keyfiles import HOST_KIND, PUBLISHER_KIND, PublicKey
+    from modelfs.store.format.recipients import DEFAULT_HOST_KEY, DEFAULT_PUBLISHER_KEY
+    for path in args.files or [_public_path(DEFAULT_HOST_KEY), _public_path(DEFAULT_PUBLISHER_KEY)]:
+        path = Path(path)
+        if not args.files and not path.exists():
+            continue
+        line = path.read_text() if path.exists() else ""
+        kind = PUBLISHER_KIND if line.startswith(PUBLISHER_KIND) else HOST_KIND
+        key = PublicKey.load(path, kind)
+        role = "publisher" if kind == PUBLISHER_KIND else "host"
+        print(f"{path}  {role}  {key.fingerprint}  {key.comment}")
+    return 0
+
+
+def register(sub) -> None:
+    keys = sub.add_parser("keys", help="create and show a host's or a publisher's key pair")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    for name, func, what in (("host-init", cmd_host_init, "host (X25519: reads the models granted to it)"),
+                             ("publisher-init", cmd_publisher_init,
+                              "publisher (Ed25519: signs what it pushes, tags and removes)")):
+        s = ksub.add_parser(name, help=f"create this {what} key pair")
+        s.add_argument("--key-file", help="private key file (default in ~/.config/modelfs); the public "
+                                          "key is written beside it as .pub")
+        s.add_argument("--comment", default="", help="a label kept with the public key, e.g. the host name")
+        s.add_argument("--force", action="store_true", help="replace an existing key pair")
+        s.set_defaults(func=func)
+    s = ksub.add_parser("show", help="fingerprints of public key files (default: this host's)")
+    s.add_argument("files", nargs="*")
+    s.set_defaults(func=cmd_show)
