@@ -26,7 +26,6 @@ from modelfs.store.errors import InvalidInput
 from modelfs.store.format.catalog import new_version_id
 from modelfs.store.sizes import parse_duration
 
-
 HOURS_AGO_2 = time.time() - 7200
 SHARD = 256 * 1024
 
