@@ -26,8 +26,6 @@ from modelfs.store.errors import InvalidInput
 from modelfs.store.format.catalog import new_version_id
 from modelfs.store.sizes import parse_duration
 
-needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
-
 HOURS_AGO_2 = time.time() - 7200
 SHARD = 256 * 1024
 
@@ -157,7 +155,6 @@ def test_parse_duration():
             parse_duration(bad)
 
 
-@needs_fuse
 def test_local_gc_deletes_exactly_the_orphans(tmp_path, store_dir, key_file, monkeypatch):
     url = str(store_dir)
     models = make_models(tmp_path)
@@ -249,7 +246,6 @@ def node_files(node_set) -> set[tuple[str, str]]:
     return {(n.name, name) for n in node_set.nodes for name in shard_files(n.data)}
 
 
-@needs_fuse
 def test_nodes_gc_removes_orphans_from_every_node(tmp_path, nodes3, key_file, monkeypatch):
     url = nodes3.url(replicas=2, placement="range", extra="&run_length=3")
     models = make_models(tmp_path)

@@ -5,7 +5,7 @@ import time
 
 from modelfs.store.sizes import format_size
 
-from .console import KEY_HELP, PUBLISHER_HELP, STORE_HELP, ProgressBar, access_options
+from .console import ProgressBar, access_options, add_store_arguments
 
 
 def _store(args):
@@ -45,25 +45,20 @@ def cmd_rotate(args) -> int:
 
 
 def register(sub) -> None:
-    def common(s) -> None:
-        s.add_argument("--store", help=STORE_HELP)
-        s.add_argument("--key-file", help=KEY_HELP)
-        s.add_argument("--publisher-key", help=PUBLISHER_HELP)
-
     s = sub.add_parser("grant", help="let hosts read a model (or every model a pattern matches)")
     s.add_argument("pattern", metavar="NAME|PATTERN", help="a model name or a pattern such as 'org/*'")
     s.add_argument("--to", action="append", required=True, metavar="HOST.pub",
                    help="a host's public key file (`modelfs keys host-init` wrote it); repeatable")
-    common(s)
+    add_store_arguments(s, writes=True)
     s.set_defaults(func=cmd_grant)
 
     s = sub.add_parser("revoke", help="stop future mounts of a host from reading a model")
     s.add_argument("name")
     s.add_argument("--host", required=True, metavar="FINGERPRINT", help="the host key's fingerprint")
-    common(s)
+    add_store_arguments(s, writes=True)
     s.set_defaults(func=cmd_revoke)
 
     s = sub.add_parser("rotate", help="a new data key for a model; re-encrypt its live versions")
     s.add_argument("name")
-    common(s)
+    add_store_arguments(s, writes=True)
     s.set_defaults(func=cmd_rotate)

@@ -97,3 +97,15 @@ def access_options(args):
                   publisher_key_file=getattr(args, "publisher_key", None),
                   trusted=load_trusted(getattr(args, "trust", None) or [],
                                        getattr(args, "trust_file", None) or []))
+
+
+def add_store_arguments(parser, *, reads: bool = False, writes: bool = False) -> None:
+    """``--store`` and ``--key-file``; ``--host-key`` where the command reads models,
+    ``--publisher-key`` where it writes catalog records."""
+    parser.add_argument("--store", help=STORE_HELP)
+    parser.add_argument("--key-file", help=KEY_HELP)
+    if reads:
+        parser.add_argument("--host-key", help=HOST_KEY_HELP)
+    if writes:
+        parser.add_argument("--publisher-key", help=PUBLISHER_HELP)
+

@@ -11,13 +11,11 @@ from modelfs.store.errors import ModelfsError, NotFound, NotGranted
 from modelfs.store.sizes import format_size, parse_size
 
 from .console import (
-    HOST_KEY_HELP,
     KEY_HELP,
     PROGRESS_HELP,
-    PUBLISHER_HELP,
-    STORE_HELP,
     ProgressBar,
     access_options,
+    add_store_arguments,
     open_push_store,
 )
 
@@ -135,48 +133,37 @@ def register(sub) -> None:
     s = sub.add_parser("push", help="publish a model file or folder as a new version")
     s.add_argument("file", help="a model file, or a folder (all its files form one version)")
     s.add_argument("name", help="model name, may contain / (e.g. org/bert-base)")
-    s.add_argument("--store", help=STORE_HELP)
-    s.add_argument("--key-file", help=KEY_HELP)
+    add_store_arguments(s, writes=True)
     s.add_argument("--shard-size", default="4MiB")
-    s.add_argument("--publisher-key", help=PUBLISHER_HELP)
     s.add_argument("--progress", action="store_true", help=PROGRESS_HELP)
     s.set_defaults(func=cmd_push)
 
     s = sub.add_parser("ls", help="list models, versions, tags and what each version stored")
     s.add_argument("name", nargs="?", help="only this model")
-    s.add_argument("--store", help=STORE_HELP)
-    s.add_argument("--key-file", help=KEY_HELP)
-    s.add_argument("--host-key", help=HOST_KEY_HELP)
+    add_store_arguments(s, reads=True)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_ls)
 
     s = sub.add_parser("verify", help="read models back from the store and check every byte")
     s.add_argument("names", nargs="*", metavar="NAME[@VERSION|@TAG]",
                    help="versions to check (default: the latest of every model)")
-    s.add_argument("--store", help=STORE_HELP)
-    s.add_argument("--key-file", help=KEY_HELP)
-    s.add_argument("--host-key", help=HOST_KEY_HELP)
+    add_store_arguments(s, reads=True)
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("tag", help="point a tag at a version (create or move it)")
     s.add_argument("spec", metavar="NAME[@VERSION]", help="the version (default: the latest)")
     s.add_argument("tag")
-    s.add_argument("--store", help=STORE_HELP)
-    s.add_argument("--key-file", help=KEY_HELP)
-    s.add_argument("--publisher-key", help=PUBLISHER_HELP)
+    add_store_arguments(s, writes=True)
     s.set_defaults(func=cmd_tag)
 
     s = sub.add_parser("rm", help="remove a model, one version, or a tag")
     s.add_argument("spec", metavar="NAME[@VERSION|@TAG]",
                    help="NAME: every version; NAME@VERSION: that version and its tags; NAME@TAG: the tag")
-    s.add_argument("--store", help=STORE_HELP)
-    s.add_argument("--key-file", help=KEY_HELP)
-    s.add_argument("--publisher-key", help=PUBLISHER_HELP)
+    add_store_arguments(s, writes=True)
     s.set_defaults(func=cmd_rm)
 
     s = sub.add_parser("gc", help="delete what no published version needs (left by failed pushes)")
-    s.add_argument("--store", help=STORE_HELP)
-    s.add_argument("--key-file", help=KEY_HELP)
+    add_store_arguments(s)
     s.add_argument("--grace", default="1h",
                    help="keep unreferenced items younger than this, e.g. 30m, 1h, 2d (a push in "
                         "progress is unreferenced until it publishes; default 1h)")

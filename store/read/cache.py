@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 #: glibc mallopt parameters, and the values that keep shard-sized blocks in the heap
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 HEAP_BLOCKS_UP_TO = 32 << 20
+#: free memory at the top of the heap kept for the next block rather than returned to the kernel:
+#: about one shard (a larger value kept up to 32 MiB per arena outside the cache budget, for no
+#: measurable CPU gain: peak RSS streaming 512 MiB with a 64 MiB budget 196-206 → 176-184 MiB)
+HEAP_KEPT_FREE = 4 << 20
 _allocator_tuned = False
 
 
@@ -48,7 +52,7 @@ def keep_freed_blocks() -> None:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return
-    ok = mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO) and mallopt(M_TRIM_THRESHOLD, HEAP_BLOCKS_UP_TO)
+    ok = mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO) and mallopt(M_TRIM_THRESHOLD, HEAP_KEPT_FREE)
     log.debug("malloc thresholds %s", "set" if ok else "left as they are")
 
 
