@@ -6,11 +6,18 @@ The CLI runner, the mount context and the stats reader are the bench's harness
 from __future__ import annotations
 
 import hashlib
+import http.client
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
 from modelfs.bench.harness import MODELFS, mount_log, mounted, run_modelfs
 from modelfs.fs.mount import detach, read_stats
+from modelfs.store.api import open_store
 
 __all__ = ["MODELFS", "detach", "mount_log", "mounted", "read_stats", "run_modelfs"]
 
@@ -97,3 +104,69 @@ def publish_failing_at(store, src: Path, name: str, shard_size: int, fail_at: in
             store.publish(src, name, shard_size=shard_size)
     finally:
         monkeypatch.setattr(publish_mod, "_read_chunks", real_chunks)
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None,
+            headers: dict | None = None, timeout: float = 30) -> tuple[int, bytes, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read(), dict(resp.getheaders())
+    finally:
+        conn.close()
+
+
+def scrape_metrics(port: int) -> dict[tuple[str, tuple], float]:
+    """``/metrics`` on 127.0.0.1 (a mount's or a node's) parsed: (sample name, sorted labels) → value."""
+    status, body, headers = request(port, "GET", "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body.decode())
+            for s in family.samples}
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set size (VmHWM) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def closed_by_peer(s: socket.socket, deadline: float) -> bool:
+    """True once the node has closed ``s`` (EOF or reset), False if still open at ``deadline``."""
+    s.settimeout(max(0.1, deadline - time.monotonic()))
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def shard_ids(store: Path, key: Path, name: str) -> list[str]:
+    s = open_store(str(store), key_file=key)
+    try:
+        return [sid.hex() for sid in s.open_model(name).manifest.shard_ids]
+    finally:
+        s.close()
+
+
+def settled(mnt: Path, timeout: float = 120.0) -> dict:
+    """The mount's stats once its disk cache has written every queued shard."""
+    deadline = time.monotonic() + timeout
+    while (stats := read_stats(mnt))["disk_cache"]["pending_writes"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return stats
+
+
+def push_random(store: str, key: Path, tmp: Path, name: str, size: int, seed: int,
+                shard_size: int = 64 * 1024) -> bytes:
+    """Push ``size`` seeded random bytes as ``name``; the bytes."""
+    data = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+    src = tmp / f"src-{seed}"
+    src.write_bytes(data)
+    run_modelfs("push", str(src), name, "--store", store, "--key-file", str(key),
+                "--shard-size", str(shard_size))
+    return data

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from helpers import MODELFS, mounted, run_modelfs
-from test_disk_cache import settled, shard_ids
-from test_metrics import push_random
+from helpers import MODELFS, mounted, push_random, run_modelfs, settled, shard_ids
 
 from modelfs.store.stats_schema import SNAPSHOT_SCHEMA
 

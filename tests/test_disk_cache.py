@@ -6,12 +6,11 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import mount_log, mounted, read_stats, run_modelfs
+from helpers import mount_log, mounted, read_stats, run_modelfs, settled, shard_ids
 
 from modelfs.store.api import open_store
 from modelfs.store.backends.layout import shard_relpath
@@ -23,14 +22,6 @@ SHARDS = 20
 def push(store: Path, key: Path, path: Path, name: str) -> None:
     run_modelfs("push", str(path), name, "--store", str(store), "--key-file", str(key),
                 "--shard-size", str(SHARD))
-
-
-def shard_ids(store: Path, key: Path, name: str) -> list[str]:
-    s = open_store(str(store), key_file=key)
-    try:
-        return [sid.hex() for sid in s.open_model(name).manifest.shard_ids]
-    finally:
-        s.close()
 
 
 def shard_offsets(store: Path, key: Path, name: str) -> list[int]:
@@ -56,14 +47,6 @@ def model(tmp_path, key_file):
     (tmp_path / "m.bin").write_bytes(data)
     push(store, key_file, tmp_path / "m.bin", "org/m")
     return store, data, shard_ids(store, key_file, "org/m")
-
-
-def settled(mnt: Path, timeout: float = 120.0) -> dict:
-    """The mount's stats once its disk cache has written every queued shard."""
-    deadline = time.monotonic() + timeout
-    while (stats := read_stats(mnt))["disk_cache"]["pending_writes"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return stats
 
 
 def hide_shards(store: Path) -> None:

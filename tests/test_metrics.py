@@ -2,35 +2,14 @@
 from __future__ import annotations
 
 import socket
-import urllib.request
-from pathlib import Path
 
-import numpy as np
 import pytest
-from helpers import mounted, read_stats, run_modelfs
-from prometheus_client.parser import text_string_to_metric_families
-from test_disk_cache import settled, shard_ids
+from helpers import mounted, push_random, read_stats, run_modelfs, scrape_metrics, settled, shard_ids
 
 from modelfs.bench.harness import free_port
 from modelfs.store.backends.layout import shard_relpath
 
 SHARD = 64 * 1024
-
-
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    """Every sample of /metrics by (name, sorted labels)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def push_random(store: str, key: Path, tmp: Path, name: str, size: int, seed: int) -> bytes:
-    data = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
-    src = tmp / f"src-{seed}"
-    src.write_bytes(data)
-    run_modelfs("push", str(src), name, "--store", store, "--key-file", str(key), "--shard-size", str(SHARD))
-    return data
 
 
 def test_metrics_follow_reads_per_model_and_per_tier(tmp_path, key_file):
@@ -41,12 +20,12 @@ def test_metrics_follow_reads_per_model_and_per_tier(tmp_path, key_file):
     port = free_port()
     with mounted(store, key_file, "256MiB", "--metrics", f"127.0.0.1:{port}",
                  "--disk-cache", str(tmp_path / "cache")) as mnt:
-        before = scrape(port)
+        before = scrape_metrics(port)
         assert before[("modelfs_bytes_served_total", ())] == 0
         assert before[("modelfs_cache_bytes", (("tier", "disk"),))] == 0
         assert (mnt / "org" / "a").read_bytes() == a
         settled(mnt)
-        after = scrape(port)
+        after = scrape_metrics(port)
         model_a, model_b = (("model", "org/a"),), (("model", "org/b"),)
         assert after[("modelfs_bytes_served_total", ())] == len(a)
         assert after[("modelfs_model_bytes_served_total", model_a)] == len(a)
@@ -74,7 +53,7 @@ def test_metrics_follow_reads_per_model_and_per_tier(tmp_path, key_file):
         path.write_bytes(bytes(raw))
         with pytest.raises(OSError):
             (mnt / "org" / "b").read_bytes()
-        failed = scrape(port)
+        failed = scrape_metrics(port)
         assert failed[("modelfs_model_errors_total", (("kind", "IntegrityError"), ("model", "org/b")))] >= 1
         assert failed[("modelfs_errors_total", (("kind", "IntegrityError"),))] >= 1
         assert ("modelfs_model_errors_total", (("kind", "IntegrityError"), ("model", "org/a"))) not in failed
@@ -86,7 +65,7 @@ def test_metrics_of_a_node_store_have_per_node_figures(nodes3, tmp_path, key_fil
     port = free_port()
     with mounted(url, key_file, "256MiB", "--metrics", f"127.0.0.1:{port}") as mnt:
         assert (mnt / "n" / "m").read_bytes() == data
-        m = scrape(port)
+        m = scrape_metrics(port)
     nodes = [n.name for n in nodes3.nodes]
     assert all(m[("modelfs_backend_node_up", (("node", n),))] == 1 for n in nodes)
     received = sum(m[("modelfs_backend_node_bytes", (("node", n),))] for n in nodes)

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from test_node_server import closed_by_peer, peak_rss_mib, request, scrape
+from helpers import closed_by_peer, peak_rss_mib, request, scrape_metrics
 
 from modelfs.bench.nodes import NodeSet
 from modelfs.store.backends.nodes.replicated import NodesBackend
@@ -139,7 +139,7 @@ def test_three_nodes_under_load_then_idle_connections(nodes3):
         for name, node_stats in backend.stats()["nodes"].items():
             assert node_stats["errors"] == 0, (name, node_stats["last_error"])
         for node in nodes3.nodes:
-            metrics = scrape(node.port)
+            metrics = scrape_metrics(node.port)
             statuses = {dict(labels)["status"]: value for (sample, labels), value in metrics.items()
                         if sample == "modelfs_node_requests_total"}
             assert all(int(status) < 400 for status in statuses), (node.name, statuses)

@@ -5,7 +5,6 @@ Every test talks to a real node process on 127.0.0.1.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import resource
 import signal
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import closed_by_peer, peak_rss_mib, request, scrape_metrics
 
 from modelfs.bench.nodes import TOKEN, NodeProc, wait_node
 from modelfs.store.backends.layout import shard_relpath
@@ -54,17 +53,6 @@ def start_limited_node(root: Path, fd_limit: int | None = None, **limits) -> Nod
     return wait_node((data, proc, log))
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None,
-            headers: dict | None = None, timeout: float = 30) -> tuple[int, bytes, dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.read(), dict(resp.getheaders())
-    finally:
-        conn.close()
-
-
 def raw_exchange(port: int, head: bytes, timeout: float = 30) -> int:
     """Send bytes exactly as given (headers aiohttp's client would never produce); the status."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -82,23 +70,6 @@ def put(port: int, path: str, data: bytes, timeout: float = 60) -> int:
                    timeout=timeout)[0]
 
 
-def peak_rss_mib(pid: int) -> float:
-    """The process's peak resident set size (VmHWM) in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc status")
-
-
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    """``/metrics`` (no token) parsed: (sample name, sorted labels) → value."""
-    status, body, headers = request(port, "GET", "/metrics")
-    assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body.decode())
-            for s in family.samples}
-
-
 def open_partial_requests(port: int, count: int) -> list[socket.socket]:
     """Connections that send half a request and then nothing (slowloris)."""
     socks = []
@@ -107,17 +78,6 @@ def open_partial_requests(port: int, count: int) -> list[socket.socket]:
         s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         socks.append(s)
     return socks
-
-
-def closed_by_peer(s: socket.socket, deadline: float) -> bool:
-    """True once the node has closed ``s`` (EOF or reset), False if still open at ``deadline``."""
-    s.settimeout(max(0.1, deadline - time.monotonic()))
-    try:
-        return s.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
 
 
 @pytest.fixture
@@ -139,7 +99,7 @@ def test_partial_headers_are_cut_off_and_health_answers_with_few_descriptors(tmp
             assert status == 200 and b'"ok"' in body
         deadline = time.monotonic() + 60
         assert all(closed_by_peer(s, deadline) for s in socks)
-        metrics = scrape(n.port)
+        metrics = scrape_metrics(n.port)
         evicted = metrics[("modelfs_node_refused_total", (("reason", "connection_limit"),))]
         timed_out = metrics[("modelfs_node_refused_total", (("reason", "idle_timeout"),))]
         assert evicted >= 150 - 64 and evicted + timed_out >= 150
@@ -157,7 +117,7 @@ def test_stalled_body_gets_408_and_leaves_nothing(node):
         reply = s.recv(65536)
     assert reply.startswith(b"HTTP/1.1 408")
     assert [p for p in node.data.rglob("*") if p.is_file()] == []
-    assert scrape(node.port)[("modelfs_node_refused_total", (("reason", "body_timeout"),))] == 1
+    assert scrape_metrics(node.port)[("modelfs_node_refused_total", (("reason", "body_timeout"),))] == 1
 
 
 def test_sigterm_with_idle_and_stalled_connections_exits_0(node):
@@ -194,7 +154,7 @@ def test_eight_concurrent_large_puts_keep_node_memory_bounded(tmp_path):
             assert (n.data / "objects" / "big" / str(i)).read_bytes() == bodies[i % 2]
         # buffered whole, 8 bodies alone would be 504 MiB; streamed, 4 slots of ~1 MiB chunks
         assert peak - before < 64, f"node grew from {before:.0f} to {peak:.0f} MiB"
-        metrics = scrape(n.port)
+        metrics = scrape_metrics(n.port)
         assert metrics[("modelfs_node_received_bytes_total", ())] == 8 * 63 * MiB
         assert metrics[("modelfs_node_uploads_in_flight", ())] == 0
     finally:
@@ -224,7 +184,7 @@ def test_symlinks_in_the_data_dir_are_never_followed(node, tmp_path):
         assert request(node.port, "DELETE", path, headers=auth())[0] == 403, path
     assert secret.read_bytes() == b"not yours" and (outside / sid).exists()
     assert sorted(p.name for p in outside.iterdir()) == sorted(["secret", sid])
-    assert scrape(node.port)[("modelfs_node_refused_total", (("reason", "symlink"),))] == 12
+    assert scrape_metrics(node.port)[("modelfs_node_refused_total", (("reason", "symlink"),))] == 12
 
 
 def test_malformed_headers_get_4xx(node):
@@ -248,7 +208,7 @@ def test_malformed_headers_get_4xx(node):
         assert (status, body) == (206, expected), good
     status, body, headers = request(node.port, "HEAD", "/objects/r", headers=auth())
     assert (status, body, headers["Content-Length"]) == (200, b"", str(len(data)))
-    statuses = {k[1] for k in scrape(node.port) if k[0] == "modelfs_node_requests_total"}
+    statuses = {k[1] for k in scrape_metrics(node.port) if k[0] == "modelfs_node_requests_total"}
     assert not any(dict(labels)["status"].startswith("5") for labels in statuses)
 
 
@@ -278,7 +238,7 @@ def test_metrics_count_requests_bytes_and_refusals(node):
     assert request(node.port, "PUT", "/objects/b", data,
                    auth({DIGEST_HEADER: "0" * 64}))[0] == 400
     assert not (node.data / "objects" / "b").exists()
-    m = scrape(node.port)
+    m = scrape_metrics(node.port)
 
     def requests(method: str, status: int) -> float:
         return m.get(("modelfs_node_requests_total", (("method", method), ("status", str(status)))), 0)
