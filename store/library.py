@@ -165,8 +165,7 @@ class Library:
             self._heads = heads if not errors else {}  # retry what failed next time
             largest = max((r.manifest.shard_size for view in names.values()
                            for v in view.versions.values() for r in v.readers.values()), default=0)
-            # each loader (readahead threads + the FUSE thread) holds about two shards of scratch
-            self.cache.set_working_bytes((self.threads + 1) * 2 * largest)
+            self.cache.set_loaders(self.threads + 1, largest)  # readahead threads + a FUSE thread
         return errors
 
     def _load(self, name: str, seq: int, current: NameView | None) -> NameView:

@@ -2,7 +2,7 @@
 import numpy as np
 
 from modelfs.store.format import codec
-from modelfs.store.read.cache import BUFFER_STEP, ShardCache
+from modelfs.store.read.cache import BUFFER_STEP, PAGE, ShardCache
 from modelfs.store.stats import Stats
 
 SHARD = 1 << 20
@@ -40,8 +40,9 @@ def test_evicted_buffers_are_decoded_into_again_unless_a_view_is_alive():
     load(9, SHARD - 4096)  # evicts shard 1, which nobody holds: its buffer is decoded into again
     assert 1 not in cache and addresses[9] == addresses[1]
     assert bytes(held) == originals[0][10:20]
-    small = cache.take_buffer(1000)  # a much smaller shard gets a new buffer of one step
-    assert len(small) == 1000 and len(small.base) == BUFFER_STEP
+    small = cache.take_buffer(1000)  # a much smaller shard gets a new buffer of one page
+    assert len(small) == 1000 and len(small.base) == PAGE
+    assert len(cache.take_buffer(BUFFER_STEP + 1).base) == 2 * BUFFER_STEP  # large ones: MiB steps
 
 
 def test_decode_into_a_recycled_buffer_gives_the_right_bytes():

@@ -107,14 +107,15 @@ def test_a_load_in_flight_holds_its_size_of_the_budget():
     assert cache.used_bytes == 400 and all(k in cache for k in "bcd")
 
 
-def test_working_bytes_come_out_of_the_budget():
-    cache = ShardCache(400, Stats())
+def test_loader_workspaces_come_out_of_the_budget():
+    cache = ShardCache(1200, Stats())
     for key in "abcd":
-        cache.get(key, lambda: b"." * 100, 100)
-    cache.set_working_bytes(100)
-    assert cache.used_bytes == 300 and "a" not in cache
-    cache.set_working_bytes(10_000)  # at most a quarter of the budget
-    assert cache.used_bytes == 300
+        cache.get(key, lambda: b"." * 300, 300)
+    cache.set_loaders(1, 100)  # one loader: three shards of 100 bytes of workspace
+    assert cache.used_bytes == 900 and "a" not in cache
+    assert cache.workspaces.keep == 1
+    cache.set_loaders(4, 1000)  # at most a quarter of the budget
+    assert cache.used_bytes == 900 and cache.workspaces.keep == 4
 
 
 def test_eviction_accounting_tells_used_from_wasted_readahead():

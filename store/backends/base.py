@@ -24,6 +24,9 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+#: what a buffer handed to ``read_shard_into`` should be aligned and sized to (O_DIRECT)
+READ_ALIGNMENT = 4096
+
 
 @dataclass(frozen=True)
 class ShardLocation:
@@ -132,15 +135,25 @@ class Backend(abc.ABC):
         ``read_shard_verified``.
         """
 
+    def read_shard_into(self, shard_id: str, location: ShardLocation, length: int,
+                        into: memoryview) -> bytes | memoryview:
+        """The stored bytes, read into ``into`` (a reusable buffer of at least ``length`` bytes,
+        best ``length`` rounded up to ``READ_ALIGNMENT`` and aligned to it) where the backend
+        reads into memory it is given; otherwise its own bytes."""
+        return self.read_shard(shard_id, location, length)
+
     def read_shard_verified(self, shard_id: str, location: ShardLocation, length: int,
-                            verify: Callable[[bytes], T]) -> T:
+                            verify: Callable[[bytes | memoryview], T], into: memoryview | None = None) -> T:
         """Read a shard and pass it through ``verify(bytes) -> result``.
 
         ``verify`` raises ``IntegrityError`` on bad bytes. Backends with several
         replicas override this to fail over to the next replica on such errors;
-        the default has one copy and just calls ``verify`` once.
+        the default has one copy and just calls ``verify`` once. With ``into``
+        the bytes may be a view of it (``read_shard_into``), valid until ``verify`` returns.
         """
-        return verify(self.read_shard(shard_id, location, length))
+        stored = (self.read_shard(shard_id, location, length) if into is None
+                  else self.read_shard_into(shard_id, location, length, into))
+        return verify(stored)
 
     # -- garbage collection ------------------------------------------------------
     @abc.abstractmethod

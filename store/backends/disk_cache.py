@@ -253,7 +253,8 @@ class DiskCachedBackend(Backend):
         return getattr(self.inner, name)  # backend-specific extras (node list, URL, ...)
 
     def read_shard_verified(self, shard_id: str, location: ShardLocation, length: int,
-                            verify: Callable[[bytes], T]) -> T:
+                            verify: Callable[[bytes | memoryview], T], into: memoryview | None = None) -> T:
+        # ``into`` is not used: the disk cache keeps what was fetched after this returns
         stored = self.cache.get(shard_id)
         if stored is not None:
             try:
@@ -264,9 +265,9 @@ class DiskCachedBackend(Backend):
                 self.cache.count(hits=1, hit_bytes=len(stored))
                 return result
 
-        def verify_and_keep(fetched: bytes) -> T:
+        def verify_and_keep(fetched: bytes | memoryview) -> T:
             result = verify(fetched)
-            self.cache.put(shard_id, fetched)
+            self.cache.put(shard_id, bytes(fetched))  # bytes already (no ``into``): no copy
             return result
 
         self.cache.count(misses=1, miss_bytes=length)

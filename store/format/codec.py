@@ -136,10 +136,10 @@ def _output(out: np.ndarray | None, length: int) -> np.ndarray:
     return np.empty(length, dtype=np.uint8)
 
 
-def ungroup(data: bytes, width: int, out: np.ndarray | None = None) -> bytes | memoryview:
-    """Undo ``group``, into ``out`` when given; the result is read-only bytes or a memoryview."""
+def ungroup(data: bytes | np.ndarray, width: int, out: np.ndarray | None = None) -> memoryview:
+    """Undo ``group``, into ``out`` when given; the result is a read-only memoryview."""
     if width == 1:
-        return data
+        return np.frombuffer(data, dtype=np.uint8).data.toreadonly()
     n = len(data) // width * width
     planes = np.frombuffer(data, dtype=np.uint8, count=n).reshape(width, -1)
     out = _output(out, len(data))
@@ -192,14 +192,20 @@ def _decompress_into(frame: memoryview, target: np.ndarray) -> np.ndarray:
     return target[:filled]
 
 
-def _unpack_planes(payload: bytes, width: int, length: int, out: np.ndarray | None) -> memoryview:
+def _scratch(scratch: np.ndarray | None, size: int) -> np.ndarray:
+    """Room for intermediate bytes: the caller's reusable buffer when it is big enough."""
+    return scratch[:size] if scratch is not None and len(scratch) >= size else np.empty(size, np.uint8)
+
+
+def _unpack_planes(payload: bytes | memoryview, width: int, length: int, out: np.ndarray | None,
+                   scratch: np.ndarray | None) -> memoryview:
     """Decode a PLANES payload straight into one preallocated output; stored planes are
-    read in place."""
+    read in place, compressed ones go through ``scratch``."""
     plane = length // width
     view = memoryview(payload)
     at = width * _PLANE_HEADER.size
     planes = []
-    scratch = np.empty(width * plane, dtype=np.uint8)  # for the planes that were compressed
+    scratch = _scratch(scratch, width * plane)
     for k in range(width):
         size, compressed = _PLANE_HEADER.unpack_from(payload, k * _PLANE_HEADER.size)
         stored = np.frombuffer(view[at:at + size], dtype=np.uint8)
@@ -234,23 +240,32 @@ def encode(data: bytes | memoryview, level: int = ZSTD_LEVEL, width: int = 0) ->
     return EncodedShard(RAW | STORED << 4, len(view), bytes(view))
 
 
-def decode(codec: int, length: int, payload: bytes, out: np.ndarray | None = None) -> bytes | memoryview:
-    """The plaintext of a shard; grouped data is written into ``out`` (a uint8 array of
-    ``length`` that owns its memory) when given, and the result is a view of it."""
+def decode(codec: int, length: int, payload: bytes | memoryview, out: np.ndarray | None = None,
+           scratch: np.ndarray | None = None) -> memoryview:
+    """The plaintext of a shard, as a read-only view of ``out`` (a uint8 array of ``length``
+    that owns its memory) when given, else of a new array. ``scratch`` (a reusable uint8
+    array, used when it holds ``length`` bytes) takes intermediate bytes, so ``payload`` may
+    be a view of memory the caller reuses: the result never points into it."""
     width = GROUP_WIDTH.get(codec & 0xF)
-    if width is None or codec >> 4 not in COMPRESSION_NAMES:
+    compression = codec >> 4
+    if width is None or compression not in COMPRESSION_NAMES:
         raise IntegrityError(f"unknown shard codec {codec:#x}")
-    if codec >> 4 == PLANES:
+    if compression == PLANES:
         if len(payload) < width * _PLANE_HEADER.size:
             raise IntegrityError("shard is shorter than its plane table")
-        return _unpack_planes(payload, width, length, out)
-    if codec >> 4 == ZSTD:
-        try:
-            plain = _decompressor().decompress(payload, max_output_size=length)
-        except zstandard.ZstdError as e:
-            raise IntegrityError(f"shard does not decompress: {e}") from None
+        return _unpack_planes(payload, width, length, out, scratch)
+    plain: np.ndarray
+    if compression == ZSTD:
+        target = _scratch(scratch, length) if width > 1 else _output(out, length)
+        plain = _decompress_into(memoryview(payload), target)
     else:
-        plain = payload
+        plain = np.frombuffer(payload, dtype=np.uint8)
     if len(plain) != length:
         raise IntegrityError(f"shard decodes to {len(plain)} bytes, expected {length}")
-    return ungroup(plain, width, out)
+    if width > 1:
+        return ungroup(plain, width, out)
+    if compression == STORED:  # copied out of the payload, which may be reused
+        target = _output(out, length)
+        target[:] = plain
+        plain = target
+    return _readonly(plain)

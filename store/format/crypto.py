@@ -15,6 +15,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -99,7 +100,7 @@ class ShardCipher:
         self._id_key = keys.id_key
         self._aead = AESGCM(keys.enc_key)
 
-    def shard_id(self, codec_params: bytes, stored_plaintext: bytes) -> bytes:
+    def shard_id(self, codec_params: bytes, stored_plaintext: bytes | memoryview) -> bytes:
         mac = hmac.new(self._id_key, codec_params, hashlib.sha256)
         mac.update(stored_plaintext)
         return mac.digest()
@@ -108,14 +109,21 @@ class ShardCipher:
     def _associated_data(shard_id: bytes) -> bytes:
         return bytes([FORMAT_VERSION]) + shard_id
 
-    def encrypt(self, shard_id: bytes, stored_plaintext: bytes) -> bytes:
+    def encrypt(self, shard_id: bytes, stored_plaintext: bytes | memoryview) -> bytes:
         return self._aead.encrypt(shard_id[:NONCE_BYTES], stored_plaintext,
                                   self._associated_data(shard_id))
 
-    def decrypt(self, shard_id: bytes, ciphertext: bytes) -> bytes:
+    def decrypt(self, shard_id: bytes, ciphertext: bytes | memoryview,
+                out: np.ndarray | None = None) -> bytes | memoryview:
+        """The stored plaintext; written into ``out`` (a uint8 array of at least the plaintext's
+        length) when given, and then a view of it: no new memory for each shard."""
+        nonce, associated = shard_id[:NONCE_BYTES], self._associated_data(shard_id)
         try:
-            return self._aead.decrypt(shard_id[:NONCE_BYTES], ciphertext,
-                                      self._associated_data(shard_id))
+            if out is None or len(ciphertext) < TAG_BYTES:
+                return self._aead.decrypt(nonce, ciphertext, associated)
+            plain = out[:len(ciphertext) - TAG_BYTES]
+            self._aead.decrypt_into(nonce, ciphertext, associated, plain.data)
+            return plain.data
         except InvalidTag:
             raise IntegrityError(f"shard {shard_id.hex()[:16]} failed authentication "
                                  f"(corrupt, truncated or tampered)") from None

@@ -25,6 +25,7 @@ import cachetools
 import numpy as np
 
 from ..stats import Stats
+from .workspace import WorkspacePool
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,18 @@ def keep_freed_blocks() -> None:
     log.debug("malloc thresholds %s", "set" if ok else "left as they are")
 
 
-#: evicted buffers kept for the next loads to decode into: outside the budget (counting them
-#: in it would make every load evict one more shard), so at most this many shards beyond it
+#: evicted buffers kept for the next loads to decode into: one per load in progress (whose
+#: reservation in the budget they fill) and at most this many more, outside the budget
 SPARE_BUFFERS = 1
 
 
-#: shard buffers are allocated in multiples of this, so that one fits many shard sizes
+#: shard-sized buffers in one load's workspace (see ``workspace.py``)
+WORKSPACE_SHARDS = 3
+
+#: shard buffers of a MiB or more are allocated in multiples of this, so that one fits many
+#: shard sizes; smaller ones in pages
 BUFFER_STEP = 1 << 20
+PAGE = 4096
 
 
 def _owner(value) -> np.ndarray | None:
@@ -78,8 +84,9 @@ def footprint(value) -> int:
 
 
 def new_buffer(size: int) -> np.ndarray:
-    """A buffer for one shard, its capacity rounded up to ``BUFFER_STEP``."""
-    return np.empty(-(-size // BUFFER_STEP) * BUFFER_STEP, dtype=np.uint8)[:size]
+    """A buffer for one shard, its capacity rounded up to ``BUFFER_STEP`` (or a page)."""
+    step = BUFFER_STEP if size >= BUFFER_STEP else PAGE
+    return np.empty(-(-size // step) * step, dtype=np.uint8)[:size]
 
 
 class _CountingLRU(cachetools.LRUCache):
@@ -115,6 +122,7 @@ class ShardCache:
         self._working_bytes = 0  # kept free for the loaders' scratch buffers
         self._prefetched: set[Hashable] = set()  # inserted by readahead, not read yet
         self._spare: list[np.ndarray] = []  # evicted buffers to decode into again
+        self.workspaces = WorkspacePool()
         keep_freed_blocks()
 
     @property
@@ -137,7 +145,7 @@ class ShardCache:
         self._stats.add(evictions=1, evicted_bytes=len(value), readahead_wasted=int(wasted))
         owner = _owner(value)
         if owner is not None:
-            if len(self._spare) >= SPARE_BUFFERS:
+            if len(self._spare) >= len(self._inflight) + SPARE_BUFFERS:
                 del self._spare[0]
             self._spare.append(owner)
 
@@ -160,11 +168,13 @@ class ShardCache:
                 return buffer[:size]
         return new_buffer(size)
 
-    def set_working_bytes(self, nbytes: int) -> None:
-        """Keep ``nbytes`` of the budget free for what loaders hold while decoding
-        (ciphertext, compressed payload); at most a quarter of the budget."""
+    def set_loaders(self, loaders: int, largest_shard: int) -> None:
+        """Keep room in the budget for the workspaces of ``loaders`` concurrent loads of shards
+        up to ``largest_shard`` bytes (stored bytes, payload, planes: three shards each), at
+        most a quarter of the budget, and keep that many workspaces between loads."""
         with self._lock:
-            self._working_bytes = min(nbytes, self.budget // 4)
+            self.workspaces.keep = loaders
+            self._working_bytes = min(loaders * WORKSPACE_SHARDS * largest_shard, self.budget // 4)
             self._make_room()
 
     def _make_room(self) -> None:

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from ..backends.base import Backend
+from ..backends.base import READ_ALIGNMENT, Backend
 from ..errors import IntegrityError, ModelfsError
 from ..format.codec import decode
 from ..format.crypto import ShardCipher
@@ -58,7 +58,9 @@ class ModelReader:
 
     # -- one shard -------------------------------------------------------------
     def _load(self, index: int) -> np.ndarray:
-        """Fetch, check and decode one shard into a (recycled) buffer; the cache keeps the array."""
+        """Fetch, check and decode one shard into a (recycled) buffer; the cache keeps the array.
+        The stored bytes, the payload and the decompressed planes pass through a borrowed
+        workspace, so a load allocates no memory of its own."""
         m = self.manifest
         shard_id = m.shard_ids[index]
         stored_length = int(m.stored_lengths[index])
@@ -66,20 +68,21 @@ class ModelReader:
         started = time.monotonic()
         fetched_at = started
 
-        def verify(stored: bytes) -> np.ndarray:
+        def verify(stored: bytes | memoryview) -> np.ndarray:
             nonlocal fetched_at
             fetched_at = time.monotonic()
             if len(stored) != stored_length:
                 raise IntegrityError(f"shard {index} is truncated ({len(stored)} of {stored_length} bytes)")
-            payload = self._cipher.decrypt(shard_id, stored)
-            plain = decode(codec, length, payload, self._cache.take_buffer(length) if codec & 0xF else None)
-            if isinstance(plain, memoryview) and isinstance(plain.obj, np.ndarray):
-                return plain.obj  # the buffer decode wrote into
-            return np.frombuffer(plain, dtype=np.uint8)
+            payload = self._cipher.decrypt(shard_id, stored, workspace.buffer("payload", stored_length))
+            plain = decode(codec, length, payload, self._cache.take_buffer(length),
+                           workspace.buffer("scratch", length))
+            return plain.obj if isinstance(plain.obj, np.ndarray) else np.frombuffer(plain, np.uint8)
 
         try:
-            plain: np.ndarray = self._backend.read_shard_verified(self._keys[index], m.location(index),
-                                                      stored_length, verify)
+            with self._cache.workspaces.borrow() as workspace:
+                plain: np.ndarray = self._backend.read_shard_verified(
+                    self._keys[index], m.location(index), stored_length, verify,
+                    workspace.buffer("stored", -(-stored_length // READ_ALIGNMENT) * READ_ALIGNMENT).data)
         except ModelfsError as e:
             self._stats.error(type(e).__name__)
             error = type(e)(f"model {m.name} (version {m.version_id}) shard {index} "
@@ -140,6 +143,11 @@ class ModelReader:
             return b"", -1, -1
         started = time.monotonic()
         first, last = self.shard_span(offset, length)
+        if last > first and self._pool is not None:
+            # a range over several shards: load the later ones beside the first, not after it
+            for index in range(first + 1, last + 1):
+                if not self.is_loaded(index):
+                    self.prefetch(index)
         offsets = self._offsets
         pieces: list[np.ndarray] = []
         hit_bytes = 0

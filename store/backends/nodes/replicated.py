@@ -238,10 +238,10 @@ class NodesBackend(Backend):
                                  lambda node: node.request("HEAD", shard_relpath(shard_id)))
 
     def read_shard(self, shard_id: str, location: ShardLocation, length: int) -> bytes:
-        return self.read_shard_verified(shard_id, location, length, lambda data: data)
+        return self.read_shard_verified(shard_id, location, length, bytes)  # bytes already: no copy
 
     def read_shard_verified(self, shard_id: str, location: ShardLocation, length: int,
-                            verify: Callable[[bytes], T]) -> T:
+                            verify: Callable[[bytes | memoryview], T], into: memoryview | None = None) -> T:
         relpath = shard_relpath(shard_id)
         errors: dict[str, Exception] = {}
         for name in self._order(self.replica_nodes(shard_id, location)):
