@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelfs.store.config import ReadOptions
+from modelfs.store.config import DEFAULT_SHARD_SIZE, ReadOptions
 
 MiB = 1 << 20
 
@@ -34,7 +34,7 @@ class BenchOptions:
     json_out: Path | None = None
     runs: int = 3
     read: ReadOptions = field(default=BENCH_READ)
-    shard_size: int = 4 * MiB
+    shard_size: int = DEFAULT_SHARD_SIZE
     block: int = 4 * MiB
     random_block: int = 1 * MiB
     random_reads: int = 256

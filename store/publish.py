@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends.base import Backend, ShardLocation, ShardWriter
+from .config import DEFAULT_SHARD_SIZE
 from .errors import BackendError, InvalidInput
 from .format.catalog import check_relpath
 from .format.chunking import Cut, read_cuts
@@ -28,7 +29,6 @@ from .format.manifest import Manifest, ShardEntry
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SHARD_SIZE = 4 * 1024 * 1024
 MIN_SHARD_SIZE = 64 * 1024
 MAX_SHARD_SIZE = 256 * 1024 * 1024
 ENCODE_THREADS = 2

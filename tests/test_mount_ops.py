@@ -206,6 +206,16 @@ def start_foreground(store_dir, key_file, mountpoint, *extra, env=None) -> subpr
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
 
 
+def test_the_command_line_starts_no_threads_before_the_mount_blocks_stop_signals():
+    """Parsing the command line imports neither numpy nor pyarrow: they start threads on import,
+    and a stop signal delivered to one of those would never reach the mount's signal thread."""
+    probe = ("import sys, threading; from modelfs.tools.cli import build_parser; build_parser(); "
+             "print(sorted(m for m in ('numpy', 'pyarrow', 'torch') if m in sys.modules), "
+             "threading.active_count())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[]", "1"], out
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_stop_signal_unmounts_and_exits_0(model, key_file, store_dir, mountpoint, sig):
     daemon = start_foreground(store_dir, key_file, mountpoint)

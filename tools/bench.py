@@ -71,7 +71,7 @@ def register(sub) -> None:
             shown = size(value) if f.metadata["kind"] == "size" else value
             s.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
                            help=f"{f.metadata['help']}, of the benchmarked mount (default {shown})")
-    s.add_argument("--shard-size", default=size(d.shard_size))
+    s.add_argument("--shard-size", default=size(d.shard_size), help="target shard size of the pushes")
     s.add_argument("--random-reads", type=int, default=d.random_reads, help="number of random 1 MiB reads")
     s.add_argument("--torch-size", default=size(d.torch_size), help="size of the torch.load checkpoint")
     s.add_argument("--seed", type=int, default=d.seed)

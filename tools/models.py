@@ -7,6 +7,7 @@ import json
 import logging
 import time
 
+from modelfs.store.config import DEFAULT_SHARD_SIZE
 from modelfs.store.errors import ModelfsError, NotFound, NotGranted
 from modelfs.store.sizes import format_size, parse_size
 
@@ -134,7 +135,8 @@ def register(sub) -> None:
     s.add_argument("file", help="a model file, or a folder (all its files form one version)")
     s.add_argument("name", help="model name, may contain / (e.g. org/bert-base)")
     add_store_arguments(s, writes=True)
-    s.add_argument("--shard-size", default="4MiB")
+    s.add_argument("--shard-size", default=format_size(DEFAULT_SHARD_SIZE),
+                   help="target shard size (default %(default)s): the unit a read fetches and decodes")
     s.add_argument("--progress", action="store_true", help=PROGRESS_HELP)
     s.set_defaults(func=cmd_push)
 

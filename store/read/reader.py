@@ -24,8 +24,18 @@ from ..format.manifest import Manifest
 from ..stats import Stats
 from .cache import ShardCache
 from .window import ReadaheadPlan, ReadaheadWindow
+from .workspace import Workspace
 
 log = logging.getLogger(__name__)
+
+
+def decode_shard(cipher: ShardCipher, shard_id: bytes, codec: int, length: int, stored: bytes | memoryview,
+                 out: np.ndarray, workspace: Workspace) -> np.ndarray:
+    """Authenticate, decrypt and decode one stored shard into ``out`` (``length`` bytes), with the
+    payload and the decompressed planes in ``workspace``."""
+    payload = cipher.decrypt(shard_id, stored, workspace.buffer("payload", len(stored)))
+    plain = decode(codec, length, payload, out, workspace.buffer("scratch", length))
+    return plain.obj if isinstance(plain.obj, np.ndarray) else np.frombuffer(plain, np.uint8)
 
 
 class ModelReader:
@@ -73,10 +83,8 @@ class ModelReader:
             fetched_at = time.monotonic()
             if len(stored) != stored_length:
                 raise IntegrityError(f"shard {index} is truncated ({len(stored)} of {stored_length} bytes)")
-            payload = self._cipher.decrypt(shard_id, stored, workspace.buffer("payload", stored_length))
-            plain = decode(codec, length, payload, self._cache.take_buffer(length),
-                           workspace.buffer("scratch", length))
-            return plain.obj if isinstance(plain.obj, np.ndarray) else np.frombuffer(plain, np.uint8)
+            return decode_shard(self._cipher, shard_id, codec, length, stored,
+                                self._cache.take_buffer(length), workspace)
 
         try:
             with self._cache.workspaces.borrow() as workspace:
