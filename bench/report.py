@@ -175,8 +175,8 @@ def _header(report: dict) -> list[str]:
         f"manifest {m['manifest_bytes']} B",
         push,
         *_peer_lines(report),
-        f"single-core decode (AES-GCM + zstd + un-group), {report['decode']['shards']} shards: "
-        f"{report['decode']['gb_s']:.2f} GB/s of model bytes",
+        f"single-core decode (AES-GCM + zstd + un-group), {report['decode']['shards']} shards, median of "
+        f"{report['decode'].get('passes', 1)} passes: {report['decode']['gb_s']:.2f} GB/s of model bytes",
         f"median of {report['options']['runs']} run(s); MB/s = 10^6 bytes/s; "
         "cold = fresh mount + dropped page cache",
         "",
