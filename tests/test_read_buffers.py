@@ -53,3 +53,23 @@ def test_decode_into_a_recycled_buffer_gives_the_right_bytes():
     buffer.flags.writeable = True
     plain = codec.decode(shard.codec, shard.length, shard.payload, buffer[:SHARD - 6])
     assert plain == data and np.shares_memory(plain.obj, buffer)
+
+
+def test_a_dropped_shard_is_gone_and_its_buffer_decoded_into_next():
+    cache = ShardCache(64 * SHARD, Stats())
+    addresses = {}
+
+    def load(key: int, prefetch: bool = False) -> None:
+        def decode_one() -> np.ndarray:
+            _, array = decoded(cache, key)
+            addresses[key] = owner_address(array)
+            return array
+        cache.get(key, decode_one, SHARD, prefetch=prefetch)
+
+    load(0)
+    load(1, prefetch=True)
+    assert not cache.drop(1)  # brought in by readahead and not read yet: kept
+    assert cache.drop(0) and 0 not in cache and not cache.drop(0)
+    load(2)  # the budget is far from full, yet no new memory
+    assert addresses[2] == addresses[0]
+    assert cache.used_bytes == 2 * SHARD and 1 in cache

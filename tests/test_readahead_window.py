@@ -1,5 +1,5 @@
 """The readahead policy of one open file, without threads or a store."""
-from modelfs.store.read.window import RUN_TO_WINDOW, ReadaheadWindow
+from modelfs.store.read.window import DROP_BEHIND, RUN_TO_WINDOW, ReadaheadWindow
 
 MiB = 1 << 20
 
@@ -94,3 +94,26 @@ def test_reset_returns_what_is_still_queued():
     assert set(window.reset()) == queued and queued
     assert window.ahead == set()
     assert window.observe(0, 0).cancel == []
+
+
+def test_a_sequential_run_releases_the_shards_it_left_behind():
+    window = fixed(100, shard=2 * MiB)
+    released = [i for s in range(0, 60) for i in window.observe(s, s).release]
+    # each shard once, in order, and only those ending DROP_BEHIND or more before the reader
+    assert released == list(range(len(released)))
+    behind = DROP_BEHIND // (2 * MiB)
+    assert released[-1] == 59 - behind - 1  # ends exactly DROP_BEHIND before shard 59 starts
+    # a request that arrives late, from within the drop distance, releases nothing new
+    assert window.observe(57, 57).release == []
+
+
+def test_seeks_and_random_reads_release_nothing_of_the_old_run():
+    window = fixed(100, shard=2 * MiB)
+    stream(window, range(0, 10))
+    before = window.released
+    assert window.observe(70, 70).release == []  # a seek: a new run starts there
+    assert all(window.observe(i, i).release == [] for i in (30, 5, 90, 12))  # random reads
+    assert window.released == 12 and before < 10
+    # a new run releases only its own shards
+    run = [i for s in range(40, 60) for i in window.observe(s, s).release]
+    assert run and min(run) == 40

@@ -126,6 +126,10 @@ class ModelReader:
         except ModelfsError:
             pass  # counted and logged by _load; the reader retries and sees the error
 
+    def release(self, index: int) -> None:
+        """A stream is done with this shard (see ``ReadaheadWindow``)."""
+        self._cache.drop(self._keys[index])
+
     def is_loaded(self, index: int) -> bool:
         return self._keys[index] in self._cache
 
@@ -201,6 +205,8 @@ class ReadStream:
         for index in plan.prefetch:
             if not self.reader.is_loaded(index):
                 self._ahead[index] = self.reader.prefetch(index)
+        for index in plan.release:
+            self.reader.release(index)
 
     def cancel(self) -> None:
         """Drop queued readahead; running loads finish into the cache."""
