@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def _address(buffer: memoryview) -> int:
-    return ctypes.addressof(ctypes.c_char.from_buffer(buffer)) if not buffer.readonly else 1
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
 
 
 def _read_fully(f: io.FileIO, view: memoryview) -> memoryview:
@@ -42,6 +42,7 @@ def _read_fully(f: io.FileIO, view: memoryview) -> memoryview:
     while filled < len(view) and (got := f.readinto(view[filled:])):
         filled += got
     return view[:filled]
+
 
 class LocalShardWriter(ShardWriter):
     """Shards are content-addressed files, durable when ``put`` returns."""

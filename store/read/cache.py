@@ -25,7 +25,7 @@ import cachetools
 import numpy as np
 
 from ..stats import Stats
-from .workspace import WorkspacePool
+from .workspace import SHARDS_PER_WORKSPACE, WorkspacePool
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,6 @@ def keep_freed_blocks() -> None:
 #: reservation in the budget they fill) and at most this many more, outside the budget
 SPARE_BUFFERS = 1
 
-
-#: shard-sized buffers in one load's workspace (see ``workspace.py``)
-WORKSPACE_SHARDS = 3
 
 #: shard buffers of a MiB or more are allocated in multiples of this, so that one fits many
 #: shard sizes; smaller ones in pages
@@ -184,7 +181,7 @@ class ShardCache:
         most a quarter of the budget, and keep that many workspaces between loads."""
         with self._lock:
             self.workspaces.keep = loaders
-            self._working_bytes = min(loaders * WORKSPACE_SHARDS * largest_shard, self.budget // 4)
+            self._working_bytes = min(loaders * SHARDS_PER_WORKSPACE * largest_shard, self.budget // 4)
             self._make_room()
 
     def _make_room(self) -> None:

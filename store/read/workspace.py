@@ -18,6 +18,8 @@ from ..backends.base import READ_ALIGNMENT
 
 #: workspace buffers grow in steps of this, so that one fits shards of many sizes
 GROWTH_STEP = 1 << 20
+#: shard-sized buffers one load's workspace holds at most: stored bytes, payload, planes
+SHARDS_PER_WORKSPACE = 3
 
 
 class Workspace:
