@@ -120,6 +120,33 @@ def test_stalled_body_gets_408_and_leaves_nothing(node):
     assert scrape_metrics(node.port)[("modelfs_node_refused_total", (("reason", "body_timeout"),))] == 1
 
 
+def test_reader_that_takes_nothing_is_cut_off_and_others_are_served(node):
+    """Shards go out with sendfile; a client that stops reading still costs at most the body
+    timeout, and the node serves everyone else meanwhile, byte for byte."""
+    sid = "cd" * 32
+    data = os.urandom(24 << 20)  # more than the socket buffers hold
+    path = node.data / shard_relpath(sid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    with socket.socket() as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        stalled.connect(("127.0.0.1", node.port))
+        stalled.sendall(f"GET /{shard_relpath(sid)} HTTP/1.1\r\nHost: x\r\n"
+                        f"Authorization: Bearer {TOKEN}\r\n\r\n".encode())
+        assert request(node.port, "GET", f"/{shard_relpath(sid)}", headers=auth())[1] == data
+        deadline = time.monotonic() + 60
+        key = ("modelfs_node_refused_total", (("reason", "body_timeout"),))
+        while scrape_metrics(node.port).get(key, 0) < 1:
+            assert time.monotonic() < deadline, "a stalled reader was never cut off"
+            time.sleep(0.2)
+        stalled.settimeout(30)
+        received = 0
+        while chunk := stalled.recv(1 << 20):
+            received += len(chunk)
+        assert received < len(data)  # closed before the whole body went out
+    assert scrape_metrics(node.port)[("modelfs_node_sent_bytes_total", ())] >= len(data)
+
+
 def test_sigterm_with_idle_and_stalled_connections_exits_0(node):
     socks = open_partial_requests(node.port, 20)
     try:
