@@ -198,15 +198,18 @@ def test_read_survives_a_stopped_datanode(hdfs):
 
 def test_namenode_down_fails_bounded_then_recovers(hdfs):
     b = HdfsBackend.from_url(hdfs.fresh_url("namenode"))
-    (sid, data), = random_shards(1, 500_000, seed=6)
+    (sid, data), (other_sid, other) = random_shards(2, 500_000, seed=6)
     loc, = write_pack(b, "v-nn", [(sid, data)])
+    other_loc, = write_pack(b, "v-nn-other", [(other_sid, other)])
     b.put_object("catalog/x", b"entry")
     assert b.read_shard(sid, loc, len(data)) == data
 
     hdfs.stop_namenode()
+    # a pack already open keeps its block locations: its shards still come from the datanodes
+    assert b.read_shard(sid, loc, len(data)) == data
     started = time.monotonic()
     with pytest.raises(BackendError) as err:
-        b.read_shard(sid, loc, len(data))
+        b.read_shard(other_sid, other_loc, len(other))  # opening a pack needs the namenode
     assert time.monotonic() - started < FAILURE_BOUND_S
     assert b.url in str(err.value)
     with pytest.raises(BackendError):
@@ -220,6 +223,7 @@ def test_namenode_down_fails_bounded_then_recovers(hdfs):
 
     hdfs.restart_namenode()
     # the same backend object reconnects by itself
+    assert b.read_shard(other_sid, other_loc, len(other)) == other
     assert b.read_shard(sid, loc, len(data)) == data
     assert b.get_object("catalog/x") == b"entry"
 

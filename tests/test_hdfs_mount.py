@@ -113,8 +113,10 @@ def test_stop_a_datanode_during_a_long_read(hdfs, tmp_path, key_file):
 def test_namenode_away_gives_eio_then_reads_recover(hdfs, tmp_path, key_file):
     url = hdfs.fresh_url("namenode")
     src = random_file(tmp_path / "m.bin", 24 << 20, seed=4)
+    other = random_file(tmp_path / "other.bin", 8 << 20, seed=14)
     push(src, "m", url, key_file)
-    expected = src.read_bytes()
+    push(other, "other", url, key_file)  # a pack of its own, not opened before the namenode goes
+    expected, expected_other = src.read_bytes(), other.read_bytes()
     # no readahead and a small cache, so the ranges read below are not already fetched
     with mounted(url, key_file, "4MiB", "--readahead", "0") as mnt:
         path = mnt / "m"
@@ -122,13 +124,14 @@ def test_namenode_away_gives_eio_then_reads_recover(hdfs, tmp_path, key_file):
 
         hdfs.stop_namenode()
         started = time.monotonic()
-        result = pread_with_deadline(path, 12 << 20, 1 << 20, EIO_BOUND_S + 30)
+        result = pread_with_deadline(mnt / "other", 4 << 20, 1 << 20, EIO_BOUND_S + 30)
         elapsed = time.monotonic() - started
         assert isinstance(result, OSError) and result.errno == errno.EIO, result
         assert elapsed < EIO_BOUND_S, f"EIO only after {elapsed:.1f}s"
 
         hdfs.restart_namenode()
         # same mount, no remount: the backend reconnects
+        assert pread_with_deadline(mnt / "other", 4 << 20, 1 << 20, 60) == expected_other[4 << 20:5 << 20]
         assert pread_with_deadline(path, 12 << 20, 1 << 20, 60) == expected[12 << 20:13 << 20]
         assert pread_with_deadline(path, 20 << 20, 1 << 20, 60) == expected[20 << 20:21 << 20]
         stats = read_stats(mnt)["backend"]

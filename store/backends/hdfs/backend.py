@@ -169,7 +169,7 @@ class HdfsBackend(Backend):
         offset = location.offset
         started = time.monotonic()
         what = f"cannot read shard {shard_id[:16]} ({location.container} at {offset}+{length})"
-        data = self.hdfs.call(lambda client: client.read(path).read_range(offset, length), what)
+        data = self.hdfs.read_pack(path, offset, length, what)
         self.hdfs.counters.add(reads=1, bytes_read=len(data), read_seconds=time.monotonic() - started)
         if len(data) != length:
             self.hdfs.counters.error("short_read")

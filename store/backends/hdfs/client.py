@@ -2,16 +2,20 @@
 
 Every HDFS operation goes through ``HdfsClient.call``: transient failures are retried
 with a short back-off on a fresh connection within an overall budget; a missing file or
-a permission problem is final at once. A stuck call is abandoned after ``call_timeout``
-(hdfs-native calls cannot be cancelled, but the caller gets an error in bounded time).
+a permission problem is final at once. Calls run on a pool of daemon threads
+(``CallPool``), so that a stuck one is abandoned after ``call_timeout``: hdfs-native calls
+cannot be cancelled, but the caller gets an error in bounded time. Packs never change once
+written, so their readers (with the block locations the namenode gave) are kept per pool
+thread and a shard read costs no namenode round trip.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
+import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,6 +35,10 @@ CALL_TIMEOUT = 20.0
 #: ... and longest one operation may take with all its retries.
 OPERATION_BUDGET = 30.0
 PROBE_TIMEOUT = 10.0
+#: A pool thread without work for this long ends (a new thread per call cost 2-3 ms per read).
+IDLE_EXIT = 60.0
+#: Readers of packs kept open per pool thread, most recently used first.
+READERS_KEPT = 16
 
 HDFS_COUNTERS = ("requests", "reads", "writes", "bytes_read", "bytes_written", "retries", "errors",
                  "read_seconds")
@@ -60,29 +68,53 @@ def unless_missing(fn: Callable[[], T], default: T) -> T:
         raise
 
 
-def call_with_deadline(fn: Callable[[], T], timeout: float, what: str) -> T:
-    """Run ``fn`` but stop waiting after ``timeout`` seconds (TimeoutError).
+class CallPool:
+    """Daemon threads that run calls for callers that may stop waiting.
 
-    The call runs in a daemon thread: a stuck hdfs-native call cannot be
-    cancelled, but the caller gets its answer (an error) in bounded time.
+    A caller waits at most its timeout; a thread stuck in a call stays with it, and the next
+    call gets another. Idle threads are kept for the next calls and end after ``IDLE_EXIT``.
     """
-    box: dict[str, Any] = {}
-    done = threading.Event()
 
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            box["error"] = e
-        finally:
-            done.set()
+    def __init__(self, idle_exit: float = IDLE_EXIT) -> None:
+        self._idle_exit = idle_exit
+        self._tasks: queue.SimpleQueue[tuple[Callable[[], Any], dict, threading.Event]] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders a put against an idle thread's decision to end
+        self._idle = 0
 
-    threading.Thread(target=run, name="hdfs-call", daemon=True).start()
-    if not done.wait(timeout):
-        raise TimeoutError(f"{what}: no answer within {timeout:.0f}s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    def run(self, fn: Callable[[], T], timeout: float, what: str) -> T:
+        """``fn()`` on a pool thread; TimeoutError when it has not returned within ``timeout``."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                threading.Thread(target=self._work, name="hdfs-call", daemon=True).start()
+            self._tasks.put((fn, box, done))
+        if not done.wait(timeout):
+            raise TimeoutError(f"{what}: no answer within {timeout:.0f}s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def _work(self) -> None:
+        while True:
+            try:
+                fn, box, done = self._tasks.get(timeout=self._idle_exit)
+            except queue.Empty:
+                with self._lock:
+                    if self._tasks.empty():
+                        self._idle -= 1
+                        return
+                continue
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                box["error"] = e
+            finally:
+                done.set()
+            with self._lock:
+                self._idle += 1
 
 
 class HdfsClient:
@@ -100,6 +132,7 @@ class HdfsClient:
         self.counters = Counters(HDFS_COUNTERS, errors_key="errors_by_kind")
         self._local = threading.local()
         self._generation = 0  # bumped to make every thread build a fresh client
+        self._pool = CallPool()
 
     def client(self) -> Any:
         """This thread's hdfs-native client (one per thread: calls never share a connection)."""
@@ -111,7 +144,25 @@ class HdfsClient:
             except Exception as e:
                 raise self.error("cannot configure HDFS client", e) from e
             local.generation = self._generation
+            local.readers = OrderedDict()
         return local.client
+
+    def _forget_client(self) -> None:
+        """This thread's next call connects anew (and opens its packs again)."""
+        self._local.client = None
+
+    def read_pack(self, path: str, offset: int, length: int, what: str) -> bytes:
+        """``length`` bytes at ``offset`` of a pack, through this pool thread's reader of it."""
+        def read(client) -> bytes:
+            readers: OrderedDict[str, Any] = self._local.readers
+            reader = readers.pop(path, None) or client.read(path)
+            data = reader.read_range(offset, length)  # a reader that fails is not kept
+            readers[path] = reader
+            if len(readers) > READERS_KEPT:
+                readers.popitem(last=False)
+            return data
+
+        return self.call(read, what)
 
     def close(self) -> None:
         self._generation += 1
@@ -135,10 +186,9 @@ class HdfsClient:
         attempt = 0
         while True:
             self.counters.add(requests=1)
+            timeout = max(1.0, min(self.call_timeout, deadline - time.monotonic()))
             try:
-                client = self.client()
-                timeout = max(1.0, min(self.call_timeout, deadline - time.monotonic()))
-                return call_with_deadline(functools.partial(fn, client), timeout, what)
+                return self._pool.run(lambda: self._attempt(fn), timeout, what)
             except Exception as e:
                 if isinstance(e, ModelfsError) or is_not_found(e) or is_denied(e):
                     raise self.error(what, e) from e
@@ -147,18 +197,27 @@ class HdfsClient:
                     log.warning("HDFS %s: %s failed after %d attempts: %s", self.url, what, attempt + 1, e)
                     raise self.error(what, e) from e
                 log.info("HDFS %s: %s failed (%s); retrying in %.2fs", self.url, what, e, delays[attempt])
-                self._local.client = None  # the next attempt connects anew
                 time.sleep(delays[attempt])
                 attempt += 1
                 self.counters.add(retries=1)
+
+    def _attempt(self, fn: Callable[[Any], T]) -> T:
+        """One try of ``fn`` with this pool thread's client; a failure that may pass (not a
+        missing file, not a refusal) drops the client, so that the next try connects anew."""
+        try:
+            return fn(self.client())
+        except Exception as e:
+            if not (isinstance(e, ModelfsError) or is_not_found(e) or is_denied(e)):
+                self._forget_client()
+            raise
 
     def probe(self, root: str) -> None:
         """Check the namenode answers; a dead one gives a clear error in seconds."""
         try:
             self.counters.add(requests=1)
             # a store not created yet is fine
-            call_with_deadline(lambda: unless_missing(lambda: self.client().get_file_info(root), None),
-                               PROBE_TIMEOUT, "probe")
+            self._pool.run(lambda: unless_missing(lambda: self.client().get_file_info(root), None),
+                           PROBE_TIMEOUT, "probe")
         except Exception as e:
             self.counters.error("probe")
             if isinstance(e, ModelfsError):
