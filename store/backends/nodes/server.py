@@ -201,6 +201,8 @@ def _page_in(fd: int, start: int, count: int) -> None:
     try:
         while count > 0 and (moved := os.sendfile(null, fd, start, count)):
             start, count = start + moved, count - moved
+    except OSError as e:  # a file system without splice: the send itself reads (or fails) then
+        log.debug("cannot page in: %s", e)
     finally:
         os.close(null)
 
