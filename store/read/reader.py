@@ -34,8 +34,9 @@ def decode_shard(cipher: ShardCipher, shard_id: bytes, codec: int, length: int, 
     """Authenticate, decrypt and decode one stored shard into ``out`` (``length`` bytes), with the
     payload and the decompressed planes in ``workspace``."""
     payload = cipher.decrypt(shard_id, stored, workspace.buffer("payload", len(stored)))
-    plain = decode(codec, length, payload, out, workspace.buffer("scratch", length))
-    return plain.obj if isinstance(plain.obj, np.ndarray) else np.frombuffer(plain, np.uint8)
+    owner = decode(codec, length, payload, out, workspace.buffer("scratch", length)).obj
+    assert isinstance(owner, np.ndarray)  # decode always answers with a view of an array it wrote
+    return owner
 
 
 class ModelReader:

@@ -155,7 +155,9 @@ class HdfsClient:
         """``length`` bytes at ``offset`` of a pack, through this pool thread's reader of it."""
         def read(client) -> bytes:
             readers: OrderedDict[str, Any] = self._local.readers
-            reader = readers.pop(path, None) or client.read(path)
+            reader = readers.pop(path, None)  # (a FileReader's truth value is its length)
+            if reader is None:
+                reader = client.read(path)
             data = reader.read_range(offset, length)  # a reader that fails is not kept
             readers[path] = reader
             if len(readers) > READERS_KEPT:
