@@ -267,7 +267,7 @@ class DiskCachedBackend(Backend):
 
         def verify_and_keep(fetched: bytes | memoryview) -> T:
             result = verify(fetched)
-            self.cache.put(shard_id, bytes(fetched))  # bytes already (no ``into``): no copy
+            self.cache.put(shard_id, bytes(fetched))  # a copy where the backend answers with a view
             return result
 
         self.cache.count(misses=1, miss_bytes=length)

@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -19,6 +19,7 @@ from urllib3.exceptions import ProtocolError
 
 from ...errors import AccessDenied, BackendError, IntegrityError, ModelfsError, NotFound
 from ...stats import Counters
+from .fetch import AnswerError, FetchPool
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,13 @@ class NodeClient:
         self.counters = Counters(NODE_COUNTERS, latencies=("latency",))
         self._token = token
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=timeout)
+        self._timeouts = (connect_timeout, timeout)
         self._pool_size = pool_size
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._last_error = ""
         self._pool: urllib3.HTTPConnectionPool | None = None
+        self._fetch: FetchPool | None = None  # shard GETs (see fetch.py)
         self._pid = -1
 
     def __repr__(self) -> str:
@@ -69,6 +72,10 @@ class NodeClient:
                     self._pool = urllib3.connection_from_url(
                         self.origin, maxsize=self._pool_size, block=False, timeout=self._timeout,
                         retries=False)
+                    origin = urlsplit(self.origin)
+                    tls = origin.scheme == "https"
+                    self._fetch = FetchPool(origin.hostname or "", origin.port or (443 if tls else 80), tls,
+                                            *self._timeouts, self._pool_size)
                     self._pid = pid
         assert self._pool is not None
         return self._pool
@@ -76,7 +83,9 @@ class NodeClient:
     def close(self) -> None:
         if self._pid == os.getpid() and self._pool is not None:
             self._pool.close()
-        self._pool, self._pid = None, -1
+            if self._fetch is not None:
+                self._fetch.close()
+        self._pool, self._fetch, self._pid = None, None, -1
 
     # -- health ----------------------------------------------------------------
     def is_down(self, now: float | None = None) -> bool:
@@ -129,11 +138,38 @@ class NodeClient:
                 raise self._unreachable(e) from None
         self.counters.sample("latency", time.monotonic() - start, requests=1,
                              bytes=len(resp.data or b""), bytes_sent=len(body or b""))
-        status = resp.status
+        self._check(resp.status, resp.data or b"", method, relpath)
+        return resp
+
+    def get_into(self, relpath: str, into: memoryview | None, limit: int) -> memoryview:
+        """The body of a GET (a file of the node), received into ``into`` when it fits there;
+        raise as ``request`` does, and IntegrityError for a body longer than ``limit``."""
+        self._connections()
+        assert self._fetch is not None
+        head = (f"GET {self.base_path}{quote(relpath, safe='/')} HTTP/1.1\r\nHost: {self.name}\r\n"
+                + (f"Authorization: Bearer {self._token}\r\n" if self._token else "") + "\r\n")
+        start = time.monotonic()
+        try:
+            answer = self._fetch.get(head.encode(), into, limit)
+        except TimeoutError:
+            connect, read = self._timeouts
+            timeout = TimeoutError(f"timed out (connect {connect:g}s, read {read:g}s)")
+            raise self._unreachable(timeout) from None
+        except (OSError, AnswerError) as e:  # refused or reset connections, answers not understood
+            raise self._unreachable(e) from None
+        self.counters.sample("latency", time.monotonic() - start, requests=1, bytes=len(answer.body))
+        self._check(answer.status, answer.body, "GET", relpath)
+        if answer.length > limit:
+            raise IntegrityError(f"{relpath} on {self.name} has {answer.length} bytes, "
+                                 f"at most {limit} expected")
+        return memoryview(answer.body)
+
+    def _check(self, status: int, body: bytes | bytearray | memoryview, method: str, relpath: str) -> None:
+        """Raise the error an answer's status means (nothing for 2xx); note that the node answered."""
         if status < 300:
             self._answered()
-            return resp
-        detail = (resp.data or b"").decode("utf-8", "replace").strip()[:200]
+            return
+        detail = bytes(body).decode("utf-8", "replace").strip()[:200]
         if status == 404:
             raise NotFound(f"{relpath} not on {self.name}")
         if status == 412:

@@ -39,7 +39,7 @@ class NodeStoreOptions:
     connect_timeout: float = option(2.0, "float", "connect timeout per request, seconds")
     backoff: float = option(5.0, "float", "seconds a failed node is skipped")
     readonly: bool = option(False, "bool", "refuse writes; on for one server without a query")
-    pool: int = option(16, "int", "kept-alive connections per node")
+    pool: int = option(16, "int", "kept-alive connections per node for shard GETs, as many for the rest")
 
     def placement_for(self, node_count: int) -> Placement:
         replicas = self.replicas or min(DEFAULT_REPLICAS, max(1, node_count))

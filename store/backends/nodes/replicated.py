@@ -238,7 +238,11 @@ class NodesBackend(Backend):
                                  lambda node: node.request("HEAD", shard_relpath(shard_id)))
 
     def read_shard(self, shard_id: str, location: ShardLocation, length: int) -> bytes:
-        return self.read_shard_verified(shard_id, location, length, bytes)  # bytes already: no copy
+        return self.read_shard_verified(shard_id, location, length, bytes)
+
+    def read_shard_into(self, shard_id: str, location: ShardLocation, length: int,
+                        into: memoryview) -> memoryview:
+        return self.read_shard_verified(shard_id, location, length, memoryview, into)
 
     def read_shard_verified(self, shard_id: str, location: ShardLocation, length: int,
                             verify: Callable[[bytes | memoryview], T], into: memoryview | None = None) -> T:
@@ -249,7 +253,7 @@ class NodesBackend(Backend):
                 self.counters.add(failovers=1)
             node = self.nodes[name]
             try:
-                data = node.request("GET", relpath).data
+                data = node.get_into(relpath, into, length)
                 if len(data) != length:
                     raise IntegrityError(f"shard {shard_id[:16]} on {name} has {len(data)} bytes, "
                                          f"expected {length}")
