@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def mounted(store_url: str | os.PathLike, key_file: str | os.PathLike | None,
             cache_size: str | int = "256MiB", *extra: str, workdir: Path | None = None) -> Iterator[Path]:
     """``modelfs mount`` in a fresh directory (under ``workdir``); unmounted whatever happens.
 
-    The mount's daemon log lands next to the mountpoint (see ``mount_log``).
+    The mount's daemon log lands next to the mountpoint (see ``mount_log``). Without ``workdir``
+    the directory is temporary and removed with the log, unless the body raised.
     """
     parent = Path(tempfile.mkdtemp(prefix="modelfs-mount-", dir=workdir))
     mountpoint = parent / "mnt"
@@ -55,13 +57,19 @@ def mounted(store_url: str | os.PathLike, key_file: str | os.PathLike | None,
     args = ["mount", str(store_url), str(mountpoint), "--cache-size", str(cache_size), *extra]
     if key_file is not None:
         args += ["--key-file", str(key_file)]
+    failed = False
     try:
         run_modelfs(*args, env={"MODELFS_LOG_DIR": str(parent)})
         yield mountpoint
+    except BaseException:
+        failed = True  # the daemon log stays for a look
+        raise
     finally:
         detach(mountpoint)
         with contextlib.suppress(OSError):
-            mountpoint.rmdir()
+            mountpoint.rmdir()  # fails while still mounted: then nothing below is removed
+            if workdir is None and not failed:
+                shutil.rmtree(parent)
 
 
 def mounts_under(workdir: Path) -> list[Path]:

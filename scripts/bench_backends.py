@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -23,13 +24,14 @@ import threading
 import time
 from pathlib import Path
 
-from modelfs.bench.harness import mounted, run_modelfs
+from modelfs.bench.harness import daemon_mount, mounted, run_modelfs
 from modelfs.bench.measure import drop_caches, read_sequential
 from modelfs.bench.minidfs import start_minidfs
 from modelfs.bench.nodes import start_nodes
 from modelfs.bench.synth import make_safetensors, sha256_file
 from modelfs.fs.mount import read_stats
 from modelfs.store.api import open_store
+from modelfs.store.config import ReadOptions
 from modelfs.store.sizes import parse_size
 
 BLOCK = 4 << 20
@@ -43,10 +45,15 @@ def read_all(path: Path) -> tuple[float, str]:
     return total / seconds / 1e6, sha256_file(path)
 
 
-def cold_mount_read(url: str, key_file: Path, name: str) -> tuple[float, str]:
-    with mounted(url, key_file, "256MiB") as mnt:
+def cold_mount_read(url: str, key_file: Path, name: str) -> tuple[float, str, float]:
+    """MB/s and SHA-256 of a cold read through a fresh mount, and the daemon's CPU-seconds per
+    GiB read (user + system, all its threads)."""
+    with daemon_mount(url, key_file, ReadOptions(cache_size=256 << 20)) as mount:
         drop_caches()
-        return read_all(mnt / name)
+        cpu = mount.cpu_seconds()
+        total, seconds = read_sequential(mount.mountpoint / name, BLOCK)
+        cpu = mount.cpu_seconds() - cpu
+        return total / seconds / 1e6, sha256_file(mount.mountpoint / name), cpu / (total / 2**30)
 
 
 def hdfs_native_read(namenode: str, root: str, extents: dict[str, int]) -> float:
@@ -110,11 +117,13 @@ def main() -> int:
         hdfs_root = "/" + urls["hdfs"].split("/", 3)[3]
 
         mb_s: dict[str, list[float]] = {k: [] for k in (*urls, "hdfs-native pack read", "nodes shard GETs")}
+        cpu_s: dict[str, list[float]] = {k: [] for k in urls}
         for _ in range(args.rounds):
             for label, url in urls.items():
-                rate, digest = cold_mount_read(url, key_file, "m")
+                rate, digest, cpu = cold_mount_read(url, key_file, "m")
                 assert digest == expected, f"{label}: bytes differ"
                 mb_s[label].append(rate)
+                cpu_s[label].append(cpu)
             drop_caches()
             mb_s["hdfs-native pack read"].append(hdfs_native_read(hdfs.namenode_url, hdfs_root, extents))
             drop_caches()
@@ -141,6 +150,7 @@ def main() -> int:
             "push_mb_s": {k: round(v) for k, v in push.items()},
             "cold_read_mb_s": {k: [round(v) for v in vs] for k, vs in mb_s.items()},
             "median_mb_s": {k: round(v) for k, v in median.items()},
+            "daemon_cpu_s_per_gib": {k: [round(v, 2) for v in vs] for k, vs in cpu_s.items()},
             "mount_vs_plain_stored_read": vs_plain,
             "nodes_read_during_kill_mb_s": round(kill_rate),
             "failovers_during_kill": backend["failovers"],
@@ -152,6 +162,7 @@ def main() -> int:
     finally:
         nodes.stop()
         hdfs.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
