@@ -149,10 +149,13 @@ class ModelFS(mfusepy.Operations):
         state = self._library.state(name)
         if state is None or not ref:
             return None
-        if ref in state.tags:
+        if ref in state.tags or ref in state.renamed:  # a tag, or a version id a rotation replaced
             if rest:
                 return None  # the kernel follows the link before looking further
-            record = state.version(ref)
+            try:
+                record = state.version(ref)
+            except ModelfsError:  # the version it named was removed since
+                return None
             return Node("link", int(record.created * 1e9), target=f"{leaf}@{record.version_id}")
         if not any(v.version_id == ref for v in state.versions):
             return None

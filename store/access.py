@@ -131,8 +131,10 @@ def rotate(store: Store, name: str, progress: Progress | None = None) -> Rotatio
         if [v.version_id for v in current.versions] != list(rotation.renamed):
             raise ModelfsError(f"{name!r} changed while it was being rotated; nothing was "
                                f"published, run rotate again")
+        earlier = {old: rotation.renamed.get(new, new) for old, new in current.renamed.items()}
         return current.next("rotate", versions=tuple(new_versions),
-                            tags={t: rotation.renamed[v] for t, v in current.tags.items()})
+                            tags={t: rotation.renamed[v] for t, v in current.tags.items()},
+                            renamed={**earlier, **rotation.renamed})
     rotation.state = store.append(name, change, generation)
     log.info("rotated %s to key generation %d: %d versions, %d shards re-encrypted", name,
              generation, len(new_versions), rotation.shards)

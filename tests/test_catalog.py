@@ -188,6 +188,27 @@ def _signed_record(body: bytes) -> bytes:
     return RECORD_MAGIC + json.dumps(envelope).encode()
 
 
+def test_renamed_version_ids_round_trip_and_resolve():
+    """A rotation's map from replaced version ids to new ones survives the record; ``NAME@OLD``
+    resolves to the new version; a record written before the map existed reads as no renames."""
+    from modelfs.store.format.catalog import FileRecord, VersionRecord, new_version_id
+    old, new = new_version_id(), new_version_id()
+    version = VersionRecord(new, 1.0, "file", (FileRecord("m", 10, "0" * 64),), 10, 10, 1)
+    state = LineageState("m", 1, "rotate", 2.0, (version,), {"stable": new}, {old: new})
+    back = LineageState.from_record(state.to_record(KEYS.mac_key), KEYS.mac_key, "m", 1)
+    assert back == state
+    assert back.version(old) is back.version(new) is back.version("stable") is back.version()
+    with pytest.raises(NotFound):
+        back.version(new_version_id())
+    body = json.loads(state.body())
+    del body["renamed"]
+    assert LineageState.from_record(_signed_record(json.dumps(body).encode()), KEYS.mac_key,
+                                    "m", 1).renamed == {}
+    body["renamed"] = {old: "not-a-version"}
+    with pytest.raises(IntegrityError, match="bad version id"):
+        LineageState.from_record(_signed_record(json.dumps(body).encode()), KEYS.mac_key, "m", 1)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.binary(max_size=300))
 def test_fuzz_record_bytes(data):
@@ -197,7 +218,7 @@ def test_fuzz_record_bytes(data):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fields=st.dictionaries(st.sampled_from(["format", "name", "seq", "event", "time", "versions",
-                                               "tags", "junk"]), json_values),
+                                               "tags", "renamed", "junk"]), json_values),
        version=st.dictionaries(st.sampled_from(["version_id", "created", "kind", "files",
                                                 "stored_size", "new_stored", "shard_count"]),
                                json_values))

@@ -122,6 +122,7 @@ def test_grant_revoke_rotate_with_two_hosts(tmp_path, key_file):
         assert sorted(os.listdir(a / "org")) == ["m", "other"]
         assert sha256_of(a / "org" / "m") == sha256_of(src)
         assert os.readlink(a / "org" / "m") != f"m@{old_version}"
+        assert sha256_of(a / "org" / f"m@{old_version}") == sha256_of(src)   # a pinned path still reads
         assert sha256_of(a / "org" / "other") == sha256_of(other)
     s = open_store(str(store), key_file=key_file)
     new_m = live_shards(s, "org/m")
@@ -280,6 +281,17 @@ def test_rotate_and_gc_on_nodes_and_hdfs(tmp_path, key_file, backend, request):
     assert not any(s.backend.has_shard(sid, where) for sid, where in old_shards)
     s.verify("m")
     assert collect_garbage(open_store(url, key_file=key_file), grace_seconds=0).items == 0
+    # the id pinned before the rotation resolves to the same bytes, also after a second rotation
+    assert s.open_model(f"m@{first.version_id}").read(0, src.stat().st_size) == src.read_bytes()
+    again = rotate(s, "m")
+    s.close()
+    s = open_store(url, key_file=key_file)
+    state = s.lineage("m")
+    newest = again.renamed[done.renamed[first.version_id]]
+    assert state.renamed[first.version_id] == state.latest.version_id == newest
+    collect_garbage(s, grace_seconds=0)
+    assert s.open_model(f"m@{first.version_id}").read(0, src.stat().st_size) == src.read_bytes()
+    s.close()
 
 
 def test_tampered_swapped_and_truncated_shards_fail_under_a_host_key(tmp_path, key_file):

@@ -127,9 +127,12 @@ def test_eight_readers_never_see_mixed_versions_while_publishing(tmp_path, key_f
     push(store, key_file, versions[0], "m")
     with mounted(store, key_file, "16MiB", "--refresh", REFRESH) as mnt:
         until = time.time() + 30
-        out = multiprocessing.Queue()
+        # spawned, not forked: a fork of this process copies locks that other tests' threads
+        # (HDFS and node clients) may hold, and the child can wait on them forever
+        ctx = multiprocessing.get_context("spawn")
+        out = ctx.Queue()
         modes = ["pread", "mmap", "dd", "pread", "mmap", "dd", "pread", "mmap"]
-        readers = [multiprocessing.Process(target=_reader, args=(str(mnt), hashes, mode, until, out))
+        readers = [ctx.Process(target=_reader, args=(str(mnt), hashes, mode, until, out))
                    for mode in modes]
         for r in readers:
             r.start()

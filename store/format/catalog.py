@@ -150,6 +150,9 @@ class LineageState:
     #: published versions, oldest first; the last is the latest
     versions: tuple[VersionRecord, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
+    #: version ids a rotation replaced → the ids of the same files under the new key, so that
+    #: ``NAME@OLD`` paths pinned before a rotation keep resolving
+    renamed: dict[str, str] = field(default_factory=dict)
 
     @property
     def latest(self) -> VersionRecord | None:
@@ -162,6 +165,7 @@ class LineageState:
                 raise NotFound(f"model {self.name!r} has no versions")
             return self.latest
         wanted = self.tags.get(ref, ref)
+        wanted = self.renamed.get(wanted, wanted)
         for v in self.versions:
             if v.version_id == wanted:
                 return v
@@ -224,6 +228,12 @@ def _float(value: Any) -> float:
     return float(value)
 
 
+def _version_id(value: Any) -> str:
+    if not _VERSION_ID.fullmatch(_str(value)):
+        raise ValueError(f"bad version id {value!r}")
+    return value
+
+
 def _str(value: Any) -> str:
     if type(value) is not str:
         raise ValueError(f"bad text {value!r}")
@@ -239,16 +249,15 @@ def _state_from_json(obj: dict) -> LineageState:
                       for f in v["files"])
         if v["kind"] not in ("file", "folder") or not files or (v["kind"] == "file" and len(files) != 1):
             raise ValueError("bad version kind or file list")
-        if not _VERSION_ID.fullmatch(_str(v["version_id"])):
-            raise ValueError(f"bad version id {v['version_id']!r}")
-        versions.append(VersionRecord(v["version_id"], _float(v["created"]), v["kind"], files,
+        versions.append(VersionRecord(_version_id(v["version_id"]), _float(v["created"]), v["kind"], files,
                                       _int(v["stored_size"]), _int(v["new_stored"]),
                                       _int(v["shard_count"])))
     tags = {check_tag(_str(t)): _str(v) for t, v in dict(obj["tags"]).items()}
+    renamed = {_version_id(old): _version_id(new) for old, new in dict(obj.get("renamed", {})).items()}
     if _str(obj["event"]) not in EVENTS:
         raise ValueError(f"unknown event {obj['event']!r}")
     return LineageState(check_name(obj["name"]), _int(obj["seq"]), obj["event"],
-                        _float(obj["time"]), tuple(versions), tags)
+                        _float(obj["time"]), tuple(versions), tags, renamed)
 
 
 def check_relpath(path: str) -> str:
