@@ -51,7 +51,6 @@ class NodeClient:
         self.backoff = backoff
         self.counters = Counters(NODE_COUNTERS, latencies=("latency",))
         self._token = token
-        self._timeout = urllib3.Timeout(connect=connect_timeout, read=timeout)
         self._timeouts = (connect_timeout, timeout)
         self._pool_size = pool_size
         self._lock = threading.Lock()
@@ -69,9 +68,10 @@ class NodeClient:
         if self._pid != pid:
             with self._lock:
                 if self._pid != pid:
+                    connect, read = self._timeouts
                     self._pool = urllib3.connection_from_url(
-                        self.origin, maxsize=self._pool_size, block=False, timeout=self._timeout,
-                        retries=False)
+                        self.origin, maxsize=self._pool_size, block=False,
+                        timeout=urllib3.Timeout(connect=connect, read=read), retries=False)
                     origin = urlsplit(self.origin)
                     tls = origin.scheme == "https"
                     self._fetch = FetchPool(origin.hostname or "", origin.port or (443 if tls else 80), tls,

@@ -82,6 +82,7 @@ class FetchConnection:
             sock.close()
             raise
         self._sock = sock
+        self._first = bytearray(FIRST_READ)  # an answer's head and first body bytes, reused
         self.used = False  # has answered a request before (so may have been closed by the node)
 
     def close(self) -> None:
@@ -97,7 +98,7 @@ class FetchConnection:
         """Send one GET and read its answer. A 2xx body goes into ``into`` when it fits there,
         else into a new bytearray; one longer than ``limit`` is not read."""
         reused, self.used = self.used, True
-        first = bytearray(FIRST_READ)
+        first = self._first
         try:
             self._sock.sendall(request)
             filled = self._sock.recv_into(first)
