@@ -62,6 +62,7 @@ def test_bench_end_to_end(bench_dir: Path) -> None:
     result = run_modelfs("bench", "--size", "32MiB", "--runs", "1", "--json", str(out),
                          "--workdir", str(tmp_path), "--peers", "all", "--torch-size", "8MiB",
                          timeout=300, check=False)
+    assert out.exists(), f"bench exited {result.returncode} with no report:\n{result.stderr[-6000:]}"
     report = json.loads(out.read_text())
     short = [name for name, met in report["targets"].items() if met is False]
     assert result.returncode == (8 if short else 0), result.stderr  # a FAIL target fails the command

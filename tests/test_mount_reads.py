@@ -294,8 +294,11 @@ def test_a_push_after_mount_appears_and_new_version_replaces_old(tmp_path, key_f
 
 
 def test_daemon_memory_stays_within_the_cache_budget(tmp_path, key_file):
-    """Peak RSS of the mount daemon while streaming 4x its cache budget: budget + a fixed allowance."""
-    budget, allowance = 64 << 20, 150 << 20  # the allowance is the Python runtime plus decode scratch
+    """Peak RSS of the mount daemon while streaming 4x its cache budget: what it held once mounted,
+    plus the budget, plus an allowance for what the budget does not cover."""
+    # outside the budget: up to two evicted buffers kept to decode into, libfuse's and glibc's
+    # per-thread buffers; measured 9-24 MiB with the loaders' workspaces inside the budget
+    budget, allowance = 64 << 20, 48 << 20
     rng = np.random.default_rng(8)
     weights = (rng.standard_normal(128 << 20, dtype=np.float32) * 0.02).view(np.uint32) >> 16
     (tmp_path / "model").write_bytes(weights.astype(np.uint16).tobytes())  # 256 MiB of bf16
@@ -303,10 +306,12 @@ def test_daemon_memory_stays_within_the_cache_budget(tmp_path, key_file):
     push(store, key_file, tmp_path / "model", "big", 4 << 20)
     digest = hashlib.sha256((tmp_path / "model").read_bytes()).hexdigest()
     with mounted(store, key_file, str(budget)) as mnt:
+        mounted_rss = read_stats(mnt)["peak_rss_bytes"]  # the runtime: Python, numpy, pyarrow, ...
         assert hashlib.sha256((mnt / "big").read_bytes()).hexdigest() == digest
         stats = read_stats(mnt)
     assert stats["evictions"] > 0 and stats["readahead_used"] > 0
-    assert stats["peak_rss_bytes"] <= budget + allowance, stats["peak_rss_bytes"] >> 20
+    over = (stats["peak_rss_bytes"] - mounted_rss - budget) >> 20
+    assert stats["peak_rss_bytes"] <= mounted_rss + budget + allowance, f"{over} MiB over the budget"
 
 
 def test_a_bad_push_after_mount_does_not_hide_the_other_models(tmp_path, key_file):

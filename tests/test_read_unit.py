@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from modelfs.store.api import Store
-from modelfs.store.backends.base import ShardLocation
+from modelfs.store.backends.base import READ_ALIGNMENT, ShardLocation
 from modelfs.store.backends.memory import MemoryBackend
 from modelfs.store.errors import IntegrityError, NotFound
 from modelfs.store.format.crypto import LineageKeys, ShardCipher, create_key_file, new_data_key
 from modelfs.store.format.manifest import Manifest, ShardEntry
 from modelfs.store.read.cache import ShardCache
 from modelfs.store.read.reader import ModelReader
+from modelfs.store.read.workspace import workspace_bytes
 from modelfs.store.stats import Stats
 
 SHARD = 64 * 1024
@@ -108,14 +109,21 @@ def test_a_load_in_flight_holds_its_size_of_the_budget():
 
 
 def test_loader_workspaces_come_out_of_the_budget():
-    cache = ShardCache(1200, Stats())
-    for key in "abcd":
-        cache.get(key, lambda: b"." * 300, 300)
-    cache.set_loaders(1, 100)  # one loader: three shards of 100 bytes of workspace
-    assert cache.used_bytes == 900 and "a" not in cache
-    assert cache.workspaces.keep == 1
-    cache.set_loaders(4, 1000)  # at most a quarter of the budget
-    assert cache.used_bytes == 900 and cache.workspaces.keep == 4
+    MiB = 1 << 20
+    cache = ShardCache(64 * MiB, Stats())
+    for key in "abcde":
+        cache.get(key, lambda: b"." * (10 * MiB), 10 * MiB)
+    assert cache.used_bytes == 50 * MiB
+    # one load of 4 MiB shards needs 3 buffers of 5 MiB (a stored shard may be a little longer)
+    assert workspace_bytes(4 * MiB) == 3 * (5 * MiB + READ_ALIGNMENT)
+    cache.set_loaders(4, 4 * MiB)  # a quarter of the budget holds one such workspace, not four
+    assert cache.workspaces.limit == 1
+    assert cache.used_bytes == 40 * MiB and "a" not in cache  # 40 + 15 fits in 64, 50 + 15 did not
+    cache.set_loaders(4, 1 * MiB)  # workspaces of 6 MiB: two fit in 16 MiB
+    assert cache.workspaces.limit == 2
+    big = ShardCache(1 << 30, Stats())
+    big.set_loaders(5, 4 * MiB)  # a large budget: every loader gets one
+    assert big.workspaces.limit == 5
 
 
 def test_eviction_accounting_tells_used_from_wasted_readahead():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +30,27 @@ def test_workspace_buffers_are_aligned_grow_and_are_reused():
     assert not np.shares_memory(grown, workspace.buffer("payload", 1000))  # one buffer per role
 
 
-def test_the_pool_keeps_at_most_its_count_of_idle_workspaces():
-    pool = WorkspacePool(keep=1)
+def test_the_pool_lends_at_most_its_limit_and_keeps_the_idle_ones():
+    pool = WorkspacePool(limit=2)
     with pool.borrow() as first, pool.borrow() as second:
         assert first is not second  # two loads at once never share one
         first.buffer("stored", 100)
         second.buffer("stored", 100)
-    with pool.borrow() as again:
-        assert again is first or again is second
-    assert pool.idle_bytes == again.nbytes  # the other one was dropped
+        third_lent = threading.Event()
+
+        def third_load() -> None:
+            with pool.borrow() as third:
+                assert third is first or third is second  # the one that came back
+                third_lent.set()
+
+        waiter = threading.Thread(target=third_load)
+        waiter.start()
+        assert not third_lent.wait(0.5) and pool.lent == 2  # a third load waits for one to return
+    waiter.join(30)
+    assert third_lent.is_set() and pool.lent == 0
+    assert pool.idle_bytes == first.nbytes + second.nbytes  # both kept for the next loads
+    pool.set_limit(1)
+    assert pool.idle_bytes == first.nbytes  # a lower limit drops the idle ones beyond it
 
 
 @pytest.fixture

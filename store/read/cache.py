@@ -25,7 +25,7 @@ import cachetools
 import numpy as np
 
 from ..stats import Stats
-from .workspace import SHARDS_PER_WORKSPACE, WorkspacePool
+from .workspace import WorkspacePool, workspace_bytes
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +176,14 @@ class ShardCache:
         return new_buffer(size)
 
     def set_loaders(self, loaders: int, largest_shard: int) -> None:
-        """Keep room in the budget for the workspaces of ``loaders`` concurrent loads of shards
-        up to ``largest_shard`` bytes (stored bytes, payload, planes: three shards each), at
-        most a quarter of the budget, and keep that many workspaces between loads."""
+        """Keep room in the budget for the workspaces of up to ``loaders`` concurrent loads of
+        shards up to ``largest_shard`` bytes (stored bytes, payload, planes: three shards each):
+        as many as a quarter of the budget holds, at least one, and no more loads at once."""
+        per_load = workspace_bytes(largest_shard)
+        concurrent = max(1, min(loaders, self.budget // 4 // per_load if per_load else loaders))
         with self._lock:
-            self.workspaces.keep = loaders
-            self._working_bytes = min(loaders * SHARDS_PER_WORKSPACE * largest_shard, self.budget // 4)
+            self.workspaces.set_limit(concurrent)
+            self._working_bytes = concurrent * per_load
             self._make_room()
 
     def _make_room(self) -> None:
