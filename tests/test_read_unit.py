@@ -108,7 +108,7 @@ def test_a_load_in_flight_holds_its_size_of_the_budget():
     assert cache.used_bytes == 400 and all(k in cache for k in "bcd")
 
 
-def test_loader_workspaces_come_out_of_the_budget():
+def test_loader_workspaces_come_out_of_the_budget(caplog):
     MiB = 1 << 20
     cache = ShardCache(64 * MiB, Stats())
     for key in "abcde":
@@ -119,6 +119,10 @@ def test_loader_workspaces_come_out_of_the_budget():
     cache.set_loaders(4, 4 * MiB)  # a quarter of the budget holds one such workspace, not four
     assert cache.workspaces.limit == 1
     assert cache.used_bytes == 40 * MiB and "a" not in cache  # 40 + 15 fits in 64, 50 + 15 did not
+    cache.set_loaders(4, 4 * MiB)  # every catalog refresh calls it: said once
+    assert [r.getMessage() for r in caplog.records] == [
+        "a cache budget of 64.0 MiB has room for 1 load(s) of 4.0 MiB shards at once, not 4: "
+        "readahead is slower; raise --cache-size"]
     cache.set_loaders(4, 1 * MiB)  # workspaces of 6 MiB: two fit in 16 MiB
     assert cache.workspaces.limit == 2
     big = ShardCache(1 << 30, Stats())

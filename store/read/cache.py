@@ -24,6 +24,7 @@ from typing import Any
 import cachetools
 import numpy as np
 
+from ..sizes import format_size
 from ..stats import Stats
 from .workspace import WorkspacePool, workspace_bytes
 
@@ -117,6 +118,7 @@ class ShardCache:
         self._inflight: dict[Hashable, _Flight] = {}
         self._inflight_bytes = 0  # reserved for loads in progress, part of the budget
         self._working_bytes = 0  # kept free for the loaders' scratch buffers
+        self._concurrent_loads = 0  # loads the budget has room for at once (0: no shards yet)
         self._prefetched: set[Hashable] = set()  # inserted by readahead, not read yet
         self._spare: list[np.ndarray] = []  # evicted buffers to decode into again
         self.workspaces = WorkspacePool()
@@ -181,6 +183,11 @@ class ShardCache:
         as many as a quarter of the budget holds, at least one, and no more loads at once."""
         per_load = workspace_bytes(largest_shard)
         concurrent = max(1, min(loaders, self.budget // 4 // per_load if per_load else loaders))
+        if concurrent < loaders and concurrent != self._concurrent_loads:
+            log.warning("a cache budget of %s has room for %d load(s) of %s shards at once, not %d: "
+                        "readahead is slower; raise --cache-size", format_size(self.budget), concurrent,
+                        format_size(largest_shard), loaders)
+        self._concurrent_loads = concurrent
         with self._lock:
             self.workspaces.set_limit(concurrent)
             self._working_bytes = concurrent * per_load
