@@ -21,7 +21,7 @@ import psutil
 
 from modelfs.fs.mount import detach
 
-from .peers import process_cpu_seconds, tree_bytes
+from .peers import log_tail, process_cpu_seconds, tree_bytes
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,8 @@ class JuiceFS:
                     return self.mounted_file
             time.sleep(0.05)
         self.unmount()
-        raise RuntimeError(f"juicefs mount did not show {self.file_name} within {MOUNT_TIMEOUT:.0f}s")
+        raise RuntimeError(f"juicefs mount did not show {self.file_name} within {MOUNT_TIMEOUT:.0f}s; "
+                           f"its log ends: {log_tail(self.log_file)}")
 
     def unmount(self) -> None:
         """``juicefs umount``, then the daemon and its supervisor gone (by force if need be)."""

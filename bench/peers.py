@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 MOUNT_TIMEOUT = 30.0
 
 
+def log_tail(path: Path, chars: int = 2000) -> str:
+    """The end of a peer's log, for an error message (the work folder goes with the run)."""
+    try:
+        return path.read_text(errors="replace")[-chars:].strip() or "(empty)"
+    except OSError as e:
+        return f"(no log: {e.strerror})"
+
+
 class Peer(Protocol):
     """A mounted filesystem holding one copy of the model, timed beside modelfs."""
 
@@ -178,13 +186,13 @@ class RcloneCrypt:
             if self._proc.poll() is not None:
                 code = self._proc.returncode
                 self._proc = None
-                tail = log_file.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"rclone mount exited with status {code}: {tail}")
+                raise RuntimeError(f"rclone mount exited with status {code}: {log_tail(log_file)}")
             if os.path.ismount(self.mountpoint) and self.mounted_file.exists():
                 return self.mounted_file
             time.sleep(0.05)
         self.unmount()
-        raise RuntimeError(f"rclone mount did not show {self.file_name} within {MOUNT_TIMEOUT:.0f}s")
+        raise RuntimeError(f"rclone mount did not show {self.file_name} within {MOUNT_TIMEOUT:.0f}s; "
+                           f"its log ends: {log_tail(log_file)}")
 
     def unmount(self) -> None:
         """Unmount and stop the rclone child (politely, then by force)."""

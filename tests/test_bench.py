@@ -188,6 +188,24 @@ def test_rclone_finds_fusermount_through_a_shim(tmp_path: Path, monkeypatch) -> 
     assert env["PATH"].split(os.pathsep)[0] == str(tmp_path / "bin")
 
 
+def test_a_peer_mount_that_fails_says_why(bench_dir: Path, monkeypatch) -> None:
+    """The work folder goes with the run, so the peer's own words must be in the error."""
+    model = bench_dir / "model.bin"
+    model.write_bytes(os.urandom(1 << 16))
+    refused = peers.RcloneCrypt(bench_dir / "refused", mount_args=("--no-such-flag",))
+    refused.upload(model)
+    with pytest.raises(RuntimeError, match=r"(?s)exited with status \d+: .*unknown flag: --no-such-flag"):
+        refused.mount()
+    monkeypatch.setattr(peers, "MOUNT_TIMEOUT", 3.0)
+    silent = peers.RcloneCrypt(bench_dir / "silent", mount_args=("-v",))
+    silent.upload(model)
+    silent.file_name = "never-uploaded"  # mounts, but the file never shows
+    with pytest.raises(RuntimeError, match=r"did not show never-uploaded within 3s; its log ends: .*INFO"):
+        silent.mount()
+    assert not os.path.ismount(silent.mountpoint)
+    assert peers.log_tail(bench_dir / "absent.log").startswith("(no log: ")
+
+
 def test_bench_help_and_import_without_torch() -> None:
     """torch is a test extra: the command line and the bench package must load without it."""
     code = ("import sys\n"
