@@ -169,6 +169,44 @@ def test_strided_and_backwards_reads(forty_shards, fuse_loop):
             os.close(fd)
 
 
+@pytest.fixture(scope="module")
+def halves(tmp_path_factory):
+    """128 shards of 256 KiB (incompressible), to be read as two streams, one per half."""
+    root = tmp_path_factory.mktemp("halves")
+    key, store = root / "store.key", root / "store"
+    run_modelfs("keygen", "--key-file", str(key))
+    data = np.random.default_rng(11).integers(0, 255, 128 * 256 * 1024, dtype=np.uint8).tobytes()
+    (root / "model").write_bytes(data)
+    push(store, key, root / "model", "halves", 256 * 1024)
+    return store, key, data
+
+
+@pytest.mark.parametrize("advice", [os.POSIX_FADV_RANDOM, os.POSIX_FADV_NORMAL], ids=["as-sent", "kernel-ra"])
+def test_two_streams_in_one_open_file_each_get_readahead(halves, advice):
+    """Two threads copying the halves of a mapped tensor: one open file, reads alternating
+    between two places. Each stream is read ahead, and every shard is fetched once."""
+    store, key, data = halves
+    shards, step, half = 128, 128 * 1024, len(data) // 2
+    stored = sum(p.stat().st_size for p in _shard_files(store))
+    with mounted(store, key, "64MiB") as mnt:
+        fd = os.open(mnt / "halves", os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, advice)  # RANDOM: the kernel sends each read as it is
+            for offset in range(0, half, step):  # one read of each stream in turn
+                for start in (offset, half + offset):
+                    assert os.pread(fd, step, start) == data[start:start + step]
+        finally:
+            os.close(fd)
+        stats = read_stats(mnt)
+    # nothing dropped before it was read in full, and no load queued for a shard already read
+    assert stats["bytes_fetched"] == stored
+    if advice == os.POSIX_FADV_RANDOM:
+        # each stream is read ahead once it has read a few shards (one stream per file: 187
+        # misses, 30 shards read ahead and used)
+        assert stats["misses"] <= shards // 4, stats["misses"]
+        assert stats["readahead_used"] >= shards // 2
+
+
 def _shard_files(store: Path) -> list[Path]:
     return sorted(p for p in (store / "shards").rglob("*") if p.is_file())
 

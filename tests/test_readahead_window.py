@@ -1,15 +1,21 @@
 """The readahead policy of one open file, without threads or a store."""
-from modelfs.store.read.window import DROP_BEHIND, RUN_TO_WINDOW, ReadaheadWindow
+from modelfs.store.read.window import MAX_RUNS, RUN_TO_WINDOW, ReadaheadPlan, ReadaheadWindow
 
 MiB = 1 << 20
+SHARD = 4 * MiB
 
 
-def fixed(count: int, shard: int = 4 * MiB, limit: int = 64 * MiB) -> ReadaheadWindow:
+def fixed(count: int, shard: int = SHARD, limit: int = 64 * MiB) -> ReadaheadWindow:
     return ReadaheadWindow([i * shard for i in range(count)], count * shard, limit)
 
 
-def stream(window: ReadaheadWindow, shards: range) -> list[list[int]]:
-    return [window.observe(i, i).prefetch for i in shards]
+def read_shard(window: ReadaheadWindow, index: int, shard: int = SHARD) -> ReadaheadPlan:
+    """A read of one whole shard."""
+    return window.observe(index * shard, shard)
+
+
+def stream(window: ReadaheadWindow, shards: range, shard: int = SHARD) -> list[list[int]]:
+    return [read_shard(window, i, shard).prefetch for i in shards]
 
 
 def test_window_grows_with_the_sequential_run():
@@ -18,7 +24,7 @@ def test_window_grows_with_the_sequential_run():
     # nothing for the first RUN_TO_WINDOW shards, then one more shard every RUN_TO_WINDOW reads
     assert plans[:RUN_TO_WINDOW] == [[]] * RUN_TO_WINDOW
     assert plans[RUN_TO_WINDOW] == [RUN_TO_WINDOW + 1]
-    assert window.span == 39 // RUN_TO_WINDOW
+    assert len(window.runs) == 1 and window.runs[0].span == 39 // RUN_TO_WINDOW
     # each shard is asked for once, and everything asked for lies ahead of the reader
     issued = [i for plan in plans for i in plan]
     assert len(issued) == len(set(issued))
@@ -29,48 +35,50 @@ def test_window_grows_with_the_sequential_run():
 def test_window_is_capped_at_the_limit():
     window = fixed(200, limit=16 * MiB)  # 4 shards
     stream(window, range(0, 150))
-    assert window.span == 4
+    assert window.runs[0].span == 4
     assert window.ahead == {150, 151, 152, 153}
-    assert window.observe(150, 150).prefetch == [154]
+    assert read_shard(window, 150).prefetch == [154]
 
 
 def test_seek_cancels_and_restarts_the_run():
     window = fixed(200)
     stream(window, range(0, 40))
     queued = set(window.ahead)
-    plan = window.observe(120, 120)
+    plan = read_shard(window, 120)
     assert set(plan.cancel) == queued and plan.prefetch == []
-    assert window.ahead == set() and window.run_start == 120
+    assert window.ahead == set() and window.runs[-1].start == 120
     # the new run grows from nothing again
     assert stream(window, range(121, 124)) == [[], [], []]
-    assert window.observe(124, 124).prefetch == [125]
+    assert read_shard(window, 124).prefetch == [125]
 
 
 def test_random_reads_get_no_readahead():
     window = fixed(1000)
-    for first in (500, 17, 900, 250, 3, 640):
-        plan = window.observe(first, first)
+    for first in [500, 17, 900, 250, 3, 640] + list(range(20, 980, 50)):
+        plan = read_shard(window, first)
         assert plan.prefetch == [] and plan.cancel == []
+    assert len(window.runs) == MAX_RUNS  # the least recently read ones gave way
 
 
 def test_out_of_order_reads_within_the_window_continue_the_run():
     window = fixed(200)
     stream(window, range(0, 40))
-    span, run_start = window.span, window.run_start
+    run = window.runs[0]
+    span = run.span
     # the kernel delivers concurrent requests of one stream out of order: a read a few shards
     # behind is neither a seek nor a reason to prefetch again
-    plan = window.observe(40 - span, 40 - span)
-    assert plan.cancel == [] and plan.prefetch == [] and window.run_start == run_start
-    # a read that skips one shard ahead (not next) is a seek
-    assert window.observe(42 + span, 42 + span).cancel
-    assert window.run_start == 42 + span
+    plan = read_shard(window, 40 - span)
+    assert plan.cancel == [] and plan.prefetch == [] and window.runs == [run]
+    # a read that skips one shard ahead (not next) starts a run of its own
+    assert read_shard(window, 42 + span).cancel
+    assert [r.start for r in window.runs] == [0, 42 + span]
 
 
 def test_passed_shards_are_forgotten_not_cancelled():
     window = fixed(100)
     stream(window, range(0, 20))
     ahead = sorted(window.ahead)
-    plan = window.observe(20, ahead[1])  # one read that covers two prefetched shards
+    plan = window.observe(20 * SHARD, (ahead[1] - 19) * SHARD)  # one read that covers two
     assert plan.passed == ahead[:2] and plan.cancel == []
     assert not set(plan.passed) & window.ahead
 
@@ -79,12 +87,13 @@ def test_window_counts_bytes_with_shards_of_different_sizes():
     sizes = [1 * MiB] * 64 + [32 * MiB] * 4 + [1 * MiB] * 64
     offsets = [sum(sizes[:i]) for i in range(len(sizes))]
     window = ReadaheadWindow(offsets, sum(sizes), limit=16 * MiB)
-    plans = stream(window, range(0, 64))
+    plans = [window.observe(offsets[i], sizes[i]).prefetch for i in range(0, 64)]
     # 63 MiB read: the window is 15 MiB, and the next shard is 32 MiB: too large to prefetch
-    assert window.span == 0 and plans[-1] == []
+    assert window.runs[0].span == 0 and plans[-1] == []
     # past the large shards the window fills with small ones up to the limit
-    stream(window, range(64, 90))
-    assert window.span == 16 and window.ahead == set(range(90, 106))
+    for i in range(64, 90):
+        window.observe(offsets[i], sizes[i])
+    assert window.runs[0].span == 16 and window.ahead == set(range(90, 106))
 
 
 def test_reset_returns_what_is_still_queued():
@@ -92,28 +101,74 @@ def test_reset_returns_what_is_still_queued():
     stream(window, range(0, 30))
     queued = set(window.ahead)
     assert set(window.reset()) == queued and queued
-    assert window.ahead == set()
-    assert window.observe(0, 0).cancel == []
+    assert window.ahead == set() and window.runs == []
+    assert read_shard(window, 0).cancel == []
 
 
-def test_a_sequential_run_releases_the_shards_it_left_behind():
+def test_interleaved_streams_each_keep_their_window():
+    """Two threads copying the halves of a mapped tensor: reads alternate between two places."""
+    window = fixed(400)
+    first = [read_shard(window, i) for i in range(0, 4)]  # the first stream gets going
+    assert first[-1].prefetch == []
+    alternating = [(read_shard(window, 100 + i), read_shard(window, 4 + i)) for i in range(40)]
+    # the second stream's first read cancels what was queued; after that nothing is cancelled
+    assert all(a.cancel == [] and b.cancel == [] for a, b in alternating[1:])
+    assert [r.start for r in window.runs] == [100, 0]
+    # both streams are read ahead, each as far as its own run allows
+    assert window.ahead == set(range(140, 140 + 39 // RUN_TO_WINDOW)) | set(range(44, 54))
+    issued = [i for a, b in alternating for i in a.prefetch + b.prefetch]
+    assert len(issued) == len(set(issued))
+
+
+def test_a_run_read_again_after_a_cancel_asks_again():
+    window = fixed(400)
+    stream(window, range(0, 20))
+    queued = set(window.ahead)
+    assert set(read_shard(window, 300).cancel) == queued  # another stream starts
+    again = read_shard(window, 20)  # the first stream goes on: its window is queued anew
+    assert queued == set(range(20, 24))
+    assert again.prefetch == list(range(21, 26)) and again.cancel == []  # 21-23 again, and two more
+
+
+def test_the_least_recently_read_run_gives_way():
+    window = fixed(MAX_RUNS * 100 + 100)
+    for start in range(0, MAX_RUNS * 100 + 1, 100):  # one run more than are kept
+        stream(window, range(start, start + 8))
+    assert [r.start for r in window.runs] == [100 * i for i in range(1, MAX_RUNS + 1)]
+    read_shard(window, 8)  # the first stream again: a new run, and the oldest gives way
+    assert [r.start for r in window.runs] == [100 * i for i in range(2, MAX_RUNS + 1)] + [8]
+
+
+def test_a_shard_is_released_once_every_byte_was_handed_out():
     window = fixed(100, shard=2 * MiB)
-    released = [i for s in range(0, 60) for i in window.observe(s, s).release]
-    # each shard once, in order, and only those ending DROP_BEHIND or more before the reader
-    assert released == list(range(len(released)))
-    behind = DROP_BEHIND // (2 * MiB)
-    assert released[-1] == 59 - behind - 1  # ends exactly DROP_BEHIND before shard 59 starts
-    # a request that arrives late, from within the drop distance, releases nothing new
-    assert window.observe(57, 57).release == []
+    # a whole shard in one read, or in pieces in any order
+    assert window.observe(0, 2 * MiB).release == [0]
+    pieces = [(3 * MiB, MiB), (2 * MiB, MiB)]  # shard 1, second half first
+    assert [window.observe(*p).release for p in pieces] == [[], [1]]
+    # a read across a boundary completes one shard and starts the next
+    assert window.observe(4 * MiB + MiB, 2 * MiB).release == []
+    assert window.observe(4 * MiB, MiB).release == [2]
+    assert window.observe(7 * MiB, MiB).release == [3]
 
 
-def test_seeks_and_random_reads_release_nothing_of_the_old_run():
+def test_a_shard_with_a_hole_stays_until_the_hole_is_read():
+    """A mapped reader skips parts of a shard and fills them much later."""
     window = fixed(100, shard=2 * MiB)
-    stream(window, range(0, 10))
-    before = window.released
-    assert window.observe(70, 70).release == []  # a seek: a new run starts there
-    assert all(window.observe(i, i).release == [] for i in (30, 5, 90, 12))  # random reads
-    assert window.released == 12 and before < 10
-    # a new run releases only its own shards
-    run = [i for s in range(40, 60) for i in window.observe(s, s).release]
-    assert run and min(run) == 40
+    window.observe(0, MiB)  # the first half of shard 0 only
+    released = [i for s in range(1, 60) for i in window.observe(s * 2 * MiB, 2 * MiB).release]
+    assert released == list(range(1, 60))  # every other shard as soon as it is complete
+    assert window.observe(MiB, MiB).release == [0]  # the hole, 116 MiB later
+    window.reset()
+    assert window.observe(0, MiB).release == []  # a closed file's counts are forgotten
+
+
+def test_shards_handed_out_in_full_are_not_read_ahead():
+    """One stream's window reaching into what another stream already read (it is in the page
+    cache, and released here) asks for none of it again."""
+    window = fixed(400)
+    stream(window, range(40, 60))  # a stream over 40..59, all released
+    issued = [i for plan in stream(window, range(0, 40)) for i in plan]
+    assert window.runs[-1].span >= 9  # the window covers 40..48
+    assert max(issued) == 39  # and asks for none of them
+    assert read_shard(window, 40).prefetch == []  # read again (by the kernel): nothing to ask
+    assert read_shard(window, 60).prefetch == [61, 62, 63, 64, 65]  # the first stream goes on

@@ -141,26 +141,23 @@ class ModelReader:
                 bisect_right(self._offsets, offset + length - 1) - 1)
 
     def read(self, offset: int, length: int) -> bytes:
-        return bytes(self.read_span(offset, length)[0])
+        return bytes(self.read_view(offset, length))
 
-    def read_span(self, offset: int, length: int) -> tuple[bytes | np.ndarray, int, int]:
-        """The bytes of a range, and the first and last shard it touched (-1, -1 if none).
-
-        A range inside one shard is a read-only view of the cached shard (no copy); one that
-        crosses shards is joined into new bytes.
-        """
+    def read_view(self, offset: int, length: int) -> bytes | np.ndarray:
+        """The bytes of a range: inside one shard a read-only view of the cached shard (no
+        copy); across shards joined into new bytes."""
         if offset < 0 or length < 0:
             raise ValueError("negative offset or length")
         length = min(length, self.size - offset)
         if length <= 0:
-            return b"", -1, -1
+            return b""
         started = time.monotonic()
         first, last = self.shard_span(offset, length)
+        beside: list[Future] = []
         if last > first and self._pool is not None:
             # a range over several shards: load the later ones beside the first, not after it
-            for index in range(first + 1, last + 1):
-                if not self.is_loaded(index):
-                    self.prefetch(index)
+            beside = [self.prefetch(index) for index in range(first + 1, last + 1)
+                      if not self.is_loaded(index)]
         offsets = self._offsets
         pieces: list[np.ndarray] = []
         hit_bytes = 0
@@ -170,9 +167,11 @@ class ModelReader:
             end = min(offset + length - offsets[index], len(data))
             pieces.append(data[start:end] if (start, end) != (0, len(data)) else data)
             hit_bytes += (end - start) if hit else 0
+        for future in beside:
+            future.cancel()  # not started: this read loaded that shard itself
         out = pieces[0] if len(pieces) == 1 else b"".join(piece.data for piece in pieces)
         self._stats.record_read(len(out), hit_bytes, time.monotonic() - started)
-        return out, first, last
+        return out
 
     def stream(self) -> ReadStream:
         return ReadStream(self)
@@ -189,11 +188,11 @@ class ReadStream:
 
     def read(self, offset: int, length: int) -> bytes | np.ndarray:
         """The bytes of a range: a read-only view of a cached shard where it can be (see
-        ``ModelReader.read_span``); hold it only as long as needed."""
-        data, first, last = self.reader.read_span(offset, length)
+        ``ModelReader.read_view``); hold it only as long as needed."""
+        data = self.reader.read_view(offset, length)
         if len(data) and self.reader.readahead_limit:
             with self._lock:  # the kernel sends concurrent reads of one open file
-                self._follow(self._window.observe(first, last))
+                self._follow(self._window.observe(offset, len(data)))
         return data
 
     def _follow(self, plan: ReadaheadPlan) -> None:
@@ -201,8 +200,10 @@ class ReadStream:
             future = self._ahead.pop(index, None)
             if future is not None:
                 future.cancel()
-        for index in plan.passed:
-            self._ahead.pop(index, None)
+        for index in plan.passed:  # read now: a load not started yet is the reader's own
+            future = self._ahead.pop(index, None)
+            if future is not None:
+                future.cancel()
         for index in plan.prefetch:
             if not self.reader.is_loaded(index):
                 self._ahead[index] = self.reader.prefetch(index)

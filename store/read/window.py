@@ -1,14 +1,24 @@
 """The readahead window of one open file: which shards to load next, which to drop.
 
 Pure bookkeeping (no threads, no I/O), so the policy can be tested on its own:
-``ReadaheadWindow.observe`` takes the shard span of each read and answers with a
-``ReadaheadPlan``. The window is measured in bytes, so it also holds for shards
-of different sizes: it is a quarter of the bytes the current sequential run has
-read, up to a limit. A random reader therefore gets no readahead, a loader
-reading one tensor a shard or two past it, and a long stream the full window.
-A seek cancels what was queued for the old position. Shards a sequential run has
-left ``DROP_BEHIND`` bytes behind are released: the kernel's page cache holds their
-bytes now, so their memory is better spent on the next shards (drop-behind).
+``ReadaheadWindow.observe`` takes the byte range of each read and answers with a
+``ReadaheadPlan``.
+
+One open file may carry several sequential streams at once: a model loaded from
+a mapped file (safetensors, ``torch.load(mmap=True)``, ``numpy.load(mmap_mode)``)
+is copied by two or more threads, each faulting its part of a tensor in order.
+So the window follows up to ``MAX_RUNS`` runs; a read continues the run it falls
+in, and a read that continues none starts a new run (the least recently read run
+gives way). Each run's window is measured in bytes, so it also holds for shards
+of different sizes: a quarter of the bytes the run has read, up to a limit. A
+random reader therefore gets no readahead, a loader reading one tensor a shard
+or two past it, and a long stream the full window. A read that starts a new run
+cancels what was queued for the others; their next read queues it again.
+
+A shard whose every byte has been handed out is released: the kernel's page cache
+holds those bytes now, so its memory is better spent on the next shards
+(drop-behind). Counting bytes rather than positions keeps a shard that a stream
+skipped in part (mapped reads leave holes they fill later) until it is complete.
 """
 from __future__ import annotations
 
@@ -16,11 +26,11 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-#: window bytes = bytes read sequentially so far / RUN_TO_WINDOW (capped)
+#: window bytes = bytes a run has read so far / RUN_TO_WINDOW (capped)
 RUN_TO_WINDOW = 4
-#: a run's shards that end this far before its current read are released; the kernel's
-#: concurrent requests of one stream arrive out of order by far less (its readahead, 1 MiB)
-DROP_BEHIND = 8 << 20
+#: sequential streams followed in one open file (a tensor copied out of a mapped file is
+#: read by as many threads as torch copies with, up to one per core)
+MAX_RUNS = 16
 
 
 @dataclass
@@ -34,53 +44,92 @@ class ReadaheadPlan:
     release: list[int] = field(default_factory=list)
 
 
+@dataclass
+class Run:
+    """One sequential stream: where it started, the last shard it read, and its window."""
+
+    start: int
+    last: int
+    span: int = 0  # shards the window covers past ``last``
+    ahead: set[int] = field(default_factory=set)  # asked for and not yet passed
+
+    def continues(self, first: int) -> bool:
+        """A read that starts in the current shard, the next one, or up to a window behind
+        (the kernel delivers concurrent requests of one stream out of order)."""
+        return self.last - self.span <= first <= self.last + 1
+
+
 class ReadaheadWindow:
-    """A sequential detector over shards that start at ``offsets`` (ascending, the
-    first 0) in a file of ``size`` bytes, with a window of at most ``limit`` bytes."""
+    """The runs of one open file over shards that start at ``offsets`` (ascending, the
+    first 0) in a file of ``size`` bytes, each with a window of at most ``limit`` bytes."""
 
     def __init__(self, offsets: Sequence[int], size: int, limit: int) -> None:
         self._starts = list(offsets)
         self._ends = self._starts[1:] + [size]
         self.limit = limit
-        self.last = -1  # last shard of the run; -1 so a read from the start is sequential
-        self.run_start = 0
-        self.span = 0  # shards the window covers past ``last``
-        self.ahead: set[int] = set()  # shards asked for and not yet passed
-        self.released = 0  # the run's shards below this index were released
+        self.runs: list[Run] = []  # the most recently read last
+        self._handed: dict[int, int] = {}  # bytes handed out of shards not complete yet
+        self._complete = bytearray(len(self._starts))  # 1: every byte handed out (released)
 
-    def observe(self, first: int, last: int) -> ReadaheadPlan:
-        """Account for a read of shards ``first..last``.
+    @property
+    def ahead(self) -> set[int]:
+        """Every shard some run asked for and has not passed."""
+        return set().union(*(run.ahead for run in self.runs))
 
-        A read that starts in the current shard, the next one, or up to a window
-        behind (the kernel delivers concurrent requests of one stream out of
-        order) continues the run; anything else is a seek and starts a new run.
-        """
-        plan = ReadaheadPlan()
-        if self.last - self.span <= first <= self.last + 1:
-            if last <= self.last:
-                return plan
+    def observe(self, offset: int, length: int) -> ReadaheadPlan:
+        """Account for a read of ``length`` bytes at ``offset`` (inside the file)."""
+        first = bisect_right(self._starts, offset) - 1
+        last = bisect_right(self._starts, offset + length - 1) - 1
+        plan = ReadaheadPlan(release=self._hand_out(offset, offset + length, first, last))
+        run = next((r for r in reversed(self.runs) if r.continues(first)), None)
+        if run is None:
+            run = self._start_run(first, plan)
         else:
-            plan.cancel = sorted(self.ahead)
-            self.ahead.clear()
-            self.run_start = self.released = first
-        self.last = last
-        plan.passed = sorted(i for i in self.ahead if i <= last)
-        self.ahead.difference_update(plan.passed)
-        window = min((self._starts[last] - self._starts[self.run_start]) // RUN_TO_WINDOW, self.limit)
+            self.runs.remove(run)
+            self.runs.append(run)
+            if last <= run.last:
+                return plan
+        run.last = last
+        plan.passed = sorted(i for i in run.ahead if i <= last)
+        run.ahead.difference_update(plan.passed)
+        window = min((self._starts[last] - self._starts[run.start]) // RUN_TO_WINDOW, self.limit)
         # the shards that end within ``window`` bytes past the end of the last one read
         end = bisect_right(self._ends, self._ends[last] + window) - 1
-        self.span = max(end - last, 0)
-        plan.prefetch = [i for i in range(last + 1, end + 1) if i not in self.ahead]
-        self.ahead.update(plan.prefetch)
-        behind = bisect_right(self._ends, self._starts[first] - DROP_BEHIND)  # shards ending there
-        if behind > self.released:
-            plan.release = list(range(max(self.released, self.run_start), behind))
-            self.released = behind
+        run.span = max(end - last, 0)
+        wanted, complete = self.ahead, self._complete
+        plan.prefetch = [i for i in range(last + 1, end + 1) if i not in wanted and not complete[i]]
+        run.ahead.update(plan.prefetch)
         return plan
 
+    def _start_run(self, first: int, plan: ReadaheadPlan) -> Run:
+        """A new run at ``first``; the others' queued loads are cancelled, and the least
+        recently read run gives way when there are ``MAX_RUNS``."""
+        plan.cancel = sorted(self.ahead)
+        for run in self.runs:
+            run.ahead.clear()
+        del self.runs[:max(len(self.runs) + 1 - MAX_RUNS, 0)]
+        run = Run(start=first, last=first - 1)
+        self.runs.append(run)
+        return run
+
+    def _hand_out(self, start: int, end: int, first: int, last: int) -> list[int]:
+        """Count the bytes of ``start..end`` against their shards; the shards now complete."""
+        complete = []
+        for index in range(first, last + 1):
+            shard_start, shard_end = self._starts[index], self._ends[index]
+            handed = self._handed.get(index, 0) + min(end, shard_end) - max(start, shard_start)
+            if handed >= shard_end - shard_start:
+                self._handed.pop(index, None)
+                self._complete[index] = 1  # in the page cache now: never read ahead again
+                complete.append(index)
+            else:
+                self._handed[index] = handed
+        return complete
+
     def reset(self) -> list[int]:
-        """Forget the run (the file is closed); the shards still queued, to cancel."""
+        """Forget the runs (the file is closed); the shards still queued, to cancel."""
         queued = sorted(self.ahead)
-        self.ahead.clear()
-        self.last, self.run_start, self.span, self.released = -1, 0, 0, 0
+        self.runs.clear()
+        self._handed.clear()
+        self._complete = bytearray(len(self._starts))
         return queued
