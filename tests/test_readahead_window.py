@@ -1,5 +1,5 @@
 """The readahead policy of one open file, without threads or a store."""
-from modelfs.store.read.window import MAX_RUNS, RUN_TO_WINDOW, ReadaheadPlan, ReadaheadWindow
+from modelfs.store.read.window import DROP_BEHIND, MAX_RUNS, RUN_TO_WINDOW, ReadaheadPlan, ReadaheadWindow
 
 MiB = 1 << 20
 SHARD = 4 * MiB
@@ -139,27 +139,44 @@ def test_the_least_recently_read_run_gives_way():
     assert [r.start for r in window.runs] == [100 * i for i in range(2, MAX_RUNS + 1)] + [8]
 
 
-def test_a_shard_is_released_once_every_byte_was_handed_out():
+def test_a_sequential_run_releases_complete_shards_it_left_behind():
     window = fixed(100, shard=2 * MiB)
-    # a whole shard in one read, or in pieces in any order
-    assert window.observe(0, 2 * MiB).release == [0]
-    pieces = [(3 * MiB, MiB), (2 * MiB, MiB)]  # shard 1, second half first
-    assert [window.observe(*p).release for p in pieces] == [[], [1]]
-    # a read across a boundary completes one shard and starts the next
-    assert window.observe(4 * MiB + MiB, 2 * MiB).release == []
-    assert window.observe(4 * MiB, MiB).release == [2]
-    assert window.observe(7 * MiB, MiB).release == [3]
+    released = [i for s in range(0, 60) for i in read_shard(window, s, 2 * MiB).release]
+    # each shard once, in order, and only those ending DROP_BEHIND or more before the reader
+    assert released == list(range(len(released)))
+    behind = DROP_BEHIND // (2 * MiB)
+    assert released[-1] == 59 - behind - 1  # ends exactly DROP_BEHIND before shard 59 starts
+    # a request that arrives late, from within the drop distance, releases nothing new
+    assert read_shard(window, 57, 2 * MiB).release == []
+
+
+def test_a_small_file_read_once_stays_cached():
+    window = fixed(3, shard=2 * MiB)
+    assert [read_shard(window, s, 2 * MiB).release for s in range(3)] == [[], [], []]
+
+
+def test_a_shard_is_complete_once_every_byte_was_handed_out_in_any_order():
+    window = fixed(100, shard=2 * MiB)
+    far = 40 * MiB  # a read this far on releases what is complete
+    window.observe(3 * MiB, MiB)  # shard 1, second half first
+    window.observe(2 * MiB, MiB)
+    window.observe(4 * MiB + MiB, 2 * MiB)  # shards 2 and 3, in part
+    assert window.observe(far, MiB).release == [1]
+    window.observe(4 * MiB, MiB)  # the rest of shard 2
+    assert window.observe(far + MiB, MiB).release == [2]
 
 
 def test_a_shard_with_a_hole_stays_until_the_hole_is_read():
     """A mapped reader skips parts of a shard and fills them much later."""
     window = fixed(100, shard=2 * MiB)
     window.observe(0, MiB)  # the first half of shard 0 only
-    released = [i for s in range(1, 60) for i in window.observe(s * 2 * MiB, 2 * MiB).release]
-    assert released == list(range(1, 60))  # every other shard as soon as it is complete
-    assert window.observe(MiB, MiB).release == [0]  # the hole, 116 MiB later
+    released = [i for s in range(1, 60) for i in read_shard(window, s, 2 * MiB).release]
+    assert released and 0 not in released and released == list(range(1, released[-1] + 1))
+    window.observe(MiB, MiB)  # the hole, 116 MiB later
+    assert window.observe(118 * MiB, MiB).release == [0] + list(range(released[-1] + 1, 55))
     window.reset()
-    assert window.observe(0, MiB).release == []  # a closed file's counts are forgotten
+    window.observe(0, MiB)  # a closed file's counts are forgotten
+    assert window.observe(40 * MiB, 2 * MiB).release == []
 
 
 def test_shards_handed_out_in_full_are_not_read_ahead():

@@ -15,10 +15,12 @@ random reader therefore gets no readahead, a loader reading one tensor a shard
 or two past it, and a long stream the full window. A read that starts a new run
 cancels what was queued for the others; their next read queues it again.
 
-A shard whose every byte has been handed out is released: the kernel's page cache
-holds those bytes now, so its memory is better spent on the next shards
-(drop-behind). Counting bytes rather than positions keeps a shard that a stream
-skipped in part (mapped reads leave holes they fill later) until it is complete.
+A shard whose every byte has been handed out is released once a read lands
+``DROP_BEHIND`` bytes past it: the kernel's page cache holds those bytes now, so
+its memory is better spent on the next shards (drop-behind), and a small file
+read once stays cached whole. Counting bytes, not only positions, keeps a shard
+that a stream skipped in part (mapped reads leave holes they fill later) until
+it is complete.
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ RUN_TO_WINDOW = 4
 #: sequential streams followed in one open file (a tensor copied out of a mapped file is
 #: read by as many threads as torch copies with, up to one per core)
 MAX_RUNS = 16
+#: complete shards that end this far before a read are released; the kernel's concurrent
+#: requests of one stream arrive out of order by far less (its readahead, 1 MiB)
+DROP_BEHIND = 8 << 20
 
 
 @dataclass
@@ -69,7 +74,8 @@ class ReadaheadWindow:
         self.limit = limit
         self.runs: list[Run] = []  # the most recently read last
         self._handed: dict[int, int] = {}  # bytes handed out of shards not complete yet
-        self._complete = bytearray(len(self._starts))  # 1: every byte handed out (released)
+        self._complete = bytearray(len(self._starts))  # 1: every byte handed out
+        self._unreleased: set[int] = set()  # complete, and no read DROP_BEHIND past them yet
 
     @property
     def ahead(self) -> set[int]:
@@ -80,7 +86,7 @@ class ReadaheadWindow:
         """Account for a read of ``length`` bytes at ``offset`` (inside the file)."""
         first = bisect_right(self._starts, offset) - 1
         last = bisect_right(self._starts, offset + length - 1) - 1
-        plan = ReadaheadPlan(release=self._hand_out(offset, offset + length, first, last))
+        plan = ReadaheadPlan(release=self._drop_behind(offset, offset + length, first, last))
         run = next((r for r in reversed(self.runs) if r.continues(first)), None)
         if run is None:
             run = self._start_run(first, plan)
@@ -112,19 +118,21 @@ class ReadaheadWindow:
         self.runs.append(run)
         return run
 
-    def _hand_out(self, start: int, end: int, first: int, last: int) -> list[int]:
-        """Count the bytes of ``start..end`` against their shards; the shards now complete."""
-        complete = []
+    def _drop_behind(self, start: int, end: int, first: int, last: int) -> list[int]:
+        """Count the bytes of ``start..end`` against their shards; the complete shards that end
+        ``DROP_BEHIND`` or more before ``start``, to release."""
         for index in range(first, last + 1):
             shard_start, shard_end = self._starts[index], self._ends[index]
             handed = self._handed.get(index, 0) + min(end, shard_end) - max(start, shard_start)
             if handed >= shard_end - shard_start:
                 self._handed.pop(index, None)
                 self._complete[index] = 1  # in the page cache now: never read ahead again
-                complete.append(index)
+                self._unreleased.add(index)
             else:
                 self._handed[index] = handed
-        return complete
+        behind = [i for i in self._unreleased if self._ends[i] <= start - DROP_BEHIND]
+        self._unreleased.difference_update(behind)
+        return sorted(behind)
 
     def reset(self) -> list[int]:
         """Forget the runs (the file is closed); the shards still queued, to cancel."""
@@ -132,4 +140,5 @@ class ReadaheadWindow:
         self.runs.clear()
         self._handed.clear()
         self._complete = bytearray(len(self._starts))
+        self._unreleased.clear()
         return queued
