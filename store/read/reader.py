@@ -1,7 +1,7 @@
 """Reads of one model version: byte ranges → shards → cache or backend.
 
-``ModelReader.read`` maps a range onto shards with ``numpy.searchsorted`` and
-takes each shard from the cache, loading it on a miss (fetch, authenticate,
+``ModelReader.read_view`` maps a range onto shards by bisection over their offsets
+and takes each shard from the cache, loading it on a miss (fetch, authenticate,
 decrypt, decompress, un-group). ``ReadStream`` is the per-open-file view that
 turns the plans of its ``ReadaheadWindow`` (see ``window.py``) into loads of
 whole shards on a shared thread pool.
