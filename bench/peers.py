@@ -125,7 +125,8 @@ class RcloneCrypt:
         return result.stdout
 
     def _obscure(self, password: str) -> str:
-        result = subprocess.run(["rclone", "obscure", password], capture_output=True, text=True,
+        # "--": a random password may start with "-" (1 in 64), which rclone would take for a flag
+        result = subprocess.run(["rclone", "obscure", "--", password], capture_output=True, text=True,
                                 timeout=30, env=self.env)
         if result.returncode != 0:
             raise RuntimeError(f"rclone obscure failed: {result.stderr.strip()}")

@@ -196,6 +196,7 @@ def test_a_peer_mount_that_fails_says_why(bench_dir: Path, monkeypatch) -> None:
     refused.upload(model)
     with pytest.raises(RuntimeError, match=r"(?s)exited with status \d+: .*unknown flag: --no-such-flag"):
         refused.mount()
+    assert refused._obscure("-s" + "x" * 30)  # a password that looks like a flag (1 in 64 do)
     monkeypatch.setattr(peers, "MOUNT_TIMEOUT", 3.0)
     silent = peers.RcloneCrypt(bench_dir / "silent", mount_args=("-v",))
     silent.upload(model)
