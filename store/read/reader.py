@@ -196,11 +196,8 @@ class ReadStream:
         return data
 
     def _follow(self, plan: ReadaheadPlan) -> None:
-        for index in plan.cancel:
-            future = self._ahead.pop(index, None)
-            if future is not None:
-                future.cancel()
-        for index in plan.passed:  # read now: a load not started yet is the reader's own
+        # a passed shard was read: a load of it not started yet was done by the reader itself
+        for index in plan.cancel + plan.passed:
             future = self._ahead.pop(index, None)
             if future is not None:
                 future.cancel()

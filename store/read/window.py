@@ -41,7 +41,8 @@ DROP_BEHIND = 8 << 20
 @dataclass
 class ReadaheadPlan:
     """What one read changes: shards to start loading, queued loads to cancel, loads the
-    reader has now passed (keep them, stop tracking them) and shards it is done with."""
+    reader has now passed (stop tracking them; one still queued is not needed: the reader
+    loaded that shard itself) and shards it is done with."""
 
     prefetch: list[int] = field(default_factory=list)
     cancel: list[int] = field(default_factory=list)
@@ -91,8 +92,9 @@ class ReadaheadWindow:
         if run is None:
             run = self._start_run(first, plan)
         else:
-            self.runs.remove(run)
-            self.runs.append(run)
+            if run is not self.runs[-1]:
+                self.runs.remove(run)
+                self.runs.append(run)
             if last <= run.last:
                 return plan
         run.last = last
@@ -102,8 +104,8 @@ class ReadaheadWindow:
         # the shards that end within ``window`` bytes past the end of the last one read
         end = bisect_right(self._ends, self._ends[last] + window) - 1
         run.span = max(end - last, 0)
-        wanted, complete = self.ahead, self._complete
-        plan.prefetch = [i for i in range(last + 1, end + 1) if i not in wanted and not complete[i]]
+        plan.prefetch = [i for i in range(last + 1, end + 1) if not self._complete[i]
+                         and not any(i in r.ahead for r in self.runs)]
         run.ahead.update(plan.prefetch)
         return plan
 
