@@ -204,3 +204,17 @@ def test_a_pushed_version_reads_back_byte_for_byte(tmp_path, store):
         offset = int(rng.integers(0, len(original)))
         length = int(rng.integers(0, 3 * SHARD))
         assert reader.read(offset, length) == original[offset:offset + length]
+
+
+def test_tensor_offsets_come_from_the_first_bytes_of_a_safetensors_file(tmp_path):
+    """What the reader learns from a file's first read, to read tensor starts ahead."""
+    path = tmp_path / "model.safetensors"
+    save_file(llm_like(), str(path))
+    raw, size = path.read_bytes(), path.stat().st_size
+    starts = sorted(off for off, length, _ in tensor_spans(path).values() if length)
+    assert chunking.tensor_offsets(raw[:1 << 20], size) == starts
+    header_end = starts[0]
+    assert chunking.tensor_offsets(raw[:header_end], size) == starts
+    assert chunking.tensor_offsets(raw[:header_end - 1], size) is None  # the header is cut short
+    assert chunking.tensor_offsets(b"PK\x03\x04" + raw[4:4096], size) is None  # not safetensors
+    assert chunking.tensor_offsets(raw[:4], size) is None

@@ -1,5 +1,15 @@
 """The readahead policy of one open file, without threads or a store."""
-from modelfs.store.read.window import DROP_BEHIND, MAX_RUNS, RUN_TO_WINDOW, ReadaheadPlan, ReadaheadWindow
+import random
+
+from modelfs.store.read.window import (
+    DROP_BEHIND,
+    HEAD_LOOKAHEAD,
+    HEAD_STREAK,
+    MAX_RUNS,
+    RUN_TO_WINDOW,
+    ReadaheadPlan,
+    ReadaheadWindow,
+)
 
 MiB = 1 << 20
 SHARD = 4 * MiB
@@ -189,3 +199,88 @@ def test_shards_handed_out_in_full_are_not_read_ahead():
     assert max(issued) == 39  # and asks for none of them
     assert read_shard(window, 40).prefetch == []  # read again (by the kernel): nothing to ask
     assert read_shard(window, 60).prefetch == [61, 62, 63, 64, 65]  # the first stream goes on
+
+
+# -- tensor starts -----------------------------------------------------------------
+#: a header shard, then 30 tensors of four shards each (tensor k starts at shard 1 + 4k)
+TENSORS = 30
+HEADS = [1 + 4 * k for k in range(TENSORS)]
+SHARDS = 1 + 4 * TENSORS
+
+
+def tensors(limit: int = 64 * MiB) -> ReadaheadWindow:
+    count = SHARDS
+    return ReadaheadWindow([i * SHARD for i in range(count)], count * SHARD, limit, heads=lambda: HEADS)
+
+
+def touch(window: ReadaheadWindow, head: int) -> list[ReadaheadPlan]:
+    """What a page fault at a tensor's start reads: 1 MiB before it and 1 MiB from it."""
+    start = head * SHARD
+    return [window.observe(start - MiB, MiB), window.observe(start, MiB)]
+
+
+def test_touches_at_ascending_tensor_starts_load_the_next_ones():
+    """safetensors' first pass: one touch per tensor, in file order. Once the streak shows,
+    each next touch's two shards (the one before the tensor start and the one it starts in)
+    are loaded ahead, each asked for once; a touch passes what was loaded for it."""
+    window = tensors()
+    window.observe(0, MiB)  # the header
+    queued: set[int] = set()
+    for k, head in enumerate(HEADS):
+        plans = touch(window, head)
+        issued = [i for plan in plans for i in plan.prefetch]
+        assert not queued.intersection(issued)  # never asked for twice
+        queued.update(issued)
+        queued.difference_update(i for plan in plans for i in plan.passed + plan.cancel)
+        if k < HEAD_STREAK:  # the first touch reads into the header's shard: not counted
+            assert issued == []
+        elif k + HEAD_LOOKAHEAD < TENSORS:
+            nxt = HEADS[k + 1:k + 1 + HEAD_LOOKAHEAD]
+            assert window.ahead == {i for h in nxt for i in (h - 1, h)}
+        if k > HEAD_STREAK:
+            # what this touch reads was loaded ahead: passed, not cancelled
+            assert {head - 1, head} <= {i for plan in plans for i in plan.passed}
+            assert not {head - 1, head} & {i for plan in plans for i in plan.cancel}
+    assert window.ahead == set()
+
+
+def test_touches_ahead_stay_within_the_limit():
+    window = tensors(limit=3 * SHARD)
+    window.observe(0, MiB)
+    for head in HEADS[:HEAD_STREAK + 1]:  # the first touch reads into the header's shard
+        touch(window, head)
+    nxt = HEADS[HEAD_STREAK + 1]
+    assert window.ahead == {nxt - 1, nxt}  # a second touch's two shards would pass the limit
+
+
+def test_a_loader_of_one_tensor_gets_no_other_tensor():
+    """The header, then one tensor copied in 1 MiB reads: nothing of the tensors after it."""
+    window = tensors()
+    window.observe(0, MiB)
+    head = HEADS[10]
+    issued = [i for offset in range(head * SHARD, (head + 4) * SHARD, MiB)
+              for i in window.observe(offset, MiB).prefetch]
+    assert set(issued) <= {head + 1, head + 2, head + 3, head + 4}  # its own shards, one more
+
+
+def test_touches_out_of_order_load_nothing_ahead():
+    window = tensors()
+    window.observe(0, MiB)
+    order = HEADS[:]
+    random.Random(5).shuffle(order)
+    issued = [i for head in order[:12] for plan in touch(window, head) for i in plan.prefetch]
+    assert issued == []
+    # a streak, then a touch back: what was queued for the streak is cancelled
+    for head in HEADS[12:12 + HEAD_STREAK]:
+        touch(window, head)
+    queued = set(window.ahead)
+    assert queued
+    plans = touch(window, HEADS[2])
+    assert queued <= set(plans[0].cancel) and window.ahead == set()
+
+
+def test_a_sequential_reader_gets_the_same_plans_with_tensor_starts_known():
+    plain = ReadaheadWindow([i * SHARD for i in range(SHARDS)], SHARDS * SHARD, 64 * MiB)
+    known = tensors()
+    for offset in range(0, SHARDS * SHARD, MiB):
+        assert known.observe(offset, MiB) == plain.observe(offset, MiB)

@@ -78,21 +78,40 @@ def plan_cuts(f: BinaryIO, size: int, shard_size: int) -> list[Cut]:
 # -- model formats -------------------------------------------------------------
 def _safetensors_units(f: BinaryIO, size: int) -> list[_Unit] | None:
     f.seek(0)
-    head = f.read(8)
-    if len(head) < 8:
+    header_len = _safetensors_header_length(f.read(8), size)
+    if header_len is None:
         return None
-    (header_len,) = struct.unpack("<Q", head)
-    if not 2 <= header_len <= min(MAX_HEADER, size - 8):
+    tensors = _safetensors_tensors(f.read(header_len), 8 + header_len, size)
+    return None if tensors is None else [_Unit(0, 8 + header_len, packable=False)] + tensors
+
+
+def tensor_offsets(prefix: bytes, size: int) -> list[int] | None:
+    """Where the tensors of a safetensors file of ``size`` bytes start, in file order, from its
+    first bytes; None when ``prefix`` does not hold a whole safetensors header."""
+    header_len = _safetensors_header_length(prefix, size)
+    if header_len is None or len(prefix) < 8 + header_len:
         return None
-    raw = f.read(header_len)
+    tensors = _safetensors_tensors(prefix[8:8 + header_len], 8 + header_len, size)
+    return None if tensors is None else sorted(unit.offset for unit in tensors)
+
+
+def _safetensors_header_length(prefix: bytes, size: int) -> int | None:
+    """The header length the first 8 bytes announce, when a file of ``size`` can hold it."""
+    if len(prefix) < 8:
+        return None
+    (header_len,) = struct.unpack_from("<Q", prefix)
+    return header_len if 2 <= header_len <= min(MAX_HEADER, size - 8) else None
+
+
+def _safetensors_tensors(raw: bytes, base: int, size: int) -> list[_Unit] | None:
+    """The non-empty tensors a JSON header describes, at file offsets (data starts at ``base``)."""
     if not raw.startswith(b"{"):
         return None
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
         return None
-    base = 8 + header_len
-    units = [_Unit(0, base, packable=False)]
+    units = []
     for name, info in header.items():
         if name == "__metadata__":
             continue

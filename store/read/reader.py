@@ -18,6 +18,7 @@ import numpy as np
 
 from ..backends.base import READ_ALIGNMENT, Backend
 from ..errors import IntegrityError, ModelfsError
+from ..format.chunking import tensor_offsets
 from ..format.codec import decode
 from ..format.crypto import ShardCipher
 from ..format.manifest import Manifest
@@ -57,6 +58,7 @@ class ModelReader:
         self._lengths: list[int] = manifest.lengths.tolist()
         self._reported: set[int] = set()
         self.readahead_limit = 0  # largest readahead window of a stream, bytes; 0 = none
+        self.tensor_heads: list[int] | None = None  # shards where a tensor starts; None: not seen
 
     def enable_readahead(self, pool: ThreadPoolExecutor, readahead_bytes: int) -> None:
         """Let streams load ahead on ``pool``, inside half the cache budget so that
@@ -173,6 +175,13 @@ class ModelReader:
         self._stats.record_read(len(out), hit_bytes, time.monotonic() - started)
         return out
 
+    def learn_heads(self, start: bytes | np.ndarray) -> None:
+        """Find the shards where tensors start in the file's first bytes (a safetensors header),
+        for readahead (see ``ReadaheadWindow``); a file of another kind has none."""
+        prefix = start.tobytes() if isinstance(start, np.ndarray) else start
+        offsets = tensor_offsets(prefix, self.size) or []
+        self.tensor_heads = sorted({bisect_right(self._offsets, offset) - 1 for offset in offsets})
+
     def stream(self) -> ReadStream:
         return ReadStream(self)
 
@@ -182,7 +191,8 @@ class ReadStream:
 
     def __init__(self, reader: ModelReader) -> None:
         self.reader = reader
-        self._window = ReadaheadWindow(reader._offsets, reader.size, reader.readahead_limit)
+        self._window = ReadaheadWindow(reader._offsets, reader.size, reader.readahead_limit,
+                                       heads=lambda: reader.tensor_heads or ())
         self._ahead: dict[int, Future] = {}
         self._lock = threading.Lock()
 
@@ -190,6 +200,8 @@ class ReadStream:
         """The bytes of a range: a read-only view of a cached shard where it can be (see
         ``ModelReader.read_view``); hold it only as long as needed."""
         data = self.reader.read_view(offset, length)
+        if offset == 0 and self.reader.tensor_heads is None:
+            self.reader.learn_heads(data)
         if len(data) and self.reader.readahead_limit:
             with self._lock:  # the kernel sends concurrent reads of one open file
                 self._follow(self._window.observe(offset, len(data)))
