@@ -284,3 +284,46 @@ def test_a_sequential_reader_gets_the_same_plans_with_tensor_starts_known():
     known = tensors()
     for offset in range(0, SHARDS * SHARD, MiB):
         assert known.observe(offset, MiB) == plain.observe(offset, MiB)
+
+
+#: the reads a fresh mount got from ``safe_open(...).get_tensor(name)`` plus a copy of one 22 MiB
+#: bf16 tensor (two copying threads, the kernel's readahead reaching past the tensor's end
+#: into the small tensors after it), three loads: (MiB from the tensor's start, KiB long)
+ONE_TENSOR_LOADS = [
+    [(-1.0, 1024), (0.0, 1024), (1.0, 1024), (10.0, 1024), (2.0, 1016), (2.0, 1016), (3.992, 1024),
+     (3.992, 1024), (4.992, 1024), (12.0, 1024), (13.0, 1016), (6.992, 1024), (16.992, 1024),
+     (16.992, 1024), (8.992, 1024), (9.992, 8), (9.992, 8), (7.992, 1024), (15.992, 1024),
+     (15.992, 1024), (17.992, 1024), (18.992, 1024), (19.992, 1024), (19.992, 1024), (22.992, 1024),
+     (21.992, 1024), (23.992, 1024), (23.992, 1024)],
+    [(-1.0, 1024), (0.0, 1024), (1.0, 1024), (11.0, 1024), (10.0, 1024), (2.0, 1016), (2.0, 1016),
+     (13.0, 1016), (4.992, 1024), (4.992, 1024), (4.992, 1024), (13.992, 1024), (14.992, 1024),
+     (7.992, 1024), (7.992, 1024), (7.992, 1024), (16.992, 1024), (16.992, 1024), (16.992, 1024),
+     (8.992, 1024), (18.992, 1024), (17.992, 1024), (19.992, 1024), (22.992, 1024), (20.992, 1024),
+     (20.992, 1024), (24.992, 1024), (24.992, 1024)],
+    [(-1.0, 1024), (0.0, 1024), (1.0, 1024), (11.0, 1024), (2.992, 1024), (2.0, 1016), (10.0, 1024),
+     (13.992, 1024), (13.992, 1024), (4.992, 1024), (3.992, 1024), (3.992, 1024), (3.992, 1024),
+     (3.992, 1024), (6.992, 1024), (7.992, 1024), (8.992, 1024), (9.992, 8), (18.992, 1024),
+     (18.992, 1024), (18.992, 1024), (18.992, 1024), (22.992, 1024), (22.992, 1024), (21.992, 1024),
+     (21.992, 1024), (23.992, 1024), (24.992, 1024)],
+]
+
+
+def test_a_mapped_load_of_one_tensor_loads_nothing_for_the_tensors_after_it():
+    """Two copying threads and the kernel's readahead jump about near the tensor's end, where
+    small tensors start: the plans are those of a window that knows no tensor starts."""
+    header, big, small = 41216, 22 * MiB, 4096  # 2 MiB shards; each big tensor then a small one
+    starts, heads, at = [0], [], header
+    for _ in range(4):
+        heads.append(len(starts))
+        starts += range(at, at + big, 2 * MiB)
+        heads.append(len(starts))
+        starts.append(at + big)
+        at += big + small
+    tensor = starts[heads[2]]
+    for loads in ONE_TENSOR_LOADS:
+        known = ReadaheadWindow(starts, at, 64 * MiB, heads=lambda: heads)
+        plain = ReadaheadWindow(starts, at, 64 * MiB)
+        assert known.observe(0, MiB) == plain.observe(0, MiB)
+        for where, kib in loads:
+            offset = (tensor + round(where * MiB)) // 4096 * 4096
+            assert known.observe(offset, kib << 10) == plain.observe(offset, kib << 10)

@@ -27,7 +27,7 @@ is known, one more pattern is followed. safetensors' ``load_file`` first touches
 the start of every tensor, in file order, one page fault at a time, before it
 copies any: each fault reads about a MiB either side of a tensor start, far from
 the one before, so each would wait for its shards. A read that jumps (starts a
-run, or skips ahead of its run) to near a tensor start is such a touch; once
+run, or skips ahead of its run) to just before a tensor start is such a touch; once
 ``HEAD_STREAK`` touches in a row are at ascending tensor starts, the shards of
 the next ``HEAD_LOOKAHEAD`` touches are loaded ahead of them. A loader of one
 tensor, a sequential reader or a random reader makes no such streak, so it
@@ -49,12 +49,13 @@ MAX_RUNS = 16
 DROP_BEHIND = 8 << 20
 #: tensor starts loaded ahead of a pass that touches them in order
 HEAD_LOOKAHEAD = 4
-#: touches in a row at ascending tensor starts that show such a pass (a random reader lands
-#: near a tensor start often, four times in a row in ascending order rarely)
-HEAD_STREAK = 4
-#: a page fault at a tensor's start reads the bytes around it, so a read that jumps to up to
-#: this far before a tensor start is taken as a touch of it
-HEAD_NEAR = 4 << 20
+#: touches in a row at ascending tensor starts that show such a pass: more than a loader of
+#: one tensor makes near its end, where the next (small) tensors start and its threads and
+#: the kernel's readahead jump about; a random reader makes them more rarely still
+HEAD_STREAK = 6
+#: a page fault at a tensor's start reads about a MiB either side of it, so a read that jumps
+#: to up to this far before a tensor start is taken as a touch of it
+HEAD_NEAR = 2 << 20
 #: a read that starts this far past the furthest byte of its run skipped ahead (the kernel's
 #: concurrent requests of one stream arrive out of order by one readahead window, 1 MiB)
 JUMP = 2 << 20
@@ -172,12 +173,9 @@ class ReadaheadWindow:
             self._heads = [i for i in self._heads_of() if 0 < i < len(self._starts)]
             self._head_starts = [self._starts[i] for i in self._heads]
         at = bisect_left(self._head_starts, offset)
-        if at < len(self._heads) and self._head_starts[at] - offset <= HEAD_NEAR:
-            lead = self._head_starts[at] - offset
-        elif at > 0 and offset < self._ends[self._heads[at - 1]]:
-            at, lead = at - 1, 0  # inside the shard a tensor starts in
-        else:
+        if at == len(self._heads) or self._head_starts[at] - offset > HEAD_NEAR:
             return []  # not at a tensor start: another stream, such as a tensor's second half
+        lead = self._head_starts[at] - offset
         head = self._heads[at]
         if head == self._last_head:
             return []  # the same touch again (its next request, or a read the kernel split)
