@@ -218,3 +218,5 @@ def test_tensor_offsets_come_from_the_first_bytes_of_a_safetensors_file(tmp_path
     assert chunking.tensor_offsets(raw[:header_end - 1], size) is None  # the header is cut short
     assert chunking.tensor_offsets(b"PK\x03\x04" + raw[4:4096], size) is None  # not safetensors
     assert chunking.tensor_offsets(raw[:4], size) is None
+    deep = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # past the JSON parser's recursion limit
+    assert chunking.tensor_offsets(len(deep).to_bytes(8, "little") + deep, size) is None

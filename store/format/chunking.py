@@ -109,7 +109,7 @@ def _safetensors_tensors(raw: bytes, base: int, size: int) -> list[_Unit] | None
         return None
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting: not a safetensors header
         return None
     units = []
     for name, info in header.items():
