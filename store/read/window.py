@@ -119,6 +119,10 @@ class ReadaheadWindow:
     def _run_ahead(self) -> set[int]:
         return set().union(*(run.ahead for run in self.runs))
 
+    def _queued(self, index: int) -> bool:
+        """Asked for already (checked per candidate: no set of everything queued per read)."""
+        return index in self._heads_ahead or any(index in run.ahead for run in self.runs)
+
     def observe(self, offset: int, length: int) -> ReadaheadPlan:
         """Account for a read of ``length`` bytes at ``offset`` (inside the file)."""
         first = bisect_right(self._starts, offset) - 1
@@ -143,8 +147,8 @@ class ReadaheadWindow:
             # the shards that end within ``window`` bytes past the end of the last one read
             end = bisect_right(self._ends, self._ends[last] + window) - 1
             run.span = max(end - last, 0)
-            ahead = self.ahead
-            plan.prefetch = [i for i in range(last + 1, end + 1) if not self._complete[i] and i not in ahead]
+            plan.prefetch = [i for i in range(last + 1, end + 1)
+                             if not self._complete[i] and not self._queued(i)]
             run.ahead.update(plan.prefetch)
         plan.prefetch += heads
         return plan
