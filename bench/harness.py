@@ -21,9 +21,13 @@ import psutil
 from modelfs.fs.mount import detach, read_stats
 from modelfs.store.config import ReadOptions
 
+from .measure import drop_caches, read_sequential
+from .synth import sha256_file
+
 #: the ``modelfs`` command of this interpreter (works without the console script installed)
 MODELFS = [sys.executable, "-m", "modelfs.tools.cli"]
 MOUNT_LOG_GLOB = "mount-*.log"
+BLOCK = 4 << 20  # read size of the scripts' whole-file reads, as dd bs=4M
 DAEMON_EXIT_TIMEOUT = 15.0
 
 
@@ -137,3 +141,23 @@ def daemon_mount(store_url: str | os.PathLike, key_file: str | os.PathLike | Non
         if pid:
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).wait(timeout=DAEMON_EXIT_TIMEOUT)
+
+
+def read_all(path: Path) -> tuple[float, str]:
+    """MB/s of a 4 MiB-block sequential read, and the SHA-256 of the file read again afterwards
+    (from the page cache the first read filled): the reader spends no CPU on hashing while it is
+    timed, as the plain reads it is compared with spend none."""
+    total, seconds = read_sequential(path, BLOCK)
+    return total / seconds / 1e6, sha256_file(path)
+
+
+def cold_mount_read(url: str, key_file: Path, name: str,
+                    read: ReadOptions | None = None) -> tuple[float, str, float]:
+    """MB/s and SHA-256 of a cold read through a fresh mount (a 256 MiB cache unless ``read``
+    says otherwise), and the daemon's CPU-seconds per GiB read (user + system, all its threads)."""
+    with daemon_mount(url, key_file, read or ReadOptions(cache_size=256 << 20)) as mount:
+        drop_caches()
+        cpu = mount.cpu_seconds()
+        total, seconds = read_sequential(mount.mountpoint / name, BLOCK)
+        cpu = mount.cpu_seconds() - cpu
+        return total / seconds / 1e6, sha256_file(mount.mountpoint / name), cpu / (total / 2**30)

@@ -24,36 +24,14 @@ import threading
 import time
 from pathlib import Path
 
-from modelfs.bench.harness import daemon_mount, mounted, run_modelfs
-from modelfs.bench.measure import drop_caches, read_sequential
+from modelfs.bench.harness import BLOCK, cold_mount_read, mounted, read_all, run_modelfs
+from modelfs.bench.measure import drop_caches
 from modelfs.bench.minidfs import start_minidfs
 from modelfs.bench.nodes import start_nodes
-from modelfs.bench.synth import make_safetensors, sha256_file
+from modelfs.bench.synth import make_safetensors
 from modelfs.fs.mount import read_stats
 from modelfs.store.api import open_store
-from modelfs.store.config import ReadOptions
 from modelfs.store.sizes import parse_size
-
-BLOCK = 4 << 20
-
-
-def read_all(path: Path) -> tuple[float, str]:
-    """MB/s of a 4 MiB-block sequential read, and the SHA-256 of the file read again afterwards
-    (from the page cache the first read filled): the reader spends no CPU on hashing while it is
-    timed, as the plain reads it is compared with spend none."""
-    total, seconds = read_sequential(path, BLOCK)
-    return total / seconds / 1e6, sha256_file(path)
-
-
-def cold_mount_read(url: str, key_file: Path, name: str) -> tuple[float, str, float]:
-    """MB/s and SHA-256 of a cold read through a fresh mount, and the daemon's CPU-seconds per
-    GiB read (user + system, all its threads)."""
-    with daemon_mount(url, key_file, ReadOptions(cache_size=256 << 20)) as mount:
-        drop_caches()
-        cpu = mount.cpu_seconds()
-        total, seconds = read_sequential(mount.mountpoint / name, BLOCK)
-        cpu = mount.cpu_seconds() - cpu
-        return total / seconds / 1e6, sha256_file(mount.mountpoint / name), cpu / (total / 2**30)
 
 
 def hdfs_native_read(namenode: str, root: str, extents: dict[str, int]) -> float:

@@ -218,3 +218,24 @@ def test_bench_help_and_import_without_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "--cache-size" in result.stdout and "(default 256.0MiB)" in result.stdout
+
+
+def test_cores_script_reads_the_model_through_a_mount_per_thread_count(bench_dir: Path) -> None:
+    """``scripts/bench_cores.py`` end to end, tiny: each thread count gets a cold read through a
+    fresh mount whose bytes the script checks (it exits non-zero when they differ)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_cores.py"
+    out = bench_dir / "cores.json"
+    argv = ["--size", "16MiB", "--threads", "1,2", "--rounds", "1", "--cache-size", "32MiB",
+            "--workdir", str(bench_dir), "--json", str(out)]
+    result = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["file_bytes"] > 8 << 20 and 0 < report["stored_bytes"] < report["file_bytes"]
+    assert set(report["mount"]) == {"1", "2"}
+    for figures in report["mount"].values():
+        assert len(figures["mb_s"]) == 1 and figures["median_mb_s"] > 0
+        assert figures["daemon_cpu_s_per_gib"][0] > 0
+    assert len(report["plain_mb_s"]) == 2
+    assert report.get("gpu_load") is None or report["gpu_load"]["tensors_equal"]
+    assert not list(bench_dir.glob("modelfs-bench-cores-*")), "the work directory is removed"
+    assert not _mounted_under(bench_dir)
