@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -35,6 +36,8 @@ from .stopping import StopOnSignal, fusermount, notify_systemd  # noqa: E402
 log = logging.getLogger(__name__)
 
 FSNAME_PREFIX = "modelfs:"
+SUBTYPE = "modelfs"
+MOUNT_TYPE = f"fuse.{SUBTYPE}"  # as /proc/self/mounts lists a modelfs mount
 READY_TIMEOUT = 60.0
 #: FUSE worker threads, busy and idle (libfuse 3.14 logs a warning when max_idle_threads is unset)
 FUSE_MAX_THREADS = 16
@@ -125,7 +128,7 @@ def run_foreground(opts: MountOptions) -> None:
     library = Library(store, opts.read)  # verifies keys and every manifest before mounting
     log.info("mounting %d model(s) from %s on %s", len(library.names()), opts.store_url, mountpoint)
     fuse_options = dict(fsname=FSNAME_PREFIX + opts.store_url.replace(",", ";"),
-                        subtype="modelfs", ro=True, default_permissions=True,
+                        subtype=SUBTYPE, ro=True, default_permissions=True,
                         max_read=MAX_READ, max_threads=FUSE_MAX_THREADS,
                         max_idle_threads=FUSE_MAX_THREADS)
     fuse_options.update(dict.fromkeys(opts.kernel_flags, True))
@@ -200,6 +203,10 @@ def unmount(mountpoint: str | os.PathLike) -> None:
     path = Path(os.path.abspath(mountpoint))
     if not (os.path.ismount(path) or is_stale(path)):
         raise InvalidInput(f"{path} is not mounted")
+    kind = mount_type(path)
+    if kind != MOUNT_TYPE:
+        raise InvalidInput(f"{path} is not a modelfs mount (it is {kind or 'unknown'}); "
+                           f"unmount it with umount(8)")
     result = fusermount(path)
     if result.returncode != 0:
         raise ModelfsError(f"cannot unmount {path}: {result.stderr.strip()}")
@@ -223,17 +230,32 @@ def modelfs_mounts() -> list[Path]:
     """Every live modelfs mount on this host, from /proc/self/mounts; stale ones are skipped
     with a warning (their daemon died: nothing to ask)."""
     found = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 2 and fields[2] == "fuse.modelfs":
-                path = Path(fields[1].replace("\\040", " "))
-                if is_stale(path):
-                    log.warning("skipping %s: a stale mount (its daemon died); unmount it with "
-                                "`modelfs umount %s` or mount it again", path, path)
-                else:
-                    found.append(path)
+    for path, kind in _mount_table():
+        if kind != MOUNT_TYPE:
+            continue
+        if is_stale(path):
+            log.warning("skipping %s: a stale mount (its daemon died); unmount it with "
+                        "`modelfs umount %s` or mount it again", path, path)
+        else:
+            found.append(path)
     return found
+
+
+def mount_type(path: Path) -> str | None:
+    """The file system type of the mount on top at ``path`` (the last one listed), if any."""
+    kinds = [kind for mounted, kind in _mount_table() if mounted == path]
+    return kinds[-1] if kinds else None
+
+
+def _mount_table() -> list[tuple[Path, str]]:
+    """(mountpoint, type) of every mount in this process's namespace, in mount order."""
+    with open("/proc/self/mounts") as f:
+        return [(Path(_unescape(fields[1])), fields[2]) for fields in map(str.split, f) if len(fields) > 2]
+
+
+def _unescape(field: str) -> str:
+    """/proc/self/mounts writes space, tab, newline and backslash in paths as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def read_stats(mountpoint: str | os.PathLike) -> dict:

@@ -102,3 +102,10 @@ def test_every_mount_view_skips_a_stale_mount(warm_mount, tmp_path, key_file):
     assert re.search(rf"^{re.escape(str(live))}  \(1 models", result.stdout, re.M)
     assert f"skipping {stale}" in result.stderr
     assert str(live) in json.loads(as_json.stdout) and str(stale) not in json.loads(as_json.stdout)
+
+
+@pytest.mark.parametrize("interval", ["0", "-1", "inf", "nan", "soon"])
+def test_a_watch_interval_that_is_no_positive_duration_is_refused_before_anything_prints(interval, tmp_path):
+    result = run_modelfs("cache-stats", str(tmp_path), "--watch", interval, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr

@@ -342,6 +342,29 @@ def test_mount_log_file_option(model, key_file, store_dir, mountpoint, tmp_path)
     assert "mounting 1 model(s)" in text and "Ignoring invalid max threads" not in text
 
 
+
+def test_umount_unmounts_a_modelfs_mount_with_a_space_and_refuses_any_other(model, key_file, store_dir,
+                                                                            tmp_path):
+    """``modelfs umount`` is for modelfs mounts: a tmpfs (as root, fusermount3 would unmount it)
+    is left mounted with exit 2; a modelfs mount whose path has a space unmounts."""
+    other = tmp_path / "tmpfs"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(other)], check=True)
+    spaced = tmp_path / "a mount"
+    spaced.mkdir()
+    try:
+        refused = run_modelfs("umount", str(other), check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert "not a modelfs mount (it is tmpfs)" in refused.stderr
+        assert os.path.ismount(other)
+        run_modelfs("mount", str(store_dir), str(spaced), "--key-file", str(key_file))
+        assert sha256_of(spaced / "org" / "m") == sha256_of(model)
+        run_modelfs("umount", str(spaced))
+        assert not os.path.ismount(spaced)
+    finally:
+        detach(spaced)
+        subprocess.run(["umount", str(other)], check=False)
+
 def reach_for_others(path: Path, hold: Path) -> list[str]:
     """Shell commands that, in a private mount namespace, let any user reach ``path``: each
     ancestor closed to others (like /root) is covered by a tmpfs through which the one child

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modelfs.store.errors import InvalidInput
+
 
 def _public_path(private: Path) -> Path:
     return private.with_suffix(".pub")
@@ -10,12 +12,22 @@ def _public_path(private: Path) -> Path:
 
 def _init(kind_cls, default: Path, args, what: str) -> int:
     path = Path(args.key_file or default).expanduser()
+    public_path = _public_path(path)
+    if public_path == path:
+        raise InvalidInput(f"{path}: a private key file may not be named *.pub (its public key is "
+                           f"written beside it as .pub)")
+    if public_path.is_dir():
+        raise InvalidInput(f"{public_path}, where the public key goes, is a directory")
     pair = kind_cls.create(path, overwrite=args.force)
     public = pair.public
     if args.comment:
         public = type(public)(public.kind, public.raw, args.comment)
-    _public_path(path).write_text(public.to_line() + "\n")
-    print(f"wrote a new {what} key to {path} (mode 0600) and its public key to {_public_path(path)}")
+    try:
+        public_path.write_text(public.to_line() + "\n")
+    except OSError:
+        path.unlink(missing_ok=True)  # no private key without its public half
+        raise
+    print(f"wrote a new {what} key to {path} (mode 0600) and its public key to {public_path}")
     print(f"fingerprint {public.fingerprint}")
     print(public.to_line())
     return 0

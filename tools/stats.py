@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from modelfs.store.errors import ModelfsError
-from modelfs.store.sizes import format_size
+from modelfs.store.errors import InvalidInput, ModelfsError
+from modelfs.store.sizes import format_size, parse_duration
 
 #: counters whose change per second ``--watch`` prints (label, key, bytes?)
 RATES = (("served", "bytes_served", True), ("fetched", "bytes_fetched", True),
@@ -132,6 +132,9 @@ def cmd_cache_stats(args) -> int:
         from modelfs.store.stats_schema import SNAPSHOT_SCHEMA
         print(json.dumps(SNAPSHOT_SCHEMA, indent=1))
         return 0
+    watch = parse_duration(args.watch) if args.watch is not None else None
+    if watch is not None and watch <= 0:
+        raise InvalidInput(f"--watch wants a positive interval, got {args.watch!r}")
     previous: dict[str, dict] = {}
     try:
         while True:  # every mount is listed again each time: --watch follows mounts and unmounts
@@ -139,19 +142,19 @@ def cmd_cache_stats(args) -> int:
                     else read_all(modelfs_mounts(), read_stats))
             if args.json:  # with --watch: one compact document per line (JSON Lines)
                 doc = next(iter(docs.values())) if args.mountpoint else docs
-                print(json.dumps(doc, indent=None if args.watch else 1))
+                print(json.dumps(doc, indent=None if watch else 1))
             elif previous:
                 print("\n".join(render_rates(Path(m), previous[m], d) for m, d in docs.items()
                                 if m in previous))
             else:
                 print("\n\n".join(render_stats(Path(m), d) for m, d in docs.items()))
-                if args.watch:
+                if watch:
                     print()
-            if not args.watch:
+            if not watch:
                 return 0
             previous = docs
             sys.stdout.flush()
-            time.sleep(args.watch)
+            time.sleep(watch)
     except BrokenPipeError:  # `cache-stats --watch 1 | head`: the reader has gone, so are we
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -162,8 +165,8 @@ def register(sub) -> None:
     s.add_argument("mountpoint", nargs="?", help="a mount (default: every modelfs mount)")
     s.add_argument("--json", action="store_true",
                    help="the statistics document (see --schema); with --watch one line per snapshot")
-    s.add_argument("--watch", type=float, metavar="SECONDS",
-                   help="repeat every SECONDS: the full view once, then one timestamped line of "
-                        "rates per interval")
+    s.add_argument("--watch", metavar="SECONDS",
+                   help="repeat every SECONDS (2, 0.5, 2s, 1m): the full view once, then one timestamped "
+                        "line of rates per interval")
     s.add_argument("--schema", action="store_true", help="print the JSON Schema of the document")
     s.set_defaults(func=cmd_cache_stats)

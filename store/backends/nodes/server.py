@@ -426,6 +426,10 @@ async def _serve(data_dir: str, host: str, port: int, token: str, limits: NodeLi
 def serve(data_dir: str, host: str, port: int, token_file: str | None,
           limits: NodeLimits | None = None) -> None:
     """Run a storage node until SIGTERM/SIGINT; return after a clean shutdown."""
+    if not data_dir:
+        raise InvalidInput("--data wants a directory, got ''")
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise InvalidInput(f"--data {data_dir} is not a directory")
     token = read_token_file(token_file) if token_file else ""
     try:
         asyncio.run(_serve(data_dir, host, port, token, limits or NodeLimits()))
@@ -436,6 +440,6 @@ def serve(data_dir: str, host: str, port: int, token_file: str | None,
 def parse_listen(value: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) → (host, port)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise InvalidInput(f"--listen wants HOST:PORT, got {value!r}")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise InvalidInput(f"--listen wants HOST:PORT with a port of 0-65535, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
