@@ -77,7 +77,7 @@ def is_stale(mountpoint: Path) -> bool:
 
 def prepare_mountpoint(mountpoint: str | os.PathLike) -> Path:
     """An existing, empty directory that nothing is mounted on; a stale mount is recovered."""
-    path = Path(os.path.abspath(mountpoint))  # libfuse changes directory to /
+    path = _absolute(mountpoint)  # libfuse changes directory to /
     if is_stale(path):
         log.warning("%s is a stale mount (its daemon died); unmounting it", path)
         fusermount(path, lazy=True)
@@ -92,6 +92,14 @@ def prepare_mountpoint(mountpoint: str | os.PathLike) -> Path:
     if any(path.iterdir()):
         raise InvalidInput(f"mountpoint {path} is not empty")
     return path
+
+
+def _absolute(mountpoint: str | os.PathLike) -> Path:
+    """The mountpoint as an absolute path; an empty one is refused, not taken for the current
+    directory."""
+    if not os.fspath(mountpoint):
+        raise InvalidInput("the mountpoint is empty")
+    return Path(os.path.abspath(mountpoint))
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -200,7 +208,7 @@ def _last_error(log_file: Path) -> str:
 
 
 def unmount(mountpoint: str | os.PathLike) -> None:
-    path = Path(os.path.abspath(mountpoint))
+    path = _absolute(mountpoint)
     if not (os.path.ismount(path) or is_stale(path)):
         raise InvalidInput(f"{path} is not mounted")
     kind = mount_type(path)

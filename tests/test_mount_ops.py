@@ -365,6 +365,16 @@ def test_umount_unmounts_a_modelfs_mount_with_a_space_and_refuses_any_other(mode
         detach(spaced)
         subprocess.run(["umount", str(other)], check=False)
 
+
+def test_an_empty_mountpoint_is_refused_not_taken_for_the_current_directory(store_dir, key_file, tmp_path):
+    empty_cwd = tmp_path / "cwd"
+    empty_cwd.mkdir()
+    for argv in (["mount", str(store_dir), "", "--key-file", str(key_file)], ["umount", ""]):
+        result = subprocess.run([*MODELFS, *argv], capture_output=True, text=True, cwd=empty_cwd, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "the mountpoint is empty" in result.stderr
+    assert not os.path.ismount(empty_cwd)
+
 def reach_for_others(path: Path, hold: Path) -> list[str]:
     """Shell commands that, in a private mount namespace, let any user reach ``path``: each
     ancestor closed to others (like /root) is covered by a tmpfs through which the one child

@@ -103,7 +103,7 @@ def cmd_mount(args) -> int:
     if args.foreground:
         run_foreground(options)
         return 0
-    mountpoint = os.path.abspath(args.mountpoint)
+    mountpoint = str(prepare_mountpoint(args.mountpoint))
     if args.log_file:
         log_file = Path(args.log_file).expanduser().absolute()
     else:
