@@ -27,7 +27,7 @@ import mfusepy  # noqa: E402
 
 from modelfs.store.api import Library, open_store  # noqa: E402
 from modelfs.store.config import ReadOptions  # noqa: E402
-from modelfs.store.errors import InvalidInput, ModelfsError, MountFailed  # noqa: E402
+from modelfs.store.errors import InvalidInput, ModelfsError, MountFailed, NotFound  # noqa: E402
 from modelfs.store.keyring import Access  # noqa: E402
 
 from .operations import CONTROL_DIR, MAX_READ, ModelFS  # noqa: E402
@@ -95,11 +95,12 @@ def prepare_mountpoint(mountpoint: str | os.PathLike) -> Path:
 
 
 def _absolute(mountpoint: str | os.PathLike) -> Path:
-    """The mountpoint as an absolute path; an empty one is refused, not taken for the current
-    directory."""
+    """The mountpoint as an absolute path with no symlinks (the kernel mounts on the directory a
+    link points to, and /proc/self/mounts names that); an empty one is refused, not taken for
+    the current directory."""
     if not os.fspath(mountpoint):
         raise InvalidInput("the mountpoint is empty")
-    return Path(os.path.abspath(mountpoint))
+    return Path(os.path.realpath(mountpoint))
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -225,7 +226,7 @@ def detach(mountpoint: str | os.PathLike) -> None:
 
     For teardown (tests, benchmarks), where the daemon may already be dead.
     """
-    path = Path(os.path.abspath(mountpoint))
+    path = _absolute(mountpoint)
     if not (os.path.ismount(path) or is_stale(path)):
         return
     result = fusermount(path)
@@ -269,9 +270,14 @@ def _unescape(field: str) -> str:
 def read_stats(mountpoint: str | os.PathLike) -> dict:
     """The live counters of a mount, from its ``.modelfs/stats`` control file."""
     path = Path(mountpoint) / CONTROL_DIR / "stats"
+    if is_stale(Path(mountpoint)):
+        raise InvalidInput(f"{mountpoint} is a stale mount (its daemon died); unmount it with "
+                           f"`modelfs umount {mountpoint}` or mount it again")
+    if not os.path.lexists(mountpoint):
+        raise NotFound(f"{mountpoint} does not exist")
     try:
         return json.loads(path.read_bytes())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise InvalidInput(f"{mountpoint} is not a modelfs mount") from None
     except OSError as e:
         raise ModelfsError(f"cannot read {path}: {e.strerror}") from None

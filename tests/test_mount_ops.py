@@ -375,6 +375,35 @@ def test_an_empty_mountpoint_is_refused_not_taken_for_the_current_directory(stor
         assert "the mountpoint is empty" in result.stderr
     assert not os.path.ismount(empty_cwd)
 
+
+def test_a_symlink_as_mountpoint_mounts_on_its_target_and_unmounts_by_either_name(model, key_file, store_dir,
+                                                                                 tmp_path):
+    target = tmp_path / "real"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    try:
+        run_modelfs("mount", str(store_dir), str(link), "--key-file", str(key_file), timeout=30)
+        assert os.path.ismount(target)
+        assert sha256_of(link / "org" / "m") == sha256_of(model)
+        run_modelfs("umount", str(link))
+        assert not os.path.ismount(target)
+        with open("/proc/self/mounts") as f:
+            assert str(target) not in f.read()
+    finally:
+        detach(target)
+
+
+def test_cache_stats_names_what_is_wrong_with_the_path(model, key_file, store_dir, tmp_path):
+    """A file in a mount and a plain folder are not mounts (exit 2); a missing path does not exist (6)."""
+    with mounted(store_dir, key_file) as mnt:
+        in_mount = run_modelfs("cache-stats", str(mnt / "org" / "m"), check=False)
+    plain = run_modelfs("cache-stats", str(tmp_path), check=False)
+    missing = run_modelfs("cache-stats", str(tmp_path / "nowhere"), check=False)
+    for result in (in_mount, plain):
+        assert result.returncode == 2 and "is not a modelfs mount" in result.stderr, result.stderr
+    assert missing.returncode == 6 and "does not exist" in missing.stderr, missing.stderr
+
 def reach_for_others(path: Path, hold: Path) -> list[str]:
     """Shell commands that, in a private mount namespace, let any user reach ``path``: each
     ancestor closed to others (like /root) is covered by a tmpfs through which the one child
