@@ -1,12 +1,15 @@
 """``warmup``: fetch files of a mount into its cache tiers before traffic arrives.
 
-It reads the files through the mount, in ranges on a few threads, and drops what it
-read from the kernel page cache at once (``posix_fadvise(DONTNEED)``), so the host's
-page cache is not flooded. Reading as any loader does needs no channel into the
-daemon: it works for every user who can read the mount (also ``allow_other``), sees
-exactly the versions the mount serves, drives the daemon's readahead, and every shard
-it brings in is authenticated before the disk cache keeps it. The cost is the decode
-CPU of the bytes warmed, which a host has to spare before it takes traffic.
+It reads the files through the mount, in ranges on a few threads. With a disk cache, that
+tier keeps the shards, and what was read is dropped from the kernel page cache at once
+(``posix_fadvise(DONTNEED)``), so the host's page cache is not flooded. Without one, the
+page cache is the tier that keeps the files (the daemon frees the shards of a file read
+through to its end, as after any streaming read), so the pages stay. Reading as any loader
+does needs no channel into the daemon: it works for every user who can read the mount
+(also ``allow_other``), sees exactly the versions the mount serves, drives the daemon's
+readahead, and every shard it brings in is authenticated before the disk cache keeps it.
+The cost is the decode CPU of the bytes warmed, which a host has to spare before it takes
+traffic.
 """
 from __future__ import annotations
 
@@ -97,8 +100,8 @@ class Progress:
                       f"{format_size(self.total)}  {format_size(rate)}/s", file=sys.stderr, flush=True)
 
 
-def warm_range(file: WarmFile, start: int, end: int, progress: Progress) -> None:
-    """Read ``[start, end)`` through the mount, dropping the pages behind the reads."""
+def warm_range(file: WarmFile, start: int, end: int, progress: Progress, drop_pages: bool) -> None:
+    """Read ``[start, end)`` through the mount; with ``drop_pages``, drop the pages behind the reads."""
     fd = os.open(file.path, os.O_RDONLY)
     try:
         offset = start
@@ -106,7 +109,8 @@ def warm_range(file: WarmFile, start: int, end: int, progress: Progress) -> None
             data = os.pread(fd, min(CHUNK, end - offset), offset)
             if not data:
                 break
-            os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
+            if drop_pages:
+                os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
             offset += len(data)
             progress.add(len(data))
     finally:
@@ -118,14 +122,17 @@ def cmd_warmup(args) -> int:
     files = collect(args.paths, modelfs_mounts())
     mounts = sorted({f.mount for f in files})
     before = {m: read_stats(m) for m in mounts}
+    has_disk_cache = {m: before[m]["disk_cache"] is not None for m in mounts}
     for m in mounts:
-        if before[m]["disk_cache"] is None:
-            log.warning("%s has no disk cache: only what fits in its memory cache stays warm", m)
+        if not has_disk_cache[m]:
+            log.warning("%s has no disk cache: the warmed files stay in the kernel page cache, as "
+                        "long as the host's memory keeps them", m)
     progress = Progress(sum(f.size for f in files))
     started = time.monotonic()
     failed: list[str] = []
     with ThreadPoolExecutor(max(args.jobs, 1), thread_name_prefix="modelfs-warmup") as pool:
-        work = {pool.submit(warm_range, f, start, min(start + RANGE, f.size), progress): (f, start)
+        work = {pool.submit(warm_range, f, start, min(start + RANGE, f.size), progress,
+                            has_disk_cache[f.mount]): (f, start)
                 for f in files for start in range(0, f.size, RANGE)}
         for future, (f, start) in work.items():
             try:
@@ -151,7 +158,7 @@ def written(mount: Path, read_stats) -> dict:
 
 
 def warm_summary(before: dict, after: dict) -> str:
-    """Where the warmed bytes came from, and what each cache tier now holds."""
+    """Where the stored shards came from, and what each cache tier now holds."""
     def grew(key: str, a: dict = after, b: dict = before) -> str:
         return format_size(a[key] - b[key])
 
@@ -164,7 +171,9 @@ def warm_summary(before: dict, after: dict) -> str:
     held = f"memory {format_size(after['cache_bytes'])} of {format_size(after['cache_budget'])}"
     if disk:
         held = f"disk cache {format_size(disk['used_bytes'])} of {format_size(disk['budget'])}, {held}"
-    return f"{grew('hit_bytes')} were already in memory; {loaded}; now {held}"
+    else:
+        held = f"the files in the kernel page cache, {held}"
+    return f"{loaded}; now {held}"
 
 
 def register(sub) -> None:
