@@ -158,6 +158,8 @@ def run_foreground(opts: MountOptions) -> None:
         stopper.finished()
     if stopper.received:
         log.info("stopped by %s; %s unmounted", stopper.received, mountpoint)
+    else:
+        log.info("%s was unmounted (umount, fusermount3 -u or modelfs umount); exiting", mountpoint)
 
 
 def explain_fuse_failure(mountpoint: Path, code: int | None) -> str:
@@ -200,7 +202,10 @@ def mount_background(argv: list[str], mountpoint: str | os.PathLike, log_file: P
         time.sleep(0.05)
     child.kill()
     fusermount(mountpoint, lazy=True)
-    raise ModelfsError(f"mount of {mountpoint} did not become ready in {READY_TIMEOUT:.0f}s; see {log_file}")
+    message = f"mount of {mountpoint} did not become ready in {READY_TIMEOUT:.0f}s"
+    with open(log_file, "a") as out:  # the daemon, killed, cannot say it
+        out.write(f"modelfs: {message}; the mount daemon was killed\n")
+    raise ModelfsError(f"{message}; see {log_file}")
 
 
 def _last_error(log_file: Path) -> str:
@@ -218,7 +223,10 @@ def unmount(mountpoint: str | os.PathLike) -> None:
                            f"unmount it with umount(8)")
     result = fusermount(path)
     if result.returncode != 0:
-        raise ModelfsError(f"cannot unmount {path}: {result.stderr.strip()}")
+        hint = (f" (a process has a file or its working directory there: `fuser -vm {path}` lists "
+                f"them; `umount -l {path}` detaches the mount now and ends it when they are done)"
+                if "busy" in result.stderr else "")
+        raise ModelfsError(f"cannot unmount {path}: {result.stderr.strip()}{hint}")
 
 
 def detach(mountpoint: str | os.PathLike) -> None:

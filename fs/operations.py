@@ -252,13 +252,14 @@ class ModelFS(mfusepy.Operations):
 
     def statfs(self, path: str) -> dict:
         """Size: the logical bytes of the latest versions; used: what the store holds for them;
-        free: what compression saves (nothing can be written, so free space is never offered)."""
+        free: what compression saves (nothing can be written, so free space is never offered).
+        No inode counts (as /proc): 'all used' would trip inode alerts on a read-only mount."""
         latest = [s.latest for s in map(self._library.state, self._library.names()) if s and s.latest]
         logical = sum(v.size for v in latest) // 4096 + 1
         stored = min(sum(v.stored_size for v in latest) // 4096 + 1, logical)
         return {"f_bsize": MAX_READ, "f_frsize": 4096, "f_blocks": logical,
                 "f_bfree": logical - stored, "f_bavail": logical - stored,
-                "f_files": len(latest), "f_ffree": 0, "f_namemax": 255}
+                "f_files": 0, "f_ffree": 0, "f_namemax": 255}
 
     # -- files -----------------------------------------------------------------
     def open(self, path: str, fi) -> int:

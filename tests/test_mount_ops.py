@@ -307,8 +307,8 @@ def test_du_and_df(model, key_file, store_dir, tmp_path):
         used = (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize
         assert abs(used - stored) <= 2 * vfs.f_frsize and stored < 2_000_000  # the zeros compress
         assert 0 < vfs.f_bavail < vfs.f_blocks  # not 100% used
-        df = subprocess.run(["df", "--output=pcent", str(mnt)], capture_output=True, text=True)
-        assert df.stdout.split()[-1] != "100%"
+        df = subprocess.run(["df", "--output=pcent,ipcent", str(mnt)], capture_output=True, text=True)
+        assert "100%" not in df.stdout.split()[-2:]  # neither blocks nor inodes look full
 
 
 def test_version_and_help():
@@ -338,8 +338,13 @@ def test_mount_log_file_option(model, key_file, store_dir, mountpoint, tmp_path)
     run_modelfs("mount", str(store_dir), str(mountpoint), "--key-file", str(key_file), "--log-file", str(log))
     assert sha256_of(mountpoint / "org" / "m") == sha256_of(model)
     run_modelfs("umount", str(mountpoint))
+    for _ in range(200):  # the daemon says it is done once it has left libfuse's loop
+        if "was unmounted" in log.read_text():
+            break
+        time.sleep(0.05)
     text = log.read_text()
     assert "mounting 1 model(s)" in text and "Ignoring invalid max threads" not in text
+    assert f"{mountpoint} was unmounted" in text
 
 
 
@@ -403,6 +408,15 @@ def test_cache_stats_names_what_is_wrong_with_the_path(model, key_file, store_di
     for result in (in_mount, plain):
         assert result.returncode == 2 and "is not a modelfs mount" in result.stderr, result.stderr
     assert missing.returncode == 6 and "does not exist" in missing.stderr, missing.stderr
+
+
+@pytest.mark.parametrize("option, value, says", [("--umask", "8", "a umask is octal digits"),
+                                                 ("--uid", "-5", "no user '-5'"),
+                                                 ("--gid", "nosuchgroup", "no group 'nosuchgroup'")])
+def test_a_bad_owner_or_umask_option_says_what_it_wants(store_dir, mountpoint, option, value, says):
+    result = run_modelfs("mount", str(store_dir), str(mountpoint), option, value, check=False)
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert "<lambda>" not in result.stderr and "_id value" not in result.stderr
 
 def reach_for_others(path: Path, hold: Path) -> list[str]:
     """Shell commands that, in a private mount namespace, let any user reach ``path``: each

@@ -303,9 +303,9 @@ def test_a_data_path_that_is_no_directory_and_a_port_out_of_range_are_bad_input(
     """Refused before anything listens or is created: one line, exit 2."""
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    for argv, says in ((["--data", str(a_file)], "is not a directory"),
-                       (["--data", ""], "wants a directory"),
-                       (["--data", str(tmp_path / "data"), "--listen", "127.0.0.1:99999"], "port of 0-65535")):
+    far_port = ["--data", str(tmp_path / "data"), "--listen", "127.0.0.1:99999"]
+    for argv, says in ((["--data", str(a_file)], "is not a directory"), (["--data", ""], "wants a directory"),
+                       (far_port, "port of 0-65535")):
         proc = subprocess.run([sys.executable, "-m", "modelfs.tools.cli", "serve", *argv],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == InvalidInput.exit_code, proc.stderr

@@ -26,22 +26,33 @@ FLAG_OPTIONS = {"allow_other", "single_thread", "debug"}
 log = logging.getLogger(__name__)
 
 
+class BadValue(argparse.ArgumentTypeError, ValueError):
+    """A value an option cannot take: argparse prints its message, ``-o`` parsing catches it."""
+
+
 def _user_id(value: str) -> int:
     try:
         return int(value) if value.isdigit() else pwd.getpwnam(value).pw_uid
     except KeyError:
-        raise ValueError(f"no user {value!r}") from None
+        raise BadValue(f"no user {value!r} (a user name or a number)") from None
 
 
 def _group_id(value: str) -> int:
     try:
         return int(value) if value.isdigit() else grp.getgrnam(value).gr_gid
     except KeyError:
-        raise ValueError(f"no group {value!r}") from None
+        raise BadValue(f"no group {value!r} (a group name or a number)") from None
+
+
+def _umask(value: str) -> int:
+    try:
+        return int(value, 8)
+    except ValueError:
+        raise BadValue(f"a umask is octal digits such as 022, not {value!r}") from None
 
 
 #: ``-o`` names with a value: how the text becomes the value of the argument of the same name
-VALUE_OPTIONS = {"uid": _user_id, "gid": _group_id, "umask": lambda v: int(v, 8), "key_file": str,
+VALUE_OPTIONS = {"uid": _user_id, "gid": _group_id, "umask": _umask, "key_file": str,
                  "host_key": str}
 
 
@@ -69,8 +80,8 @@ def apply_mount_options(args: argparse.Namespace, option_lists: list[str]) -> No
             if getattr(args, attr) is None:
                 try:
                     setattr(args, attr, VALUE_OPTIONS[attr](value))
-                except ValueError:
-                    raise InvalidInput(f"bad value {value!r} for mount option {name}") from None
+                except ValueError as e:
+                    raise InvalidInput(f"bad value {value!r} for mount option {name}: {e}") from None
         elif attr in read_names:
             if getattr(args, attr) is None:
                 setattr(args, attr, value)
@@ -139,7 +150,7 @@ def register(sub) -> None:
     s.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     s.add_argument("--uid", type=_user_id, help="owner shown for every file (default: the mounting user)")
     s.add_argument("--gid", type=_group_id, help="group shown for every file (default: the mounting user's)")
-    s.add_argument("--umask", type=lambda v: int(v, 8),
+    s.add_argument("--umask", type=_umask,
                    help="octal permission bits to remove from the read-only modes (0444/0555)")
     s.add_argument("--single-thread", action="store_true",
                    help="serve one FUSE request at a time (a little faster for one streaming reader "
