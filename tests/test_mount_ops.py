@@ -418,6 +418,12 @@ def test_a_bad_owner_or_umask_option_says_what_it_wants(store_dir, mountpoint, o
     assert result.returncode == 2 and says in result.stderr, result.stderr
     assert "<lambda>" not in result.stderr and "_id value" not in result.stderr
 
+
+def test_a_log_file_that_cannot_be_written_is_named(tmp_path):
+    for path in ("/proc/version", str(tmp_path / "no-such-dir" / "log")):
+        result = run_modelfs("ls", "--store", str(tmp_path), "--log-file", path, check=False)
+        assert result.returncode == 2 and f"cannot write the log file {path}" in result.stderr, result.stderr
+
 def reach_for_others(path: Path, hold: Path) -> list[str]:
     """Shell commands that, in a private mount namespace, let any user reach ``path``: each
     ancestor closed to others (like /root) is covered by a tmpfs through which the one child

@@ -64,7 +64,11 @@ def setup_logging(args: argparse.Namespace) -> None:
              else logging.INFO if daemon else logging.WARNING)
     handler: logging.Handler
     if args.log_file:
-        handler = logging.FileHandler(os.path.expanduser(args.log_file))
+        path = os.path.expanduser(args.log_file)
+        try:
+            handler = logging.FileHandler(path)
+        except OSError as e:
+            raise InvalidInput(f"cannot write the log file {path}: {e.strerror}") from None
     else:
         handler = logging.StreamHandler()
     timed = daemon or args.log_file
