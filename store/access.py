@@ -38,11 +38,11 @@ log = logging.getLogger(__name__)
 def matching_states(store: Store, pattern: str) -> dict[str, LineageState]:
     """The names a ``NAME`` or pattern (``org/*``) means, each read (so each must be readable).
 
-    A plain name must exist; a pattern skips removed names. Everything is read before
-    anything changes, so a broken name stops a grant before it starts.
+    A plain name must have a version (as for ``rm``); a pattern skips removed names. Everything
+    is read before anything changes, so a broken name stops a grant before it starts.
     """
     if not any(c in pattern for c in "*?["):
-        return {pattern: store.lineage(check_name(pattern))}
+        return {pattern: store.live_lineage(pattern)}
     states = {n: store.lineage(n) for n in sorted(store.catalog.heads()) if fnmatch.fnmatchcase(n, pattern)}
     states = {n: s for n, s in states.items() if s.versions}
     if not states:
@@ -99,8 +99,10 @@ class Rotation:
 
 
 def rotate(store: Store, name: str, progress: Progress | None = None) -> Rotation:
-    """A new data key generation for ``name``, every live version re-encrypted under it."""
-    state = store.lineage(name)
+    """A new data key generation for ``name``, every live version re-encrypted under it.
+
+    A name with no version (never pushed, or freed) is refused before anything is written."""
+    state = store.live_lineage(name)
     generation = store.keyring.new_generation(name)
     keys = store.keyring.keys(name, generation)
     rotation = Rotation(name, generation, state)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends.base import Backend, ShardLocation
-from .backends.urls import open_backend
+from .backends.urls import local_path, open_backend, store_url
 from .errors import IntegrityError, InvalidInput, ModelfsError, NotFound
 from .format.catalog import (
     Catalog,
@@ -31,13 +31,13 @@ from .format.catalog import (
 )
 from .format.crypto import DEFAULT_KEY_FILE, LineageKeys, ShardCipher
 from .format.manifest import Manifest
-from .keyring import Access, Keyring
+from .keyring import Access, Keyring, check_key_files
 from .library import Library
 from .publish import (
     DEFAULT_SHARD_SIZE,
     Progress,
+    check_inputs,
     check_shards_present,
-    collect_sources,
     store_files,
 )
 from .read.cache import ShardCache
@@ -141,7 +141,7 @@ class Store:
                 f"catalog of {name!r} went back in time: its newest record is {seq}, this host "
                 f"has seen record {seen} (deleted or replayed records?); refusing it")
         if seq == 0:
-            raise NotFound(f"no model named {name!r} in this store")
+            raise NotFound.model(name)
         state, opened = self.sealed.read_record(name, seq)
         self.record_generation[name] = opened.generation
         self.seen.raise_to(name, seq)
@@ -150,6 +150,21 @@ class Store:
     def lineage(self, name: str) -> LineageState:
         check_name(name)
         return self.state_at(name, self.catalog.head(name))
+
+    def live_lineage(self, name: str) -> LineageState:
+        """The state of a name that has a version: one never pushed, or freed by ``rm``, is no model."""
+        state = self.lineage(name)
+        if not state.versions:
+            raise NotFound.model(name)
+        return state
+
+    def known_name(self, spec: str) -> str:
+        """The name in ``NAME[@REF]``: a malformed one is bad input, one with no record is not found
+        (not a broken model, and not a missing key)."""
+        name, _ = split_ref(spec)
+        if not self.catalog.head(name):
+            raise NotFound.model(name)
+        return name
 
     def lineages(self, check_manifests: bool = False) -> list[Lineage]:
         """Every name in the store, each read on its own: a broken one is reported, not raised.
@@ -176,7 +191,8 @@ class Store:
                generation: int | None = None) -> LineageState:
         """Write the next record of ``name`` sealed under ``generation`` (default: the newest);
         on a lost race re-read the head and retry."""
-        generation = generation or self.keyring.current(name)[0]
+        if generation is None:
+            generation = self.keyring.current(self.known_name(name))[0]
         for _ in range(APPEND_ATTEMPTS):
             head = self.catalog.head(name)
             current = (self.state_at(name, head) if head
@@ -196,8 +212,7 @@ class Store:
     def publish(self, path: str | os.PathLike, name: str, *, shard_size: int = DEFAULT_SHARD_SIZE,
                 progress: Progress | None = None) -> Published:
         """Store a file or a folder as a new version of ``name`` and make it the latest."""
-        check_name(name)
-        kind, files = collect_sources(path)  # before any key is created: a bad source claims nothing
+        kind, files = check_inputs(path, name, shard_size)  # before any key is created: claims nothing
         self.check_no_clash(name)
         self.keyring.publisher()  # a bad publisher key file fails before anything is stored
         generation, keys = self.keyring.current(name, create=True)
@@ -245,7 +260,7 @@ class Store:
 
         def change(state: LineageState) -> LineageState:
             if not state.versions:
-                raise NotFound(f"no model named {name!r} in this store")
+                raise NotFound.model(name)
             if ref is None:
                 return state.next("remove", versions=(), tags={})
             if ref in state.tags:
@@ -336,6 +351,15 @@ class Store:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def check_push(url: str | None, path: str | os.PathLike, name: str, *, shard_size: int,
+               key_file: str | os.PathLike | None = None, access: Access | None = None) -> None:
+    """Every input of a push, checked before its store is opened: a push to a store that does not
+    exist yet creates it only once the source, name, options, key files and store URL are good."""
+    local_path(store_url(url))
+    check_inputs(path, name, shard_size)
+    check_key_files(key_file, access)
 
 
 def open_store(url: str | None = None, key_file: str | os.PathLike | None = None,

@@ -66,6 +66,11 @@ class NotFound(ModelfsError):
 
     exit_code = 6
 
+    @classmethod
+    def model(cls, name: str) -> NotFound:
+        """The one message every command gives for a name that was never published, or was freed."""
+        return cls(f"no model named {name!r} in this store")
+
 
 class MountFailed(ModelfsError):
     """FUSE is not usable here, or the kernel refused the mount."""
@@ -79,13 +84,24 @@ class ChecksFailed(ModelfsError):
     exit_code = 8
 
 
+#: errno values that mean "no permission": access denied (exit 4) wherever they come from
+DENIED_ERRNOS = (errno.EACCES, errno.EPERM)
+
+
+def store_os_error(what: str, error: OSError) -> ModelfsError:
+    """An ``OSError`` on a local store's own files: no permission is access denied (4), anything
+    else (EIO, ENOSPC, ...) the store failing (5), whichever command and file it hit."""
+    cls = AccessDenied if error.errno in DENIED_ERRNOS else BackendError
+    return cls(f"{what}: {error.strerror or error}")
+
+
 def from_os_error(error: OSError) -> ModelfsError:
     """The modelfs error for an ``OSError`` that reached a command: same cause, same exit code."""
     where = f"{error.filename}: " if error.filename else ""
     message = f"{where}{error.strerror or error}"
     if error.errno in (errno.ENOENT,):
         return NotFound(message)
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if error.errno in (*DENIED_ERRNOS, errno.EROFS):
         return AccessDenied(message)
     if error.errno in (errno.EISDIR, errno.ENOTDIR, errno.EINVAL, errno.ENAMETOOLONG):
         return InvalidInput(message)

@@ -15,12 +15,14 @@ else with its own X25519 key: then only names granted to it can be opened.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .backends.base import Backend
 from .errors import AccessDenied, IntegrityError, ModelfsError, NotFound, NotGranted
 from .format.crypto import (
+    DEFAULT_KEY_FILE,
     LineageKeys,
     create_key_file,
     load_key_file,
@@ -80,6 +82,16 @@ class Access:
             PublisherKey.load(self.publisher_key_file)
 
 
+def check_key_files(key_file: str | os.PathLike | None, access: Access | None = None) -> None:
+    """Load the key files a command names, and the default store key when it exists, before the
+    command opens or creates anything: a bad one fails first, with the same error in every command.
+    A missing default is no error here: push creates it, ``ls`` lists names as unreadable."""
+    (access or Access()).check()
+    path = Path(key_file or DEFAULT_KEY_FILE).expanduser()
+    if key_file is not None or path.exists():
+        load_key_file(path)
+
+
 class Keyring:
     """Opens, creates, grants and revokes the data keys of lineages in one store."""
 
@@ -128,6 +140,15 @@ class Keyring:
             self._publisher = PublisherKey.load(path) if path else None
             self._publisher_looked_up = True
         return self._publisher
+
+    def check_key_files(self) -> None:
+        """Load the key files this command uses up front (``ls``, ``verify``), as every other command
+        does: a bad one is one error, not every name BROKEN. Without any key names stay listed."""
+        if self.uses_host_key:
+            self.access.check()
+            self.host_key()
+        else:
+            check_key_files(None if self._key_file_is_default else self.key_file, self.access)
 
     def check_credentials(self) -> None:
         """Load this host's key now: a missing or unreadable key file is an error up front."""

@@ -11,17 +11,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from .backends.base import Backend, ShardLocation, ShardWriter
 from .config import DEFAULT_SHARD_SIZE
-from .errors import BackendError, InvalidInput
-from .format.catalog import check_relpath
+from .errors import BackendError, InvalidInput, ModelfsError, NotFound, from_os_error
+from .format.catalog import check_name, check_relpath
 from .format.chunking import Cut, read_cuts
 from .format.codec import ZSTD_LEVEL, encode
 from .format.crypto import ShardCipher
@@ -51,17 +53,28 @@ def encrypt_shard(cipher: ShardCipher, chunk: bytes, level: int, width: int = 0)
                           cipher.encrypt(shard_id, encoded.payload))
 
 
+def _unreadable(path: str | os.PathLike, error: OSError) -> ModelfsError:
+    """Why a source cannot be read, with the exit code of its cause: missing (6), no permission (4)."""
+    if isinstance(error, FileNotFoundError):
+        return NotFound(f"{path} does not exist")
+    return type(from_os_error(error))(f"cannot read {path}: {error.strerror or error}")
+
+
 def check_source(path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
-        if not path.is_file():
-            raise InvalidInput(f"{path} is not a regular file" if path.exists()
-                               else f"{path} does not exist")
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise InvalidInput(f"{path} is not a regular file")
         with open(path, "rb"):
             pass
-    except PermissionError:
-        raise InvalidInput(f"{path} is not readable") from None
+    except OSError as e:
+        raise _unreadable(path, e) from None
     return path
+
+
+def _refuse_unlistable(error: OSError) -> NoReturn:
+    """``os.walk``'s errors: a folder that cannot be listed fails the push (never a smaller version)."""
+    raise _unreadable(error.filename, error) from None
 
 
 def collect_sources(path: str | os.PathLike) -> tuple[str, list[tuple[str, Path]]]:
@@ -69,12 +82,15 @@ def collect_sources(path: str | os.PathLike) -> tuple[str, list[tuple[str, Path]
 
     Folder files keep their relative paths (dot-files and nested folders included),
     sorted; symbolic links are followed, anything that is not a regular file is refused.
+    An empty path is refused: it would mean the current directory.
     """
+    if not os.fspath(path):
+        raise InvalidInput("empty source path: name a model file or folder")
     path = Path(path)
     if not path.is_dir():
         return "file", [(path.name, check_source(path))]
     files = []
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(path, onerror=_refuse_unlistable, followlinks=True):
         dirnames.sort()
         for leaf in sorted(filenames):
             full = Path(dirpath) / leaf
@@ -88,6 +104,15 @@ def check_shard_size(shard_size: int) -> int:
     if not MIN_SHARD_SIZE <= shard_size <= MAX_SHARD_SIZE:
         raise InvalidInput(f"shard size must be between {MIN_SHARD_SIZE} and {MAX_SHARD_SIZE} bytes")
     return shard_size
+
+
+def check_inputs(path: str | os.PathLike, name: str,
+                 shard_size: int) -> tuple[str, list[tuple[str, Path]]]:
+    """Everything a push is given besides keys and the store, checked before anything is opened,
+    claimed or written: a bad input must not leave a key, a record or a new store behind."""
+    check_name(name)
+    check_shard_size(shard_size)
+    return collect_sources(path)
 
 
 def _read_chunks(f, shard_size: int) -> Iterator[tuple[Cut, bytes]]:

@@ -17,6 +17,15 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+#: the warnings (message, state file) this process gave: a command reads many names, one line is enough
+_warned: set[tuple[str, Path]] = set()
+
+
+def _warn_once(message: str, path: Path, error: OSError | ValueError) -> None:
+    if (message, path) not in _warned:
+        _warned.add((message, path))
+        log.warning(message, path, error)
+
 
 def state_dir() -> Path:
     explicit = os.environ.get("MODELFS_STATE_DIR")
@@ -41,7 +50,7 @@ class SeenRecords:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as e:
-            log.warning("ignoring unreadable %s: %s", self.path, e)
+            _warn_once("ignoring unreadable %s: %s", self.path, e)
             return {}
 
     def get(self, name: str) -> int:
@@ -66,4 +75,4 @@ class SeenRecords:
                 tmp.write_text(json.dumps(data, sort_keys=True))
                 os.replace(tmp, self.path)
         except OSError as e:
-            log.warning("cannot record catalog position in %s: %s", self.path, e)
+            _warn_once("cannot record catalog position in %s: %s", self.path, e)

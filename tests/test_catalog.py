@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelfs.store.api import open_store
-from modelfs.store.errors import AccessDenied, IntegrityError, InvalidInput, NotFound
+from modelfs.store.errors import AccessDenied, IntegrityError, NotFound
 from modelfs.store.format.catalog import LineageState, record_key
 from modelfs.store.format.crypto import LineageKeys, manifest_mac, new_data_key
 from modelfs.store.format.manifest import MAGIC, SCHEMA, Manifest
@@ -163,7 +163,7 @@ def test_key_files_and_failed_pushes_claim_nothing(tmp_path, key_file):
     assert typo.returncode == NotFound.exit_code and "does not exist" in typo.stderr
     assert not (tmp_path / "typo.key").exists()
     missing = cli(store, key_file, "push", str(tmp_path / "absent"), "m", check=False)
-    assert missing.returncode == InvalidInput.exit_code and "does not exist" in missing.stderr
+    assert missing.returncode == NotFound.exit_code and "does not exist" in missing.stderr
     assert not (objects(store) / "keys").exists()
     cli(store, key_file, "push", str(src), "m")
     other = tmp_path / "other.key"

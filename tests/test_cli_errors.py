@@ -34,7 +34,7 @@ def model_file(tmp_path) -> Path:
 
 def test_push_missing_file(tmp_path, key_file, store_dir):
     r = fails("push", str(tmp_path / "nope.pt"), "m", "--store", str(store_dir), "--key-file", str(key_file))
-    assert "does not exist" in r.stderr
+    assert r.returncode == 6 and "does not exist" in r.stderr
     assert "m " not in published_names(store_dir, key_file)
 
 
@@ -316,3 +316,160 @@ def test_signalled_push_says_so_and_publishes_nothing(tmp_path, key_file, store_
     assert push.returncode == code, err
     assert err.strip().splitlines()[-1].endswith("nothing was published") and "Traceback" not in err
     assert "big" not in published_names(store_dir, key_file)
+
+
+# -- bad input refused before anything is claimed, created or written; one cause, one exit code -----
+
+#: CI runs as root: without these capabilities file permissions apply to it too
+NO_DAC_OVERRIDE = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search")
+
+
+def modelfs_run(*args, cwd: Path | None = None, prefix: tuple[str, ...] = (),
+                env: dict | None = None) -> subprocess.CompletedProcess:
+    """``modelfs`` behind ``prefix`` (e.g. ``NO_DAC_OVERRIDE``) in ``cwd``, not checked."""
+    return subprocess.run([*prefix, *MODELFS, *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env={**os.environ, **(env or {})})
+
+
+def test_push_of_a_folder_that_cannot_be_read_fails_and_publishes_nothing(tmp_path, key_file, store_dir):
+    d = tmp_path / "d"
+    for sub, leaf in (("ok", "a"), ("locked", "b")):
+        (d / sub).mkdir(parents=True)
+        (d / sub / leaf).write_text(leaf)
+    push = ("push", d, "n/x", "--store", store_dir, "--key-file", key_file)
+    try:
+        (d / "locked").chmod(0)
+        r = modelfs_run(*push, prefix=NO_DAC_OVERRIDE)
+        assert r.returncode == 4 and f"cannot read {d / 'locked'}: Permission denied" in r.stderr, r
+        d.chmod(0)
+        r = modelfs_run(*push, prefix=NO_DAC_OVERRIDE)
+        assert r.returncode == 4 and f"cannot read {d}: Permission denied" in r.stderr, r
+        assert "holds no files" not in r.stderr
+    finally:
+        d.chmod(0o755)
+        (d / "locked").chmod(0o755)
+    assert not store_dir.exists()  # nothing published, not even the new store made
+
+
+def test_push_with_a_bad_option_claims_no_key(model_file, key_file, store_dir, tmp_path):
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    r = fails("push", str(model_file), "fresh/s0", "--store", str(store_dir), "--key-file", str(key_file),
+              "--shard-size", "0")
+    assert r.returncode == 2 and "shard size" in r.stderr
+    assert not (store_dir / "objects" / "keys" / "fresh").exists()
+    other = tmp_path / "other.key"
+    run_modelfs("keygen", "--key-file", str(other))
+    run_modelfs("push", str(model_file), "fresh/s0", "--store", str(store_dir), "--key-file", str(other))
+
+
+@pytest.mark.parametrize("source, name, key", [("absent.bin", "m", "key"), ("model.bin", "..", "key"),
+                                               ("model.bin", "m", "absent.key"), ("empty", "m", "key")])
+def test_push_with_bad_input_creates_no_store(tmp_path, model_file, key_file, source, name, key):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "key").symlink_to(key_file)
+    store = tmp_path / "new-store"
+    r = fails("push", str(tmp_path / source), name, "--store", str(store), "--key-file", str(tmp_path / key))
+    assert "creating" not in r.stdout and not store.exists()
+    assert fails("ls", "--store", str(store), "--key-file", str(key_file)).returncode == 6
+
+
+def test_empty_source_and_store_paths_and_other_hosts_are_refused(tmp_path, model_file, key_file):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "weights.bin").write_bytes(model_file.read_bytes())
+    store, default = tmp_path / "store", {"MODELFS_STORE": str(tmp_path / "default")}
+    r = modelfs_run("push", "", "cwd/x", "--store", store, "--key-file", key_file, cwd=work)
+    assert r.returncode == 2 and "empty source path" in r.stderr, r
+    for url, says in (("", "empty store path"), ("file://", "names no directory")):
+        for args in (["push", model_file, "m"], ["ls"]):
+            r = modelfs_run(*args, "--store", url, "--key-file", key_file, cwd=work, env=default)
+            assert r.returncode == 2 and says in r.stderr, (args, r)
+    r = modelfs_run("push", model_file, "m", "--store", f"file://otherhost{store}", "--key-file", key_file)
+    assert r.returncode == 2 and "'otherhost'" in r.stderr, r
+    assert os.listdir(work) == ["weights.bin"] and not store.exists() and not (tmp_path / "default").exists()
+    run_modelfs("push", model_file, "m", "--store", f"file://localhost{store}", "--key-file", key_file)
+    assert "m " in published_names(store, key_file)
+
+
+def test_no_permission_on_the_store_is_access_denied(tmp_path, model_file, key_file, store_dir):
+    run_modelfs("push", str(model_file), "org/a", "--store", str(store_dir), "--key-file", str(key_file))
+    other = tmp_path / "other.bin"
+    other.write_bytes(os.urandom(200_000))
+    stored = [store_dir / "objects", store_dir / "shards"]
+    subprocess.run(["chmod", "-R", "a-w", *map(str, stored)], check=True)
+    try:
+        for args in (["tag", "org/a", "t"], ["rm", "org/a"], ["rotate", "org/a"],
+                     ["push", other, "org/new"], ["push", other, "org/a"]):
+            r = modelfs_run(*args, "--store", store_dir, "--key-file", key_file, prefix=NO_DAC_OVERRIDE)
+            assert r.returncode == 4 and "Permission denied" in r.stderr, (args, r)
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", *map(str, stored)], check=True)
+
+
+def test_a_store_that_is_a_file_is_bad_input(tmp_path, model_file, key_file):
+    plain = tmp_path / "storefile"
+    plain.touch()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for args in (["push", str(model_file), "m", "--store", str(plain)], ["ls", "--store", str(plain)],
+                 ["gc", "--store", str(plain)], ["mount", str(plain), str(mnt)]):
+        r = fails(*args, "--key-file", str(key_file), env={"MODELFS_LOG_DIR": str(tmp_path)})
+        assert r.returncode == 2 and f"{plain} is not a directory" in r.stderr, (args, r)
+    assert not os.path.ismount(mnt)
+
+
+def test_hdfs_url_without_a_namenode_is_bad_input(tmp_path, key_file):
+    r = fails("ls", "--store", "hdfs://", "--key-file", str(key_file), env={"HADOOP_CONF_DIR": str(tmp_path)})
+    assert r.returncode == 2 and "names no namenode" in r.stderr, r
+
+
+def test_ls_with_a_bad_key_file_fails_as_verify_and_tag_do(tmp_path, model_file, key_file, store_dir):
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    bad = {"garbage": os.urandom(5), "empty": b"", "world-readable": key_file.read_bytes()}
+    for label, content in bad.items():
+        (tmp_path / label).write_bytes(content)
+        (tmp_path / label).chmod(0o644 if label == "world-readable" else 0o600)
+    for label, code in (("absent", 6), ("garbage", 4), ("empty", 4), ("world-readable", 4), (".", 2)):
+        for args in (["ls"], ["verify"], ["tag", "m", "t"]):
+            r = fails(*args, "--store", str(store_dir), "--key-file", str(tmp_path / label))
+            assert r.returncode == code and "BROKEN" not in r.stdout + r.stderr, (label, args, r)
+    nothing = {f"MODELFS_{kind}": str(tmp_path / "none" / kind) for kind in ("KEY_FILE", "HOST_KEY")}
+    listing = run_modelfs("ls", "--store", str(store_dir), env=nothing)  # no key at all: names unreadable
+    assert "BROKEN" in listing.stdout and "does not exist" in listing.stdout
+
+
+def test_unknown_and_malformed_names_say_so(model_file, key_file, store_dir):
+    store = ("--store", str(store_dir), "--key-file", str(key_file))
+    run_modelfs("push", str(model_file), "m", *store)
+    for args in (["tag", "nosuch/m", "t"], ["rm", "nosuch/m"], ["verify", "nosuch/m"],
+                 ["verify", "m", "nosuch/m"]):
+        r = fails(*args, *store)
+        assert r.returncode == 6 and "no model named 'nosuch/m'" in r.stderr, (args, r)
+        assert "BROKEN" not in r.stderr and "no key" not in r.stderr
+    for name in ("..", ""):
+        r = fails("verify", name, *store)
+        assert r.returncode == 2 and "invalid model name" in r.stderr and "BROKEN" not in r.stderr, r
+
+
+def test_an_unwritable_state_dir_warns_once(tmp_path, model_file, key_file, store_dir):
+    for i in range(3):
+        run_modelfs("push", str(model_file), f"m{i}", "--store", str(store_dir), "--key-file", str(key_file))
+    state = tmp_path / "readonly-state"
+    state.mkdir(mode=0o555)
+    r = modelfs_run("ls", "--store", store_dir, "--key-file", key_file, prefix=NO_DAC_OVERRIDE,
+                    env={"MODELFS_STATE_DIR": str(state)})
+    assert r.returncode == 0 and r.stdout.count("\nm") == 3, r
+    assert r.stderr.count("WARNING") == 1 and "cannot record catalog position" in r.stderr, r.stderr
+
+
+def test_rotate_or_grant_of_a_freed_name_is_no_model(tmp_path, model_file, key_file, store_dir):
+    store = ("--store", str(store_dir), "--key-file", str(key_file))
+    run_modelfs("push", str(model_file), "org/b", *store)
+    run_modelfs("rm", "org/b", *store)
+    host = tmp_path / "host" / "host.key"
+    run_modelfs("keys", "host-init", "--key-file", str(host))
+    before = sorted(p for p in (store_dir / "objects").rglob("*") if p.is_file())
+    for args in (["rotate", "org/b"], ["grant", "org/b", "--to", str(host.with_suffix(".pub"))]):
+        r = fails(*args, *store)
+        assert r.returncode == 6 and "no model named 'org/b'" in r.stderr, (args, r)
+    assert sorted(p for p in (store_dir / "objects").rglob("*") if p.is_file()) == before

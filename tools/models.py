@@ -22,9 +22,13 @@ from .console import (
 
 
 def cmd_push(args) -> int:
-    store = open_push_store(args.store, args.key_file, access_options(args))
+    from modelfs.store.api import check_push
+    shard_size, access = parse_size(args.shard_size), access_options(args)
+    # every input first: a bad one must not create the store (open_push_store does that)
+    check_push(args.store, args.file, args.name, shard_size=shard_size, key_file=args.key_file, access=access)
+    store = open_push_store(args.store, args.key_file, access)
     started = time.monotonic()
-    done = store.publish(args.file, args.name, shard_size=parse_size(args.shard_size),
+    done = store.publish(args.file, args.name, shard_size=shard_size,
                          progress=ProgressBar(f"push {args.name}", lines=args.progress))
     seconds = time.monotonic() - started
     v = done.version
@@ -43,12 +47,13 @@ def cmd_ls(args) -> int:
     from modelfs.store.api import open_store
     from modelfs.store.format.catalog import check_name
     store = open_store(args.store, key_file=args.key_file, access=access_options(args))
+    store.keyring.check_key_files()  # a bad key file fails here, not as every name BROKEN
     if args.name:
         check_name(args.name)
     lineages = [x for x in store.lineages(check_manifests=True) if (not args.name or x.name == args.name)
                 and not isinstance(x.error, NotGranted)]  # a host lists only what it was granted
     if args.name and not lineages:
-        raise NotFound(f"no model named {args.name!r} in this store")
+        raise NotFound.model(args.name)
     if args.json:
         print(json.dumps([{"name": x.name, "broken": x.broken,
                            "state": dataclasses.asdict(x.state) if x.state else None,
@@ -77,6 +82,9 @@ def cmd_ls(args) -> int:
 def cmd_verify(args) -> int:
     from modelfs.store.api import open_store
     store = open_store(args.store, key_file=args.key_file, access=access_options(args))
+    store.keyring.check_key_files()
+    for spec in args.names:
+        store.known_name(spec)  # a malformed or unknown name is not a failed verification
     specs = args.names or [x.name for x in store.lineages() if not isinstance(x.error, NotGranted)
                            and (x.broken or (x.state is not None and x.state.versions))]
     failed: list[tuple[str, ModelfsError]] = []

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import BackendError, InvalidInput, NotFound
+from ..errors import BackendError, InvalidInput, NotFound, store_os_error
 from .base import READ_ALIGNMENT, Backend, ShardLocation, ShardWriter, StoredItem
 from .layout import (
     TMP_SUFFIX,
@@ -37,6 +37,19 @@ def _address(buffer: memoryview) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
 
 
+@contextmanager
+def _store_errors(what: str) -> Iterator[None]:
+    """The ``OSError`` of a store file as the store's error: no permission is access denied,
+    anything else (a full or failing disk) the backend failing; a missing file stays ``OSError``
+    for the caller that expects it."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise store_os_error(what, e) from e
+
+
 def _read_fully(f: io.FileIO, view: memoryview) -> memoryview:
     filled = 0
     while filled < len(view) and (got := f.readinto(view[filled:])):
@@ -52,12 +65,13 @@ class LocalShardWriter(ShardWriter):
 
     def put(self, shard_id: str, data: bytes, index: int) -> ShardLocation:
         path = self._backend.root / shard_relpath(shard_id)
-        if path.exists() and path.stat().st_size == len(data):
-            # reused (perhaps an orphan of an earlier, failed push): make it young again,
-            # so garbage collection leaves it alone until this version is published
-            os.utime(path)
-        else:
-            write_file_atomically(path, data)
+        with _store_errors(f"cannot write shard {shard_id[:16]} in {self._backend.root}"):
+            if path.exists() and path.stat().st_size == len(data):
+                # reused (perhaps an orphan of an earlier, failed push): make it young again,
+                # so garbage collection leaves it alone until this version is published
+                os.utime(path)
+            else:
+                write_file_atomically(path, data)
         return ShardLocation()
 
     def commit(self) -> None:
@@ -75,8 +89,11 @@ class LocalBackend(Backend):
     def __init__(self, root: str | os.PathLike, create: bool = False) -> None:
         self.root = Path(root).expanduser().resolve()
         self._direct = hasattr(os, "O_DIRECT")  # until the file system refuses it
+        if self.root.exists() and not self.root.is_dir():
+            raise InvalidInput(f"store {self.root} is not a directory")
         if create:
-            self.root.mkdir(parents=True, exist_ok=True)
+            with _store_errors(f"cannot create store directory {self.root}"):
+                self.root.mkdir(parents=True, exist_ok=True)
         elif not self.root.is_dir():
             raise NotFound(f"store directory {self.root} does not exist")
 
@@ -88,38 +105,40 @@ class LocalBackend(Backend):
         return self.root / "objects" / check_key(key)
 
     def put_object(self, key: str, data: bytes) -> None:
-        try:
+        with _store_errors(f"cannot write {key} in {self.root}"):
             write_file_atomically(self._object_path(key), data)
-        except OSError as e:
-            raise BackendError(f"cannot write {key} in {self.root}: {e.strerror}") from e
 
     def put_object_if_absent(self, key: str, data: bytes) -> bool:
-        try:
+        with _store_errors(f"cannot write {key} in {self.root}"):
             return create_file_exclusively(self._object_path(key), data)
-        except OSError as e:
-            raise BackendError(f"cannot write {key} in {self.root}: {e.strerror}") from e
 
     def get_object(self, key: str) -> bytes:
         try:
-            return self._object_path(key).read_bytes()
+            with _store_errors(f"cannot read {key} in {self.root}"):
+                return self._object_path(key).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"{key} not found in {self.root}") from None
-        except OSError as e:
-            raise BackendError(f"cannot read {key} in {self.root}: {e.strerror}") from e
 
     def list_objects(self, prefix: str) -> Iterator[str]:
         base = self.root / "objects"
         start = base / prefix.rstrip("/") if prefix else base
         if not start.is_dir():
             return
-        for dirpath, _dirs, files in os.walk(start):
+        for dirpath, _dirs, files in os.walk(start, onerror=self._unlistable):
             for name in files:
                 if TMP_SUFFIX in name:
                     continue
                 yield os.path.relpath(os.path.join(dirpath, name), base).replace(os.sep, "/")
 
+    def _unlistable(self, error: OSError) -> None:
+        """``os.walk``'s errors: a folder that cannot be listed fails the listing (a catalog that
+        silently lost names would let gc delete what they use); one removed meanwhile is skipped."""
+        if not isinstance(error, FileNotFoundError):
+            raise store_os_error(f"cannot list {error.filename}", error) from error
+
     def delete_object(self, key: str) -> None:
-        self._object_path(key).unlink(missing_ok=True)
+        with _store_errors(f"cannot delete {key} in {self.root}"):
+            self._object_path(key).unlink(missing_ok=True)
 
     # -- shards --------------------------------------------------------------
     def shard_writer(self, version_id: str) -> ShardWriter:
@@ -157,15 +176,15 @@ class LocalBackend(Backend):
         """A shard file open for reading (unbuffered), its errors as the store's."""
         path = self.root / shard_relpath(shard_id)
         try:
-            with io.FileIO(os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags), closefd=True) as f:
+            with _store_errors(f"cannot read shard {shard_id[:16]}"), \
+                    io.FileIO(os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags), closefd=True) as f:
                 yield f
         except FileNotFoundError:
             raise NotFound(f"shard {shard_id[:16]} missing from {self.root}") from None
-        except OSError as e:
-            raise BackendError(f"cannot read shard {shard_id[:16]}: {e.strerror}") from e
 
     def delete_shard(self, shard_id: str) -> None:
-        (self.root / shard_relpath(shard_id)).unlink(missing_ok=True)
+        with _store_errors(f"cannot delete shard {shard_id[:16]} in {self.root}"):
+            (self.root / shard_relpath(shard_id)).unlink(missing_ok=True)
 
     # -- garbage collection ----------------------------------------------------
     def list_stored(self) -> Iterator[StoredItem]:
@@ -199,5 +218,5 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             return False
         except OSError as e:
-            raise BackendError(f"cannot delete {path}: {e.strerror}") from e
+            raise store_os_error(f"cannot delete {path}", e) from e
         return True

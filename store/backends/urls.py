@@ -17,14 +17,38 @@ DEFAULT_STORE = os.environ.get(
     "MODELFS_STORE", str(Path.home() / ".local" / "share" / "modelfs" / "store"))
 
 
+def store_url(url: str | None) -> str:
+    """The store a command means: the default only when none was given (an empty one is refused)."""
+    return DEFAULT_STORE if url is None else url
+
+
+def local_path(url: str) -> str | None:
+    """The directory a local store URL names (a path, ``file:///path``, ``file://localhost/path``);
+    None for other schemes. An empty path would mean the current directory and a file URL of another
+    host a directory on this one: both are refused, never guessed."""
+    if "://" not in url:
+        if not url:
+            raise InvalidInput("empty store path: name the store directory")
+        return url
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        return None
+    if parts.netloc not in ("", "localhost"):
+        raise InvalidInput(f"store URL {url!r} names host {parts.netloc!r}: a file:// store is on "
+                           f"this host (file:///path or file://localhost/path)")
+    if not parts.path:
+        raise InvalidInput(f"store URL {url!r} names no directory (file:///path)")
+    return parts.path
+
+
 def open_backend(url: str | None, create: bool = False) -> Backend:
     """Open the backend a store URL names; ``create`` makes a missing local store."""
-    url = url or DEFAULT_STORE
-    scheme = urlsplit(url).scheme if "://" in url else ""
-    if scheme in ("", "file"):
+    url = store_url(url)
+    path = local_path(url)
+    if path is not None:
         from .local import LocalBackend
-        path = urlsplit(url).path if scheme == "file" else url
         return LocalBackend(path, create=create)
+    scheme = urlsplit(url).scheme
     if scheme in ("http", "https"):
         from .nodes.replicated import NodesBackend
         return NodesBackend.from_url(url)

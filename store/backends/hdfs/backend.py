@@ -26,7 +26,7 @@ from ...errors import IntegrityError, InvalidInput, NotFound
 from ..base import Backend, ShardLocation, ShardWriter, StoredItem
 from ..layout import TMP_SUFFIX, check_key
 from .client import CALL_TIMEOUT, OPERATION_BUDGET, READ_BACKOFF, HdfsClient, unless_missing
-from .config import client_config
+from .config import client_config, default_fs_configured
 from .packs import PACKS, HdfsPackWriter
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ class HdfsBackend(Backend):
         # hdfs:///path takes the namenode from fs.defaultFS, as Hadoop does. hdfs://nameservice/path
         # (no port), or fs.defaultFS, may be an HA nameservice of the Hadoop config.
         self.config = client_config(config, ha=parts.port is None)
+        if not parts.netloc and not default_fs_configured(self.config):
+            raise InvalidInput(f"HDFS URL {url!r} names no namenode and no fs.defaultFS is configured "
+                               f"(HADOOP_CONF_DIR): use hdfs://namenode:port/path")
         self.hdfs = HdfsClient(url, f"hdfs://{parts.netloc}" if parts.netloc else None, self.config,
                                backoff=backoff, call_timeout=call_timeout,
                                operation_budget=operation_budget)

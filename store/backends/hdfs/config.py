@@ -64,3 +64,8 @@ def client_config(extra: dict[str, str] | None = None, ha: bool = False) -> dict
     config = {k: v for k, v in bounded.items() if k not in taken}
     config.update(extra or {})
     return config
+
+
+def default_fs_configured(config: dict[str, str]) -> bool:
+    """Whether ``hdfs:///path`` has a namenode: ``fs.defaultFS`` in ``config`` or Hadoop's XML files."""
+    return "fs.defaultFS" in config or "fs.defaultFS" in configured_keys(hadoop_conf_dir())
