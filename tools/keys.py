@@ -50,8 +50,8 @@ def cmd_show(args) -> int:
         path = Path(path)
         if not args.files and not path.exists():
             continue
-        line = path.read_text() if path.exists() else ""
-        kind = PUBLISHER_KIND if line.startswith(PUBLISHER_KIND) else HOST_KIND
+        head = path.read_bytes()[:len(PUBLISHER_KIND)] if path.is_file() else b""
+        kind = PUBLISHER_KIND if head == PUBLISHER_KIND.encode() else HOST_KIND
         key = PublicKey.load(path, kind)
         role = "publisher" if kind == PUBLISHER_KIND else "host"
         print(f"{path}  {role}  {key.fingerprint}  {key.comment}")

@@ -26,6 +26,8 @@ RAW_KEY_BYTES = 32
 def write_private_file(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
     """Create ``path`` readable by its owner only; never replace a key by accident."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise InvalidInput(f"key file {path} is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
     try:
@@ -97,8 +99,11 @@ class PublicKey:
             text = path.read_text()
         except FileNotFoundError:
             raise NotFound(f"public key file {path} does not exist") from None
-        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-            raise InvalidInput(f"cannot read public key file {path}: {e}") from None
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{path} is not a public key file (it is not text: a private key? "
+                               f"its public key is the .pub file beside it)") from None
+        except (IsADirectoryError, PermissionError) as e:
+            raise InvalidInput(f"cannot read public key file {path}: {e.strerror}") from None
         return cls.from_line(text, kind)
 
 
@@ -111,8 +116,11 @@ def load_trusted(key_files: list[str], trust_files: list[str]) -> frozenset[byte
     for path in trust_files:
         try:
             lines = Path(path).expanduser().read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise InvalidInput(f"cannot read trust file {path}: {e}") from None
+        except UnicodeDecodeError:
+            raise InvalidInput(f"trust file {path} is not text: one publisher public key line per "
+                               f"line") from None
+        except OSError as e:
+            raise InvalidInput(f"cannot read trust file {path}: {e.strerror}") from None
         for number, line in enumerate(lines, 1):
             if line.strip() and not line.lstrip().startswith("#"):
                 try:
