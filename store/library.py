@@ -71,6 +71,7 @@ class Library:
         self._lock = threading.RLock()
         self._names: dict[str, NameView] = {}
         self._heads: dict[str, int] = {}
+        self._mounted = False  # the first load is logged as a count; later changes one by one
         self._reported: set[tuple[str, str]] = set()
         #: names this host may not open (not granted, or not signed by a trusted publisher), at record seq
         self._refused: dict[str, tuple[int, AccessDenied]] = {}
@@ -140,6 +141,8 @@ class Library:
                 try:
                     view = self._load(name, seq, current)
                     self._refused.pop(name, None)
+                    if self._mounted:
+                        self._log_change(view.state)
                 except ModelfsError as e:
                     errors[name] = e
                     if isinstance(e, AccessDenied):
@@ -163,10 +166,17 @@ class Library:
                 self.generation += 1
             self._names = names
             self._heads = heads if not errors else {}  # retry what failed next time
+            self._mounted = True
             largest = max((r.manifest.shard_size for view in names.values()
                            for v in view.versions.values() for r in v.readers.values()), default=0)
             self.cache.set_loaders(self.threads + 1, largest)  # readahead threads + a FUSE thread
         return errors
+
+    @staticmethod
+    def _log_change(state: LineageState) -> None:
+        latest = state.latest.version_id if state.latest else "none (removed)"
+        tags = ", ".join(f"{t}={v[:12]}" for t, v in sorted(state.tags.items())) or "none"
+        log.info("%s: record %d, latest version %s, tags %s", state.name, state.seq, latest, tags)
 
     def _load(self, name: str, seq: int, current: NameView | None) -> NameView:
         state = self.store.state_at(name, seq)

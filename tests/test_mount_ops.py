@@ -333,19 +333,32 @@ def test_verbose_quiet_and_log_file_after_the_command(model, key_file, store_dir
     assert "DEBUG: modelfs " in before.stderr
 
 
-def test_mount_log_file_option(model, key_file, store_dir, mountpoint, tmp_path):
-    log = tmp_path / "daemon.log"
-    run_modelfs("mount", str(store_dir), str(mountpoint), "--key-file", str(key_file), "--log-file", str(log))
-    assert sha256_of(mountpoint / "org" / "m") == sha256_of(model)
-    run_modelfs("umount", str(mountpoint))
-    for _ in range(200):  # the daemon says it is done once it has left libfuse's loop
-        if "was unmounted" in log.read_text():
+def wait_for_line(log: Path, text: str) -> str:
+    """The log once it holds ``text`` (the daemon writes it on its own threads), or as it is."""
+    for _ in range(200):
+        if text in log.read_text():
             break
         time.sleep(0.05)
-    text = log.read_text()
-    assert "mounting 1 model(s)" in text and "Ignoring invalid max threads" not in text
-    assert f"{mountpoint} was unmounted" in text
+    return log.read_text()
 
+
+def test_mount_log_file_option(model, key_file, store_dir, mountpoint, tmp_path):
+    """The log says what was mounted, each change a refresh picks up, and the unmount."""
+    log = tmp_path / "daemon.log"
+    run_modelfs("mount", str(store_dir), str(mountpoint), "--key-file", str(key_file), "--log-file", str(log),
+                "--refresh", "0.2")
+    assert sha256_of(mountpoint / "org" / "m") == sha256_of(model)
+    assert "org/m: record" not in log.read_text()  # the first load is one count, not a change
+    second = tmp_path / "second.bin"
+    second.write_bytes(os.urandom(100_000))
+    pushed = run_modelfs("push", str(second), "org/m", "--store", str(store_dir), "--key-file", str(key_file))
+    version = pushed.stdout.split("@")[1].split()[0]
+    wait_for_line(log, f"latest version {version}")
+    run_modelfs("umount", str(mountpoint))
+    text = wait_for_line(log, "was unmounted")  # once the daemon has left libfuse's loop
+    assert "mounting 1 model(s)" in text and "Ignoring invalid max threads" not in text
+    assert f"org/m: record 2, latest version {version}, tags none" in text
+    assert f"{mountpoint} was unmounted" in text
 
 
 def test_umount_unmounts_a_modelfs_mount_with_a_space_and_refuses_any_other(model, key_file, store_dir,
@@ -423,6 +436,19 @@ def test_a_log_file_that_cannot_be_written_is_named(tmp_path):
     for path in ("/proc/version", str(tmp_path / "no-such-dir" / "log")):
         result = run_modelfs("ls", "--store", str(tmp_path), "--log-file", path, check=False)
         assert result.returncode == 2 and f"cannot write the log file {path}" in result.stderr, result.stderr
+
+
+def test_a_folder_that_is_not_a_store_is_not_mounted_as_an_empty_one(key_file, mountpoint, tmp_path):
+    """A mistyped store path that holds other files is refused (6); an empty folder is a new store."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a store")
+    result = run_modelfs("mount", str(folder), str(mountpoint), "--key-file", str(key_file), check=False)
+    assert result.returncode == 6 and "is not a modelfs store" in result.stderr, result.stderr
+    assert not os.path.ismount(mountpoint)
+    (folder / "notes.txt").unlink()
+    run_modelfs("mount", str(folder), str(mountpoint), "--key-file", str(key_file))
+    assert [p.name for p in mountpoint.iterdir()] == [".modelfs"]
 
 def reach_for_others(path: Path, hold: Path) -> list[str]:
     """Shell commands that, in a private mount namespace, let any user reach ``path``: each

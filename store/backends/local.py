@@ -50,6 +50,13 @@ def _store_errors(what: str) -> Iterator[None]:
         raise store_os_error(what, e) from e
 
 
+def _looks_like_a_store(root: Path) -> bool:
+    """A store's folders, or nothing yet (a new store, mounted before its first push)."""
+    with _store_errors(f"cannot list store directory {root}"):
+        entries = {entry.name for entry in os.scandir(root)} - {"lost+found"}
+    return not entries or bool(entries & {"objects", "shards"})
+
+
 def _read_fully(f: io.FileIO, view: memoryview) -> memoryview:
     filled = 0
     while filled < len(view) and (got := f.readinto(view[filled:])):
@@ -96,6 +103,9 @@ class LocalBackend(Backend):
                 self.root.mkdir(parents=True, exist_ok=True)
         elif not self.root.is_dir():
             raise NotFound(f"store directory {self.root} does not exist")
+        elif not _looks_like_a_store(self.root):
+            raise NotFound(f"{self.root} is not a modelfs store: it holds files but no objects/ or "
+                           f"shards/ (a mistyped path?)")
 
     def __repr__(self) -> str:
         return f"LocalBackend({str(self.root)!r})"
