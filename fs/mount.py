@@ -135,8 +135,9 @@ def run_foreground(opts: MountOptions) -> None:
     stopper = StopOnSignal(mountpoint)  # first: every thread started from here on inherits the mask
     store = open_store(opts.store_url, key_file=opts.key_file, access=opts.access)
     library = Library(store, opts.read)  # verifies keys and every manifest before mounting
-    log.info("mounting %d model(s) from %s on %s", len(library.names()), opts.store_url, mountpoint)
-    fuse_options = dict(fsname=FSNAME_PREFIX + opts.store_url.replace(",", ";"),
+    shown = opts.store_url if "://" in opts.store_url else os.path.abspath(opts.store_url)  # as mount(8)
+    log.info("mounting %d model(s) from %s on %s", len(library.names()), shown, mountpoint)
+    fuse_options = dict(fsname=FSNAME_PREFIX + shown.replace(",", ";"),
                         subtype=SUBTYPE, ro=True, default_permissions=True,
                         max_read=MAX_READ, max_threads=FUSE_MAX_THREADS,
                         max_idle_threads=FUSE_MAX_THREADS)

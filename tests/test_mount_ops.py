@@ -450,6 +450,14 @@ def test_a_folder_that_is_not_a_store_is_not_mounted_as_an_empty_one(key_file, m
     run_modelfs("mount", str(folder), str(mountpoint), "--key-file", str(key_file))
     assert [p.name for p in mountpoint.iterdir()] == [".modelfs"]
 
+
+def test_a_relative_store_path_is_shown_absolute_in_the_mount_table(model, key_file, store_dir, mountpoint):
+    relative = os.path.relpath(store_dir, mountpoint.parent)
+    subprocess.run([*MODELFS, "mount", relative, str(mountpoint), "--key-file", str(key_file)], check=True,
+                   cwd=mountpoint.parent, capture_output=True, timeout=60)
+    assert mount_line(mountpoint)[0] == f"modelfs:{store_dir}"
+    assert sha256_of(mountpoint / "org" / "m") == sha256_of(model)
+
 def reach_for_others(path: Path, hold: Path) -> list[str]:
     """Shell commands that, in a private mount namespace, let any user reach ``path``: each
     ancestor closed to others (like /root) is covered by a tmpfs through which the one child
