@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .backends.base import Backend, ShardLocation
 from .backends.urls import local_path, open_backend, store_url
-from .errors import IntegrityError, InvalidInput, ModelfsError, NotFound
+from .errors import AccessDenied, IntegrityError, InvalidInput, ModelfsError, NotFound
 from .format.catalog import (
     Catalog,
     FileRecord,
@@ -151,6 +151,29 @@ class Store:
         check_name(name)
         return self.state_at(name, self.catalog.head(name))
 
+    def check_store_key(self, name: str, tries: int = 3) -> None:
+        """Warn when a new name's key opens none of the store's other names (up to ``tries`` of
+        them): its names then live under two store keys, and gc and verify report the others as
+        broken under either. Not refused: one name under a foreign key must not block the rest."""
+        if self.keyring.uses_host_key or self.keyring.generations(name):
+            return
+        tried = []
+        for other in sorted(self.catalog.heads()):
+            generations = self.keyring.generations(other)
+            if other == name or not generations:
+                continue
+            try:
+                self.keyring.keys(other, generations[-1])
+                return
+            except AccessDenied:
+                tried.append(other)
+                if len(tried) == tries:
+                    break
+        if tried:
+            log.warning("%s opens none of this store's names (tried %s): %r will be the only name "
+                        "under this key, and gc and verify will report the others as broken under it. "
+                        "Is this the store's key file?", self.keyring.key_file, ", ".join(tried), name)
+
     def live_lineage(self, name: str) -> LineageState:
         """The state of a name that has a version: one never pushed, or freed by ``rm``, is no model."""
         state = self.lineage(name)
@@ -215,6 +238,7 @@ class Store:
         kind, files = check_inputs(path, name, shard_size)  # before any key is created: claims nothing
         self.check_no_clash(name)
         self.keyring.publisher()  # a bad publisher key file fails before anything is stored
+        self.check_store_key(name)
         generation, keys = self.keyring.current(name, create=True)
         known: dict[bytes, ShardLocation] = {}
         try:

@@ -55,3 +55,19 @@ def test_keygen_into_a_directory_says_so(tmp_path: Path) -> None:
     for extra in ([], ["--force"]):
         result = run_modelfs("keygen", "--key-file", str(tmp_path), *extra, check=False)
         assert result.returncode == 2 and "is a directory" in result.stderr, result.stderr
+
+
+def test_a_new_name_pushed_with_a_key_that_opens_no_other_name_is_warned_about(tmp_path: Path,
+                                                                              key_file: Path) -> None:
+    """Names under two store keys fail gc and verify under either: the push says so (it is not
+    refused, as one name under a foreign key must not block the others)."""
+    store = tmp_path / "store"
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(200_000))
+    run_modelfs("push", str(src), "first", "--store", str(store), "--key-file", str(key_file))
+    same = run_modelfs("push", str(src), "second", "--store", str(store), "--key-file", str(key_file))
+    assert "opens none of this store's names" not in same.stderr
+    other = tmp_path / "other.key"
+    run_modelfs("keygen", "--key-file", str(other))
+    warned = run_modelfs("push", str(src), "third", "--store", str(store), "--key-file", str(other))
+    assert f"{other} opens none of this store's names (tried first, second)" in warned.stderr
