@@ -469,7 +469,8 @@ def test_rotate_or_grant_of_a_freed_name_is_no_model(tmp_path, model_file, key_f
     host = tmp_path / "host" / "host.key"
     run_modelfs("keys", "host-init", "--key-file", str(host))
     before = sorted(p for p in (store_dir / "objects").rglob("*") if p.is_file())
-    for args in (["rotate", "org/b"], ["grant", "org/b", "--to", str(host.with_suffix(".pub"))]):
+    grant = ["grant", "org/b", "--to", str(host.with_suffix(".pub"))]
+    for args in (["rotate", "org/b"], grant, ["ls", "org/b"]):
         r = fails(*args, *store)
         assert r.returncode == 6 and "no model named 'org/b'" in r.stderr, (args, r)
     assert sorted(p for p in (store_dir / "objects").rglob("*") if p.is_file()) == before

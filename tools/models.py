@@ -52,8 +52,8 @@ def cmd_ls(args) -> int:
         check_name(args.name)
     lineages = [x for x in store.lineages(check_manifests=True) if (not args.name or x.name == args.name)
                 and not isinstance(x.error, NotGranted)]  # a host lists only what it was granted
-    if args.name and not lineages:
-        raise NotFound.model(args.name)
+    if args.name and not any(x.broken or (x.state and x.state.versions) for x in lineages):
+        raise NotFound.model(args.name)  # never pushed, or freed by `rm NAME`
     if args.json:
         print(json.dumps([{"name": x.name, "broken": x.broken,
                            "state": dataclasses.asdict(x.state) if x.state else None,
