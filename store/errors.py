@@ -69,7 +69,11 @@ class NotFound(ModelfsError):
     @classmethod
     def model(cls, name: str) -> NotFound:
         """The one message every command gives for a name that was never published, or was freed."""
-        return cls(f"no model named {name!r} in this store")
+        return NoSuchModel(f"no model named {name!r} in this store")
+
+
+class NoSuchModel(NotFound):
+    """A name that was never published, or was freed: not a broken model."""
 
 
 class MountFailed(ModelfsError):

@@ -470,7 +470,7 @@ def test_rotate_or_grant_of_a_freed_name_is_no_model(tmp_path, model_file, key_f
     run_modelfs("keys", "host-init", "--key-file", str(host))
     before = sorted(p for p in (store_dir / "objects").rglob("*") if p.is_file())
     grant = ["grant", "org/b", "--to", str(host.with_suffix(".pub"))]
-    for args in (["rotate", "org/b"], grant, ["ls", "org/b"]):
+    for args in (["rotate", "org/b"], grant, ["ls", "org/b"], ["verify", "org/b"]):
         r = fails(*args, *store)
         assert r.returncode == 6 and "no model named 'org/b'" in r.stderr, (args, r)
     assert sorted(p for p in (store_dir / "objects").rglob("*") if p.is_file()) == before

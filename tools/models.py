@@ -8,7 +8,7 @@ import logging
 import time
 
 from modelfs.store.config import DEFAULT_SHARD_SIZE
-from modelfs.store.errors import ModelfsError, NotFound, NotGranted
+from modelfs.store.errors import ModelfsError, NoSuchModel, NotFound, NotGranted
 from modelfs.store.sizes import format_size, parse_size
 
 from .console import (
@@ -84,7 +84,13 @@ def cmd_verify(args) -> int:
     store = open_store(args.store, key_file=args.key_file, access=access_options(args))
     store.keyring.check_key_files()
     for spec in args.names:
-        store.known_name(spec)  # a malformed or unknown name is not a failed verification
+        name = store.known_name(spec)  # a malformed or unknown name is not a failed verification
+        try:
+            store.live_lineage(name)  # nor is a freed one
+        except NoSuchModel:
+            raise
+        except ModelfsError:
+            pass  # a broken name: verifying it says why
     specs = args.names or [x.name for x in store.lineages() if not isinstance(x.error, NotGranted)
                            and (x.broken or (x.state is not None and x.state.versions))]
     failed: list[tuple[str, ModelfsError]] = []

@@ -162,7 +162,7 @@ class LineageState:
         """The latest version, or the one a version id or tag names."""
         if ref is None:
             if self.latest is None:
-                raise NotFound(f"model {self.name!r} has no versions")
+                raise NotFound.model(self.name)  # freed by `rm NAME`
             return self.latest
         wanted = self.tags.get(ref, ref)
         wanted = self.renamed.get(wanted, wanted)
