@@ -77,7 +77,7 @@ def is_stale(mountpoint: Path) -> bool:
 
 def prepare_mountpoint(mountpoint: str | os.PathLike) -> Path:
     """An existing, empty directory that nothing is mounted on; a stale mount is recovered."""
-    path = _absolute(mountpoint)  # libfuse changes directory to /
+    path = absolute_mountpoint(mountpoint)  # libfuse changes directory to /
     if is_stale(path):
         log.warning("%s is a stale mount (its daemon died); unmounting it", path)
         fusermount(path, lazy=True)
@@ -94,7 +94,7 @@ def prepare_mountpoint(mountpoint: str | os.PathLike) -> Path:
     return path
 
 
-def _absolute(mountpoint: str | os.PathLike) -> Path:
+def absolute_mountpoint(mountpoint: str | os.PathLike) -> Path:
     """The mountpoint as an absolute path with no symlinks (the kernel mounts on the directory a
     link points to, and /proc/self/mounts names that); an empty one is refused, not taken for
     the current directory."""
@@ -215,7 +215,7 @@ def _last_error(log_file: Path) -> str:
 
 
 def unmount(mountpoint: str | os.PathLike) -> None:
-    path = _absolute(mountpoint)
+    path = absolute_mountpoint(mountpoint)
     if not (os.path.ismount(path) or is_stale(path)):
         raise InvalidInput(f"{path} is not mounted")
     kind = mount_type(path)
@@ -235,7 +235,7 @@ def detach(mountpoint: str | os.PathLike) -> None:
 
     For teardown (tests, benchmarks), where the daemon may already be dead.
     """
-    path = _absolute(mountpoint)
+    path = absolute_mountpoint(mountpoint)
     if not (os.path.ismount(path) or is_stale(path)):
         return
     result = fusermount(path)

@@ -242,3 +242,25 @@ def test_manifest_refuses_tampering_a_wrong_key_and_truncation():
     for cut in (10, len(blob) - 1):
         with pytest.raises(IntegrityError):
             Manifest.from_bytes(blob[:cut], keys.mac_key)
+
+
+def test_tensor_starts_are_learned_from_a_first_read_shorter_than_the_header(tmp_path):
+    """A mapped load may first read one page at offset 0; the header is longer than that."""
+    from safetensors.numpy import save_file
+
+    from modelfs.store.format.chunking import tensor_offsets
+    tensors = {f"layer.{i:03d}.weight": np.full(3000, i, dtype=np.float32) for i in range(200)}
+    src = tmp_path / "model.safetensors"
+    save_file(tensors, str(src))
+    raw = src.read_bytes()
+    assert int.from_bytes(raw[:8], "little") > 4096  # the header outgrows a page
+    backend = MemoryBackend()
+    store = Store(backend, create_key_file(tmp_path / "store.key"))
+    manifest = store.load_manifest(store.publish(src, "org/st", shard_size=SHARD))
+    stats = Stats()
+    reader = ModelReader(manifest, backend, ShardCipher(store.lineage_keys("org/st")),
+                         ShardCache(64 * SHARD, stats), stats)
+    assert bytes(reader.stream().read(0, 4096)) == raw[:4096]
+    starts = tensor_offsets(raw, len(raw))
+    expected = sorted({int(np.searchsorted(manifest.offsets, s, side="right")) - 1 for s in starts})
+    assert reader.tensor_heads == expected and len(expected) > 1

@@ -106,7 +106,7 @@ def cmd_mount(args) -> int:
     if args.foreground:
         from modelfs.fs.stopping import block_stop_signals
         block_stop_signals()  # before numpy and pyarrow start threads (on import)
-    from modelfs.fs.mount import mount_background, prepare_mountpoint, run_foreground
+    from modelfs.fs.mount import absolute_mountpoint, mount_background, prepare_mountpoint, run_foreground
     options = mount_options(args)
     if args.check_only:
         prepare_mountpoint(options.mountpoint)
@@ -114,7 +114,7 @@ def cmd_mount(args) -> int:
     if args.foreground:
         run_foreground(options)
         return 0
-    mountpoint = str(prepare_mountpoint(args.mountpoint))
+    mountpoint = str(absolute_mountpoint(args.mountpoint))  # mount_background checks it
     if args.log_file:
         log_file = Path(args.log_file).expanduser().absolute()
     else:

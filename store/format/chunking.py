@@ -85,17 +85,17 @@ def _safetensors_units(f: BinaryIO, size: int) -> list[_Unit] | None:
     return None if tensors is None else [_Unit(0, 8 + header_len, packable=False)] + tensors
 
 
-def tensor_offsets(prefix: bytes, size: int) -> list[int] | None:
+def tensor_offsets(prefix: bytes | memoryview, size: int) -> list[int] | None:
     """Where the tensors of a safetensors file of ``size`` bytes start, in file order, from its
     first bytes; None when ``prefix`` does not hold a whole safetensors header."""
     header_len = _safetensors_header_length(prefix, size)
     if header_len is None or len(prefix) < 8 + header_len:
         return None
-    tensors = _safetensors_tensors(prefix[8:8 + header_len], 8 + header_len, size)
+    tensors = _safetensors_tensors(bytes(prefix[8:8 + header_len]), 8 + header_len, size)
     return None if tensors is None else sorted(unit.offset for unit in tensors)
 
 
-def _safetensors_header_length(prefix: bytes, size: int) -> int | None:
+def _safetensors_header_length(prefix: bytes | memoryview, size: int) -> int | None:
     """The header length the first 8 bytes announce, when a file of ``size`` can hold it."""
     if len(prefix) < 8:
         return None

@@ -175,11 +175,11 @@ class ModelReader:
         self._stats.record_read(len(out), hit_bytes, time.monotonic() - started)
         return out
 
-    def learn_heads(self, start: bytes | np.ndarray) -> None:
-        """Find the shards where tensors start in the file's first bytes (a safetensors header),
-        for readahead (see ``ReadaheadWindow``); a file of another kind has none."""
-        prefix = start.tobytes() if isinstance(start, np.ndarray) else start
-        offsets = tensor_offsets(prefix, self.size) or []
+    def learn_heads(self) -> None:
+        """Find the shards where tensors start from the first shard (a safetensors header is a
+        shard of its own), for readahead (see ``ReadaheadWindow``); a file of another kind has none.
+        The whole shard, not the read that asked: a first read may be shorter than the header."""
+        offsets = tensor_offsets(self.shard(0), self.size) or []
         self.tensor_heads = sorted({bisect_right(self._offsets, offset) - 1 for offset in offsets})
 
     def stream(self) -> ReadStream:
@@ -201,7 +201,7 @@ class ReadStream:
         ``ModelReader.read_view``); hold it only as long as needed."""
         data = self.reader.read_view(offset, length)
         if offset == 0 and self.reader.tensor_heads is None:
-            self.reader.learn_heads(data)
+            self.reader.learn_heads()  # its first shard is cached now: no extra fetch
         if len(data) and self.reader.readahead_limit:
             with self._lock:  # the kernel sends concurrent reads of one open file
                 self._follow(self._window.observe(offset, len(data)))
