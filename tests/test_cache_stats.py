@@ -80,6 +80,24 @@ def test_watch_prints_timestamped_rates(warm_mount):
     assert float(matches[0].group(1)) == 0 and any(float(m.group(1)) > 0 for m in matches[1:])
 
 
+def test_watching_a_mount_that_is_unmounted_ends_quietly(tmp_path, key_file):
+    store = tmp_path / "store"
+    push_random(str(store), key_file, tmp_path, "org/m", 2 * SHARD, 7)
+    with mounted(store, key_file, "64MiB") as mnt:
+        watch = subprocess.Popen([*MODELFS, "cache-stats", str(mnt), "--watch", "0.2"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            while watch.stdout.readline() != "\n":  # the full view is out: it is watching
+                pass
+            run_modelfs("umount", str(mnt))
+            _, err = watch.communicate(timeout=30)
+        finally:
+            watch.kill()
+            watch.wait()
+    assert watch.returncode == 0, err
+    assert err == f"modelfs: {mnt} was unmounted; stopped watching\n"
+
+
 def test_watch_json_into_a_closed_pipe_exits_quietly(warm_mount):
     mnt, _, _ = warm_mount
     result = subprocess.run(["bash", "-c", f"{' '.join(MODELFS)} cache-stats {mnt} --watch 0.1 --json "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -459,7 +460,7 @@ def test_an_unwritable_state_dir_warns_once(tmp_path, model_file, key_file, stor
     r = modelfs_run("ls", "--store", store_dir, "--key-file", key_file, prefix=NO_DAC_OVERRIDE,
                     env={"MODELFS_STATE_DIR": str(state)})
     assert r.returncode == 0 and r.stdout.count("\nm") == 3, r
-    assert r.stderr.count("WARNING") == 1 and "cannot record catalog position" in r.stderr, r.stderr
+    assert r.stderr.count("modelfs: warning:") == 1 and "cannot record catalog position" in r.stderr, r.stderr
 
 
 def test_rotate_or_grant_of_a_freed_name_is_no_model(tmp_path, model_file, key_file, store_dir):
@@ -474,3 +475,16 @@ def test_rotate_or_grant_of_a_freed_name_is_no_model(tmp_path, model_file, key_f
         r = fails(*args, *store)
         assert r.returncode == 6 and "no model named 'org/b'" in r.stderr, (args, r)
     assert sorted(p for p in (store_dir / "objects").rglob("*") if p.is_file()) == before
+
+
+def test_a_store_whose_nodes_do_not_answer_says_why_in_few_words(key_file):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()                               # nothing listens there now: refused
+    r = fails("ls", "--store", f"http://127.0.0.1:{port},host.invalid:9", "--key-file", str(key_file))
+    assert r.returncode == 5
+    error = r.stderr.strip().splitlines()[-1]
+    assert f"127.0.0.1:{port}: connection refused" in error
+    assert "host.invalid:9: cannot resolve the host name" in error
+    assert "HTTPConnection" not in r.stderr and "Error:" not in r.stderr  # not urllib3's wrapping

@@ -184,7 +184,7 @@ def test_local_gc_deletes_exactly_the_orphans(tmp_path, store_dir, key_file, mon
     done = gc(url, key_file, "--grace", "1h")
     assert f"deleted {len(orphans) + 1} unreferenced" in done.stdout, done.stdout
     assert f"kept {len(live)} in use and 2 younger than 1h" in done.stdout
-    assert done.stderr.count("INFO: deleted") == len(orphans) + 2, done.stderr  # + the manifest
+    assert done.stderr.count("modelfs: info: deleted") == len(orphans) + 2, done.stderr  # + the manifest
     assert shard_files(store_dir) == live | {young.name}
     assert objects(url) == before_objects - {old_manifest}
     assert young_manifest in objects(url)

@@ -330,7 +330,7 @@ def test_verbose_quiet_and_log_file_after_the_command(model, key_file, store_dir
     assert "org/m" in verbose.stdout
     assert "DEBUG modelfs: modelfs " in log.read_text() and verbose.stderr == ""
     before = run_modelfs("-v", "ls", "--store", str(store_dir), "--key-file", str(key_file))
-    assert "DEBUG: modelfs " in before.stderr
+    assert "modelfs: debug: modelfs " in before.stderr
 
 
 def wait_for_line(log: Path, text: str) -> str:

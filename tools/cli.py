@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class CommandFormatter(logging.Formatter):
+    """A command's messages as other command-line tools print theirs: ``modelfs: warning: ...``."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return f"modelfs: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def setup_logging(args: argparse.Namespace) -> None:
     daemon = getattr(args, "foreground", False) or args.command == "serve"  # long-running: log more
     level = (logging.DEBUG if args.verbose else logging.ERROR if args.quiet
@@ -72,8 +79,8 @@ def setup_logging(args: argparse.Namespace) -> None:
     else:
         handler = logging.StreamHandler()
     timed = daemon or args.log_file
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s" if timed else "%(levelname)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s") if timed
+                         else CommandFormatter())
     logging.basicConfig(level=level, handlers=[handler])
     if not daemon:
         # a failed shard read is also raised, and printed once below

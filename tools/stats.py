@@ -127,7 +127,7 @@ def read_all(mounts: list[Path], read_stats) -> dict[str, dict]:
 
 
 def cmd_cache_stats(args) -> int:
-    from modelfs.fs.mount import modelfs_mounts, read_stats
+    from modelfs.fs.mount import absolute_mountpoint, modelfs_mounts, mount_type, read_stats
     if args.schema:
         from modelfs.store.stats_schema import SNAPSHOT_SCHEMA
         print(json.dumps(SNAPSHOT_SCHEMA, indent=1))
@@ -138,8 +138,14 @@ def cmd_cache_stats(args) -> int:
     previous: dict[str, dict] = {}
     try:
         while True:  # every mount is listed again each time: --watch follows mounts and unmounts
-            docs = ({args.mountpoint: read_stats(args.mountpoint)} if args.mountpoint
-                    else read_all(modelfs_mounts(), read_stats))
+            try:
+                docs = ({args.mountpoint: read_stats(args.mountpoint)} if args.mountpoint
+                        else read_all(modelfs_mounts(), read_stats))
+            except ModelfsError:
+                if previous and args.mountpoint and mount_type(absolute_mountpoint(args.mountpoint)) is None:
+                    print(f"modelfs: {args.mountpoint} was unmounted; stopped watching", file=sys.stderr)
+                    return 0
+                raise
             if args.json:  # with --watch: one compact document per line (JSON Lines)
                 doc = next(iter(docs.values())) if args.mountpoint else docs
                 print(json.dumps(doc, indent=None if watch else 1))

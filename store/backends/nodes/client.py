@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from urllib.parse import quote, urlsplit
 
 import urllib3
+from urllib3.exceptions import ConnectTimeoutError, ProtocolError, ReadTimeoutError
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import ProtocolError
 
 from ...errors import AccessDenied, BackendError, IntegrityError, ModelfsError, NotFound
 from ...stats import Counters
@@ -185,8 +186,9 @@ class NodeClient:
         raise BackendError(f"{self.name} refused {method} {relpath}: {status} {detail}")
 
     def _unreachable(self, e: BaseException) -> NodeDown:
-        self.failed(f"{type(e).__name__}: {_short(e)}", down=True)
-        return NodeDown(f"{self.name}: {_short(e)}")
+        reason = connection_failure(e)
+        self.failed(reason, down=True)
+        return NodeDown(f"{self.name}: {reason}")
 
     def stats(self, now: float) -> dict:
         with self._lock:
@@ -221,6 +223,19 @@ def combined_error(message: str, errors: dict[str, Exception], plain: bool = Fal
     return BackendError(message)
 
 
-def _short(e: BaseException) -> str:
-    text = str(getattr(e, "reason", None) or e)
+def connection_failure(e: BaseException) -> str:
+    """A few words for a request that got no answer: the socket's own error ("connection
+    refused"), not urllib3's wrapping, which repeats host and port the message names already."""
+    cause: BaseException | None = e if isinstance(e, (OSError, Urllib3Error)) else None
+    while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, socket.gaierror):
+        return f"cannot resolve the host name ({cause.strerror})"
+    if cause is not None and cause.strerror:
+        return cause.strerror[:1].lower() + cause.strerror[1:]
+    if isinstance(e, ConnectTimeoutError):
+        return "timed out connecting"
+    if isinstance(e, ReadTimeoutError):
+        return "timed out waiting for the answer"
+    text = str(getattr(e, "reason", None) or e) or type(e).__name__
     return text if len(text) < 160 else text[:157] + "..."
