@@ -1,10 +1,11 @@
 """Stopping a foreground mount cleanly, and telling systemd how it goes.
 
-SIGTERM, SIGINT and SIGHUP unmount the filesystem so the FUSE loop ends as after ``umount``,
-and the daemon exits 0 (a systemd stop is not a failure). libfuse's own handlers would end the
-loop with an error status instead. Here the signals are blocked in every thread and one thread
-waits for them; the mask is inherited, so ``block_stop_signals`` must run before any thread
-starts (numpy and pyarrow start threads when imported): this module imports neither.
+SIGTERM, SIGINT and SIGHUP (unless the process was started to ignore them, as under ``nohup``)
+unmount the filesystem so the FUSE loop ends as after ``umount``, and the daemon exits 0 (a
+systemd stop is not a failure). libfuse's own handlers would end the loop with an error status
+instead. Here the signals are blocked in every thread and one thread waits for them; the mask is
+inherited, so ``block_stop_signals`` must run before any thread starts (numpy and pyarrow start
+threads when imported): this module imports neither.
 """
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ log = logging.getLogger(__name__)
 
 #: signals that stop a mount: unmount, then exit 0 (a systemd stop, Ctrl-C, a hangup)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def ignored_at_start() -> frozenset[signal.Signals]:
+    """Stop signals this process was started to ignore: ``nohup`` ignores SIGHUP, a shell ignores
+    SIGINT for its background jobs, and a mount started so must outlive them. (They stay blocked
+    all the same: mfusepy resets SIGINT for libfuse, whose handler would end the loop with an error.)"""
+    return frozenset(s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_IGN)
 
 
 def block_stop_signals() -> None:
@@ -65,11 +73,14 @@ class StopOnSignal:
         self._finished = threading.Event()
         self._lock = threading.Lock()
         self.received: str | None = None
+        self._ignored = ignored_at_start()
         block_stop_signals()
         threading.Thread(target=self._watch, name="modelfs-signals", daemon=True).start()
 
     def _watch(self) -> None:
-        number = signal.sigwait(STOP_SIGNALS)
+        while (number := signal.sigwait(STOP_SIGNALS)) in self._ignored:
+            log.info("%s ignored, as when the mount started (nohup, a background job)",
+                     signal.Signals(number).name)
         with self._lock:
             self.received = signal.Signals(number).name
             if not self._serving.is_set():  # still opening the store: stop there, as the signal would

@@ -200,10 +200,14 @@ def test_mount_t_finds_the_sbin_helper(model, key_file, store_dir, tmp_path):
     assert out["umount"]["rc"] == 0
 
 
-def start_foreground(store_dir, key_file, mountpoint, *extra, env=None) -> subprocess.Popen:
+def start_foreground(store_dir, key_file, mountpoint, *extra, env=None, ignoring=()) -> subprocess.Popen:
+    def ignore() -> None:  # as nohup (SIGHUP) and a shell's background job (SIGINT) start it
+        for sig in ignoring:
+            signal.signal(sig, signal.SIG_IGN)
     return subprocess.Popen([*MODELFS, "mount", str(store_dir), str(mountpoint), "--key-file",
                              str(key_file), "--foreground", *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                            preexec_fn=ignore if ignoring else None)
 
 
 def test_the_command_line_starts_no_threads_before_the_mount_blocks_stop_signals():
@@ -230,6 +234,25 @@ def test_stop_signal_unmounts_and_exits_0(model, key_file, store_dir, mountpoint
     assert daemon.returncode == 0, err
     assert "Traceback" not in err and "RuntimeError" not in err
     assert f"{sig.name} received" in err
+    assert not os.path.ismount(mountpoint)
+
+
+def test_a_mount_started_ignoring_hangup_and_interrupt_outlives_them(model, key_file, store_dir, mountpoint):
+    daemon = start_foreground(store_dir, key_file, mountpoint, ignoring=(signal.SIGHUP, signal.SIGINT))
+    try:
+        wait_mounted(mountpoint, daemon)
+        for sig in (signal.SIGHUP, signal.SIGINT):
+            daemon.send_signal(sig)
+        time.sleep(1)  # what the signals would have done, they would have done by now
+        assert daemon.poll() is None and os.path.ismount(mountpoint)
+        assert sha256_of(mountpoint / "org" / "m") == sha256_of(model)
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert daemon.returncode == 0, err
+    assert "SIGHUP ignored" in err and "SIGINT ignored" in err and "SIGTERM received" in err
     assert not os.path.ismount(mountpoint)
 
 
