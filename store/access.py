@@ -30,7 +30,7 @@ from .format.codec import codec_params
 from .format.crypto import ShardCipher
 from .format.keyfiles import PublicKey
 from .format.manifest import Manifest, ShardEntry
-from .publish import Progress
+from .publish import Progress, check_shards_present
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ class Rotation:
     bytes_written: int = 0
     #: new shard id → its stored entry: a shard shared by versions or files is written once
     written: dict[bytes, ShardEntry] = field(default_factory=dict, repr=False)
+    #: the re-encrypted manifests, checked against the store before they are published
+    manifests: list[Manifest] = field(default_factory=list, repr=False)
 
 
 def rotate(store: Store, name: str, progress: Progress | None = None) -> Rotation:
@@ -123,6 +125,7 @@ def rotate(store: Store, name: str, progress: Progress | None = None) -> Rotatio
             writer.commit()
         for index, manifest in enumerate(manifests):
             store.sealed.put_manifest(manifest, index, generation)
+        rotation.manifests.extend(manifests)
         new_versions.append(VersionRecord(
             version_id=version_id, created=version.created, kind=version.kind,
             files=tuple(FileRecord(m.file_name, m.size, m.sha256) for m in manifests),
@@ -137,6 +140,7 @@ def rotate(store: Store, name: str, progress: Progress | None = None) -> Rotatio
         return current.next("rotate", versions=tuple(new_versions),
                             tags={t: rotation.renamed[v] for t, v in current.tags.items()},
                             renamed={**earlier, **rotation.renamed})
+    check_shards_present(store.backend, rotation.manifests, "rotate")
     rotation.state = store.append(name, change, generation)
     log.info("rotated %s to key generation %d: %d versions, %d shards re-encrypted", name,
              generation, len(new_versions), rotation.shards)

@@ -200,11 +200,11 @@ def _store_file(pool: ThreadPoolExecutor, writer: ShardWriter, cipher: ShardCiph
                           entries=entries, format=2)
 
 
-def check_shards_present(backend: Backend, manifests: list[Manifest]) -> None:
+def check_shards_present(backend: Backend, manifests: list[Manifest], what: str = "push") -> None:
     """Every shard a new version references must still be stored before it is published.
 
-    Garbage collection may have deleted an unreferenced shard this push reused (an
-    orphan of an earlier failed push); publishing then would publish a hole.
+    Garbage collection may have deleted an unreferenced shard this push (or rotation) wrote or
+    reused (an orphan of an earlier failed push); publishing then would publish a hole.
     """
     seen: set[bytes] = set()
     for manifest in manifests:
@@ -214,4 +214,5 @@ def check_shards_present(backend: Backend, manifests: list[Manifest]) -> None:
             seen.add(shard_id)
             if not backend.has_shard(shard_id.hex(), manifest.location(index)):
                 raise BackendError(f"shard {shard_id.hex()[:16]} of {manifest.name} vanished during "
-                                   f"the push (garbage collection?); nothing was published, push again")
+                                   f"the {what} (garbage collection?); nothing was published, "
+                                   f"run {what} again")

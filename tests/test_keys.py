@@ -327,3 +327,30 @@ def test_tampered_swapped_and_truncated_shards_fail_under_a_host_key(tmp_path, k
                     assert caught.value.errno == errno.EIO
                 elif hi > lo:
                     assert os.pread(f.fileno(), hi - lo, lo) == original[lo:hi]
+
+
+def test_a_rotation_whose_new_shards_gc_removed_publishes_nothing(tmp_path, key_file):
+    """gc with a short grace running during a rotation sees its new shards unreferenced and
+    deletes them; the rotation must then fail as a push does, not publish versions with holes."""
+    from modelfs.store.access import rotate
+    from modelfs.store.errors import BackendError
+    from modelfs.store.gc import collect_garbage
+
+    store_dir = tmp_path / "store"
+    src = write(tmp_path, "src", 600_000)
+    cli(store_dir, key_file, "push", str(src), "org/m", "--shard-size", SHARD)
+    store = open_store(str(store_dir), key_file=key_file)
+    before = store.lineage("org/m")
+    collected = []
+
+    def gc_in_the_middle(done: int, total: int) -> None:
+        collected.append(collect_garbage(open_store(str(store_dir), key_file=key_file), 0).items)
+
+    with pytest.raises(BackendError, match=r"vanished during the rotate .garbage collection\?.; nothing was published"):
+        rotate(store, "org/m", progress=gc_in_the_middle)
+    assert collected and collected[0] > 0             # gc did delete the rotation's new shards
+    after = open_store(str(store_dir), key_file=key_file)
+    assert after.lineage("org/m").versions == before.versions   # still the old version, still whole
+    reader = after.open_model("org/m")
+    assert reader.read(0, reader.size) == src.read_bytes()
+    after.verify("org/m")
