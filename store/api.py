@@ -279,7 +279,10 @@ class Store:
 
     def remove(self, spec: str) -> LineageState:
         """``NAME``: every version (frees the name); ``NAME@VERSION``: one version and its tags;
-        ``NAME@TAG``: the tag only."""
+        ``NAME@TAG``: the tag only.
+
+        A freed name gets a new data key that no host holds, so what is pushed under it later is
+        not readable by the hosts granted what was there before."""
         name, ref = split_ref(spec)
 
         def change(state: LineageState) -> LineageState:
@@ -292,7 +295,10 @@ class Store:
             gone = state.version(ref).version_id
             return state.next("remove", versions=tuple(v for v in state.versions if v.version_id != gone),
                               tags={t: v for t, v in state.tags.items() if v != gone})
-        return self.append(name, change)
+        state = self.append(name, change)
+        if not state.versions:
+            self.keyring.new_generation(name, keep_hosts=False)
+        return state
 
     def check_no_clash(self, name: str) -> None:
         """In the mount a name is a file and its prefixes are directories: they may not collide."""

@@ -225,8 +225,9 @@ class Keyring:
         return 1, keys
 
     # -- changing who holds the key --------------------------------------------------
-    def new_generation(self, name: str) -> int:
-        """A fresh data key for ``name``, wrapped for the store and every host of the newest one."""
+    def new_generation(self, name: str, keep_hosts: bool = True) -> int:
+        """A fresh data key for ``name``, wrapped for the store and (``keep_hosts``) every host
+        of the newest one."""
         newest = self.generations(name)
         if not newest:
             raise NotFound(f"no key for model {name!r} in this store")
@@ -236,7 +237,7 @@ class Keyring:
                                                  wrap_key(self.store_key(), data_key, name.encode())):
             raise ModelfsError(f"another rotation of {name!r} is running; try again when it is done")
         self._keys[(name, generation)] = LineageKeys.derive(data_key)
-        for fp in self.recipients(name, newest[-1]):
+        for fp in self.recipients(name, newest[-1]) if keep_hosts else ():
             raw = self.backend.get_object(key_object(name, newest[-1], fp))[:RAW_KEY_BYTES]
             self._write_host(name, generation, data_key, PublicKey(HOST_KIND, raw))
         return generation

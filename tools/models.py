@@ -119,7 +119,8 @@ def cmd_tag(args) -> int:
 def cmd_rm(args) -> int:
     from modelfs.store.api import open_store
     state = open_store(args.store, key_file=args.key_file, access=access_options(args)).remove(args.spec)
-    left = f"{len(state.versions)} version(s) left" if state.versions else "name freed"
+    left = (f"{len(state.versions)} version(s) left" if state.versions
+            else "name freed (a later push of it gets a new key, granted to no host)")
     print(f"removed {args.spec} (record {state.seq}); {left}; stored bytes go at the next gc")
     return 0
 
