@@ -89,6 +89,9 @@ class Rotation:
     name: str
     generation: int
     state: LineageState
+    #: host fingerprints the new key is wrapped for, and those left out (no publisher's grant)
+    hosts: list[str] = field(default_factory=list)
+    dropped_hosts: list[str] = field(default_factory=list)
     #: old version id → new version id
     renamed: dict[str, str] = field(default_factory=dict)
     shards: int = 0
@@ -105,9 +108,10 @@ def rotate(store: Store, name: str, progress: Progress | None = None) -> Rotatio
 
     A name with no version (never pushed, or freed) is refused before anything is written."""
     state = store.live_lineage(name)
-    generation = store.keyring.new_generation(name)
+    made = store.keyring.new_generation(name)
+    generation = made.number
     keys = store.keyring.keys(name, generation)
-    rotation = Rotation(name, generation, state)
+    rotation = Rotation(name, generation, state, hosts=made.hosts, dropped_hosts=made.dropped)
     new_versions = []
     total = sum(v.size for v in state.versions)
     done = 0

@@ -5,6 +5,8 @@ Objects on the backend::
     keys/<name>/@<generation>/store.key    the data key of that generation, wrapped under the store key
     keys/<name>/@<generation>/<fp>.key     the same data key wrapped for one host (X25519, HPKE-style),
                                            after the host's 32-byte public key
+    keys/<name>/@<generation>/<fp>.grant   an HMAC under the store key: that grant was made by a
+                                           publisher (``rotate`` carries only such grants over)
 
 A lineage starts at generation 1; ``modelfs rotate`` adds the next one. The ``store``
 recipient always exists (publishers hold the store key); the first key object of a
@@ -14,9 +16,10 @@ else with its own X25519 key: then only names granted to it can be opened.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends.base import Backend
@@ -25,6 +28,7 @@ from .format.crypto import (
     DEFAULT_KEY_FILE,
     LineageKeys,
     create_key_file,
+    grant_mac,
     load_key_file,
     new_data_key,
     unwrap_key,
@@ -45,8 +49,18 @@ STORE_RECIPIENT = "store"
 GEN_DIGITS = 6
 
 
-def key_object(name: str, generation: int, recipient: str) -> str:
-    return f"keys/{name}/@{generation:0{GEN_DIGITS}d}/{recipient}.key"
+def key_object(name: str, generation: int, recipient: str, kind: str = "key") -> str:
+    return f"keys/{name}/@{generation:0{GEN_DIGITS}d}/{recipient}.{kind}"
+
+
+@dataclass
+class Generation:
+    """A new data key generation: the hosts it was wrapped for, and those of the one before
+    that were left out (their grant is not proven by the store key)."""
+
+    number: int
+    hosts: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
 
 
 def parse_key_object(key: str) -> tuple[str, int, str] | None:
@@ -225,24 +239,46 @@ class Keyring:
         return 1, keys
 
     # -- changing who holds the key --------------------------------------------------
-    def new_generation(self, name: str, keep_hosts: bool = True) -> int:
+    def new_generation(self, name: str, keep_hosts: bool = True) -> Generation:
         """A fresh data key for ``name``, wrapped for the store and (``keep_hosts``) every host
-        of the newest one."""
+        a publisher granted the newest one."""
         newest = self.generations(name)
         if not newest:
             raise NotFound(f"no key for model {name!r} in this store")
-        generation = newest[-1] + 1
+        made = Generation(newest[-1] + 1)
         data_key = new_data_key()
-        if not self.backend.put_object_if_absent(key_object(name, generation, STORE_RECIPIENT),
+        if not self.backend.put_object_if_absent(key_object(name, made.number, STORE_RECIPIENT),
                                                  wrap_key(self.store_key(), data_key, name.encode())):
             raise ModelfsError(f"another rotation of {name!r} is running; try again when it is done")
-        self._keys[(name, generation)] = LineageKeys.derive(data_key)
+        self._keys[(name, made.number)] = LineageKeys.derive(data_key)
         for fp in self.recipients(name, newest[-1]) if keep_hosts else ():
-            raw = self.backend.get_object(key_object(name, newest[-1], fp))[:RAW_KEY_BYTES]
-            self._write_host(name, generation, data_key, PublicKey(HOST_KIND, raw))
-        return generation
+            host = self._granted_host(name, newest[-1], fp)
+            if host is None:
+                made.dropped.append(fp)
+                log.warning("host %s holds the key of %s but no publisher's grant of it (a grant "
+                            "from before grants were proven, or written by someone without the store "
+                            "key): not carried over; `modelfs grant` it again if it should read %s",
+                            fp, name, name)
+                continue
+            self._write_host(name, made.number, data_key, host)
+            made.hosts.append(fp)
+        return made
+
+    def _granted_host(self, name: str, generation: int, fp: str) -> PublicKey | None:
+        """The public key of host ``fp``'s grant of ``generation``, if the store key proves it."""
+        raw = self.backend.get_object(key_object(name, generation, fp))[:RAW_KEY_BYTES]
+        try:
+            proof = self.backend.get_object(key_object(name, generation, fp, "grant"))
+        except NotFound:
+            return None
+        expected = grant_mac(self.store_key(), name, generation, raw)
+        if not hmac.compare_digest(proof, expected) or PublicKey(HOST_KIND, raw).fingerprint != fp:
+            return None
+        return PublicKey(HOST_KIND, raw)
 
     def _write_host(self, name: str, generation: int, data_key: bytes, host: PublicKey) -> None:
+        self.backend.put_object(key_object(name, generation, host.fingerprint, "grant"),
+                                grant_mac(self.store_key(), name, generation, host.raw))
         self.backend.put_object(key_object(name, generation, host.fingerprint),
                                 host.raw + wrap_for_host(data_key, host, name))
 
@@ -258,5 +294,6 @@ class Keyring:
             raise NotFound(f"host {fingerprint} holds no key of model {name!r}")
         for generation in held:
             self.backend.delete_object(key_object(name, generation, fingerprint))
+            self.backend.delete_object(key_object(name, generation, fingerprint, "grant"))
         return len(held)
 

@@ -372,3 +372,26 @@ def test_a_name_freed_by_rm_and_pushed_again_is_not_readable_by_the_hosts_grante
     cli(store, key_file, "grant", "org/m", "--to", str(a_pub))     # granted again: readable again
     with mounted(store, None, "16MiB", "--host-key", str(a_key)) as a:
         assert sha256_of(a / "org" / "m") == sha256_of(second)
+
+
+def test_rotate_carries_over_only_hosts_a_publisher_granted(tmp_path, key_file):
+    """Whoever can write to the store (a revoked host, say) can plant a wrapped key file for its
+    own public key; the next rotation must not wrap the new key for it."""
+    store = tmp_path / "store"
+    src = write(tmp_path, "src", 300_000)
+    cli(store, key_file, "push", str(src), "org/m", "--shard-size", SHARD)
+    a_key, a_pub, a_fp = host_pair(tmp_path, "a")
+    evil_key, evil_pub, evil_fp = host_pair(tmp_path, "evil")
+    cli(store, key_file, "grant", "org/m", "--to", str(a_pub))
+    evil_raw = PublicKey.load(evil_pub, HOST_KIND).raw
+    planted = store / "objects" / "keys" / "org" / "m" / "@000001" / f"{evil_fp}.key"
+    planted.write_bytes(evil_raw + b"\0" * 80)                  # a host key file nobody granted
+    (planted.with_suffix(".grant")).write_bytes(b"\1" * 32)       # and a made-up proof
+    out = cli(store, key_file, "rotate", "org/m").stdout
+    assert f"wrapped for hosts: {a_fp}; not carried over (no publisher's grant): {evil_fp}" in out
+    evil = run_modelfs("verify", "org/m", "--store", str(store), "--host-key", str(evil_key), check=False)
+    assert evil.returncode == NotGranted.exit_code, evil
+    granted = run_modelfs("verify", "org/m", "--store", str(store), "--host-key", str(a_key))
+    assert granted.stdout.startswith("ok org/m@")
+    cli(store, key_file, "rotate", "org/m")                      # a's grant is carried over again
+    assert run_modelfs("verify", "org/m", "--store", str(store), "--host-key", str(a_key)).returncode == 0

@@ -82,6 +82,16 @@ class LineageKeys:
         return cls(hkdf(b"shard-id"), hkdf(b"shard-enc"), hkdf(b"manifest-mac"), hkdf(b"seal"))
 
 
+def grant_mac(store_key: bytes, name: str, generation: int, host_raw: bytes) -> bytes:
+    """Proof that a holder of the store key granted ``name``'s key ``generation`` to the host with
+    public key ``host_raw``: a host may hold the data key, but never the store key, so a host
+    that can write to the store cannot add itself to the hosts a rotation wraps the next key for."""
+    key = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+               info=b"modelfs-grant\x01").derive(store_key)
+    body = b"%d\0%s\0" % (generation, name.encode()) + host_raw
+    return hmac.new(key, body, hashlib.sha256).digest()
+
+
 def new_data_key() -> bytes:
     return secrets.token_bytes(KEY_BYTES)
 
