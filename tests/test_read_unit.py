@@ -206,6 +206,33 @@ def test_a_tampered_shard_is_an_error_never_wrong_bytes(published):
     assert stats.snapshot()["errors"] == {"IntegrityError": 1}
 
 
+def test_a_shard_that_fails_again_after_it_read_is_logged_again(published, caplog):
+    """One error line per failure episode, not one per read, and not one per reader's life."""
+    original, backend, manifest, _ = published
+    sid = manifest.shard_ids[3].hex()
+    start, good = int(manifest.offsets[3]), backend.shards[sid]
+    reader, _ = reader_of(published, budget=2 * SHARD)   # small: the shard is evicted between tries
+
+    def episode(broken: bool) -> None:
+        if broken:
+            del backend.shards[sid]
+        else:
+            backend.shards[sid] = good
+        for _ in range(3):
+            if broken:
+                with pytest.raises(NotFound, match="shard 3"):
+                    reader.read(start, 10)
+            else:
+                assert reader.read(start, 10) == original[start:start + 10]
+            reader.read(len(original) - 4 * SHARD, 4 * SHARD)  # evicts shard 3
+    with caplog.at_level("INFO", logger="modelfs.store.read.reader"):
+        for broken in (True, False, True):
+            episode(broken)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and all("shard 3" in r.getMessage() for r in errors)
+    assert sum("shard 3 reads again" in r.getMessage() for r in caplog.records) == 1
+
+
 # -- Manifest --------------------------------------------------------------------------
 
 def sample_manifest() -> Manifest:

@@ -102,6 +102,9 @@ class ModelReader:
                 self._reported.add(index)
                 log.error("%s", error)
             raise error from None
+        if index in self._reported:  # it reads again: a later failure is a new episode, logged again
+            self._reported.discard(index)
+            log.info("model %s (version %s) shard %d reads again", m.name, m.version_id, index)
         done = time.monotonic()
         self._stats.timed(self._stats.fetch_latency, fetched_at - started)
         self._stats.timed(self._stats.decode_latency, done - fetched_at)
