@@ -22,7 +22,7 @@ from modelfs.bench.nodes import TOKEN, NodeProc, wait_node
 from modelfs.store.backends.layout import shard_relpath
 from modelfs.store.backends.nodes.protocol import DIGEST_HEADER
 from modelfs.store.backends.nodes.server import serve
-from modelfs.store.errors import InvalidInput
+from modelfs.store.errors import InvalidInput, NotFound
 
 MiB = 1024 * 1024
 
@@ -311,3 +311,8 @@ def test_a_data_path_that_is_no_directory_and_a_port_out_of_range_are_bad_input(
         assert proc.returncode == InvalidInput.exit_code, proc.stderr
         assert says in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()
+    missing = subprocess.run([sys.executable, "-m", "modelfs.tools.cli", "serve", "--data",
+                              str(tmp_path / "data"), "--listen", "127.0.0.1:0"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == NotFound.exit_code, missing.stderr  # not an empty node that looks fine
+    assert "does not exist" in missing.stderr and not (tmp_path / "data").exists()

@@ -431,6 +431,8 @@ def serve(data_dir: str, host: str, port: int, token_file: str | None,
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise InvalidInput(f"--data {data_dir} is not a directory")
     token = read_token_file(token_file) if token_file else ""
+    if not os.path.exists(data_dir):  # a typo, or a data disk that is not mounted: no empty node
+        raise NotFound(f"--data {data_dir} does not exist; create it (on the data disk) first")
     try:
         asyncio.run(_serve(data_dir, host, port, token, limits or NodeLimits()))
     except OSError as e:
