@@ -141,3 +141,12 @@ def test_statuses_mean_what_they_say_on_the_fetch_path(node1, tmp_path):
         client.close()
     finally:
         other.stop()
+
+
+def test_an_error_answer_is_one_short_line_in_messages():
+    from modelfs.store.backends.nodes.client import answer_detail
+    assert answer_detail(b"<!DOCTYPE HTML>\n<html><body>Error 501</body></html>") == \
+        "(an HTML page: is this a modelfs storage node?)"
+    assert answer_detail(b"  wrong token\nmore\n") == "wrong token"
+    assert answer_detail(b"x" * 500).endswith("...") and len(answer_detail(b"x" * 500)) == 200
+    assert answer_detail(b"") == ""

@@ -155,3 +155,19 @@ def test_mount_a_store_directory_served_by_nginx(tmp_path, key_file):
             assert read_stats(mnt)["backend"]["kind"] == "nodes"
     finally:
         nginx.stop()
+
+
+def test_a_web_server_that_serves_no_store_is_refused_not_mounted_empty(tmp_path, key_file):
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("<html>some other site</html>\n")
+    nginx = start_nginx(www, tmp_path / "nginx")
+    try:
+        for args in (["ls", "--store", nginx.url], ["mount", nginx.url, str(tmp_path / "mnt")]):
+            (tmp_path / "mnt").mkdir(exist_ok=True)
+            r = run_modelfs(*args, "--key-file", key_file, check=False)
+            assert r.returncode == 5, r
+            assert "not a modelfs storage node, and it serves no store directory" in r.stderr
+        assert not os.path.ismount(tmp_path / "mnt")
+    finally:
+        nginx.stop()

@@ -170,7 +170,7 @@ class NodeClient:
         if status < 300:
             self._answered()
             return
-        detail = bytes(body).decode("utf-8", "replace").strip()[:200]
+        detail = answer_detail(body)
         if status == 404:
             raise NotFound(f"{relpath} not on {self.name}")
         if status == 412:
@@ -221,6 +221,16 @@ def combined_error(message: str, errors: dict[str, Exception], plain: bool = Fal
         if errors and kinds == {kind}:
             return kind(message)
     return BackendError(message)
+
+
+def answer_detail(body: bytes | bytearray | memoryview) -> str:
+    """A node's error answer in one short line (a node says why in a line of text; anything else,
+    an HTML error page say, is not printed into the message)."""
+    text = bytes(body[:4096]).decode("utf-8", "replace").strip()
+    if text.startswith("<"):
+        return "(an HTML page: is this a modelfs storage node?)"
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def connection_failure(e: BaseException) -> str:

@@ -20,11 +20,24 @@ def object_keys(node: NodeClient, prefix: str) -> list[str]:
     try:
         resp = node.request("GET", f"list/objects/{prefix}")
     except NotFound:
-        return list(walk_autoindex(node, prefix))
+        keys = list(walk_autoindex(node, prefix))
+        if not keys:
+            check_store_folder(node)
+        return keys
     try:
         return list(json.loads(resp.data)["keys"])
     except (ValueError, KeyError, TypeError):
         raise BackendError(f"{node.name} sent a malformed listing") from None
+
+
+def check_store_folder(node: NodeClient) -> None:
+    """A server without ``/list/objects/`` must serve a store directory (its ``objects/`` folder):
+    anything else would look like an empty store, and mount as one."""
+    try:
+        node.request("GET", "objects/")
+    except NotFound:
+        raise BackendError("not a modelfs storage node, and it serves no store directory "
+                           "(no /list/objects/, no objects/ folder)") from None
 
 
 def walk_autoindex(node: NodeClient, prefix: str) -> Iterator[str]:
