@@ -222,7 +222,7 @@ class Store:
                        else LineageState(name, 0, "publish", time.time()))
             if head and self.record_generation[name] > generation:
                 raise ModelfsError(f"the key of {name!r} was rotated while this ran; nothing was "
-                                   f"written, run it again")
+                                   f"published, run it again")
             new = change(current)
             if self.sealed.write_record(new, generation):
                 self.seen.raise_to(name, new.seq)
@@ -277,28 +277,28 @@ class Store:
             return state.next("tag", tags={**state.tags, tag: version.version_id})
         return self.append(name, change), chosen[0]
 
-    def remove(self, spec: str) -> LineageState:
+    def remove(self, spec: str) -> tuple[LineageState, list[str]]:
         """``NAME``: every version (frees the name); ``NAME@VERSION``: one version and its tags;
-        ``NAME@TAG``: the tag only.
+        ``NAME@TAG``: the tag only. Returns the new state and the tags that went with it.
 
         A freed name gets a new data key that no host holds, so what is pushed under it later is
         not readable by the hosts granted what was there before."""
         name, ref = split_ref(spec)
+        dropped: list[str] = []
 
         def change(state: LineageState) -> LineageState:
             if not state.versions:
                 raise NotFound.model(name)
-            if ref is None:
-                return state.next("remove", versions=(), tags={})
-            if ref in state.tags:
+            if ref is not None and ref in state.tags:
                 return state.next("untag", tags={t: v for t, v in state.tags.items() if t != ref})
-            gone = state.version(ref).version_id
-            return state.next("remove", versions=tuple(v for v in state.versions if v.version_id != gone),
-                              tags={t: v for t, v in state.tags.items() if v != gone})
+            gone = {v.version_id for v in state.versions} if ref is None else {state.version(ref).version_id}
+            dropped[:] = sorted(t for t, v in state.tags.items() if v in gone)
+            return state.next("remove", versions=tuple(v for v in state.versions if v.version_id not in gone),
+                              tags={t: v for t, v in state.tags.items() if v not in gone})
         state = self.append(name, change)
         if not state.versions:
             self.keyring.new_generation(name, keep_hosts=False)
-        return state
+        return state, dropped
 
     def check_no_clash(self, name: str) -> None:
         """In the mount a name is a file and its prefixes are directories: they may not collide."""

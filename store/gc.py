@@ -138,7 +138,7 @@ def collect_garbage(store: Store, grace_seconds: float = DEFAULT_GRACE,
         if not dry_run and not backend.delete_stored(item):
             report.kept_young += 1  # gone, or reused by a push since it was listed
             continue
-        log.info("%s %s %s (%s, unreferenced for %s)", verb, item.kind, item.name,
+        log.info("%s %s %s (%s, unreferenced, written %s ago)", verb, item.kind, item.name,
                  format_size(item.size), format_duration(now - item.mtime))
         report.items += 1
         report.bytes += item.size
@@ -162,6 +162,7 @@ def collect_garbage(store: Store, grace_seconds: float = DEFAULT_GRACE,
     for key, started in candidates:
         if not dry_run:
             backend.delete_object(key)
-        log.info("%s unpublished %s (push started %s ago)", verb, key, format_duration(now - started))
+        log.info("%s unreferenced %s (its version was made %s ago)", verb, key,
+                 format_duration(now - started))
         report.manifests += 1
     return report

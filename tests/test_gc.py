@@ -178,7 +178,7 @@ def test_local_gc_deletes_exactly_the_orphans(tmp_path, store_dir, key_file, mon
 
     dry = gc(url, key_file, "--dry-run")
     assert f"would delete {len(orphans) + 1} unreferenced" in dry.stdout, dry.stdout
-    assert "and 1 unpublished manifests" in dry.stdout
+    assert "and 1 unreferenced manifests" in dry.stdout
     assert shard_files(store_dir) == before_files and objects(url) == before_objects
 
     done = gc(url, key_file, "--grace", "1h")

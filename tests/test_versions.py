@@ -188,7 +188,8 @@ def test_pinned_paths_tags_xattr_and_rm(tmp_path, key_file):
         finally:
             held.close()
         assert (org / "m").read_bytes() == v2.read_bytes()
-        cli(store, key_file, "rm", "org/m")
+        out = cli(store, key_file, "rm", "org/m").stdout
+        assert "its tags went with it: stable;" in out          # stable pointed at the latest
         wait_for(lambda: not os.path.lexists(org / "m"), "removal of the name")
         assert os.listdir(mnt) == [".modelfs"]
     ls = cli(store, key_file, "ls").stdout

@@ -118,10 +118,12 @@ def cmd_tag(args) -> int:
 
 def cmd_rm(args) -> int:
     from modelfs.store.api import open_store
-    state = open_store(args.store, key_file=args.key_file, access=access_options(args)).remove(args.spec)
+    store = open_store(args.store, key_file=args.key_file, access=access_options(args))
+    state, dropped_tags = store.remove(args.spec)
     left = (f"{len(state.versions)} version(s) left" if state.versions
             else "name freed (a later push of it gets a new key, granted to no host)")
-    print(f"removed {args.spec} (record {state.seq}); {left}; stored bytes go at the next gc")
+    tags = f"; its tags went with it: {', '.join(dropped_tags)}" if dropped_tags else ""
+    print(f"removed {args.spec} (record {state.seq}){tags}; {left}; stored bytes go at the next gc")
     return 0
 
 
@@ -133,7 +135,7 @@ def cmd_gc(args) -> int:
     logging.getLogger("modelfs.store.gc").setLevel(logging.INFO)  # one line per deletion
     report = collect_garbage(open_store(args.store, key_file=args.key_file), grace, args.dry_run)
     print(f"{'would delete' if report.dry_run else 'deleted'} {report.items} unreferenced shards/packs "
-          f"({format_size(report.bytes)}) and {report.manifests} unpublished manifests; kept "
+          f"({format_size(report.bytes)}) and {report.manifests} unreferenced manifests; kept "
           f"{report.kept_live} in use and {report.kept_young} younger than {format_duration(grace)}")
     return 0
 
