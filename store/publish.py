@@ -140,9 +140,22 @@ def store_files(backend: Backend, cipher: ShardCipher, name: str, version_id: st
     """
     check_shard_size(shard_size)
     known = dict(known or {})
+    unchecked = set(known)  # earlier versions' shards: is each still stored? (once, when first reused)
     total = sum(p.stat().st_size for _, p in files)
     result = StoredFiles([])
     done = [0]
+
+    def still_stored(shard_id: bytes, location: ShardLocation) -> bool:
+        """A copy lost since (a node's disk replaced, a file deleted) is stored again, not reused:
+        publishing would fail on it every time, and the copy would stay lost."""
+        if shard_id not in unchecked:
+            return True
+        unchecked.discard(shard_id)
+        if backend.has_shard(shard_id.hex(), location):
+            return True
+        log.warning("shard %s of an earlier version of %s is not stored (or not on every replica): "
+                    "storing it again", shard_id.hex()[:16], name)
+        return False
 
     def advanced(length: int) -> None:
         done[0] += length
@@ -152,16 +165,16 @@ def store_files(backend: Backend, cipher: ShardCipher, name: str, version_id: st
     with ThreadPoolExecutor(ENCODE_THREADS) as pool, backend.shard_writer(version_id) as writer:
         for relpath, path in files:
             result.manifests.append(_store_file(
-                pool, writer, cipher, known, result, name, version_id, relpath, path,
+                pool, writer, cipher, known, still_stored, result, name, version_id, relpath, path,
                 shard_size, level, advanced))
         writer.commit()
     return result
 
 
 def _store_file(pool: ThreadPoolExecutor, writer: ShardWriter, cipher: ShardCipher,
-                known: dict[bytes, ShardLocation], result: StoredFiles, name: str, version_id: str,
-                relpath: str, path: Path, shard_size: int, level: int,
-                advanced: Callable[[int], None]) -> Manifest:
+                known: dict[bytes, ShardLocation], still_stored: Callable[[bytes, ShardLocation], bool],
+                result: StoredFiles, name: str, version_id: str, relpath: str, path: Path,
+                shard_size: int, level: int, advanced: Callable[[int], None]) -> Manifest:
     """One file: encode on the pool (a bounded queue), store what is new, build its manifest."""
     before = path.stat()
     digest = hashlib.sha256()
@@ -173,7 +186,7 @@ def _store_file(pool: ThreadPoolExecutor, writer: ShardWriter, cipher: ShardCiph
         nonlocal offset
         shard = pending.popleft().result()
         location = known.get(shard.shard_id)
-        if location is None:
+        if location is None or not still_stored(shard.shard_id, location):
             location = writer.put(shard.shard_id.hex(), shard.ciphertext, len(entries))
             known[shard.shard_id] = location
             result.new_stored += len(shard.ciphertext)

@@ -171,3 +171,21 @@ def test_a_web_server_that_serves_no_store_is_refused_not_mounted_empty(tmp_path
         assert not os.path.ismount(tmp_path / "mnt")
     finally:
         nginx.stop()
+
+
+def test_a_push_stores_again_a_reused_shard_a_node_lost(nodes3, tmp_path, key_file):
+    """A node that lost a copy (a replaced disk) must not block every later push that reuses
+    the shard: the push stores the copy again and publishes."""
+    url = nodes3.url(replicas=2, placement="hash")
+    src = random_file(tmp_path / "m.bin", 3 << 20, seed=21)
+    run_modelfs("push", src, "m", "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
+    sid = shard_table(url, key_file, "m")[2][2]
+    lost = [path for node in nodes3.nodes if (path := node.data / shard_relpath(sid)).exists()]
+    assert len(lost) == 2
+    lost[0].unlink()
+    again = run_modelfs("push", src, "m", "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
+    assert "storing it again" in again.stderr
+    assert lost[0].exists()                                   # the copy is back
+    with mounted(url, key_file, "32MiB") as mnt:
+        assert (mnt / "m").read_bytes() == src.read_bytes()
+    assert run_modelfs("verify", "m", "--store", url, "--key-file", key_file).returncode == 0
