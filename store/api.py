@@ -114,6 +114,8 @@ class Store:
         self.record_generation: dict[str, int] = {}
         self.manifest_generation: dict[tuple[str, str], int] = {}
         self.signed_by: dict[str, str | None] = {}
+        #: who signed the newest record read of each name (None: nobody)
+        self.record_signer: dict[str, str | None] = {}
         self.seen = SeenRecords(repr(backend))
 
     def __repr__(self) -> str:
@@ -144,6 +146,7 @@ class Store:
             raise NotFound.model(name)
         state, opened = self.sealed.read_record(name, seq)
         self.record_generation[name] = opened.generation
+        self.record_signer[name] = opened.signed_by
         self.seen.raise_to(name, seq)
         return state
 
@@ -224,12 +227,22 @@ class Store:
                 raise ModelfsError(f"the key of {name!r} was rotated while this ran; nothing was "
                                    f"published, run it again")
             new = change(current)
+            self._warn_if_unsigning(name, head)
             if self.sealed.write_record(new, generation):
                 self.seen.raise_to(name, new.seq)
                 return new
             log.info("record %d of %s was taken by another writer; retrying", new.seq, name)
         raise ModelfsError(f"could not write a catalog record of {name!r}: "
                            f"{APPEND_ATTEMPTS} concurrent writers won")
+
+    def _warn_if_unsigning(self, name: str, head: int) -> None:
+        """An unsigned record on top of a signed one makes every host that mounts with ``--trust``
+        stop serving the name. Not refused: a lost publisher key must not freeze a name."""
+        signer = self.record_signer.get(name) if head else None
+        if signer and self.keyring.publisher() is None:
+            log.warning("%s is signed (its newest record by publisher %s) and this change is not "
+                        "(no --publisher-key): hosts that mount with --trust stop serving %s",
+                        name, signer, name)
 
     # -- publish, tag, remove ------------------------------------------------------
     def publish(self, path: str | os.PathLike, name: str, *, shard_size: int = DEFAULT_SHARD_SIZE,

@@ -395,3 +395,18 @@ def test_rotate_carries_over_only_hosts_a_publisher_granted(tmp_path, key_file):
     assert granted.stdout.startswith("ok org/m@")
     cli(store, key_file, "rotate", "org/m")                      # a's grant is carried over again
     assert run_modelfs("verify", "org/m", "--store", str(store), "--host-key", str(a_key)).returncode == 0
+
+
+def test_an_unsigned_change_to_a_signed_name_warns_that_trusting_hosts_stop_serving_it(tmp_path, key_file):
+    store = tmp_path / "store"
+    p_key, _, p_fp = publisher_pair(tmp_path, "p")
+    src = write(tmp_path, "src", 150_000)
+    cli(store, key_file, "push", str(src), "org/c", "--shard-size", SHARD, "--publisher-key", str(p_key))
+    signed = cli(store, key_file, "tag", "org/c", "good", "--publisher-key", str(p_key))
+    assert "warning" not in signed.stderr
+    unsigned = cli(store, key_file, "tag", "org/c", "evil")
+    assert unsigned.returncode == 0                             # not refused: a lost key must not freeze it
+    assert (f"org/c is signed (its newest record by publisher {p_fp}) and this change is not"
+            in unsigned.stderr and "hosts that mount with --trust stop serving org/c" in unsigned.stderr)
+    again = cli(store, key_file, "tag", "org/c", "more")        # the newest record is unsigned now
+    assert "warning" not in again.stderr
