@@ -7,6 +7,7 @@ safetensors files, plus one duplicate file.
 """
 from __future__ import annotations
 
+import gc
 import os
 import re
 import shutil
@@ -103,3 +104,5 @@ def test_folder_push_mount_and_transformers_load(tmp_path, key_file, folder):
             time.sleep(0.2)
         assert sha256_of(latest) == sha256_of(changed)
         assert sha256_of(pinned_old) == before != sha256_of(changed)
+        del tok, loaded, batch  # their files on the mount are closed: the unmount is not a lazy one
+        gc.collect()

@@ -310,7 +310,7 @@ def test_hdfs_gc_removes_old_temporary_and_unpublished_packs(hdfs_cluster, tmp_p
     assert packs() == live | {old_tmp, unpublished, young_tmp}
 
     done = gc(url, key_file, "--grace", "1h")
-    assert "deleted 2 unreferenced shards/packs (195.3 KiB) and 1 unpublished manifests" in done.stdout, \
+    assert "deleted 2 unreferenced shards/packs (195.3 KiB) and 1 unreferenced manifests" in done.stdout, \
         done.stdout
     assert "kept 3 in use and 2 younger than 1h" in done.stdout
     assert packs() == live | {young_tmp}

@@ -201,13 +201,13 @@ def test_mount_t_finds_the_sbin_helper(model, key_file, store_dir, tmp_path):
 
 
 def start_foreground(store_dir, key_file, mountpoint, *extra, env=None, ignoring=()) -> subprocess.Popen:
-    def ignore() -> None:  # as nohup (SIGHUP) and a shell's background job (SIGINT) start it
-        for sig in ignoring:
-            signal.signal(sig, signal.SIG_IGN)
-    return subprocess.Popen([*MODELFS, "mount", str(store_dir), str(mountpoint), "--key-file",
-                             str(key_file), "--foreground", *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-                            preexec_fn=ignore if ignoring else None)
+    # started with ``ignoring`` ignored, as nohup (SIGHUP) and a shell's background job (SIGINT)
+    # start it: a shell's `trap ''` then exec (no preexec_fn: not safe in a process with threads)
+    ignore = ["sh", "-c", f"trap '' {' '.join(s.name[3:] for s in ignoring)}; exec \"$@\"", "sh"]
+    command = [*MODELFS, "mount", str(store_dir), str(mountpoint), "--key-file", str(key_file),
+               "--foreground", *extra]
+    return subprocess.Popen([*(ignore if ignoring else []), *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
 
 
 def test_the_command_line_starts_no_threads_before_the_mount_blocks_stop_signals():
