@@ -7,6 +7,7 @@ key, records and manifests, so another name's damage never gets in the way.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -369,22 +370,34 @@ class Store:
                            ShardCache(cache_size, stats), stats)
 
     def verify(self, spec: str, progress: Progress | None = None) -> tuple[LineageState, VersionRecord]:
-        """Read every shard of one version back and check each file's SHA-256."""
+        """Read every shard of one version back and check each file's SHA-256, and every stored
+        copy of each shard where there are several (storage nodes)."""
         state, version = self.open_version(spec)
         done, total = 0, version.size
+        bad: list[str] = []
         for manifest in self.load_manifests(state.name, version):
             stats = Stats()
-            reader = ModelReader(manifest, self.backend, self.cipher(state.name, manifest),
-                                 ShardCache(OPEN_MODEL_CACHE, stats), stats)
+            cipher = self.cipher(state.name, manifest)
+            reader = ModelReader(manifest, self.backend, cipher, ShardCache(OPEN_MODEL_CACHE, stats), stats)
             digest = hashlib.sha256()
-            for index in range(manifest.shard_count):
+            for index, shard_id in enumerate(manifest.shard_ids):
                 digest.update(reader.shard(index))
+                copies = self.backend.bad_copies(shard_id.hex(), manifest.location(index),
+                                                 int(manifest.stored_lengths[index]),
+                                                 functools.partial(cipher.decrypt, shard_id))
+                bad += [f"shard {shard_id.hex()[:16]} on {where} "
+                        f"({'missing' if isinstance(e, NotFound) else 'corrupt'})"
+                        for where, e in copies.items()]
                 done += int(manifest.lengths[index])
                 if progress:
                     progress(done, total)
             if digest.hexdigest() != manifest.sha256:
                 raise IntegrityError(f"{state.name}@{version.version_id} {manifest.file_name}: "
                                      f"SHA-256 does not match")
+        if bad:
+            raise IntegrityError(f"{state.name}@{version.version_id} reads right from its good copies, "
+                                 f"but {len(bad)} stored copies are damaged: {'; '.join(bad)}; delete "
+                                 f"those files on their nodes and push the version again to store them anew")
         return state, version
 
     def open_file(self, spec: str, file: str | None = None) -> io.BufferedReader:

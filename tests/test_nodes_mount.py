@@ -189,3 +189,30 @@ def test_a_push_stores_again_a_reused_shard_a_node_lost(nodes3, tmp_path, key_fi
     with mounted(url, key_file, "32MiB") as mnt:
         assert (mnt / "m").read_bytes() == src.read_bytes()
     assert run_modelfs("verify", "m", "--store", url, "--key-file", key_file).returncode == 0
+
+
+def test_verify_checks_every_copy_and_names_the_damaged_ones(nodes3, tmp_path, key_file):
+    url = nodes3.url(replicas=2, placement="hash")
+    src = random_file(tmp_path / "m.bin", 2 << 20, seed=23)
+    run_modelfs("push", src, "m", "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
+    table = shard_table(url, key_file, "m")
+    backend = NodesBackend.from_url(url)
+    by_name = {node.name: node for node in nodes3.nodes}
+    (_, _, corrupt_sid, loc1), (_, _, lost_sid, loc2) = table[1], table[3]
+    second = by_name[backend.replica_nodes(corrupt_sid, loc1)[1]]    # a read stops at the first copy
+    path = second.data / shard_relpath(corrupt_sid)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    first_of_lost = by_name[backend.replica_nodes(lost_sid, loc2)[0]]
+    (first_of_lost.data / shard_relpath(lost_sid)).unlink()
+    backend.close()
+    r = run_modelfs("verify", "m", "--store", url, "--key-file", key_file, check=False)
+    assert r.returncode == 3, r
+    assert f"shard {corrupt_sid[:16]} on {second.name} (corrupt)" in r.stderr
+    assert f"shard {lost_sid[:16]} on {first_of_lost.name} (missing)" in r.stderr
+    with mounted(url, key_file, "32MiB") as mnt:        # every shard still has a good copy
+        assert (mnt / "m").read_bytes() == src.read_bytes()
+    path.unlink()                                        # as the message says: delete, push again
+    run_modelfs("push", src, "m", "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
+    assert run_modelfs("verify", "m", "--store", url, "--key-file", key_file).returncode == 0

@@ -220,7 +220,7 @@ def test_a_shard_that_fails_again_after_it_read_is_logged_again(published, caplo
             backend.shards[sid] = good
         for _ in range(3):
             if broken:
-                with pytest.raises(NotFound, match="shard 3"):
+                with pytest.raises(IntegrityError, match="shard 3"):
                     reader.read(start, 10)
             else:
                 assert reader.read(start, 10) == original[start:start + 10]

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
+from ..errors import ModelfsError
+
 T = TypeVar("T")
 
 #: what a buffer handed to ``read_shard_into`` should be aligned and sized to (O_DIRECT)
@@ -154,6 +156,13 @@ class Backend(abc.ABC):
         stored = (self.read_shard(shard_id, location, length) if into is None
                   else self.read_shard_into(shard_id, location, length, into))
         return verify(stored)
+
+    def bad_copies(self, shard_id: str, location: ShardLocation, length: int,
+                   verify: Callable[[bytes | memoryview], object]) -> dict[str, ModelfsError]:
+        """Every stored copy of a shard read and checked with ``verify`` (``modelfs verify``
+        scrubs): the copies that are missing or fail it, by where they are. A backend with one
+        copy has none besides the one every read checks."""
+        return {}
 
     # -- garbage collection ------------------------------------------------------
     @abc.abstractmethod

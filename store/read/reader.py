@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from ..backends.base import READ_ALIGNMENT, Backend
-from ..errors import IntegrityError, ModelfsError
+from ..errors import IntegrityError, ModelfsError, NotFound
 from ..format.chunking import tensor_offsets
 from ..format.codec import decode
 from ..format.crypto import ShardCipher
@@ -96,8 +96,9 @@ class ModelReader:
                     workspace.buffer("stored", -(-stored_length // READ_ALIGNMENT) * READ_ALIGNMENT).data)
         except ModelfsError as e:
             self._stats.error(type(e).__name__)
-            error = type(e)(f"model {m.name} (version {m.version_id}) shard {index} "
-                            f"({self._keys[index][:16]}): {e}")
+            kind = IntegrityError if isinstance(e, NotFound) else type(e)  # a published shard gone: damage
+            error = kind(f"model {m.name} (version {m.version_id}) shard {index} "
+                         f"({self._keys[index][:16]}): {e}")
             if index not in self._reported:  # one log line per bad shard, not one per read
                 self._reported.add(index)
                 log.error("%s", error)

@@ -270,6 +270,23 @@ class NodesBackend(Backend):
         tried = ", ".join(f"{n} ({failure_reason(e)})" for n, e in errors.items())
         raise combined_error(f"shard {shard_id[:16]}: every replica failed: {tried}", errors, plain=True)
 
+    def bad_copies(self, shard_id: str, location: ShardLocation, length: int,
+                   verify: Callable[[bytes | memoryview], object]) -> dict[str, ModelfsError]:
+        """Each replica read and checked, not only the first good one a read stops at: a corrupt
+        or lost second copy is otherwise found only when the first one's node is gone."""
+        bad: dict[str, ModelfsError] = {}
+        for name in self.replica_nodes(shard_id, location):
+            try:
+                data = self.nodes[name].get_into(shard_relpath(shard_id), None, length)
+                if len(data) != length:
+                    raise IntegrityError(f"{len(data)} bytes, expected {length}")
+                verify(data)
+            except (IntegrityError, NotFound) as e:
+                bad[name] = e
+            except ModelfsError as e:  # a node that does not answer: its copy is not judged
+                log.warning("copy of shard %s on %s not checked: %s", shard_id[:16], name, e)
+        return bad
+
     def delete_shard(self, shard_id: str, location: ShardLocation | None = None) -> None:
         """Remove a shard from every node (garbage collection); absent is fine."""
         self._check_writable()
