@@ -194,6 +194,10 @@ def test_warmup_without_a_disk_cache_leaves_the_files_in_the_page_cache(tmp_path
         assert fetched > 0
         assert (mnt / "big").read_bytes() == data
         assert read_stats(mnt)["bytes_fetched"] == fetched
+        missing = run_modelfs("warmup", str(mnt / "nope"), check=False)
+        assert missing.returncode == 6 and "no such file or directory" in missing.stderr
+        no_jobs = run_modelfs("warmup", str(mnt / "big"), "-j", "0", check=False)
+        assert no_jobs.returncode == 2 and "at least 1" in no_jobs.stderr
 
 
 def test_warmup_fills_the_disk_cache_for_a_later_mount(tmp_path, key_file):

@@ -209,6 +209,9 @@ def test_local_gc_refuses_on_a_tampered_manifest_or_a_wrong_key(tmp_path, store_
     run_modelfs("keygen", "--key-file", other_key)
     wrong = gc(url, other_key, "--grace", "0", check=False)
     assert wrong.returncode == 4 and "wrong key" in wrong.stderr, wrong
+    no_key = gc(url, tmp_path / "no.key", "--grace", "0", check=False)   # one message, not one per name
+    assert no_key.returncode == 6 and no_key.stderr.count("does not exist") == 1, no_key
+    assert "gc needs the store key" in no_key.stderr
 
     manifest = store_dir / "objects" / "manifests" / entry.version_id / "0"
     data = bytearray(manifest.read_bytes())

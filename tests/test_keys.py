@@ -151,6 +151,10 @@ def test_not_granted_and_wrong_key_say_different_things(tmp_path, key_file):
     assert not isinstance(caught.value, NotGranted)
     listing = cli(store, other, "ls", check=False)
     assert listing.returncode == 0 and "wrong key" in listing.stdout
+    for command in ("ls", "verify"):                  # named: both say "not granted", exit 4
+        named = run_modelfs(command, "m", "--store", str(store), "--host-key",
+                            str(tmp_path / "a" / "host.key"), check=False)
+        assert named.returncode == NotGranted.exit_code and "not granted to this host" in named.stderr
 
 
 def test_private_key_file_readable_by_others_is_refused(tmp_path, key_file):

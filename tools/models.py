@@ -50,8 +50,10 @@ def cmd_ls(args) -> int:
     store.keyring.check_key_files()  # a bad key file fails here, not as every name BROKEN
     if args.name:
         check_name(args.name)
-    lineages = [x for x in store.lineages(check_manifests=True) if (not args.name or x.name == args.name)
-                and not isinstance(x.error, NotGranted)]  # a host lists only what it was granted
+    found = [x for x in store.lineages(check_manifests=True) if not args.name or x.name == args.name]
+    if args.name and found and isinstance(found[0].error, NotGranted):
+        raise found[0].error  # as verify and the mount say it, not "no model named"
+    lineages = [x for x in found if not isinstance(x.error, NotGranted)]  # a host lists only its names
     if args.name and not any(x.broken or (x.state and x.state.versions) for x in lineages):
         raise NotFound.model(args.name)  # never pushed, or freed by `rm NAME`
     if args.json:
@@ -133,7 +135,13 @@ def cmd_gc(args) -> int:
     from modelfs.store.sizes import format_duration, parse_duration
     grace = parse_duration(args.grace)
     logging.getLogger("modelfs.store.gc").setLevel(logging.INFO)  # one line per deletion
-    report = collect_garbage(open_store(args.store, key_file=args.key_file), grace, args.dry_run)
+    store = open_store(args.store, key_file=args.key_file)
+    try:
+        store.keyring.store_key()  # gc reads every name with it: a missing file fails once, here
+    except NotFound:
+        raise NotFound(f"gc needs the store key, and {store.keyring.key_file} does not exist "
+                       "(name the store's key with --key-file)") from None
+    report = collect_garbage(store, grace, args.dry_run)
     print(f"{'would delete' if report.dry_run else 'deleted'} {report.items} unreferenced shards/packs "
           f"({format_size(report.bytes)}) and {report.manifests} unreferenced manifests; kept "
           f"{report.kept_live} in use and {report.kept_young} younger than {format_duration(grace)}")

@@ -13,6 +13,7 @@ traffic.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelfs.store.errors import InvalidInput, ModelfsError
+from modelfs.store.errors import InvalidInput, ModelfsError, NotFound
 from modelfs.store.sizes import format_size
 
 from .console import ProgressBar
@@ -59,7 +60,7 @@ def collect(paths: list[str], mounts: list[Path]) -> list[WarmFile]:
     for given in paths:
         path = Path(os.path.abspath(given))
         if not path.exists():
-            raise InvalidInput(f"{given}: no such file or directory")
+            raise NotFound(f"{given}: no such file or directory")
         mount = mount_of(path, mounts)
         if path.is_dir():
             files = []
@@ -130,7 +131,7 @@ def cmd_warmup(args) -> int:
     progress = Progress(sum(f.size for f in files))
     started = time.monotonic()
     failed: list[str] = []
-    with ThreadPoolExecutor(max(args.jobs, 1), thread_name_prefix="modelfs-warmup") as pool:
+    with ThreadPoolExecutor(args.jobs, thread_name_prefix="modelfs-warmup") as pool:
         work = {pool.submit(warm_range, f, start, min(start + RANGE, f.size), progress,
                             has_disk_cache[f.mount]): (f, start)
                 for f in files for start in range(0, f.size, RANGE)}
@@ -176,8 +177,15 @@ def warm_summary(before: dict, after: dict) -> str:
     return f"{loaded}; now {held}"
 
 
+def jobs_count(value: str) -> int:
+    """``--jobs``: a whole number of at least 1."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"wants a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
 def register(sub) -> None:
     s = sub.add_parser("warmup", help="fetch files of a mount into its disk and memory caches")
     s.add_argument("paths", nargs="+", metavar="PATH", help="model files or folders inside a mount")
-    s.add_argument("--jobs", "-j", type=int, default=4, help="ranges read at once (default 4)")
+    s.add_argument("--jobs", "-j", type=jobs_count, default=4, help="ranges read at once (default 4)")
     s.set_defaults(func=cmd_warmup)
