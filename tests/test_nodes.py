@@ -390,6 +390,12 @@ def test_writes_fail_when_a_target_replica_is_down(tmp_path):
         assert node_set.nodes[1].name in str(info.value)
         with pytest.raises(BackendError):
             backend.put_object("catalog/m/latest", b"v1")
+        dead = node_set.nodes[1].name
+        key = next(f"catalog/m/{n:06d}" for n in range(1, 100)       # a record whose primary is dead
+                   if rendezvous_order(f"catalog/m/{n:06d}", backend.names)[0] == dead)
+        with pytest.raises(BackendError, match=f"its primary node {dead}, which decides between writers, "
+                           "does not answer .connection refused.; nothing was changed"):
+            backend.put_object_if_absent(key, b"record")
         backend.close()
     finally:
         node_set.stop()

@@ -168,6 +168,10 @@ class NodesBackend(Backend):
                 "Content-Type": "application/octet-stream"})
         except PreconditionFailed:
             return False
+        except NodeDown as e:
+            raise NodeDown(f"cannot create {key}: its primary node {primary}, which decides between "
+                           f"writers, does not answer ({failure_reason(e)}); nothing was changed, try "
+                           f"again when it is back") from None
         errors = self._on_each(others, self._put, f"objects/{key}", data, digest)
         if len(self.names) - len(errors) < self.placement.replicas:
             log.warning("object %s reached %d of %d nodes", key, len(self.names) - len(errors),
