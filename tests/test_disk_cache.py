@@ -196,6 +196,8 @@ def test_warmup_without_a_disk_cache_leaves_the_files_in_the_page_cache(tmp_path
         assert read_stats(mnt)["bytes_fetched"] == fetched
         missing = run_modelfs("warmup", str(mnt / "nope"), check=False)
         assert missing.returncode == 6 and "no such file or directory" in missing.stderr
+        quiet = run_modelfs("warmup", str(mnt / "big"), "-q")
+        assert quiet.stderr == "", quiet.stderr                 # no progress, no warning
         no_jobs = run_modelfs("warmup", str(mnt / "big"), "-j", "0", check=False)
         assert no_jobs.returncode == 2 and "at least 1" in no_jobs.stderr
 

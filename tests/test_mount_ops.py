@@ -354,6 +354,8 @@ def test_verbose_quiet_and_log_file_after_the_command(model, key_file, store_dir
     assert "DEBUG modelfs: modelfs " in log.read_text() and verbose.stderr == ""
     before = run_modelfs("-v", "ls", "--store", str(store_dir), "--key-file", str(key_file))
     assert "modelfs: debug: modelfs " in before.stderr
+    nested = run_modelfs("keys", "host-init", "--key-file", str(tmp_path / "h.key"), "-v")
+    assert "modelfs: debug: modelfs " in nested.stderr      # taken after a nested command too
 
 
 def wait_for_line(log: Path, text: str) -> str:

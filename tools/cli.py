@@ -43,6 +43,16 @@ def add_logging_options(parser: argparse.ArgumentParser, top: bool) -> None:
                         "(a background mount's daemon log too)", **default)
 
 
+def commands_below(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command parser under ``parser``, nested ones too (``keys host-init``)."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                found += [command, *commands_below(command)]
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelfs", description=__doc__.splitlines()[0],
                                 epilog=exit_code_table(),
@@ -52,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
-    for command in sub.choices.values():
+    for command in commands_below(p):
         add_logging_options(command, top=False)
     p.commands = set(sub.choices)
     return p

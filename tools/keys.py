@@ -66,7 +66,8 @@ def register(sub) -> None:
                               "publisher (Ed25519: signs what it pushes, tags and removes)")):
         s = ksub.add_parser(name, help=f"create this {what} key pair")
         s.add_argument("--key-file", help="private key file (default in ~/.config/modelfs); the public "
-                                          "key is written beside it as .pub")
+                                          "key is written beside it with .pub for its extension "
+                                          "(host.key: host.pub)")
         s.add_argument("--comment", default="", help="a label kept with the public key, e.g. the host name")
         s.add_argument("--force", action="store_true", help="replace an existing key pair")
         s.set_defaults(func=func)

@@ -80,18 +80,20 @@ def collect(paths: list[str], mounts: list[Path]) -> list[WarmFile]:
 class Progress:
     """The bar on a terminal; a line every ``LINE_INTERVAL`` seconds otherwise (logs, CI)."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, quiet: bool = False) -> None:
         self.total = total
         self.done = 0
+        self.quiet = quiet
         self._lock = threading.Lock()
-        self._bar = ProgressBar("warmup") if sys.stderr.isatty() else None
+        self._bar = ProgressBar("warmup") if sys.stderr.isatty() and not quiet else None
         self._started = self._last = time.monotonic()
 
     def add(self, nbytes: int) -> None:
         with self._lock:
             self.done += nbytes
-            if self._bar:
-                self._bar(self.done, self.total)
+            if self._bar or self.quiet:
+                if self._bar:
+                    self._bar(self.done, self.total)
                 return
             now = time.monotonic()
             if now - self._last >= LINE_INTERVAL or self.done >= self.total:
@@ -128,7 +130,7 @@ def cmd_warmup(args) -> int:
         if not has_disk_cache[m]:
             log.warning("%s has no disk cache: the warmed files stay in the kernel page cache, as "
                         "long as the host's memory keeps them", m)
-    progress = Progress(sum(f.size for f in files))
+    progress = Progress(sum(f.size for f in files), quiet=args.quiet)
     started = time.monotonic()
     failed: list[str] = []
     with ThreadPoolExecutor(args.jobs, thread_name_prefix="modelfs-warmup") as pool:
