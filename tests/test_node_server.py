@@ -316,3 +316,24 @@ def test_a_data_path_that_is_no_directory_and_a_port_out_of_range_are_bad_input(
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == NotFound.exit_code, missing.stderr  # not an empty node that looks fine
     assert "does not exist" in missing.stderr and not (tmp_path / "data").exists()
+
+
+def test_a_node_removes_at_start_the_temporary_files_of_uploads_a_crash_cut_short(tmp_path):
+    from modelfs.bench.nodes import start_node
+    data = tmp_path / "data"
+    folder = data / Path(shard_relpath("ab" * 32)).parent
+    folder.mkdir(parents=True)
+    old, fresh, shard = (folder / f"{'ab' * 32}.tmp-{'1' * 32}", folder / f"{'ab' * 32}.tmp-{'2' * 32}",
+                         folder / ("cd" * 32))
+    for path in (old, fresh, shard):
+        path.write_bytes(b"x" * 1000)
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    os.utime(shard, (two_hours_ago, two_hours_ago))
+    node = start_node(data, None)
+    try:
+        assert not old.exists()                        # left by a writer that died
+        assert fresh.exists() and shard.exists()       # maybe another writer's; and a shard stays
+    finally:
+        node.stop()
+    assert "removed 1 temporary files of uploads cut short" in node.log.read_text()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..errors import IntegrityError, InvalidInput
 from .base import Backend, ShardLocation, ShardWriter, StoredItem, T
-from .layout import TMP_SUFFIX, shard_relpath
+from .layout import STALE_TMP_SECONDS, TMP_SUFFIX, shard_relpath
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ RESCAN_FRACTION = 20
 #: an eviction pass brings the directory down to this share of the bound
 LOW_WATER = 0.9
 #: temporary files older than this were left by a crash and are removed by a scan
-STALE_TMP_SECONDS = 3600.0
 #: shards waiting for the writer thread (their stored bytes are held in memory meanwhile)
 WRITE_QUEUE = 8
 

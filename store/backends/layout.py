@@ -6,12 +6,32 @@ objects out the same way, so a node's data directory is also a valid local store
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
 from ..errors import InvalidInput
 
 TMP_SUFFIX = ".tmp-"
+#: a temporary file older than this was left by a writer that died (no write takes that long)
+STALE_TMP_SECONDS = 3600.0
+
+
+def remove_stale_temp_files(root: Path, older_than: float = STALE_TMP_SECONDS) -> int:
+    """Delete the temporary files under ``root`` that writers which died left behind; how many."""
+    now, removed = time.time(), 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            if TMP_SUFFIX not in name:
+                continue
+            path = Path(dirpath) / name
+            try:
+                if now - path.lstat().st_mtime > older_than:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def write_file_atomically(path: Path, data: bytes) -> None:

@@ -45,11 +45,12 @@ import re
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
 from ...errors import BackendError, InvalidInput, ModelfsError, NotFound
-from ..layout import TMP_SUFFIX, check_key, check_shard_id, shard_relpath
+from ..layout import TMP_SUFFIX, check_key, check_shard_id, remove_stale_temp_files, shard_relpath
 from ..local import LocalBackend
 from .protocol import DIGEST_HEADER, IF_ABSENT_HEADER, MAX_BODY, NOT_NEWER_HEADER, read_token_file
 from .server_files import DataDir, DigestMismatch, NotAFile, SymlinkRefused, Upload
@@ -393,6 +394,9 @@ def make_app(data_dir: str, token: str = "", limits: NodeLimits | None = None) -
 
 async def _serve(data_dir: str, host: str, port: int, token: str, limits: NodeLimits) -> None:
     app = make_app(data_dir, token, limits)
+    removed = await asyncio.to_thread(remove_stale_temp_files, Path(data_dir))
+    if removed:
+        log.info("removed %d temporary files of uploads cut short before this start", removed)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     assert runner.server is not None
