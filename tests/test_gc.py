@@ -188,6 +188,7 @@ def test_local_gc_deletes_exactly_the_orphans(tmp_path, store_dir, key_file, mon
     assert shard_files(store_dir) == live | {young.name}
     assert objects(url) == before_objects - {old_manifest}
     assert young_manifest in objects(url)
+    assert not (store_dir / "objects" / old_manifest).parent.exists()   # no empty folder of it left
     # nothing more to do on a second run; every version (org/a v1 too) still has all its shards
     assert "deleted 0 unreferenced" in gc(url, key_file).stdout
     assert referenced(url, key_file)[0] <= shard_files(store_dir)

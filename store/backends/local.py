@@ -10,6 +10,7 @@ renamed, so a crash leaves either nothing or a whole file.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import io
@@ -148,7 +149,11 @@ class LocalBackend(Backend):
 
     def delete_object(self, key: str) -> None:
         with _store_errors(f"cannot delete {key} in {self.root}"):
-            self._object_path(key).unlink(missing_ok=True)
+            path = self._object_path(key)
+            path.unlink(missing_ok=True)
+        if key.startswith("manifests/"):  # a version's folder, written by its push only: gone with it
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
 
     # -- shards --------------------------------------------------------------
     def shard_writer(self, version_id: str) -> ShardWriter:
