@@ -90,12 +90,17 @@ def test_kill_a_node_during_a_long_sequential_read(nodes3, tmp_path, key_file, p
         assert backend["nodes"][victim.name]["state"] == "down"
 
 
-def test_two_dead_nodes_fail_only_ranges_without_a_live_replica(nodes3, tmp_path, key_file):
+def pushed_to_nodes(nodes3, tmp_path: Path, key_file: Path, size: int, seed: int):
+    """A random file pushed as ``m`` to three nodes (replicas=2, 256 KiB shards): the store URL,
+    the file, its shard table and a backend to ask where the copies are."""
     url = nodes3.url(replicas=2, placement="hash")
-    src = random_file(tmp_path / "m.bin", 12 << 20, seed=5)
+    src = random_file(tmp_path / "m.bin", size, seed=seed)
     run_modelfs("push", src, "m", "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
-    table = shard_table(url, key_file, "m")
-    backend = NodesBackend.from_url(url)
+    return url, src, shard_table(url, key_file, "m"), NodesBackend.from_url(url)
+
+
+def test_two_dead_nodes_fail_only_ranges_without_a_live_replica(nodes3, tmp_path, key_file):
+    url, src, table, backend = pushed_to_nodes(nodes3, tmp_path, key_file, 12 << 20, seed=5)
     original = src.read_bytes()
     with mounted(url, key_file, "64MiB", "--readahead", "0") as mnt:
         dead = [nodes3.nodes[0], nodes3.nodes[1]]
@@ -176,10 +181,9 @@ def test_a_web_server_that_serves_no_store_is_refused_not_mounted_empty(tmp_path
 def test_a_push_stores_again_a_reused_shard_a_node_lost(nodes3, tmp_path, key_file):
     """A node that lost a copy (a replaced disk) must not block every later push that reuses
     the shard: the push stores the copy again and publishes."""
-    url = nodes3.url(replicas=2, placement="hash")
-    src = random_file(tmp_path / "m.bin", 3 << 20, seed=21)
-    run_modelfs("push", src, "m", "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
-    sid = shard_table(url, key_file, "m")[2][2]
+    url, src, table, backend = pushed_to_nodes(nodes3, tmp_path, key_file, 3 << 20, seed=21)
+    backend.close()
+    sid = table[2][2]
     lost = [path for node in nodes3.nodes if (path := node.data / shard_relpath(sid)).exists()]
     assert len(lost) == 2
     lost[0].unlink()
@@ -192,11 +196,7 @@ def test_a_push_stores_again_a_reused_shard_a_node_lost(nodes3, tmp_path, key_fi
 
 
 def test_verify_checks_every_copy_and_names_the_damaged_ones(nodes3, tmp_path, key_file):
-    url = nodes3.url(replicas=2, placement="hash")
-    src = random_file(tmp_path / "m.bin", 2 << 20, seed=23)
-    run_modelfs("push", src, "m", "--store", url, "--key-file", key_file, "--shard-size", "256KiB")
-    table = shard_table(url, key_file, "m")
-    backend = NodesBackend.from_url(url)
+    url, src, table, backend = pushed_to_nodes(nodes3, tmp_path, key_file, 2 << 20, seed=23)
     by_name = {node.name: node for node in nodes3.nodes}
     (_, _, corrupt_sid, loc1), (_, _, lost_sid, loc2) = table[1], table[3]
     second = by_name[backend.replica_nodes(corrupt_sid, loc1)[1]]    # a read stops at the first copy
