@@ -352,7 +352,7 @@ def test_two_nodes_dead_fail_only_shards_without_a_live_replica(nodes3):
     reader.close()
 
 
-def test_corrupt_copy_fails_over_and_is_counted(nodes3):
+def test_corrupt_copy_fails_over_and_is_counted(nodes3, caplog):
     url = nodes3.url(replicas=2)
     backend = NodesBackend.from_url(url)
     shards = make_shards(5, size=50_000)
@@ -368,6 +368,11 @@ def test_corrupt_copy_fails_over_and_is_counted(nodes3):
     assert stats["integrity_errors"] == 1 and stats["failovers"] == 1
     assert stats["nodes"][primary]["integrity_errors"] == 1
     assert stats["nodes"][primary]["state"] == "up"      # a bad file is not a dead node
+    with caplog.at_level("WARNING", logger="modelfs.store.backends.nodes.replicated"):
+        for _ in range(3):   # the corrupt copy is asked last from now on: no more failovers, one warning
+            assert backend.read_shard_verified(sid, locations[2], len(data), verifier(sid)) == data
+    assert backend.stats()["integrity_errors"] == 1 and backend.stats()["failovers"] == 1
+    assert sum("corrupt copy of shard" in r.getMessage() for r in caplog.records) == 1  # the first read's
     # a truncated copy counts as corrupt too; with both copies bad the error says so
     g = nodes3.node(secondary).data / shard_relpath(sid)
     g.write_bytes(data[:-7])

@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -41,6 +42,9 @@ from .protocol import DIGEST_HEADER, IF_ABSENT_HEADER, NOT_NEWER_HEADER
 from .writer import NodesShardWriter
 
 log = logging.getLogger(__name__)
+
+#: shards whose corrupt copies a client remembers (a few hundred bytes each)
+KNOWN_CORRUPT_SHARDS = 4096
 
 T = TypeVar("T")
 
@@ -72,6 +76,8 @@ class NodesBackend(Backend):
         self._lock = threading.Lock()
         self._pid = -1
         self._io: ThreadPoolExecutor | None = None
+        #: shard id → nodes whose copy failed authentication: asked last, and warned about once
+        self._corrupt: OrderedDict[str, set[str]] = OrderedDict()
 
     @classmethod
     def from_url(cls, url: str) -> NodesBackend:
@@ -252,7 +258,10 @@ class NodesBackend(Backend):
                             verify: Callable[[bytes | memoryview], T], into: memoryview | None = None) -> T:
         relpath = shard_relpath(shard_id)
         errors: dict[str, Exception] = {}
-        for name in self._order(self.replica_nodes(shard_id, location)):
+        with self._lock:
+            corrupt = set(self._corrupt.get(shard_id, ()))
+        order = self._order(self.replica_nodes(shard_id, location))
+        for name in [n for n in order if n not in corrupt] + [n for n in order if n in corrupt]:
             if errors:
                 self.counters.add(failovers=1)
             node = self.nodes[name]
@@ -261,12 +270,17 @@ class NodesBackend(Backend):
                 if len(data) != length:
                     raise IntegrityError(f"shard {shard_id[:16]} on {name} has {len(data)} bytes, "
                                          f"expected {length}")
-                return verify(data)
+                result = verify(data)
+                if name in corrupt:
+                    self._note_copy(shard_id, name, corrupt=False)
+                return result
             except IntegrityError as e:
                 node.corrupt()
                 self.counters.add(integrity_errors=1)
                 errors[name] = e
-                log.warning("corrupt copy of shard %s on %s: %s", shard_id[:16], name, e)
+                if self._note_copy(shard_id, name, corrupt=True):
+                    log.warning("corrupt copy of shard %s on %s: %s (read from the other copies from "
+                                "now on; `modelfs verify` names every damaged copy)", shard_id[:16], name, e)
             except ModelfsError as e:
                 errors[name] = e
                 if not isinstance(e, NodeDown):
@@ -290,6 +304,22 @@ class NodesBackend(Backend):
             except ModelfsError as e:  # a node that does not answer: its copy is not judged
                 log.warning("copy of shard %s on %s not checked: %s", shard_id[:16], name, e)
         return bad
+
+    def _note_copy(self, shard_id: str, name: str, corrupt: bool) -> bool:
+        """Remember (or forget) that a node's copy of a shard is corrupt; True when that is news."""
+        with self._lock:
+            nodes = self._corrupt.setdefault(shard_id, set())
+            news = (name not in nodes) if corrupt else (name in nodes)
+            if corrupt:
+                nodes.add(name)
+                self._corrupt.move_to_end(shard_id)
+                while len(self._corrupt) > KNOWN_CORRUPT_SHARDS:
+                    self._corrupt.popitem(last=False)
+            else:
+                nodes.discard(name)
+                if not nodes:
+                    del self._corrupt[shard_id]
+            return news
 
     def delete_shard(self, shard_id: str, location: ShardLocation | None = None) -> None:
         """Remove a shard from every node (garbage collection); absent is fine."""
