@@ -143,6 +143,12 @@ def test_readahead_on_sequential_read_and_memory_stays_in_budget(forty_shards):
     store, key, data = forty_shards
     with mounted(store, key, str(16 * SHARD)) as mnt:
         assert (mnt / "forty").read_bytes() == data
+        for _ in range(3):  # readahead races the reads it serves: on a busy machine one pass can lose
+            if read_stats(mnt)["readahead_used"] > 0:   # every race, three in a row do not
+                break
+            with open(mnt / "forty", "rb") as f:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                assert f.read() == data
         stats = read_stats(mnt)
         assert stats["readahead_issued"] > 0 and stats["readahead_used"] > 0
         # a burst of seeks: queued readahead is dropped, the cache stays within budget
