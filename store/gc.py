@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from .api import Store
 from .backends.base import StoredItem
-from .errors import InvalidInput, ModelfsError
+from .errors import InvalidInput, ModelfsError, NotFound
 from .format.catalog import VersionRecord, version_time
 from .sizes import format_duration, format_size
 
@@ -117,6 +117,11 @@ def collect_garbage(store: Store, grace_seconds: float = DEFAULT_GRACE,
     """Delete unreferenced shards/packs and unpublished manifests older than ``grace_seconds``."""
     if grace_seconds < 0:
         raise InvalidInput("the grace period cannot be negative")
+    try:
+        store.keyring.store_key()  # every name is read with it: a missing file fails once, here
+    except NotFound:
+        raise NotFound(f"gc needs the store key, and {store.keyring.key_file} does not exist "
+                       "(name the store's key with --key-file)") from None
     report = GcReport(dry_run=dry_run, grace=grace_seconds)
     now = time.time()
     cutoff = now - grace_seconds

@@ -135,13 +135,7 @@ def cmd_gc(args) -> int:
     from modelfs.store.sizes import format_duration, parse_duration
     grace = parse_duration(args.grace)
     logging.getLogger("modelfs.store.gc").setLevel(logging.INFO)  # one line per deletion
-    store = open_store(args.store, key_file=args.key_file)
-    try:
-        store.keyring.store_key()  # gc reads every name with it: a missing file fails once, here
-    except NotFound:
-        raise NotFound(f"gc needs the store key, and {store.keyring.key_file} does not exist "
-                       "(name the store's key with --key-file)") from None
-    report = collect_garbage(store, grace, args.dry_run)
+    report = collect_garbage(open_store(args.store, key_file=args.key_file), grace, args.dry_run)
     print(f"{'would delete' if report.dry_run else 'deleted'} {report.items} unreferenced shards/packs "
           f"({format_size(report.bytes)}) and {report.manifests} unreferenced manifests; kept "
           f"{report.kept_live} in use and {report.kept_young} younger than {format_duration(grace)}")

@@ -258,10 +258,11 @@ class NodesBackend(Backend):
                             verify: Callable[[bytes | memoryview], T], into: memoryview | None = None) -> T:
         relpath = shard_relpath(shard_id)
         errors: dict[str, Exception] = {}
-        with self._lock:
-            corrupt = set(self._corrupt.get(shard_id, ()))
+        corrupt = self._corrupt_copies(shard_id)
         order = self._order(self.replica_nodes(shard_id, location))
-        for name in [n for n in order if n not in corrupt] + [n for n in order if n in corrupt]:
+        if corrupt:
+            order.sort(key=corrupt.__contains__)  # stable: known corrupt copies last
+        for name in order:
             if errors:
                 self.counters.add(failovers=1)
             node = self.nodes[name]
@@ -272,13 +273,13 @@ class NodesBackend(Backend):
                                          f"expected {length}")
                 result = verify(data)
                 if name in corrupt:
-                    self._note_copy(shard_id, name, corrupt=False)
+                    self._forget_corrupt(shard_id, name)
                 return result
             except IntegrityError as e:
                 node.corrupt()
                 self.counters.add(integrity_errors=1)
                 errors[name] = e
-                if self._note_copy(shard_id, name, corrupt=True):
+                if self._remember_corrupt(shard_id, name):
                     log.warning("corrupt copy of shard %s on %s: %s (read from the other copies from "
                                 "now on; `modelfs verify` names every damaged copy)", shard_id[:16], name, e)
             except ModelfsError as e:
@@ -305,21 +306,31 @@ class NodesBackend(Backend):
                 log.warning("copy of shard %s on %s not checked: %s", shard_id[:16], name, e)
         return bad
 
-    def _note_copy(self, shard_id: str, name: str, corrupt: bool) -> bool:
-        """Remember (or forget) that a node's copy of a shard is corrupt; True when that is news."""
+    def _corrupt_copies(self, shard_id: str) -> frozenset[str]:
+        """The nodes whose copy of a shard failed authentication before."""
+        if not self._corrupt:  # the common case: nothing to look up under the lock
+            return frozenset()
+        with self._lock:
+            return frozenset(self._corrupt.get(shard_id, ()))
+
+    def _remember_corrupt(self, shard_id: str, name: str) -> bool:
+        """Note a node's corrupt copy of a shard; True when it was not known."""
         with self._lock:
             nodes = self._corrupt.setdefault(shard_id, set())
-            news = (name not in nodes) if corrupt else (name in nodes)
-            if corrupt:
-                nodes.add(name)
-                self._corrupt.move_to_end(shard_id)
-                while len(self._corrupt) > KNOWN_CORRUPT_SHARDS:
-                    self._corrupt.popitem(last=False)
-            else:
-                nodes.discard(name)
-                if not nodes:
-                    del self._corrupt[shard_id]
+            news = name not in nodes
+            nodes.add(name)
+            self._corrupt.move_to_end(shard_id)
+            while len(self._corrupt) > KNOWN_CORRUPT_SHARDS:
+                self._corrupt.popitem(last=False)
             return news
+
+    def _forget_corrupt(self, shard_id: str, name: str) -> None:
+        """A node's copy of a shard authenticated again (replaced by a push)."""
+        with self._lock:
+            nodes = self._corrupt.get(shard_id, set())
+            nodes.discard(name)
+            if not nodes:
+                self._corrupt.pop(shard_id, None)
 
     def delete_shard(self, shard_id: str, location: ShardLocation | None = None) -> None:
         """Remove a shard from every node (garbage collection); absent is fine."""

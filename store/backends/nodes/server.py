@@ -22,7 +22,7 @@ A PUT must declare the SHA-256 of its body in ``X-Modelfs-Sha256``; the body (at
 arrives, and renamed into place, fsynced, only when it matches. A refused request (bad
 token, bad path, unknown kind, oversized or mismatching body) leaves nothing behind.
 A GET's range is paged in by a worker thread and then sent with ``sendfile`` from the page
-cache, so the bytes never pass through Python. Files are reached without following
+cache, so the bytes never pass through Python (``server_ranges``). Files are reached without following
 symbolic links (``server_files``); timeouts, the
 connection cap and upload slots are in ``server_limits``; ``GET /metrics`` (no token)
 is described in ``server_metrics``.
@@ -41,7 +41,6 @@ import errno
 import hmac
 import logging
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from .protocol import DIGEST_HEADER, IF_ABSENT_HEADER, MAX_BODY, NOT_NEWER_HEADE
 from .server_files import DataDir, DigestMismatch, NotAFile, SymlinkRefused, Upload
 from .server_limits import ConnectionGuard, NodeLimits, UploadSlots
 from .server_metrics import CONTENT_TYPE, NodeMetrics
+from .server_ranges import open_range, send_range
 
 log = logging.getLogger(__name__)
 
@@ -171,91 +171,13 @@ def _target(request: web.Request) -> str:
     raise web.HTTPNotFound(text=f"unknown object kind {kind!r}\n")
 
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII)
-
-
-def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``[start, end)`` of a single ``bytes=`` range; None for the whole file; 416 when unusable."""
-    if header is None:
-        return None
-    match = _RANGE.fullmatch(header.strip())
-    first, last = match.groups() if match else ("", "")
-    if first:
-        start = int(first)
-        end = min(int(last) + 1, size) if last else size
-    elif last:
-        start, end = max(0, size - int(last)), size
-    else:
-        start = end = 0
-    if start >= end:
-        raise web.HTTPRequestRangeNotSatisfiable(text="range not satisfiable\n",
-                                                 headers={"Content-Range": f"bytes */{size}"})
-    return start, end
-
-
 # -- handlers ------------------------------------------------------------------
-
-def _page_in(fd: int, start: int, count: int) -> None:
-    """Bring a file range into the page cache without copying it anywhere (sendfile to
-    /dev/null); run in a worker thread, so that the event loop's sendfile never waits on a disk."""
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        while count > 0 and (moved := os.sendfile(null, fd, start, count)):
-            start, count = start + moved, count - moved
-    except OSError as e:  # a file system without splice: the send itself reads (or fails) then
-        log.debug("cannot page in: %s", e)
-    finally:
-        os.close(null)
-
-
-async def _send_range(request: web.Request, fd: int, start: int, end: int, node: NodeState) -> bool:
-    """Send bytes ``[start, end)`` of ``fd`` after the headers with sendfile: the kernel copies
-    them from the page cache to the socket, with no Python bytes on the way (half the node's CPU
-    per byte of a read through ``pread``). The range is paged in already (``_open_range``). One
-    chunk at a time, each within the body timeout; False when the reader stalled and was cut off."""
-    loop = asyncio.get_running_loop()
-    transport = request.transport
-    if transport is None:
-        raise ConnectionResetError("connection lost")
-    with open(fd, "rb", closefd=False) as file:
-        position = start
-        while position < end:
-            count = min(node.limits.chunk_size, end - position)
-            try:
-                sent = await asyncio.wait_for(loop.sendfile(transport, file, position, count),
-                                              node.limits.body_timeout)
-            except asyncio.TimeoutError:
-                node.metrics.refused.labels("body_timeout").inc()
-                request.protocol.force_close()
-                return False
-            if not sent:
-                raise BackendError(f"{request.path} shrank while it was sent")
-            node.metrics.sent.inc(sent)  # past aiohttp's writer, so not in the response's body_length
-            position += sent
-    return True
-
-
-def _open_range(node: NodeState, relpath: str, range_header: str | None, page_in: bool
-                ) -> tuple[int, int, tuple[int, int] | None]:
-    """Open a file without following links and page in the requested range (in a worker thread);
-    the descriptor, the file's size and the ``Range`` span (None: the whole file)."""
-    fd, size = node.files.open_file(relpath)
-    try:
-        span = byte_range(range_header, size)
-        start, end = span or (0, size)
-        if page_in:
-            _page_in(fd, start, end - start)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, size, span
-
 
 async def handle_get(request: web.Request) -> web.StreamResponse:
     """Shard or object bytes (HEAD too), whole or one ``Range``, from a file opened without links."""
     _check_auth(request, write=False)
     node = request.app[_NODE_KEY]
-    fd, size, span = await asyncio.to_thread(_open_range, node, _target(request),
+    fd, size, span = await asyncio.to_thread(open_range, node.files, _target(request),
                                              request.headers.get("Range"), request.method != "HEAD")
     try:
         start, end = span or (0, size)
@@ -266,7 +188,8 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
             response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         response.content_length = end - start
         await response.prepare(request)
-        if request.method != "HEAD" and not await _send_range(request, fd, start, end, node):
+        if request.method != "HEAD" and not await send_range(request, fd, start, end, node.limits,
+                                                             node.metrics):
             return response
         await response.write_eof()
         return response
