@@ -151,13 +151,24 @@ def read_all(path: Path) -> tuple[float, str]:
     return total / seconds / 1e6, sha256_file(path)
 
 
-def cold_mount_read(url: str, key_file: Path, name: str,
-                    read: ReadOptions | None = None) -> tuple[float, str, float]:
-    """MB/s and SHA-256 of a cold read through a fresh mount (a 256 MiB cache unless ``read``
-    says otherwise), and the daemon's CPU-seconds per GiB read (user + system, all its threads)."""
+@dataclass(frozen=True)
+class ColdRead:
+    """One cold read through a fresh mount."""
+
+    mb_s: float
+    sha256: str
+    cpu_s_per_gib: float  # the daemon's, user + system, all its threads
+    peak_rss_bytes: int  # the daemon's
+
+
+def cold_mount_read(url: str, key_file: Path, name: str, read: ReadOptions | None = None) -> ColdRead:
+    """A cold sequential read of ``name`` through a fresh mount (a 256 MiB cache unless ``read``
+    says otherwise), verified by SHA-256 after it is timed."""
     with daemon_mount(url, key_file, read or ReadOptions(cache_size=256 << 20)) as mount:
         drop_caches()
         cpu = mount.cpu_seconds()
         total, seconds = read_sequential(mount.mountpoint / name, BLOCK)
         cpu = mount.cpu_seconds() - cpu
-        return total / seconds / 1e6, sha256_file(mount.mountpoint / name), cpu / (total / 2**30)
+        digest = sha256_file(mount.mountpoint / name)
+        peak_rss = int(mount.stats()["peak_rss_bytes"])
+        return ColdRead(total / seconds / 1e6, digest, cpu / (total / 2**30), peak_rss)

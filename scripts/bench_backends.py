@@ -4,9 +4,9 @@ A benchmark, not a test (it uses the process harnesses of ``modelfs.bench``). Pu
 synthetic bf16 safetensors file to a local store, to 3 storage nodes
 (replicas=2, hash placement) and to a MiniDFSCluster (build it first with
 tests/minidfs/prepare.sh), then per round reads, each on a fresh mount with the
-page cache dropped: the local store, the nodes, HDFS, the HDFS pack bytes
-with plain hdfs-native ``read_range`` and the shards from the nodes with plain GETs
-(stored bytes, no decoding). Last, one
+page cache dropped: the local store, the nodes, HDFS (with the MiniDFSCluster's CPU time),
+the HDFS pack bytes with plain hdfs-native (one stream per pack, and 4 MiB range reads)
+and the shards from the nodes with plain GETs (stored bytes, no decoding). Last, one
 read from the nodes while one node is killed with SIGKILL one second in.
 
     python scripts/bench_backends.py --size 1GiB --rounds 3
@@ -24,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 from modelfs.bench.harness import BLOCK, cold_mount_read, mounted, read_all, run_modelfs
 from modelfs.bench.measure import drop_caches
 from modelfs.bench.minidfs import start_minidfs
@@ -34,12 +36,17 @@ from modelfs.store.api import open_store
 from modelfs.store.sizes import parse_size
 
 
-def hdfs_native_read(namenode: str, root: str, extents: dict[str, int]) -> float:
+def hdfs_native_read(namenode: str, root: str, extents: dict[str, int], stream: bool) -> float:
+    """MB/s of reading the stored bytes of every pack in order: with ``read_range`` in 4 MiB
+    pieces, or with one ``read_range_stream`` per pack (hdfs-native's fastest sequential read)."""
     from hdfs_native import Client
     client = Client(namenode)
     total, started = 0, time.perf_counter()
     for container, size in sorted(extents.items()):
         reader = client.read(f"{root}/{container}")
+        if stream:
+            total += sum(len(chunk) for chunk in reader.read_range_stream(0, size))
+            continue
         for offset in range(0, size, BLOCK):
             total += len(reader.read_range(offset, min(BLOCK, size - offset)))
     return total / (time.perf_counter() - started) / 1e6
@@ -94,16 +101,26 @@ def main() -> int:
         store.close()
         hdfs_root = "/" + urls["hdfs"].split("/", 3)[3]
 
-        mb_s: dict[str, list[float]] = {k: [] for k in (*urls, "hdfs-native pack read", "nodes shard GETs")}
+        plain_hdfs = {"hdfs-native pack stream": True, "hdfs-native 4 MiB range reads": False}
+        mb_s: dict[str, list[float]] = {k: [] for k in (*urls, *plain_hdfs, "nodes shard GETs")}
         cpu_s: dict[str, list[float]] = {k: [] for k in urls}
+        peak_rss: dict[str, int] = dict.fromkeys(urls, 0)
+        minidfs_cpu_s: list[float] = []
+        minidfs = psutil.Process(hdfs.proc.pid)
         for _ in range(args.rounds):
             for label, url in urls.items():
-                rate, digest, cpu = cold_mount_read(url, key_file, "m")
-                assert digest == expected, f"{label}: bytes differ"
-                mb_s[label].append(rate)
-                cpu_s[label].append(cpu)
-            drop_caches()
-            mb_s["hdfs-native pack read"].append(hdfs_native_read(hdfs.namenode_url, hdfs_root, extents))
+                jvm_before = sum(minidfs.cpu_times()[:2])
+                cold = cold_mount_read(url, key_file, "m")
+                assert cold.sha256 == expected, f"{label}: bytes differ"
+                mb_s[label].append(cold.mb_s)
+                cpu_s[label].append(cold.cpu_s_per_gib)
+                peak_rss[label] = max(peak_rss[label], cold.peak_rss_bytes)
+                if label == "hdfs":  # the datanodes' side of the same read (the JVM, mostly idle else)
+                    jvm_seconds = sum(minidfs.cpu_times()[:2]) - jvm_before
+                    minidfs_cpu_s.append(jvm_seconds / (model.stat().st_size / 2**30))
+            for label, stream in plain_hdfs.items():
+                drop_caches()
+                mb_s[label].append(hdfs_native_read(hdfs.namenode_url, hdfs_root, extents, stream))
             drop_caches()
             rate, stored_bytes = plain_shard_reads(urls["nodes"], key_file)
             mb_s["nodes shard GETs"].append(rate)
@@ -122,13 +139,15 @@ def main() -> int:
         file_bytes = model.stat().st_size
         # time to read the stored bytes plainly / time to read the file through the mount
         vs_plain = {label: round((stored_bytes / median[plain]) / (file_bytes / median[label]), 2)
-                    for label, plain in (("nodes", "nodes shard GETs"), ("hdfs", "hdfs-native pack read"))}
+                    for label, plain in (("nodes", "nodes shard GETs"), ("hdfs", "hdfs-native pack stream"))}
         report = {
             "file_bytes": file_bytes, "stored_bytes": stored_bytes, "caches_dropped": drop_caches(),
             "push_mb_s": {k: round(v) for k, v in push.items()},
             "cold_read_mb_s": {k: [round(v) for v in vs] for k, vs in mb_s.items()},
             "median_mb_s": {k: round(v) for k, v in median.items()},
             "daemon_cpu_s_per_gib": {k: [round(v, 2) for v in vs] for k, vs in cpu_s.items()},
+            "minidfs_cpu_s_per_gib_of_hdfs_reads": [round(v, 2) for v in minidfs_cpu_s],
+            "daemon_peak_rss_mib": {k: round(v / 2**20) for k, v in peak_rss.items()},
             "mount_vs_plain_stored_read": vs_plain,
             "nodes_read_during_kill_mb_s": round(kill_rate),
             "failovers_during_kill": backend["failovers"],

@@ -89,11 +89,11 @@ def main() -> int:
                 total, seconds, direct = read_direct(model, BLOCK)
                 plain.append(total / seconds / 1e6)
                 read = ReadOptions(cache_size=parse_size(args.cache_size), threads=t)
-                rate, digest, cpu_per_gib = cold_mount_read(str(store), key_file, "m", read)
-                if digest != expected:
+                cold = cold_mount_read(str(store), key_file, "m", read)
+                if cold.sha256 != expected:
                     raise SystemExit(f"bytes read through the mount with --threads {t} differ")
-                mount[t].append(rate)
-                cpu[t].append(cpu_per_gib)
+                mount[t].append(cold.mb_s)
+                cpu[t].append(cold.cpu_s_per_gib)
         plain_median = statistics.median(plain)
         report = {
             "cpus": os.cpu_count(), "file_bytes": model.stat().st_size,

@@ -175,6 +175,31 @@ def test_parallel_range_reads(backend):
     assert stats["requests"] > 0 and stats["errors"] == 0
 
 
+def test_shards_read_in_pack_order_share_one_stream_and_random_ones_open_none(hdfs_cluster):
+    """Four threads read consecutive shards, as a mount's loaders do: after the first reads the
+    rest come from one datanode stream, byte for byte. Reads in reverse order open none."""
+    url = hdfs_cluster.fresh_url("streams")
+    b = HdfsBackend.from_url(url)
+    shards = random_shards(24, 512 * 1024, seed=8)
+    locations = write_pack(b, "v-streams", shards)
+    jobs = list(zip(shards, locations, strict=True))
+
+    def check(job) -> bool:
+        (sid, data), loc = job
+        return b.read_shard_into(sid, loc, len(data), memoryview(bytearray(len(data)))) == data
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert all(pool.map(check, jobs))
+    stats = b.stats()
+    assert 1 <= stats["streams"] <= 4 and stats["streamed_reads"] >= len(jobs) - 8
+    b.close()
+
+    b = HdfsBackend.from_url(url)
+    assert all(check(job) for job in reversed(jobs))
+    assert b.stats()["streams"] == 0 and b.stats()["streamed_reads"] == 0
+    b.close()
+
+
 def test_file_count_constant_in_number_of_shards(hdfs_cluster):
     counts = {}
     for n in (2, 40):

@@ -105,9 +105,18 @@ def test_stop_a_datanode_during_a_long_read(hdfs, tmp_path, key_file):
     src = random_file(tmp_path / "big.bin", 48 << 20, seed=3)
     push(src, "big", url, key_file)
     with mounted(url, key_file, "16MiB") as mnt:
-        done, digest = read_calling(mnt / "big", 12 << 20, lambda: hdfs.stop_datanode(0))
+        at_stop: dict = {}
+
+        def stop() -> None:
+            at_stop.update(read_stats(mnt)["backend"])
+            hdfs.stop_datanode(0)
+
+        done, digest = read_calling(mnt / "big", 12 << 20, stop)
         assert done == src.stat().st_size
         assert digest == sha256_of(src)
+        # the sequential read went through a pack stream before the stop and after it
+        assert at_stop["streamed_reads"] > 0
+        assert read_stats(mnt)["backend"]["streamed_reads"] > at_stop["streamed_reads"]
 
 
 def test_namenode_away_gives_eio_then_reads_recover(hdfs, tmp_path, key_file):

@@ -321,6 +321,9 @@ def test_one_node_of_three_lost_loses_nothing(nodes3, placement):
     stats = reader.stats()
     assert stats["nodes"][victim.name]["state"] == "down"
     assert stats["nodes"][victim.name]["errors"] >= 1
+    assert stats["nodes"][victim.name]["last_error"] and stats["nodes"][victim.name]["last_error_s_ago"] >= 0
+    healthy = [n for name, n in stats["nodes"].items() if name != victim.name]
+    assert all(n["last_error"] == "" and n["last_error_s_ago"] is None for n in healthy)
     assert stats["failovers"] >= 1
     json.dumps(stats)
     reader.close()

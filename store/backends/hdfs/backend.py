@@ -8,7 +8,8 @@ Layout under the store URL's path::
 HDFS copes badly with many small files, so a model of N shards adds a constant
 number of files: one pack per pushed version plus its metadata objects. Every
 file is written under a temporary name and renamed into place, so readers see a
-whole file or none. Reads are positional range reads of the pack.
+whole file or none. Reads are positional range reads of the pack, or come from a
+stream of it when they follow each other (``streams``).
 
 Configuration (``config``), clients and retries (``client``) and the pack writer
 (``packs``) live next to this module.
@@ -168,11 +169,16 @@ class HdfsBackend(Backend):
         return length > location.offset
 
     def read_shard(self, shard_id: str, location: ShardLocation, length: int) -> bytes:
+        return bytes(self.read_shard_into(shard_id, location, length, None))
+
+    def read_shard_into(self, shard_id: str, location: ShardLocation, length: int,
+                        into: memoryview | None) -> bytes | memoryview:
+        """Bytes a pack stream served are copied into ``into``; a range read's are its own."""
         path = self._container_path(location)
         offset = location.offset
         started = time.monotonic()
         what = f"cannot read shard {shard_id[:16]} ({location.container} at {offset}+{length})"
-        data = self.hdfs.read_pack(path, offset, length, what)
+        data = self.hdfs.read_pack(path, offset, length, what, into)
         self.hdfs.counters.add(reads=1, bytes_read=len(data), read_seconds=time.monotonic() - started)
         if len(data) != length:
             self.hdfs.counters.error("short_read")

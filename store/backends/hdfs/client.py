@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from ...errors import AccessDenied, BackendError, ModelfsError, NotFound
 from ...stats import Counters
+from .streams import PackStreams, gather
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ IDLE_EXIT = 60.0
 READERS_KEPT = 16
 
 HDFS_COUNTERS = ("requests", "reads", "writes", "bytes_read", "bytes_written", "retries", "errors",
-                 "read_seconds")
+                 "read_seconds", "streams", "streamed_reads")
 
 #: Java exception classes the namenode reports inside a generic hdfs-native error
 _REMOTE_NOT_FOUND = "FileNotFoundException"
@@ -133,6 +134,7 @@ class HdfsClient:
         self._local = threading.local()
         self._generation = 0  # bumped to make every thread build a fresh client
         self._pool = CallPool()
+        self.streams = PackStreams()
 
     def client(self) -> Any:
         """This thread's hdfs-native client (one per thread: calls never share a connection)."""
@@ -151,24 +153,32 @@ class HdfsClient:
         """This thread's next call connects anew (and opens its packs again)."""
         self._local.client = None
 
-    def read_pack(self, path: str, offset: int, length: int, what: str) -> bytes:
-        """``length`` bytes at ``offset`` of a pack, through this pool thread's reader of it."""
-        def read(client) -> bytes:
+    def read_pack(self, path: str, offset: int, length: int, what: str,
+                  into: memoryview | None = None) -> bytes | memoryview:
+        """``length`` bytes at ``offset`` of a pack: from a stream of it when the reads before
+        were sequential (``streams``; then copied into ``into`` when given), else one range read
+        through this pool thread's reader."""
+        def read(client) -> bytes | list[memoryview]:
             readers: OrderedDict[str, Any] = self._local.readers
             reader = readers.pop(path, None)  # (a FileReader's truth value is its length)
             if reader is None:
                 reader = client.read(path)
-            data = reader.read_range(offset, length)  # a reader that fails is not kept
-            readers[path] = reader
+            pieces, opened = self.streams.read(
+                path, offset, length, lambda start: reader.read_range_stream(start, len(reader) - start))
+            data = reader.read_range(offset, length) if pieces is None else pieces
+            readers[path] = reader  # a reader that fails is not kept
             if len(readers) > READERS_KEPT:
                 readers.popitem(last=False)
+            self.counters.add(streams=int(opened), streamed_reads=int(pieces is not None))
             return data
 
-        return self.call(read, what)
+        data = self.call(read, what)
+        return data if isinstance(data, bytes) else gather(data, into)
 
     def close(self) -> None:
         self._generation += 1
         self._local = threading.local()
+        self.streams.clear()
 
     def error(self, what: str, e: BaseException) -> ModelfsError:
         """Map an hdfs-native failure to a modelfs error naming the store URL."""

@@ -57,6 +57,7 @@ class NodeClient:
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._last_error = ""
+        self._last_error_at = 0.0  # monotonic
         self._pool: urllib3.HTTPConnectionPool | None = None
         self._fetch: FetchPool | None = None  # shard GETs (see fetch.py)
         self._pid = -1
@@ -96,7 +97,7 @@ class NodeClient:
         """Count a failure; ``down`` also skips the node for ``backoff`` seconds."""
         self.counters.add(errors=1)
         with self._lock:
-            self._last_error = reason
+            self._last_error, self._last_error_at = reason, time.monotonic()
             was_up = down and not self.is_down()
             if down:
                 self._down_until = time.monotonic() + self.backoff
@@ -191,10 +192,12 @@ class NodeClient:
         return NodeDown(f"{self.name}: {reason}")
 
     def stats(self, now: float) -> dict:
+        """``last_error`` stays after the node recovers; its age tells an old one from a new one."""
         with self._lock:
             state, last_error = ("down" if self.is_down(now) else "up"), self._last_error
+            age = round(now - self._last_error_at, 1) if last_error else None
         doc = self.counters.snapshot()
-        return {"url": self.url, "state": state, **doc, "last_error": last_error}
+        return {"url": self.url, "state": state, **doc, "last_error": last_error, "last_error_s_ago": age}
 
 
 # -- errors of several nodes at once -------------------------------------------------
