@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -488,3 +489,26 @@ def test_a_store_whose_nodes_do_not_answer_says_why_in_few_words(key_file):
     assert f"127.0.0.1:{port}: connection refused" in error
     assert "host.invalid:9: cannot resolve the host name" in error
     assert "HTTPConnection" not in r.stderr and "Error:" not in r.stderr  # not urllib3's wrapping
+
+
+@pytest.mark.parametrize("script", ["modelfs", "mount.fuse.modelfs"])
+def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_130(tmp_path, script):
+    """The installed scripts as pip wrote them, with Ctrl-C arriving while Python imports the
+    command line (a KeyboardInterrupt raised by its import of argparse, deterministically)."""
+    module = "argparse"
+    path = Path(sys.executable).parent / script
+    assert path.exists(), f"pip install must install {script}"
+    interrupt_import = (
+        "import builtins\n"
+        "real_import = builtins.__import__\n"
+        "def interrupted(name, *args, **kwargs):\n"
+        f"    if name == {module!r}:\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real_import(name, *args, **kwargs)\n"
+        "builtins.__import__ = interrupted\n"
+        f"exec(compile(open({str(path)!r}).read(), {str(path)!r}, 'exec'))\n")
+    args = ["ls", "--store", str(tmp_path / "store")] if script == "modelfs" else ["STORE", str(tmp_path)]
+    result = subprocess.run([sys.executable, "-c", interrupt_import, *args], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 128 + signal.SIGINT, result
+    assert result.stderr == "modelfs: interrupted\n"
