@@ -12,13 +12,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from hdfs_native import Client
+from hdfs_native import Client, WriteOptions
 
 from modelfs.store.backends.base import ShardLocation
 from modelfs.store.backends.hdfs.backend import HdfsBackend
 from modelfs.store.backends.hdfs.config import HA_FAILOVER_ATTEMPTS
 from modelfs.store.backends.urls import open_backend
-from modelfs.store.errors import BackendError, InvalidInput, NotFound
+from modelfs.store.errors import BackendError, IntegrityError, InvalidInput, NotFound
 
 #: A read while the namenode is away must fail within this (retries included).
 FAILURE_BOUND_S = 30.0
@@ -200,6 +200,35 @@ def test_shards_read_in_pack_order_share_one_stream_and_random_ones_open_none(hd
     b.close()
 
 
+def test_a_truncated_pack_is_an_integrity_error_not_a_crash(hdfs_cluster):
+    """hdfs-native panics (a BaseException) on a range past the end of a file: reads of the
+    shards a cut pack lost fail as truncated, in order (through a stream) or alone."""
+    url = hdfs_cluster.fresh_url("cut")
+    b = HdfsBackend.from_url(url)
+    shards = random_shards(8, 300_000, seed=9)
+    locations = write_pack(b, "v-cut", shards)
+    pack = f"{b.root}/{locations[0].container}"
+    client = Client(hdfs_cluster.namenode_url)
+    with client.read(pack) as f:
+        whole = f.read()
+    with client.create(pack, WriteOptions(overwrite=True)) as f:
+        f.write(whole[:locations[-2].offset + 1000])  # the last two shards lose their bytes
+    b.close()
+
+    for sequential in (True, False):
+        b = HdfsBackend.from_url(url)
+        order = range(len(shards)) if sequential else reversed(range(len(shards)))
+        for i in order:
+            (sid, data), loc = shards[i], locations[i]
+            if i < len(shards) - 2:
+                assert b.read_shard(sid, loc, len(data)) == data
+            else:
+                with pytest.raises(IntegrityError, match="truncated"):
+                    b.read_shard(sid, loc, len(data))
+        assert (b.stats()["streamed_reads"] > 0) == sequential
+        b.close()
+
+
 def test_file_count_constant_in_number_of_shards(hdfs_cluster):
     counts = {}
     for n in (2, 40):
@@ -219,6 +248,27 @@ def test_read_survives_a_stopped_datanode(hdfs):
     hdfs.stop_datanode(0)
     for (sid, data), loc in zip(shards, locations, strict=True):
         assert b.read_shard(sid, loc, len(data)) == data
+
+
+def test_a_stream_keeps_serving_its_pack_while_the_namenode_is_away(hdfs):
+    """Reads an open stream covers need no namenode request, whichever thread asks."""
+    b = HdfsBackend.from_url(hdfs.fresh_url("nn-stream"))
+    shards = random_shards(16, 256 * 1024, seed=10)
+    locations = write_pack(b, "v-nn-stream", shards)
+    for i in range(3):
+        assert b.read_shard(shards[i][0], locations[i], len(shards[i][1])) == shards[i][1]
+    assert b.stats()["streams"] == 1
+    hdfs.stop_namenode()
+
+    def check(i: int) -> bool:
+        (sid, data), loc = shards[i], locations[i]
+        return b.read_shard(sid, loc, len(data)) == data
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert all(pool.map(check, range(3, 16)))
+    stats = b.stats()
+    assert stats["streamed_reads"] == 15 and stats["errors"] == 0
+    b.close()
 
 
 def test_namenode_down_fails_bounded_then_recovers(hdfs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,15 +29,19 @@ class Pack:
         self.data = data
         self.opened: list[int] = []
         self.pulled = 0
+        self.closed = 0  # streams whose iterator was closed (a datanode connection let go)
         self.fail_after = fail_after
 
     def stream(self, start: int) -> Iterator[bytes]:
         self.opened.append(start)
-        for at in range(start, len(self.data), CHUNK):
-            if self.fail_after is not None and self.pulled >= self.fail_after:
-                raise OSError("datanode went away")
-            self.pulled += 1
-            yield self.data[at:at + CHUNK]
+        try:
+            for at in range(start, len(self.data), CHUNK):
+                if self.fail_after is not None and self.pulled >= self.fail_after:
+                    raise OSError("datanode went away")
+                self.pulled += 1
+                yield self.data[at:at + CHUNK]
+        finally:
+            self.closed += 1
 
 
 def read(streams: PackStreams, pack: Pack, offset: int, length: int, path: str = "p") -> tuple[bytes, bool]:
@@ -113,11 +118,25 @@ def test_at_most_the_kept_number_of_streams_stay_open():
     for path in ("a", "b", "c"):
         read(streams, pack, 0, SHARD, path)
         assert read(streams, pack, SHARD, SHARD, path)[1]
-    assert streams.open_count() == 2
+    assert streams.open_count() == 2 and pack.closed == 1
     assert not read(streams, pack, 2 * SHARD, SHARD, "a")[1]  # its stream was closed
     assert read(streams, pack, 2 * SHARD, SHARD, "c")[1]
     streams.clear()
     assert streams.open_count() == 0
+
+
+def test_a_stream_unused_for_the_idle_time_is_closed_without_another_read():
+    streams, pack = PackStreams(idle=0.2), Pack()
+    read(streams, pack, 0, SHARD)
+    assert read(streams, pack, SHARD, SHARD)[1]
+    assert streams.open_count() == 1 and pack.closed == 0
+    deadline = time.monotonic() + 10
+    while streams.open_count() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert streams.open_count() == 0 and pack.closed == 1
+    # a later sequential reader opens a new one
+    read(streams, pack, 5 * SHARD, SHARD)
+    assert read(streams, pack, 6 * SHARD, SHARD)[1] and len(pack.opened) == 2
 
 
 def test_concurrent_loaders_get_the_pack_byte_for_byte():

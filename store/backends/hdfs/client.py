@@ -153,24 +153,35 @@ class HdfsClient:
         """This thread's next call connects anew (and opens its packs again)."""
         self._local.client = None
 
+    def _reader(self, client: Any, path: str) -> Any:
+        """This pool thread's reader of a pack (opening one asks the namenode for its blocks)."""
+        readers: OrderedDict[str, Any] = self._local.readers
+        reader = readers.pop(path, None)  # (a FileReader's truth value is its length)
+        if reader is None:
+            reader = client.read(path)
+        readers[path] = reader
+        if len(readers) > READERS_KEPT:
+            readers.popitem(last=False)
+        return reader
+
     def read_pack(self, path: str, offset: int, length: int, what: str,
                   into: memoryview | None = None) -> bytes | memoryview:
-        """``length`` bytes at ``offset`` of a pack: from a stream of it when the reads before
-        were sequential (``streams``; then copied into ``into`` when given), else one range read
-        through this pool thread's reader."""
+        """``length`` bytes at ``offset`` of a pack (fewer where the pack ends first): from a
+        stream of it when the reads before were sequential (``streams``; then copied into
+        ``into`` when given; no namenode request), else one range read."""
         def read(client) -> bytes | list[memoryview]:
-            readers: OrderedDict[str, Any] = self._local.readers
-            reader = readers.pop(path, None)  # (a FileReader's truth value is its length)
-            if reader is None:
-                reader = client.read(path)
-            pieces, opened = self.streams.read(
-                path, offset, length, lambda start: reader.read_range_stream(start, len(reader) - start))
-            data = reader.read_range(offset, length) if pieces is None else pieces
-            readers[path] = reader  # a reader that fails is not kept
-            if len(readers) > READERS_KEPT:
-                readers.popitem(last=False)
+            def open_stream(start: int) -> Any:
+                reader = self._reader(client, path)
+                return reader.read_range_stream(start, len(reader) - start)
+
+            pieces, opened = self.streams.read(path, offset, length, open_stream)
             self.counters.add(streams=int(opened), streamed_reads=int(pieces is not None))
-            return data
+            if pieces is not None:
+                return pieces
+            reader = self._reader(client, path)
+            available = min(length, len(reader) - offset)
+            # hdfs-native panics on a range past the end of the file; a short read is reported by the caller
+            return reader.read_range(offset, available) if available > 0 else b""
 
         data = self.call(read, what)
         return data if isinstance(data, bytes) else gather(data, into)
@@ -222,6 +233,11 @@ class HdfsClient:
             if not (isinstance(e, ModelfsError) or is_not_found(e) or is_denied(e)):
                 self._forget_client()
             raise
+        except BaseException as e:  # a panic in hdfs-native's Rust (pyo3 PanicException)
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            self._forget_client()
+            raise BackendError(f"hdfs-native failed: {e}") from e
 
     def probe(self, root: str) -> None:
         """Check the namenode answers; a dead one gives a clear error in seconds."""

@@ -21,10 +21,11 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-#: Bytes a stream keeps behind its position, for reads that arrive after a thread pulled past them.
-STREAM_WINDOW = 16 << 20
+#: Bytes a stream keeps behind its position, for reads that arrive after a thread pulled past
+#: them, and how far past its position a read may start (4 loaders of 2 MiB shards span ~6 MiB).
+STREAM_WINDOW = 8 << 20
 #: Streams open at once (each holds a datanode connection and up to a window of memory).
-STREAMS_KEPT = 2
+STREAMS_KEPT = 4
 #: A stream unused this long is closed at the next lookup.
 STREAM_IDLE = 30.0
 #: A read waits this long for a stream another thread pulls from, then reads on its own.
@@ -51,10 +52,10 @@ class PackStream:
         self.position = self.start
 
     def covers(self, offset: int, length: int) -> bool:
-        """Whether a read of these bytes is this stream's to serve: kept, or at most half a
-        window past what it has passed (pulling that far keeps the bytes before it)."""
+        """Whether a read of these bytes is this stream's to serve: kept, or ending at most a
+        window past what it has passed."""
         return (not self.broken and self.start <= offset
-                and offset + length <= self.position + self.window // 2 and length <= self.window // 2)
+                and offset + length <= self.position + self.window and length <= self.window // 2)
 
     def read(self, offset: int, length: int) -> list[memoryview] | None:
         """The bytes as views of the stream's chunks, pulling it as far as they end; None when
@@ -97,7 +98,11 @@ def gather(pieces: list[memoryview], into: memoryview | None = None) -> bytes | 
 
 
 class PackStreams:
-    """The open streams of one HDFS client, and the ends of recent reads that start them."""
+    """The open streams of one HDFS client, and the ends of recent reads that start them.
+
+    A thread closes streams unused for ``idle`` seconds, so an idle mount holds no datanode
+    connection; it runs while any stream is open.
+    """
 
     def __init__(self, window: int = STREAM_WINDOW, kept: int = STREAMS_KEPT,
                  idle: float = STREAM_IDLE, wait: float = STREAM_WAIT) -> None:
@@ -105,13 +110,13 @@ class PackStreams:
         self._lock = threading.Lock()
         self._streams: list[PackStream] = []  # most recently used last
         self._ends: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._closer: threading.Thread | None = None
 
     def read(self, path: str, offset: int, length: int,
              open_stream: Callable[[int], Iterator[bytes]]) -> tuple[list[memoryview] | None, bool]:
         """``(pieces, opened)``: the bytes from a stream (``gather`` them), or None when the
         caller reads them itself; ``opened`` says whether this read opened a stream
         (``open_stream(offset)``, an iterator of the pack's bytes from that offset on)."""
-        opened = False
         with self._lock:
             stream = self._find(path, offset, length)
             if stream is None:
@@ -119,10 +124,13 @@ class PackStreams:
                 if not continues or length > self.window // 2:
                     self._remember_end(path, offset + length)
                     return None, False
-                stream = PackStream(path, open_stream(offset), offset, self.window)
+        opened = stream is None
+        if stream is None:
+            stream = PackStream(path, open_stream(offset), offset, self.window)
+            with self._lock:
                 self._streams.append(stream)
-                opened = True
                 self._close_extra()
+                self._start_closer()
         if not stream.lock.acquire(timeout=self.wait):
             return None, opened
         try:
@@ -139,15 +147,34 @@ class PackStreams:
         return data, opened
 
     def _find(self, path: str, offset: int, length: int) -> PackStream | None:
-        now = time.monotonic()
-        self._streams = [s for s in self._streams if not s.broken and now - s.used < self.idle]
+        self._close_idle(time.monotonic())
         for stream in reversed(self._streams):
             if stream.path == path and stream.covers(offset, length):
                 self._streams.remove(stream)
                 self._streams.append(stream)
-                stream.used = now
+                stream.used = time.monotonic()
                 return stream
         return None
+
+    def _close_idle(self, now: float) -> None:
+        for stream in self._streams:
+            if now - stream.used >= self.idle:
+                stream.broken = True
+        self._streams = [s for s in self._streams if not s.broken]
+
+    def _start_closer(self) -> None:
+        if self._closer is None:
+            self._closer = threading.Thread(target=self._close_idle_streams, name="hdfs-streams", daemon=True)
+            self._closer.start()
+
+    def _close_idle_streams(self) -> None:
+        while True:
+            time.sleep(self.idle / 4)
+            with self._lock:
+                self._close_idle(time.monotonic())
+                if not self._streams:
+                    self._closer = None
+                    return
 
     def _remember_end(self, path: str, end: int) -> None:
         self._ends[(path, end)] = None
