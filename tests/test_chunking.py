@@ -2,12 +2,16 @@
 version of a model stores again."""
 from __future__ import annotations
 
+import io
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from modelfs.store.api import open_store
@@ -220,3 +224,46 @@ def test_tensor_offsets_come_from_the_first_bytes_of_a_safetensors_file(tmp_path
     assert chunking.tensor_offsets(raw[:4], size) is None
     deep = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # past the JSON parser's recursion limit
     assert chunking.tensor_offsets(len(deep).to_bytes(8, "little") + deep, size) is None
+
+
+def malformed_safetensors(path: Path, offsets: str) -> Path:
+    header = ('{"a":{"dtype":"F32","shape":[1],"data_offsets":' + offsets + '}}').encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4096)
+    return path
+
+
+@pytest.mark.parametrize("offsets", ["[0,1e400]", "[-1e400,4]", "[0,NaN]", "[0]", "{}", "[[0],[4]]"])
+def test_a_safetensors_header_with_impossible_offsets_is_cut_as_plain_bytes(tmp_path, offsets):
+    path = malformed_safetensors(tmp_path / "bad.safetensors", offsets)
+    cuts = cuts_of(path)  # no exception; the cuts tile the file
+    assert all(cut.width == 0 for cut in cuts)
+    prefix = path.read_bytes()
+    assert chunking.tensor_offsets(prefix, len(prefix)) is None  # what a mount's reader asks
+
+
+def torch_zip(tmp_path: Path) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"a": torch.ones(1000), "b": torch.arange(3000, dtype=torch.float16)}, buffer)
+    return buffer.getvalue()
+
+
+def test_a_zip_whose_central_directory_zipfile_cannot_read_is_cut_as_plain_bytes(tmp_path):
+    data = bytearray(torch_zip(tmp_path))
+    central = data.find(b"PK\x01\x02")
+    data[central + 6] = 64  # "version needed to extract": 6.4, which zipfile does not implement
+    path = tmp_path / "ver64.pt"
+    path.write_bytes(data)
+    cuts_of(path)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6))
+def test_damaged_torch_zips_are_cut_without_error(tmp_path, edits):
+    """Any bytes changed anywhere: the cuts still tile the file (a damaged file is stored as it is)."""
+    data = bytearray(torch_zip(tmp_path))
+    tail = data.rfind(b"PK\x01\x02") - 200  # mostly the zip's directories, where parsing happens
+    for position, value in edits:
+        data[(tail + position) % len(data)] = value
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(data)
+    cuts_of(path)

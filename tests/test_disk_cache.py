@@ -200,6 +200,10 @@ def test_warmup_without_a_disk_cache_leaves_the_files_in_the_page_cache(tmp_path
         assert quiet.stderr == "", quiet.stderr                 # no progress, no warning
         no_jobs = run_modelfs("warmup", str(mnt / "big"), "-j", "0", check=False)
         assert no_jobs.returncode == 2 and "at least 1" in no_jobs.stderr
+        link = tmp_path / "models"  # /models -> /mnt/models: a path through a link into the mount
+        link.symlink_to(mnt)
+        through_link = run_modelfs("warmup", str(link / "big"))
+        assert "warmed 1 file" in through_link.stdout, through_link.stdout
 
 
 def test_warmup_fills_the_disk_cache_for_a_later_mount(tmp_path, key_file):

@@ -58,7 +58,7 @@ def collect(paths: list[str], mounts: list[Path]) -> list[WarmFile]:
     from modelfs.fs.mount import CONTROL_DIR
     found: dict[Path, WarmFile] = {}
     for given in paths:
-        path = Path(os.path.abspath(given))
+        path = Path(os.path.realpath(given))  # the mount table holds real paths (a link may lead in)
         if not path.exists():
             raise NotFound(f"{given}: no such file or directory")
         mount = mount_of(path, mounts)
