@@ -89,7 +89,7 @@ class ModelFS(mfusepy.Operations):
         self._handles: dict[int, ReadStream | bytes] = {}
         self._handle_ids = itertools.count(1)
         self._handles_lock = threading.Lock()
-        self._open_nodes: dict[int, Node] = {}
+        self._open_nodes: dict[int, tuple[str, Node]] = {}  # by handle: the path opened, its node
         self._mounted_ns = time.time_ns()
         self._uid = os.getuid() if uid is None else uid
         self._gid = os.getgid() if gid is None else gid
@@ -203,8 +203,14 @@ class ModelFS(mfusepy.Operations):
             return self._dir(sorted(state.tags))
         return self._dir(v.version_id for v in state.versions)
 
-    def _node(self, path: str) -> Node:
+    def _node(self, path: str, opened: bool = False) -> Node:
+        """The node at ``path``; with ``opened``, also one no longer in the tree (its version
+        removed) that a handle still has open there: the kernel asks for an open file's
+        attributes by path (``fstat``, ``fgetxattr``, ``mmap``), not by handle."""
         node = self._lookup(path)
+        if node is None and opened:
+            with self._handles_lock:
+                node = next((n for p, n in self._open_nodes.values() if p == path), None)
         if node is None:
             # a name this host may not open is not listed, and opening it says so
             name = path.strip("/").partition("@")[0]
@@ -220,8 +226,8 @@ class ModelFS(mfusepy.Operations):
 
     def getattr(self, path: str, fh=None) -> dict:
         # an open file answers from the version it opened, even after that version was removed
-        node = self._open_nodes.get(fh.fh) if fh is not None else None
-        node = node or self._node(path)
+        held = self._open_nodes.get(fh.fh) if fh is not None else None
+        node = held[1] if held else self._node(path, opened=True)
         if node.kind == "dir":
             return {**self._attrs(stat.S_IFDIR | 0o555, 0, node.mtime_ns), "st_nlink": 2}
         if node.kind == "link":
@@ -242,13 +248,13 @@ class ModelFS(mfusepy.Operations):
         return [".", ".."] + list(node.entries)
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        node = self._node(path)
+        node = self._node(path, opened=True)
         if name != VERSION_XATTR or node.version_id is None:
             raise mfusepy.FuseOSError(errno.ENODATA)
         return node.version_id.encode()
 
     def listxattr(self, path: str) -> list[str]:
-        return [VERSION_XATTR] if self._node(path).version_id is not None else []
+        return [VERSION_XATTR] if self._node(path, opened=True).version_id is not None else []
 
     def statfs(self, path: str) -> dict:
         """Size: the logical bytes of the latest versions; used: what the store holds for them;
@@ -278,7 +284,7 @@ class ModelFS(mfusepy.Operations):
             fi.fh = next(self._handle_ids)
             self._handles[fi.fh] = handle
             if isinstance(handle, ReadStream):
-                self._open_nodes[fi.fh] = node
+                self._open_nodes[fi.fh] = (path, node)
         return 0
 
     def read(self, path: str, size: int, offset: int, fi) -> bytes:

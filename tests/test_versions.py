@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from helpers import mounted, run_modelfs, sha256_of
 
+from modelfs.fs.operations import VERSION_XATTR
 from modelfs.store.api import open_store
 
 SHARD = 64 * 1024
@@ -91,6 +92,30 @@ def test_descriptor_keeps_its_version_across_three_publishes(tmp_path, key_file)
             if dd.poll() is None:
                 dd.kill()
                 dd.wait()
+
+
+def test_an_open_descriptor_keeps_its_size_and_version_after_the_version_is_removed(tmp_path, key_file):
+    """fstat, fgetxattr and mmap of an open file reach the daemon by path, and the path of a
+    removed version is gone: they still answer for the version the descriptor opened."""
+    store = tmp_path / "store"
+    old, new = make_versions(tmp_path, 2, 2 * (1 << 20) + 1)[0], tmp_path / "short"
+    new.write_bytes(b"a shorter later version")
+    push(store, key_file, new, "m")
+    opened_version = push(store, key_file, old, "m")
+    with mounted(store, key_file, "8MiB", "--refresh", REFRESH) as mnt:
+        fd = os.open(mnt / "m", os.O_RDONLY)
+        try:
+            assert os.getxattr(fd, VERSION_XATTR).decode() == opened_version
+            cli(store, key_file, "rm", f"m@{opened_version}")
+            wait_for(lambda: fresh_sha(mnt / "m") == sha256_of(new), "opens seeing the version left")
+            time.sleep(2)  # past the kernel's attribute cache: it asks the daemon again
+            assert os.fstat(fd).st_size == old.stat().st_size
+            assert os.getxattr(fd, VERSION_XATTR).decode() == opened_version
+            with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
+                assert mapped[:] == old.read_bytes()
+            assert os.stat(mnt / "m").st_size == new.stat().st_size  # the name: the version left
+        finally:
+            os.close(fd)
 
 
 def _reader(mnt: str, hashes: set[str], mode: str, until: float, out) -> None:
