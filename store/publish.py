@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 from .backends.base import Backend, ShardLocation, ShardWriter
 from .config import DEFAULT_SHARD_SIZE
@@ -60,13 +60,23 @@ def _unreadable(path: str | os.PathLike, error: OSError) -> ModelfsError:
     return type(from_os_error(error))(f"cannot read {path}: {error.strerror or error}")
 
 
+def open_source(path: Path) -> BinaryIO:
+    """A source file open for reading; anything but a regular file is refused once open, so a
+    FIFO or device put in its place after it was listed cannot block the push."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidInput(f"{path} is not a regular file")
+        return os.fdopen(fd, "rb")  # (O_NONBLOCK changes nothing for a regular file)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def check_source(path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise InvalidInput(f"{path} is not a regular file")
-        with open(path, "rb"):
-            pass
+        open_source(path).close()
     except OSError as e:
         raise _unreadable(path, e) from None
     return path
@@ -176,7 +186,8 @@ def _store_file(pool: ThreadPoolExecutor, writer: ShardWriter, cipher: ShardCiph
                 result: StoredFiles, name: str, version_id: str, relpath: str, path: Path,
                 shard_size: int, level: int, advanced: Callable[[int], None]) -> Manifest:
     """One file: encode on the pool (a bounded queue), store what is new, build its manifest."""
-    before = path.stat()
+    f = open_source(path)
+    before = os.fstat(f.fileno())
     digest = hashlib.sha256()
     entries: list[ShardEntry] = []
     offset = 0
@@ -195,7 +206,7 @@ def _store_file(pool: ThreadPoolExecutor, writer: ShardWriter, cipher: ShardCiph
         offset += shard.length
         advanced(shard.length)
 
-    with open(path, "rb") as f:
+    with f:
         for cut, chunk in _read_chunks(f, shard_size):
             digest.update(chunk)
             pending.append(pool.submit(encrypt_shard, cipher, chunk, level, cut.width))

@@ -106,3 +106,46 @@ def test_folder_push_mount_and_transformers_load(tmp_path, key_file, folder):
         assert sha256_of(pinned_old) == before != sha256_of(changed)
         del tok, loaded, batch  # their files on the mount are closed: the unmount is not a lazy one
         gc.collect()
+
+
+def test_a_file_replaced_by_a_fifo_during_a_folder_push_is_refused_not_waited_on(tmp_path, key_file):
+    """The push lists a.bin and b.bin, then b.bin becomes a FIFO while a.bin is stored: opening
+    a FIFO blocks until a writer comes, so the push must refuse it once open, not wait."""
+    import threading
+
+    from modelfs.store.api import open_store
+    from modelfs.store.errors import InvalidInput
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(3 << 20))
+    (src / "b.bin").write_bytes(b"small")
+    fifo = src / "b.bin"
+
+    def swap(done: int, total: int) -> None:
+        if not fifo.is_fifo():
+            fifo.unlink()
+            os.mkfifo(fifo)
+
+    store = open_store(str(tmp_path / "store"), key_file=key_file, create=True)
+    outcome: dict = {}
+
+    def push() -> None:
+        try:
+            store.publish(src, "org/f", shard_size=1 << 20, progress=swap)
+        except Exception as e:  # noqa: BLE001 - looked at below
+            outcome["error"] = e
+
+    pusher = threading.Thread(target=push, daemon=True)
+    pusher.start()
+    pusher.join(60)
+    try:
+        assert not pusher.is_alive(), "the push blocked opening the FIFO"
+        error = outcome.get("error")
+        assert isinstance(error, InvalidInput) and "not a regular file" in str(error), error
+        assert store.lineages() == []  # nothing published
+    finally:
+        if pusher.is_alive():  # let a blocked open return
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            pusher.join(10)
+        store.close()
