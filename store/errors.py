@@ -107,7 +107,7 @@ def from_os_error(error: OSError) -> ModelfsError:
         return NotFound(message)
     if error.errno in (*DENIED_ERRNOS, errno.EROFS):
         return AccessDenied(message)
-    if error.errno in (errno.EISDIR, errno.ENOTDIR, errno.EINVAL, errno.ENAMETOOLONG):
+    if error.errno in (errno.EISDIR, errno.ENOTDIR, errno.EINVAL, errno.ENAMETOOLONG, errno.ELOOP):
         return InvalidInput(message)
     if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.ECONNREFUSED, errno.ETIMEDOUT,
                        errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET):

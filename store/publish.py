@@ -100,7 +100,9 @@ def collect_sources(path: str | os.PathLike) -> tuple[str, list[tuple[str, Path]
     if not path.is_dir():
         return "file", [(path.name, check_source(path))]
     files = []
+    above: dict[str, tuple[int, int]] = {}  # the folders walked, by path: (device, inode)
     for dirpath, dirnames, filenames in os.walk(path, onerror=_refuse_unlistable, followlinks=True):
+        _refuse_link_loop(Path(dirpath), above)
         dirnames.sort()
         for leaf in sorted(filenames):
             full = Path(dirpath) / leaf
@@ -108,6 +110,16 @@ def collect_sources(path: str | os.PathLike) -> tuple[str, list[tuple[str, Path]
     if not files:
         raise InvalidInput(f"{path} holds no files")
     return "folder", files
+
+
+def _refuse_link_loop(folder: Path, above: dict[str, tuple[int, int]]) -> None:
+    """A link to a folder that holds it would be followed until the kernel gives up (ELOOP)."""
+    info = folder.stat()
+    here = (info.st_dev, info.st_ino)
+    for parent in folder.parents:
+        if above.get(str(parent)) == here:
+            raise InvalidInput(f"{folder} is a link back to {parent}: a folder model cannot hold a loop")
+    above[str(folder)] = here
 
 
 def check_shard_size(shard_size: int) -> int:

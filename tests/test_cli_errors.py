@@ -52,6 +52,20 @@ def test_push_empty_directory_or_special_file_is_refused(tmp_path, key_file, sto
     assert not (store_dir / "objects" / "keys").exists()  # a failed push claims nothing
 
 
+def test_push_of_a_folder_with_a_link_loop_is_refused_as_bad_input(tmp_path, key_file, store_dir):
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.bin").write_bytes(b"weights")
+    (folder / "sub" / "up").symlink_to("..")  # folder/sub/up/sub/up/... for ever
+    r = fails("push", str(folder), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    assert r.returncode == 2 and "link back to" in r.stderr and "loop" in r.stderr
+    (tmp_path / "one").symlink_to("two")
+    (tmp_path / "two").symlink_to("one")
+    r = fails("push", str(tmp_path / "one"), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    assert r.returncode == 2 and "Too many levels of symbolic links" in r.stderr
+    assert not (store_dir / "objects" / "keys").exists()  # a failed push claims nothing
+
+
 @pytest.mark.parametrize("name", ["", "..", "../etc/passwd", "/abs", "a/../b", "a//b", "bad\nname",
                                   "tab\tname", ".hidden", "a/.modelfs", "sp ace", "@v1"])
 def test_push_invalid_names(model_file, key_file, store_dir, name):
