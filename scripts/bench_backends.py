@@ -107,6 +107,7 @@ def main() -> int:
         peak_rss: dict[str, int] = dict.fromkeys(urls, 0)
         minidfs_cpu_s: list[float] = []
         minidfs = psutil.Process(hdfs.proc.pid)
+        hdfs_native_read(hdfs.namenode_url, hdfs_root, extents, True)  # the JVM's JIT warms up, unmeasured
         for _ in range(args.rounds):
             for label, url in urls.items():
                 jvm_before = sum(minidfs.cpu_times()[:2])
