@@ -93,7 +93,7 @@ class ModelFS(mfusepy.Operations):
         self._mounted_ns = time.time_ns()
         self._uid = os.getuid() if uid is None else uid
         self._gid = os.getgid() if gid is None else gid
-        self._umask = umask  # applied to the read-only modes (0o444 files, 0o555 directories)
+        self._umask = umask & 0o777  # applied to the read-only modes (0o444 files, 0o555 directories)
         self._dir_set: frozenset[str] = frozenset()
         self._dirs_generation = -1
 

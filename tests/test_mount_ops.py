@@ -93,14 +93,32 @@ def test_helper_mounts_rw_read_only_with_a_warning(model, key_file, store_dir, m
 @pytest.mark.parametrize("opts, message", [
     ("ro,colour=blue", "unknown mount option 'colour'"),
     ("ro,cache_size=lots", "invalid size"), ("ro,uid=nosuchuser", "bad value"),
-    ("ro,umask=9", "bad value")])
+    ("ro,umask=9", "bad value"), ("ro,umask=7777777", "at most 777"),
+    ("ro,uid=99999999999", "out of range"), ("ro,gid=4294967295", "out of range"),
+    ("ro,allow_other=no", "takes no value"), ("ro,nosuid=1", "takes no value"),
+    ("ro,key_file={key},key_file=", "a path is needed")])
 def test_helper_refuses_bad_options(model, key_file, store_dir, mountpoint, opts, message):
     """Unknown options and bad values are refused before anything is mounted."""
+    opts = opts.format(key=key_file) if "{key}" in opts else f"{opts},key_file={key_file}"
     result = subprocess.run([str(BIN / "mount.fuse.modelfs"), str(store_dir), str(mountpoint),
-                             "-o", f"{opts},key_file={key_file}"], capture_output=True, text=True)
+                             "-o", opts], capture_output=True, text=True)
     assert result.returncode == 2, result
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not os.path.ismount(mountpoint)
+
+
+def test_helper_takes_the_last_of_a_repeated_option_and_ignores_what_fuse_cannot_use(
+        model, key_file, store_dir, mountpoint, tmp_path):
+    """mount(8) puts the command line's -o after fstab's: the last value wins. 'comment=' and
+    'nodiratime' (which libfuse refuses) mean nothing to a read-only FUSE mount."""
+    fstab = f"ro,nodiratime,comment=systemd.automount,cache_size=1GiB,uid=0,key_file={key_file}"
+    result = subprocess.run([str(BIN / "mount.fuse.modelfs"), str(store_dir), str(mountpoint),
+                             "-o", fstab, "-o", "cache_size=32MiB,uid=1234"], capture_output=True, text=True,
+                            env={**os.environ, "MODELFS_LOG_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert (mountpoint / "org" / "m").stat().st_uid == 1234
+    assert json.loads((mountpoint / ".modelfs" / "stats").read_bytes())["cache_budget"] == 32 << 20
+    assert sha256_of(mountpoint / "org" / "m") == sha256_of(model)
 
 
 def test_helper_fake_mount_checks_and_mounts_nothing(model, key_file, store_dir, mountpoint):
@@ -384,6 +402,28 @@ def test_mount_log_file_option(model, key_file, store_dir, mountpoint, tmp_path)
     assert "mounting 1 model(s)" in text and "Ignoring invalid max threads" not in text
     assert f"org/m: record 2, latest version {version}, tags none" in text
     assert f"{mountpoint} was unmounted" in text
+
+
+def test_a_background_mount_writes_a_new_log_after_logrotate_moved_it(model, key_file, store_dir, mountpoint,
+                                                                      tmp_path):
+    """logrotate without copytruncate moves the log; SIGHUP would stop the mount, so the daemon
+    notices the move itself and writes the next lines to a new file at the old path."""
+    logs = tmp_path / "logs"
+    run_modelfs("mount", str(store_dir), str(mountpoint), "--key-file", str(key_file), "--refresh", "0.2",
+                env={"MODELFS_LOG_DIR": str(logs)})
+    log, = logs.glob("mount-*.log")
+    assert "mounting 1 model(s)" in log.read_text()
+    log.rename(log.with_name(log.name + ".1"))
+    second = tmp_path / "second.bin"
+    second.write_bytes(os.urandom(100_000))
+    pushed = run_modelfs("push", str(second), "org/m", "--store", str(store_dir), "--key-file", str(key_file))
+    version = pushed.stdout.split("@")[1].split()[0]
+    for _ in range(200):
+        if log.exists() and f"latest version {version}" in log.read_text():
+            break
+        time.sleep(0.05)
+    assert log.exists() and f"latest version {version}" in log.read_text()
+    assert sha256_of(mountpoint / "org" / "m") == sha256_of(second)
 
 
 def test_umount_unmounts_a_modelfs_mount_with_a_space_and_refuses_any_other(model, key_file, store_dir,

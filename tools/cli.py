@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -83,7 +84,7 @@ def setup_logging(args: argparse.Namespace) -> None:
     if args.log_file:
         path = os.path.expanduser(args.log_file)
         try:
-            handler = logging.FileHandler(path)
+            handler = logging.handlers.WatchedFileHandler(path)  # reopened after logrotate moves it
         except OSError as e:
             raise InvalidInput(f"cannot write the log file {path}: {e.strerror}") from None
     else:

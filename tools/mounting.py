@@ -16,10 +16,12 @@ from .console import HOST_KEY_HELP, KEY_HELP, STORE_HELP, access_options, add_re
 #: conventional options that mean nothing more to a read-only FUSE mount (or are mount(8)'s own)
 IGNORED_OPTIONS = {"defaults", "default_permissions", "auto", "noauto", "user", "users",
                    "nouser", "owner", "group", "nofail", "_netdev", "suid", "dev", "exec", "async",
-                   "atime", "relatime", "strictatime", "diratime", "sloppy"}
-IGNORED_PREFIXES = ("x-", "comment=")
-#: kernel mount flags passed on to the mount as given
-KERNEL_FLAGS = {"nosuid", "nodev", "noexec", "sync", "noatime", "nodiratime", "dirsync"}
+                   "atime", "relatime", "strictatime", "diratime", "nodiratime", "sloppy", "comment"}
+IGNORED_PREFIXES = ("x-",)
+#: kernel mount flags passed on to the mount as given (libfuse knows no "nodiratime")
+KERNEL_FLAGS = {"nosuid", "nodev", "noexec", "sync", "noatime", "dirsync"}
+#: the largest user or group id: (uid_t)-1 means "no change" to the kernel
+MAX_ID = 2**32 - 2
 #: ``-o`` names that set a flag of ``modelfs mount``
 FLAG_OPTIONS = {"allow_other", "single_thread", "debug"}
 
@@ -30,34 +32,52 @@ class BadValue(argparse.ArgumentTypeError, ValueError):
     """A value an option cannot take: argparse prints its message, ``-o`` parsing catches it."""
 
 
+def _numeric_id(value: str, what: str) -> int:
+    number = int(value)
+    if number > MAX_ID:
+        raise BadValue(f"{what} id {value} is out of range (0 to {MAX_ID})")
+    return number
+
+
 def _user_id(value: str) -> int:
     try:
-        return int(value) if value.isdigit() else pwd.getpwnam(value).pw_uid
+        return _numeric_id(value, "user") if value.isdigit() else pwd.getpwnam(value).pw_uid
     except KeyError:
         raise BadValue(f"no user {value!r} (a user name or a number)") from None
 
 
 def _group_id(value: str) -> int:
     try:
-        return int(value) if value.isdigit() else grp.getgrnam(value).gr_gid
+        return _numeric_id(value, "group") if value.isdigit() else grp.getgrnam(value).gr_gid
     except KeyError:
         raise BadValue(f"no group {value!r} (a group name or a number)") from None
 
 
 def _umask(value: str) -> int:
     try:
-        return int(value, 8)
+        umask = int(value, 8)
     except ValueError:
         raise BadValue(f"a umask is octal digits such as 022, not {value!r}") from None
+    if not 0 <= umask <= 0o777:
+        raise BadValue(f"a umask is at most 777, not {value!r}")
+    return umask
+
+
+def _path(value: str) -> str:
+    if not value:
+        raise BadValue("a path is needed")
+    return value
 
 
 #: ``-o`` names with a value: how the text becomes the value of the argument of the same name
-VALUE_OPTIONS = {"uid": _user_id, "gid": _group_id, "umask": _umask, "key_file": str,
-                 "host_key": str}
+VALUE_OPTIONS = {"uid": _user_id, "gid": _group_id, "umask": _umask, "key_file": _path,
+                 "host_key": _path}
 
 
 def apply_mount_options(args: argparse.Namespace, option_lists: list[str]) -> None:
-    """Fold ``-o a,b=c`` into ``args``; what the command line gave explicitly wins.
+    """Fold ``-o a,b=c`` into ``args``. Of an option given twice the last wins, as in mount(8)
+    (which puts the command line's ``-o`` after those of fstab); an option the command line
+    gives as its own (``--cache-size``) wins over ``-o``.
 
     Every ``ReadOptions`` field is accepted by its name (``cache_size=8GiB``), so read options
     added later work here without changes.
@@ -65,28 +85,32 @@ def apply_mount_options(args: argparse.Namespace, option_lists: list[str]) -> No
     from modelfs.store.config import ReadOptions
     read_names = {f.name for f in ReadOptions.fields()}
     writable = False  # the last of ro/rw wins, as in mount(8)
+    values: dict[str, tuple[str, str]] = {}  # by argument: the option's name and its last value
     for item in ",".join(option_lists).split(","):
-        name, _, value = (part.strip() for part in item.partition("="))
+        name, has_value, value = (part.strip() for part in item.partition("="))
         attr = name.replace("-", "_")
         if name in ("ro", "rw"):
             writable = name == "rw"
         elif not name or name in IGNORED_OPTIONS or name.startswith(IGNORED_PREFIXES):
             continue
-        elif name in KERNEL_FLAGS:
-            args.kernel_flags.append(name)
-        elif attr in FLAG_OPTIONS:
-            setattr(args, attr, True)
-        elif attr in VALUE_OPTIONS:
-            if getattr(args, attr) is None:
-                try:
-                    setattr(args, attr, VALUE_OPTIONS[attr](value))
-                except ValueError as e:
-                    raise InvalidInput(f"bad value {value!r} for mount option {name}: {e}") from None
-        elif attr in read_names:
-            if getattr(args, attr) is None:
-                setattr(args, attr, value)
+        elif name in KERNEL_FLAGS or attr in FLAG_OPTIONS:
+            if has_value:
+                raise InvalidInput(f"mount option {name} takes no value (give it or leave it out): {item!r}")
+            if attr in FLAG_OPTIONS:
+                setattr(args, attr, True)
+            elif name not in args.kernel_flags:
+                args.kernel_flags.append(name)
+        elif attr in VALUE_OPTIONS or attr in read_names:
+            values[attr] = (name, value)
         else:
             raise InvalidInput(f"unknown mount option {name!r}")
+    for attr, (name, value) in values.items():
+        if getattr(args, attr) is not None:
+            continue
+        try:
+            setattr(args, attr, VALUE_OPTIONS[attr](value) if attr in VALUE_OPTIONS else value)
+        except ValueError as e:
+            raise InvalidInput(f"bad value {value!r} for mount option {name}: {e}") from None
     if writable:  # mount(8) and fstab pass 'rw' unless 'ro' is given: as for a write-protected disk
         log.warning("modelfs mounts are read-only; mounting read-only (give 'ro' to silence this)")
 
@@ -121,7 +145,9 @@ def cmd_mount(args) -> int:
         digest = hashlib.sha256(mountpoint.encode()).hexdigest()[:12]
         log_dir = Path(os.environ.get("MODELFS_LOG_DIR", Path.home() / ".cache" / "modelfs"))
         log_file = log_dir / f"mount-{digest}.log"
-    mount_background([*args.argv, "--foreground"], mountpoint, log_file)
+    # the daemon logs through --log-file, which it opens again when logrotate has moved it
+    daemon_argv = [*args.argv, "--foreground"] + ([] if args.log_file else ["--log-file", str(log_file)])
+    mount_background(daemon_argv, mountpoint, log_file)
     print(f"mounted {args.store or 'default store'} on {mountpoint} (log: {log_file})")
     return 0
 
