@@ -153,8 +153,12 @@ class Library:
                     view = current
                 if view is not None:
                     names[name] = view
+            if not heads and self._names:  # every name at once: the store, not a rollback of one
+                self._report("", "empty", f"the store {self.store.backend!r} lists no models now (moved, "
+                             f"unmounted or emptied?); still serving what was mounted")
+                names.update(self._names)
             for name, current in self._names.items():
-                if name not in heads:
+                if name not in heads and heads:
                     if self.store.seen.get(name) > 0:
                         self._report(name, "gone", f"catalog of {name!r} went back in time: every "
                                      f"record is gone; still serving what was mounted")

@@ -63,6 +63,27 @@ def test_ten_concurrent_first_pushes_all_publish(tmp_path, key_file):
             assert sha256_of(pinned) == sha256_of(by_size[version.size])
 
 
+def test_a_store_that_vanishes_under_a_mount_is_said_to_be_gone_not_rolled_back(tmp_path, key_file):
+    """A moved or unmounted store directory lists nothing: one line about the store, not a
+    rollback warning per name; what was mounted is still served, and comes back with the store."""
+    store = tmp_path / "store"
+    a, b = write(tmp_path, "a", 100_000), write(tmp_path, "b", 60_000)
+    cli(store, key_file, "push", str(a), "m")
+    cli(store, key_file, "push", str(b), "n")
+    with mounted(store, key_file, "8MiB", "--refresh", "0.2") as mnt:
+        assert (mnt / "m").read_bytes() == a.read_bytes()
+        store.rename(tmp_path / "store.gone")
+        for _ in range(300):
+            if "lists no models now" in mount_log(mnt):
+                break
+            time.sleep(0.1)
+        assert "lists no models now (moved, unmounted or emptied?)" in mount_log(mnt)
+        assert "went back in time" not in mount_log(mnt)
+        assert sorted(os.listdir(mnt)) == [".modelfs", "m", "n"]
+        (tmp_path / "store.gone").rename(store)
+        assert (mnt / "n").read_bytes() == b.read_bytes()
+
+
 def test_a_catalog_that_goes_back_is_refused_for_that_name_only(tmp_path, key_file):
     store = tmp_path / "store"
     v = [write(tmp_path, f"v{i}", 100_000) for i in range(3)]
