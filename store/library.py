@@ -157,9 +157,9 @@ class Library:
                 self._report("", "empty", f"the store {self.store.backend!r} lists no models now (moved, "
                              f"unmounted or emptied?); still serving what was mounted")
                 names.update(self._names)
-            for name, current in self._names.items():
-                if name not in heads and heads:
-                    if self.store.seen.get(name) > 0:
+            else:
+                for name, current in self._names.items():
+                    if name not in heads and self.store.seen.get(name) > 0:
                         self._report(name, "gone", f"catalog of {name!r} went back in time: every "
                                      f"record is gone; still serving what was mounted")
                         names[name] = current

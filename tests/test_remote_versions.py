@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from helpers import mounted, push_random
+from helpers import mounted, push_random, read_stats
 
 #: a bound on how long a new version may take to appear, never a measured time
 PATIENCE = 60.0
@@ -57,6 +57,8 @@ def test_reads_keep_their_version_while_new_ones_are_published(store_url, tmp_pa
                     time.sleep(0.2)
             # the descriptor opened before both publishes still reads the first version, whole
             assert os.pread(fd, SIZE, 0) == versions[0]
+            if store_url.startswith("hdfs://"):  # the fresh whole-file reads went through pack streams
+                assert read_stats(mnt)["backend"]["streamed_reads"] > 0
         finally:
             stop.set()
             reader.join(timeout=PATIENCE)

@@ -91,9 +91,9 @@ class Progress:
     def add(self, nbytes: int) -> None:
         with self._lock:
             self.done += nbytes
+            if self._bar:
+                self._bar(self.done, self.total)
             if self._bar or self.quiet:
-                if self._bar:
-                    self._bar(self.done, self.total)
                 return
             now = time.monotonic()
             if now - self._last >= LINE_INTERVAL or self.done >= self.total:

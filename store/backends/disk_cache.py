@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 RESCAN_FRACTION = 20
 #: an eviction pass brings the directory down to this share of the bound
 LOW_WATER = 0.9
-#: temporary files older than this were left by a crash and are removed by a scan
 #: shards waiting for the writer thread (their stored bytes are held in memory meanwhile)
 WRITE_QUEUE = 8
 

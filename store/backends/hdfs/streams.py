@@ -42,7 +42,7 @@ class PackStream:
     chunks: Iterator[bytes]
     start: int  # pack offset of the first kept byte
     window: int = STREAM_WINDOW
-    position: int = -1  # pack offset of the next byte the stream yields
+    position: int = field(init=False)  # pack offset of the next byte the stream yields
     lock: threading.Lock = field(default_factory=threading.Lock)
     broken: bool = False
     used: float = field(default_factory=time.monotonic)
@@ -120,7 +120,8 @@ class PackStreams:
         with self._lock:
             stream = self._find(path, offset, length)
             if stream is None:
-                continues = self._ends.pop((path, offset), False) is None  # a read ended here
+                continues = (path, offset) in self._ends  # an earlier read ended where this starts
+                self._ends.pop((path, offset), None)
                 if not continues or length > self.window // 2:
                     self._remember_end(path, offset + length)
                     return None, False
