@@ -23,14 +23,13 @@ from pathlib import Path
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # mfusepy would pick libfuse2 if present
 
-import mfusepy  # noqa: E402
-
 from modelfs.store.api import Library, open_store  # noqa: E402
 from modelfs.store.config import ReadOptions  # noqa: E402
 from modelfs.store.errors import InvalidInput, ModelfsError, MountFailed, NotFound  # noqa: E402
 from modelfs.store.keyring import Access  # noqa: E402
 
 from .operations import CONTROL_DIR, MAX_READ, ModelFS  # noqa: E402
+from .replies import ModelfsFUSE  # noqa: E402
 from .stopping import StopOnSignal, fusermount, notify_systemd  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -149,7 +148,7 @@ def run_foreground(opts: MountOptions) -> None:
         time.sleep(1)  # the pending interrupt stops us here
         return
     try:
-        mfusepy.FUSE(operations, str(mountpoint), foreground=True, nothreads=opts.single_thread,
+        ModelfsFUSE(operations, str(mountpoint), foreground=True, nothreads=opts.single_thread,
                      raw_fi=True, debug=opts.debug, **fuse_options)
     except RuntimeError as e:
         if stopper.received is None:

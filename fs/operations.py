@@ -25,13 +25,13 @@ import time
 from dataclasses import dataclass
 
 import mfusepy
-import numpy as np
 
 from modelfs.store.errors import ModelfsError
 from modelfs.store.library import Library, VersionView
 from modelfs.store.read.reader import ReadStream
 
 from .errors import errno_of
+from .replies import KernelReply
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +62,6 @@ def _children(paths, prefix: str) -> tuple[str, ...]:
     """The first components under ``prefix`` ("" = top) of slash-separated ``paths``."""
     start = prefix + "/" if prefix else ""
     return tuple(sorted({p[len(start):].split("/")[0] for p in paths if p.startswith(start) and p != prefix}))
-
-
-class KernelSlice:
-    """A read-only slice of a cached shard handed to libfuse without a copy: mfusepy copies
-    a read's result into the kernel's buffer with ``ctypes.memmove``, which takes the address
-    from ``_as_parameter_``; the slice (and so the shard) stays alive until that is done."""
-
-    __slots__ = ("_view", "_as_parameter_")
-
-    def __init__(self, view: np.ndarray) -> None:
-        self._view = view
-        self._as_parameter_ = view.ctypes.data
-
-    def __len__(self) -> int:
-        return len(self._view)
 
 
 class ModelFS(mfusepy.Operations):
@@ -287,15 +272,14 @@ class ModelFS(mfusepy.Operations):
                 self._open_nodes[fi.fh] = (path, node)
         return 0
 
-    def read(self, path: str, size: int, offset: int, fi) -> bytes:
+    def read(self, path: str, size: int, offset: int, fi) -> bytes | KernelReply:
         handle = self._handles.get(fi.fh)
         if handle is None:
             raise mfusepy.FuseOSError(errno.EBADF)
         if isinstance(handle, bytes):
             return handle[offset:offset + size]
         try:
-            data = handle.read(offset, size)
-            return KernelSlice(data) if isinstance(data, np.ndarray) else data
+            return KernelReply(handle.read(offset, size))
         except ModelfsError as e:
             raise mfusepy.FuseOSError(errno_of(e)) from None
         except Exception:

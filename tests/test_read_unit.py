@@ -185,6 +185,22 @@ def test_reads_across_shard_boundaries_are_the_original_bytes(published):
     assert stats.snapshot()["shards_fetched"] == manifest.shard_count
 
 
+def test_a_range_over_shards_is_answered_with_views_of_the_cached_shards(published):
+    """No join: the pieces are the cached shards' own memory, so the FUSE adapter can copy
+    each straight into libfuse's buffer."""
+    original, _, manifest, _ = published
+    reader, _ = reader_of(published)
+    offsets = manifest.offsets.tolist()
+    offset, length = offsets[1] - 100, offsets[3] - offsets[1] + 200  # ends 100 bytes into shard 3
+    pieces = reader.read_pieces(offset, length)
+    assert len(pieces) == 4 and sum(len(piece) for piece in pieces) == length
+    for index, piece in zip(range(4), pieces, strict=True):
+        assert np.shares_memory(piece, np.asarray(reader.shard(index)))
+        assert not piece.flags.writeable
+    assert b"".join(piece.data for piece in pieces) == original[offset:offset + length]
+    assert reader.read_pieces(len(original), 10) == [] and reader.read_pieces(len(original) - 1, 10)
+
+
 def test_a_reader_with_a_small_cache_still_reads_right(published):
     original, backend, manifest, _ = published
     reader, stats = reader_of(published, budget=2 * SHARD)
@@ -287,7 +303,7 @@ def test_tensor_starts_are_learned_from_a_first_read_shorter_than_the_header(tmp
     stats = Stats()
     reader = ModelReader(manifest, backend, ShardCipher(store.lineage_keys("org/st")),
                          ShardCache(64 * SHARD, stats), stats)
-    assert bytes(reader.stream().read(0, 4096)) == raw[:4096]
+    assert b"".join(p.data for p in reader.stream().read(0, 4096)) == raw[:4096]
     starts = tensor_offsets(raw, len(raw))
     expected = sorted({int(np.searchsorted(manifest.offsets, s, side="right")) - 1 for s in starts})
     assert reader.tensor_heads == expected and len(expected) > 1

@@ -1,6 +1,6 @@
 """Reads of one model version: byte ranges → shards → cache or backend.
 
-``ModelReader.read_view`` maps a range onto shards by bisection over their offsets
+``ModelReader.read_pieces`` maps a range onto shards by bisection over their offsets
 and takes each shard from the cache, loading it on a miss (fetch, authenticate,
 decrypt, decompress, un-group). ``ReadStream`` is the per-open-file view that
 turns the plans of its ``ReadaheadWindow`` (see ``window.py``) into loads of
@@ -147,16 +147,16 @@ class ModelReader:
                 bisect_right(self._offsets, offset + length - 1) - 1)
 
     def read(self, offset: int, length: int) -> bytes:
-        return bytes(self.read_view(offset, length))
+        return b"".join(piece.data for piece in self.read_pieces(offset, length))
 
-    def read_view(self, offset: int, length: int) -> bytes | np.ndarray:
-        """The bytes of a range: inside one shard a read-only view of the cached shard (no
-        copy); across shards joined into new bytes."""
+    def read_pieces(self, offset: int, length: int) -> list[np.ndarray]:
+        """The bytes of a range as read-only views of the cached shards it spans, in order
+        (none past the end): no copy, so hold them only as long as needed."""
         if offset < 0 or length < 0:
             raise ValueError("negative offset or length")
         length = min(length, self.size - offset)
         if length <= 0:
-            return b""
+            return []
         started = time.monotonic()
         first, last = self.shard_span(offset, length)
         beside: list[Future] = []
@@ -175,9 +175,8 @@ class ModelReader:
             hit_bytes += (end - start) if hit else 0
         for future in beside:
             future.cancel()  # not started: this read loaded that shard itself
-        out = pieces[0] if len(pieces) == 1 else b"".join(piece.data for piece in pieces)
-        self._stats.record_read(len(out), hit_bytes, time.monotonic() - started)
-        return out
+        self._stats.record_read(length, hit_bytes, time.monotonic() - started)
+        return pieces
 
     def learn_heads(self) -> None:
         """Find the shards where tensors start from the first shard (a safetensors header is a
@@ -200,16 +199,15 @@ class ReadStream:
         self._ahead: dict[int, Future] = {}
         self._lock = threading.Lock()
 
-    def read(self, offset: int, length: int) -> bytes | np.ndarray:
-        """The bytes of a range: a read-only view of a cached shard where it can be (see
-        ``ModelReader.read_view``); hold it only as long as needed."""
-        data = self.reader.read_view(offset, length)
+    def read(self, offset: int, length: int) -> list[np.ndarray]:
+        """The bytes of a range as views of cached shards (see ``ModelReader.read_pieces``)."""
+        pieces = self.reader.read_pieces(offset, length)
         if offset == 0 and self.reader.tensor_heads is None:
             self.reader.learn_heads()  # its first shard is cached now: no extra fetch
-        if len(data) and self.reader.readahead_limit:
+        if pieces and self.reader.readahead_limit:
             with self._lock:  # the kernel sends concurrent reads of one open file
-                self._follow(self._window.observe(offset, len(data)))
-        return data
+                self._follow(self._window.observe(offset, sum(len(piece) for piece in pieces)))
+        return pieces
 
     def _follow(self, plan: ReadaheadPlan) -> None:
         # a passed shard was read: a load of it not started yet was done by the reader itself
