@@ -6,6 +6,7 @@ error): no fork after threads, and the parent sees a failure as an exit code.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import ctypes.util
 import errno
@@ -17,9 +18,12 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # mfusepy would pick libfuse2 if present
 
@@ -65,8 +69,36 @@ class MountOptions:
     access: Access = Access()
 
 
+#: how long ``read_stats`` waits for a mount's daemon to answer
+STATS_TIMEOUT = 10.0
+_probes: dict[str, concurrent.futures.Future] = {}  # the last probe of each kind and mount
+_probes_lock = threading.Lock()
+
+
+def _probe(key: str, call: Callable[[], Any]) -> concurrent.futures.Future:
+    """``call()`` on a daemon thread: a stopped daemon's mount blocks whoever asks it in the
+    kernel. While the last probe under ``key`` still waits, it is answered again (and times out
+    at once) instead of leaving one more thread behind."""
+    with _probes_lock:
+        last = _probes.get(key)
+        if last is not None and not last.done():
+            return last
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        _probes[key] = future
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, raised there
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="mount-probe", daemon=True).start()
+    return future
+
+
 def is_stale(mountpoint: Path) -> bool:
-    """A FUSE mount whose daemon died: statfs always reaches the filesystem, stat may not."""
+    """A FUSE mount whose daemon died: statfs always reaches the filesystem, stat may not.
+    (A stopped daemon makes statfs wait: callers that may meet one use ``mount_state``.)"""
     try:
         os.statvfs(mountpoint)
     except OSError as e:
@@ -74,19 +106,39 @@ def is_stale(mountpoint: Path) -> bool:
     return False
 
 
+def mount_state(path: Path, timeout: float = STATS_TIMEOUT) -> str | None:
+    """What is mounted at ``path``: None (nothing), "live", "stale" (its daemon died) or "stuck"
+    (its daemon does not answer in ``timeout`` seconds: stopped or hung). Only the check of a
+    listed FUSE mount asks its daemon, on a thread, so a stuck one cannot hang the caller."""
+    kind = mount_type(path)
+    if kind is None:
+        return None
+    if not kind.startswith("fuse"):
+        return "live"
+    try:
+        return "stale" if _probe(f"statfs {path}", lambda: is_stale(path)).result(timeout) else "live"
+    except concurrent.futures.TimeoutError:
+        return "stuck"
+
+
 def prepare_mountpoint(mountpoint: str | os.PathLike) -> Path:
     """An existing, empty directory that nothing is mounted on; a stale mount is recovered."""
     path = absolute_mountpoint(mountpoint)  # libfuse changes directory to /
-    if is_stale(path):
+    state = mount_state(path)
+    if state == "stale":
         log.warning("%s is a stale mount (its daemon died); unmounting it", path)
         fusermount(path, lazy=True)
-        if is_stale(path):
-            raise InvalidInput(f"{path} is a stale mount that could not be unmounted")
+        state = mount_state(path)
+    if state == "stuck":
+        raise InvalidInput(f"{path} is a mount whose daemon does not answer (stopped or stuck); "
+                           f"`modelfs umount {path}` unmounts it")
+    if state == "stale":
+        raise InvalidInput(f"{path} is a stale mount that could not be unmounted")
     if not path.exists():
         raise InvalidInput(f"mountpoint {path} does not exist")
     if not path.is_dir():
         raise InvalidInput(f"mountpoint {path} is not a directory")
-    if os.path.ismount(path):
+    if state is not None or os.path.ismount(path):
         raise InvalidInput(f"{path} is already a mountpoint")
     if any(path.iterdir()):
         raise InvalidInput(f"mountpoint {path} is not empty")
@@ -96,10 +148,22 @@ def prepare_mountpoint(mountpoint: str | os.PathLike) -> Path:
 def absolute_mountpoint(mountpoint: str | os.PathLike) -> Path:
     """The mountpoint as an absolute path with no symlinks (the kernel mounts on the directory a
     link points to, and /proc/self/mounts names that); an empty one is refused, not taken for
-    the current directory."""
-    if not os.fspath(mountpoint):
+    the current directory.
+
+    The last component is never stat'ed (``os.path.realpath`` would): on a mount whose daemon is
+    stopped that waits forever. Only ``readlink``, which a mounted directory answers at once.
+    """
+    path = os.fspath(mountpoint)
+    if not path:
         raise InvalidInput("the mountpoint is empty")
-    return Path(os.path.realpath(mountpoint))
+    for _ in range(40):  # as many links as the kernel follows
+        head, name = os.path.split(os.path.abspath(path))
+        path = os.path.join(os.path.realpath(head), name)
+        try:
+            path = os.path.join(os.path.dirname(path), os.readlink(path))
+        except OSError:  # not a link (EINVAL), or not there: the path as it is
+            return Path(path)
+    raise InvalidInput(f"mountpoint {mountpoint}: too many levels of symbolic links")
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -214,12 +278,14 @@ def _last_error(log_file: Path) -> str:
 
 
 def unmount(mountpoint: str | os.PathLike) -> None:
+    """Unmount a modelfs mount, also one whose daemon died or is stopped (fusermount does not
+    need the daemon; nothing here stats the mount)."""
     path = absolute_mountpoint(mountpoint)
-    if not (os.path.ismount(path) or is_stale(path)):
-        raise InvalidInput(f"{path} is not mounted")
     kind = mount_type(path)
+    if kind is None:
+        raise InvalidInput(f"{path} is not mounted")
     if kind != MOUNT_TYPE:
-        raise InvalidInput(f"{path} is not a modelfs mount (it is {kind or 'unknown'}); "
+        raise InvalidInput(f"{path} is not a modelfs mount (it is {kind}); "
                            f"unmount it with umount(8)")
     result = fusermount(path)
     if result.returncode != 0:
@@ -232,10 +298,10 @@ def unmount(mountpoint: str | os.PathLike) -> None:
 def detach(mountpoint: str | os.PathLike) -> None:
     """Unmount whatever FUSE mount is at ``mountpoint``, lazily if it is busy; none is fine.
 
-    For teardown (tests, benchmarks), where the daemon may already be dead.
+    For teardown (tests, benchmarks), where the daemon may already be dead or stopped.
     """
     path = absolute_mountpoint(mountpoint)
-    if not (os.path.ismount(path) or is_stale(path)):
+    if mount_type(path) is None:
         return
     result = fusermount(path)
     if result.returncode != 0:
@@ -244,18 +310,9 @@ def detach(mountpoint: str | os.PathLike) -> None:
 
 
 def modelfs_mounts() -> list[Path]:
-    """Every live modelfs mount on this host, from /proc/self/mounts; stale ones are skipped
-    with a warning (their daemon died: nothing to ask)."""
-    found = []
-    for path, kind in _mount_table():
-        if kind != MOUNT_TYPE:
-            continue
-        if is_stale(path):
-            log.warning("skipping %s: a stale mount (its daemon died); unmount it with "
-                        "`modelfs umount %s` or mount it again", path, path)
-        else:
-            found.append(path)
-    return found
+    """Every modelfs mount on this host, from /proc/self/mounts. Nothing here asks the mounts
+    (a stopped daemon would hang the caller): ``read_stats`` tells stale or stuck ones."""
+    return [path for path, kind in _mount_table() if kind == MOUNT_TYPE]
 
 
 def mount_type(path: Path) -> str | None:
@@ -275,8 +332,18 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def read_stats(mountpoint: str | os.PathLike) -> dict:
-    """The live counters of a mount, from its ``.modelfs/stats`` control file."""
+def read_stats(mountpoint: str | os.PathLike, timeout: float = STATS_TIMEOUT) -> dict:
+    """The live counters of a mount, from its ``.modelfs/stats`` control file; a mount whose
+    daemon does not answer in ``timeout`` seconds (stopped or stuck) is an error, not a hang."""
+    probe = _probe(f"stats {os.path.abspath(mountpoint)}", lambda: _read_stats(mountpoint))
+    try:
+        return probe.result(timeout)
+    except concurrent.futures.TimeoutError:
+        raise ModelfsError(f"{mountpoint} does not answer (its daemon is stopped or stuck); "
+                           f"`modelfs umount {mountpoint}` unmounts it") from None
+
+
+def _read_stats(mountpoint: str | os.PathLike) -> dict:
     path = Path(mountpoint) / CONTROL_DIR / "stats"
     if is_stale(Path(mountpoint)):
         raise InvalidInput(f"{mountpoint} is a stale mount (its daemon died); unmount it with "

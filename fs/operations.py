@@ -26,11 +26,10 @@ from dataclasses import dataclass
 
 import mfusepy
 
-from modelfs.store.errors import ModelfsError
+from modelfs.store.errors import ModelfsError, errno_of
 from modelfs.store.library import Library, VersionView
 from modelfs.store.read.reader import ReadStream
 
-from .errors import errno_of
 from .replies import KernelReply
 
 log = logging.getLogger(__name__)

@@ -105,9 +105,11 @@ class Published:
 class Store:
     def __init__(self, backend: Backend, key_file: str | os.PathLike | None = None,
                  access: Access | None = None) -> None:
+        if key_file is not None and not os.fspath(key_file):
+            raise InvalidInput("empty key file path: name the key file, or pass None for the default")
         self.backend = backend
         self.catalog = Catalog(backend)
-        self.key_file = Path(key_file or DEFAULT_KEY_FILE).expanduser()
+        self.key_file = Path(DEFAULT_KEY_FILE if key_file is None else key_file).expanduser()
         #: only the default key file may be created on first push
         self.keyring = Keyring(backend, self.key_file, key_file is None, access)
         self.sealed = SealedCatalog(self.catalog, self.keyring)
@@ -357,6 +359,8 @@ class Store:
 
         A single-file model needs no ``file``; for a folder model it is the path inside it.
         """
+        if not isinstance(cache_size, int) or cache_size < 0:
+            raise InvalidInput(f"cache_size must be a number of bytes, not {cache_size!r}")
         state, version = self.open_version(spec)
         if file is None:
             if version.kind != "file":
@@ -397,7 +401,7 @@ class Store:
         if bad:
             raise IntegrityError(f"{state.name}@{version.version_id} reads right from its good copies, "
                                  f"but {len(bad)} stored copies are damaged: {'; '.join(bad)}; delete "
-                                 f"those files on their nodes and push the version again to store them anew")
+                                 f"those copies and push the version again to store them anew")
         return state, version
 
     def open_file(self, spec: str, file: str | None = None) -> io.BufferedReader:
@@ -418,6 +422,6 @@ def check_push(url: str | None, path: str | os.PathLike, name: str, *, shard_siz
     check_key_files(key_file, access)
 
 
-def open_store(url: str | None = None, key_file: str | os.PathLike | None = None,
+def open_store(url: str | os.PathLike | None = None, key_file: str | os.PathLike | None = None,
                create: bool = False, access: Access | None = None) -> Store:
     return Store(open_backend(url, create=create), key_file, access)

@@ -20,6 +20,9 @@ from .sizes import parse_duration, parse_size
 #: stored size and the same CPU per streamed GiB
 DEFAULT_SHARD_SIZE = 2 << 20
 
+#: the most readahead/decode threads a mount takes (more only cost memory: each may hold a workspace)
+MAX_THREADS = 256
+
 #: kinds of option values, and how a command-line string becomes one
 PARSERS: dict[str, Callable[[str], Any]] = {
     "size": parse_size, "int": int, "float": float, "duration": parse_duration, "str": str,
@@ -52,6 +55,8 @@ class ReadOptions:
             raise InvalidInput("cache size must be positive")
         if self.readahead < 0 or self.threads < 0:
             raise InvalidInput("readahead and threads may not be negative")
+        if self.threads > MAX_THREADS:
+            raise InvalidInput(f"threads: at most {MAX_THREADS}")
         if self.refresh <= 0:
             raise InvalidInput("refresh interval must be positive")
         if self.disk_cache_size <= 0:

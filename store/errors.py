@@ -1,6 +1,7 @@
 """One exception hierarchy for everything below the filesystem, and the exit codes of every command.
 
-`fs` maps these to errno values, `tools` to one message and the exit code of ``EXIT_CODES``.
+``errno_of`` maps them to errno values (FUSE replies, file objects), `tools` to one message and the
+exit code of ``EXIT_CODES``.
 """
 from __future__ import annotations
 
@@ -113,3 +114,9 @@ def from_os_error(error: OSError) -> ModelfsError:
                        errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET):
         return BackendError(message)
     return ModelfsError(message)
+
+
+def errno_of(error: ModelfsError) -> int:
+    """The errno a reader of a file sees: EACCES for a refused credential, everything else EIO
+    (never wrong bytes). A shard missing from the store is an I/O failure too, not a missing file."""
+    return errno.EACCES if isinstance(error, AccessDenied) else errno.EIO

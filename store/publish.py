@@ -123,6 +123,9 @@ def _refuse_link_loop(folder: Path, above: dict[str, tuple[int, int]]) -> None:
 
 
 def check_shard_size(shard_size: int) -> int:
+    if not isinstance(shard_size, int) or isinstance(shard_size, bool):
+        raise InvalidInput(f"shard size must be a whole number of bytes, not {shard_size!r} "
+                           f"(parse_size turns '4MiB' into one)")
     if not MIN_SHARD_SIZE <= shard_size <= MAX_SHARD_SIZE:
         raise InvalidInput(f"shard size must be between {MIN_SHARD_SIZE} and {MAX_SHARD_SIZE} bytes")
     return shard_size

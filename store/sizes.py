@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from .errors import InvalidInput
+
+#: the largest size and duration any option takes: beyond them a value is a typo, and a
+#: float of it no longer converts to an integer (or to a wait the OS takes)
+MAX_SIZE = 1 << 60  # 1 EiB
+MAX_DURATION = 3650 * 86400.0  # 10 years
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
@@ -14,7 +20,14 @@ def parse_size(text: str) -> int:
     match = _SIZE.fullmatch(str(text))
     if not match:
         raise InvalidInput(f"invalid size {text!r} (examples: 4MiB, 2GiB, 65536)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    size = int(Fraction(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size > MAX_SIZE:
+        raise InvalidInput(f"size {_shown(text)} is too large (at most {MAX_SIZE >> 60} EiB)")
+    return size
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 24 else text[:20] + "...")
 
 
 def format_size(n: float) -> str:
@@ -34,7 +47,10 @@ def parse_duration(text: str) -> float:
     match = _DURATION.fullmatch(str(text))
     if not match:
         raise InvalidInput(f"invalid duration {text!r} (examples: 90s, 15m, 1h, 2d)")
-    return float(match.group(1)) * _SECONDS[match.group(2).lower()]
+    seconds = Fraction(match.group(1)) * _SECONDS[match.group(2).lower()]
+    if seconds > MAX_DURATION:
+        raise InvalidInput(f"duration {_shown(text)} is too long (at most {MAX_DURATION / 86400:.0f}d)")
+    return float(seconds)
 
 
 def format_duration(seconds: float) -> str:

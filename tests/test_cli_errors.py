@@ -1,6 +1,7 @@
 """Every bad input gets one clear message, a non-zero exit, and publishes nothing."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -296,9 +297,36 @@ def test_cache_stats_skips_a_stale_mount(tmp_path, model_file, key_file, store_d
             r = run_modelfs("cache-stats", check=False)
         assert r.returncode == 0, r.stderr
         assert str(live) in r.stdout and str(stale) not in r.stdout
-        assert f"skipping {stale}: a stale mount" in r.stderr and "Traceback" not in r.stderr
+        assert f"skipping {stale}: {stale} is a stale mount" in r.stderr and "Traceback" not in r.stderr
     finally:
         detach(stale)
+
+
+def test_a_stopped_daemon_hangs_no_command(tmp_path, model_file, key_file, store_dir):
+    """A daemon stopped (SIGSTOP, a debugger, a frozen cgroup) never answers, and anything that
+    stats its mount waits in the kernel: cache-stats gives up on it after a while, mount refuses
+    the mountpoint, and umount unmounts it without asking it."""
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    with mounted(store_dir, key_file) as stopped:
+        pid = json.loads((stopped / ".modelfs" / "stats").read_bytes())["pid"]
+        link = tmp_path / "models"
+        link.symlink_to(stopped)  # as /models -> /mnt/models
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with mounted(store_dir, key_file) as live:
+                every = run_modelfs("cache-stats", check=False, timeout=120)
+            one = run_modelfs("cache-stats", str(stopped), check=False, timeout=120)
+            again = run_modelfs("mount", str(store_dir), str(stopped), "--key-file", str(key_file),
+                                check=False, timeout=120)
+            umount = run_modelfs("umount", str(link), check=False, timeout=120)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    assert every.returncode == 0 and str(live) in every.stdout, every.stderr
+    assert f"skipping {stopped}: {stopped} does not answer (its daemon is stopped or stuck)" in every.stderr
+    assert one.returncode == 1 and "does not answer" in one.stderr and "Traceback" not in one.stderr
+    assert again.returncode == 2 and "daemon does not answer" in again.stderr, again.stderr
+    assert umount.returncode == 0, umount.stderr
+    assert str(stopped) not in Path("/proc/self/mounts").read_text()
 
 
 def test_mount_option_errors_are_input_errors(model_file, key_file, store_dir, tmp_path):
@@ -526,3 +554,83 @@ def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_130(tmp_path, scrip
                             timeout=60, cwd=tmp_path)
     assert result.returncode == 128 + signal.SIGINT, result
     assert result.stderr == "modelfs: interrupted\n"
+
+
+# -- inputs and states found by a review of the command line and the Python API ------------------
+
+@pytest.mark.parametrize("argv", [
+    ("ls", "--key-file", ""), ("serve", "--data", ".", "--token-file", ""), ("warmup", ""),
+    ("mount", "STORE", "MNT", "--disk-cache", ""), ("--log-file", "", "ls"), ("push", "FILE", ""),
+])
+def test_an_empty_value_is_refused_not_taken_for_a_default(argv, tmp_path):
+    """An unset variable in a script (``--key-file "$KEY"``) must not fall back to the default key,
+    or start a node without its token."""
+    r = fails(*argv)
+    assert r.returncode == 2 and "may not be empty" in r.stderr and len(r.stderr.splitlines()) == 1, r
+
+
+def test_a_usage_error_is_one_line_naming_the_command(tmp_path):
+    cases = ((("push",), "push"), (("tag", "org/m"), "tag"), (("mount", "s", "m", "--umask", "999"), "mount"))
+    for argv, command in cases:
+        r = fails(*argv)
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert r.stderr.rstrip().endswith(f"(see `modelfs {command} --help`)"), r.stderr
+
+
+@pytest.mark.parametrize("argv", [("push", "FILE", "m", "--shard-size", "1" + "0" * 400),
+                                  ("mount", "STORE", "MNT", "--cache-size", "1" + "0" * 400),
+                                  ("mount", "STORE", "MNT", "--refresh", "1000000d"),
+                                  ("cache-stats", "MNT", "--watch", "1000000d"),
+                                  ("gc", "--grace", "99999999d")])
+def test_a_size_or_duration_too_large_for_any_use_is_bad_input(argv, tmp_path, model_file, store_dir):
+    values = {"FILE": str(model_file), "STORE": str(store_dir), "MNT": str(tmp_path)}
+    r = fails(*(values.get(a, a) for a in argv), "--store" if argv[0] == "gc" else "-q",
+              *([str(store_dir)] if argv[0] == "gc" else []))
+    assert r.returncode == 2 and ("too large" in r.stderr or "too long" in r.stderr), r.stderr
+
+
+def test_gc_that_cannot_list_the_shards_fails_instead_of_finding_nothing(tmp_path, model_file, key_file,
+                                                                          store_dir):
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    shards = store_dir / "shards"
+    try:
+        shards.chmod(0)
+        r = modelfs_run("gc", "--dry-run", "--store", store_dir, "--key-file", key_file,
+                        prefix=NO_DAC_OVERRIDE)
+    finally:
+        shards.chmod(0o755)
+    assert r.returncode == 4 and f"cannot list {shards}" in r.stderr and "would delete" not in r.stdout, r
+
+
+def test_verify_finds_a_shard_file_with_bytes_appended(model_file, key_file, store_dir):
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    shard = max((p for p in (store_dir / "shards").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    with open(shard, "ab") as f:
+        f.write(b"X")
+    r = fails("verify", "m", "--store", str(store_dir), "--key-file", str(key_file))
+    assert r.returncode == 3 and f"on {shard} (corrupt)" in r.stderr, r.stderr
+
+
+def test_host_init_does_not_replace_the_public_half_of_another_key(tmp_path):
+    run_modelfs("keys", "host-init", "--key-file", str(tmp_path / "gpu.key"))
+    public = (tmp_path / "gpu.pub").read_text()
+    r = fails("keys", "host-init", "--key-file", str(tmp_path / "gpu"))
+    assert r.returncode == 2 and "already exists" in r.stderr
+    assert (tmp_path / "gpu.pub").read_text() == public and not (tmp_path / "gpu").exists()
+    r = fails("keys", "host-init", "--key-file", str(tmp_path / "x.key"), "--comment", "a\nb")
+    assert r.returncode == 2 and "one line" in r.stderr
+
+
+def test_the_python_api_refuses_wrong_types_as_bad_input_and_takes_paths(tmp_path, model_file, key_file,
+                                                                          store_dir):
+    from modelfs.store.api import open_store
+    from modelfs.store.errors import InvalidInput
+    run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
+    store = open_store(store_dir, key_file=key_file)  # a Path, not only a string
+    assert store.open_model("m").read(0, 100) == model_file.read_bytes()[:100]
+    for call in (lambda: store.open_model(None), lambda: store.open_model("m", cache_size=-1),
+                 lambda: open_store(store_dir, key_file=""),
+                 lambda: store.publish(model_file, "m", shard_size="4MiB"),
+                 lambda: store.publish(model_file, "m", shard_size=2.5 * 2**20)):
+        with pytest.raises(InvalidInput):
+            call()

@@ -222,6 +222,26 @@ def test_a_tampered_shard_is_an_error_never_wrong_bytes(published):
     assert stats.snapshot()["errors"] == {"IntegrityError": 1}
 
 
+def test_a_file_object_reads_the_good_shards_before_a_bad_one_and_then_raises_eio(published):
+    """The buffered file's 1 MiB read-ahead must not make the good bytes before a bad shard
+    unreadable; the failure is an OSError, as file code expects, with the store's error as cause."""
+    import errno
+
+    from modelfs.store.read.rawio import open_model_file
+    original, backend, manifest, _ = published
+    sid = manifest.shard_ids[3].hex()
+    data, mtime = backend.shards[sid]
+    backend.shards[sid] = (data[:100] + bytes([data[100] ^ 1]) + data[101:], mtime)
+    start = int(manifest.offsets[3])
+    with open_model_file(reader_of(published)[0], buffer_size=len(original)) as f:
+        assert f.read(8) == original[:8]
+        assert f.read(start - 8) == original[8:start]
+        with pytest.raises(OSError) as failed:
+            f.read(10)
+    assert failed.value.errno == errno.EIO and isinstance(failed.value.__cause__, IntegrityError)
+    assert "shard 3" in str(failed.value)
+
+
 def test_a_shard_that_fails_again_after_it_read_is_logged_again(published, caplog):
     """One error line per failure episode, not one per read, and not one per reader's life."""
     original, backend, manifest, _ = published

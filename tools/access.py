@@ -16,7 +16,8 @@ def _store(args):
 def cmd_grant(args) -> int:
     from modelfs.store.access import grant
     from modelfs.store.format.keyfiles import HOST_KIND, PublicKey
-    hosts = [PublicKey.load(path, HOST_KIND) for path in args.to]
+    keys = (PublicKey.load(path, HOST_KIND) for path in args.to)
+    hosts = list({key.fingerprint: key for key in keys}.values())  # a host named twice: once
     done = grant(_store(args), args.pattern, hosts)
     for name, state in done.items():
         print(f"granted {name} to {', '.join(h.fingerprint for h in hosts)} (record {state.seq})")

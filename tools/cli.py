@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import NoReturn
 
 from modelfs.store.errors import EXIT_CODES, InvalidInput, ModelfsError, from_os_error
 
@@ -54,8 +55,34 @@ def commands_below(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPar
     return found
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage error as one line, like every other failure (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(InvalidInput.exit_code, f"modelfs: {message} (see `{self.prog} --help`)\n")
+
+
+def refuse_empty(parser: argparse.ArgumentParser) -> None:
+    """An empty value is never meant (``--key-file ""`` from an unset variable in a script): refuse
+    it for every option and argument that takes a string, instead of falling back to a default."""
+    for action in parser._actions:
+        if (action.nargs != 0 and action.type is None and action.dest not in ALLOW_EMPTY
+                and not isinstance(action, argparse._SubParsersAction)):
+            action.type = _not_empty
+
+
+#: options whose empty value means something
+ALLOW_EMPTY = {"comment"}
+
+
+def _not_empty(value: str) -> str:
+    if not value:
+        raise argparse.ArgumentTypeError("may not be empty")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="modelfs", description=__doc__.splitlines()[0],
+    p = Parser(prog="modelfs", description=__doc__.splitlines()[0],
                                 epilog=exit_code_table(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
@@ -65,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
     for command in commands_below(p):
         add_logging_options(command, top=False)
+    for parser in (p, *commands_below(p)):
+        refuse_empty(parser)
     p.commands = set(sub.choices)
     return p
 
@@ -86,7 +115,8 @@ def setup_logging(args: argparse.Namespace) -> None:
         try:
             handler = logging.handlers.WatchedFileHandler(path)  # reopened after logrotate moves it
         except OSError as e:
-            raise InvalidInput(f"cannot write the log file {path}: {e.strerror}") from None
+            error = from_os_error(e)
+            raise type(error)(f"cannot write the log file {path}: {e.strerror}") from None
     else:
         handler = logging.StreamHandler()
     timed = daemon or args.log_file

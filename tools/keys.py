@@ -18,6 +18,11 @@ def _init(kind_cls, default: Path, args, what: str) -> int:
                            f"written beside it as .pub)")
     if public_path.is_dir():
         raise InvalidInput(f"{public_path}, where the public key goes, is a directory")
+    if public_path.exists() and not args.force and not path.exists():  # another key's public half?
+        raise InvalidInput(f"{public_path}, where the public key goes, already exists; --force "
+                           f"replaces it")
+    if not args.comment.isprintable():
+        raise InvalidInput("--comment must be one line of printable text")
     pair = kind_cls.create(path, overwrite=args.force)
     public = pair.public
     if args.comment:

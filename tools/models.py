@@ -122,6 +122,9 @@ def cmd_rm(args) -> int:
     from modelfs.store.api import open_store
     store = open_store(args.store, key_file=args.key_file, access=access_options(args))
     state, dropped_tags = store.remove(args.spec)
+    if state.event == "untag":  # NAME@TAG: the tag only, every version and stored byte stays
+        print(f"removed the tag {args.spec} (record {state.seq}); its version stays")
+        return 0
     left = (f"{len(state.versions)} version(s) left" if state.versions
             else "name freed (a later push of it gets a new key, granted to no host)")
     tags = f"; its tags went with it: {', '.join(dropped_tags)}" if dropped_tags else ""

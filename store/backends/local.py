@@ -16,11 +16,11 @@ import errno
 import io
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import BackendError, InvalidInput, NotFound, store_os_error
+from ..errors import BackendError, IntegrityError, InvalidInput, ModelfsError, NotFound, store_os_error
 from .base import READ_ALIGNMENT, Backend, ShardLocation, ShardWriter, StoredItem
 from .layout import (
     TMP_SUFFIX,
@@ -186,6 +186,17 @@ class LocalBackend(Backend):
             return self.read_shard_into(shard_id, location, length, into)
         return into[:min(got, length)]
 
+    def bad_copies(self, shard_id: str, location: ShardLocation, length: int,
+                   verify: Callable[[bytes | memoryview], object]) -> dict[str, ModelfsError]:
+        """The one copy, which every read checks; but a read takes only the stored length, so a
+        file that grew (bytes appended) is found here."""
+        path = self.root / shard_relpath(shard_id)
+        with contextlib.suppress(FileNotFoundError):  # a missing file failed the read already
+            size = path.stat().st_size
+            if size != length:
+                return {str(path): IntegrityError(f"{size} bytes, expected {length}")}
+        return {}
+
     @contextmanager
     def _shard_file(self, shard_id: str, flags: int = 0) -> Iterator[io.FileIO]:
         """A shard file open for reading (unbuffered), its errors as the store's."""
@@ -203,9 +214,10 @@ class LocalBackend(Backend):
 
     # -- garbage collection ----------------------------------------------------
     def list_stored(self) -> Iterator[StoredItem]:
-        """Every file under ``shards/``, temporary ones included; strangers are logged and skipped."""
+        """Every file under ``shards/``, temporary ones included; strangers are logged and skipped.
+        A folder that cannot be listed fails gc, which must not report a store it did not see."""
         base = self.root / "shards"
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, _dirs, files in os.walk(base, onerror=self._unlistable):
             for name in files:
                 path = os.path.join(dirpath, name)
                 try:

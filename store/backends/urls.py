@@ -17,9 +17,9 @@ DEFAULT_STORE = os.environ.get(
     "MODELFS_STORE", str(Path.home() / ".local" / "share" / "modelfs" / "store"))
 
 
-def store_url(url: str | None) -> str:
+def store_url(url: str | os.PathLike | None) -> str:
     """The store a command means: the default only when none was given (an empty one is refused)."""
-    return DEFAULT_STORE if url is None else url
+    return DEFAULT_STORE if url is None else os.fspath(url)
 
 
 def local_path(url: str) -> str | None:
@@ -41,7 +41,7 @@ def local_path(url: str) -> str | None:
     return parts.path
 
 
-def open_backend(url: str | None, create: bool = False) -> Backend:
+def open_backend(url: str | os.PathLike | None, create: bool = False) -> Backend:
     """Open the backend a store URL names; ``create`` makes a missing local store."""
     url = store_url(url)
     path = local_path(url)

@@ -64,6 +64,8 @@ def check_tag(tag: str) -> str:
 
 def split_ref(spec: str) -> tuple[str, str | None]:
     """``NAME[@REF]`` → (name, ref or None)."""
+    if not isinstance(spec, str):
+        raise InvalidInput(f"a model is named by a string NAME[@VERSION|@TAG], not {spec!r}")
     name, sep, ref = spec.partition("@")
     check_name(name)
     if sep and not ref:

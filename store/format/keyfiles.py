@@ -49,6 +49,8 @@ def read_private_file(path: str | os.PathLike, what: str) -> bytes:
         info = path.stat()
         if stat.S_ISDIR(info.st_mode):
             raise InvalidInput(f"{what} {path}: Is a directory, not a key file")
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidInput(f"{what} {path} is not a regular file")
         if info.st_mode & 0o077:
             raise AccessDenied(f"{what} {path} is readable by group or others (mode "
                                f"{stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`")

@@ -146,6 +146,11 @@ class ModelReader:
         return (bisect_right(self._offsets, offset) - 1,
                 bisect_right(self._offsets, offset + length - 1) - 1)
 
+    def shard_end(self, offset: int) -> int:
+        """Where the shard holding byte ``offset`` ends."""
+        index = bisect_right(self._offsets, offset) - 1
+        return self._offsets[index] + self._lengths[index]
+
     def read(self, offset: int, length: int) -> bytes:
         return b"".join(piece.data for piece in self.read_pieces(offset, length))
 
