@@ -9,6 +9,7 @@ node's own ``/metrics`` uses ``modelfs_node_*``).
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -150,12 +151,15 @@ class MetricsServer:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(MountCollector(stats))
         ProcessCollector(registry=registry)
+        host = host.strip("[]")
+        server = _IPv6Server if ":" in host else ThreadingWSGIServer  # [::1]:9567
         try:
-            self._httpd = make_server(host.strip("[]"), int(port), make_wsgi_app(registry),
-                                      ThreadingWSGIServer, handler_class=_QuietHandler)
+            self._httpd = make_server(host, int(port), make_wsgi_app(registry), server,
+                                      handler_class=_QuietHandler)
         except OSError as e:
             raise InvalidInput(f"cannot serve metrics on {listen}: {e.strerror or e}") from None
-        self.address = f"{host}:{self._httpd.server_port}"
+        port_part = f":{self._httpd.server_port}"
+        self.address = f"[{host}]{port_part}" if ":" in host else f"{host}{port_part}"
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -170,6 +174,10 @@ class MetricsServer:
         if self._thread is not None:
             self._httpd.shutdown()
         self._httpd.server_close()
+
+
+class _IPv6Server(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
 
 
 class _QuietHandler(WSGIRequestHandler):

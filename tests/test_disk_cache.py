@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import mount_log, mounted, read_stats, run_modelfs, settled, shard_ids
+from helpers import MODELFS, detach, mount_log, mounted, read_stats, run_modelfs, settled, shard_ids
 
 from modelfs.store.api import open_store
 from modelfs.store.backends.layout import shard_relpath
@@ -235,3 +237,101 @@ def test_warmup_fills_the_disk_cache_for_a_later_mount(tmp_path, key_file):
         assert read_stats(mnt)["disk_cache"]["misses"] == 0
         with pytest.raises(OSError):
             (mnt / "other").read_bytes()  # not warmed, and the store's shards are gone
+
+
+def test_a_store_or_data_directory_is_refused_as_a_disk_cache(model, tmp_path, key_file):
+    """Eviction deletes files: a disk cache pointed at a store (or at shards it did not write, a
+    storage node's data) would delete the store's shards."""
+    store, data, ids = model
+    before = sorted(p.name for p in (store / "shards").rglob("*") if p.is_file())
+    node_data = tmp_path / "node-data"
+    shutil.copytree(store / "shards", node_data / "shards")  # shards only, as on a secondary node
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for directory, says in ((store, "holds a store"), (node_data, "no disk cache wrote")):
+        try:
+            r = run_modelfs("mount", str(store), str(mnt), "--key-file", str(key_file), "--disk-cache",
+                            str(directory), "--disk-cache-size", "64KiB", check=False)
+        finally:
+            detach(mnt)  # had it mounted
+        assert r.returncode == 2 and says in r.stderr, r.stderr
+    no_home = run_modelfs("mount", str(store), str(mnt), "--key-file", str(key_file), "--disk-cache",
+                          "~no-such-user-here/cache", check=False)
+    assert no_home.returncode == 2 and "Traceback" not in no_home.stderr, no_home.stderr
+    assert sorted(p.name for p in (store / "shards").rglob("*") if p.is_file()) == before
+    assert len(list((node_data / "shards").rglob("*/*"))) == len(before)
+    with mounted(store, key_file, "256MiB", "--disk-cache", str(tmp_path / "own")) as mnt:
+        assert (mnt / "org" / "m").read_bytes() == data  # a directory of its own is marked, then used
+    assert (tmp_path / "own" / ".modelfs-disk-cache").is_file()
+
+
+def test_entries_that_are_no_files_of_the_shard_size_are_dropped_unread(model, tmp_path, key_file):
+    """A FIFO would block the read forever, a huge sparse file fill the daemon's memory, and a
+    directory (it cannot be evicted) stopped every eviction pass."""
+    store, data, ids = model
+    cache = tmp_path / "cache"
+    with mounted(store, key_file, "256MiB", "--disk-cache", str(cache)) as mnt:
+        assert (mnt / "org" / "m").read_bytes() == data
+        settled(mnt)
+    fifo, folder, sparse = (cache / shard_relpath(ids[i]) for i in (2, 5, 8))
+    fifo.unlink()
+    os.mkfifo(fifo)
+    folder.unlink()
+    folder.mkdir()
+    os.truncate(sparse, 3 << 30)
+    with mounted(store, key_file, "256MiB", "--disk-cache", str(cache)) as mnt:
+        result: list[bytes] = []
+        reader = threading.Thread(target=lambda: result.append((mnt / "org" / "m").read_bytes()), daemon=True)
+        reader.start()
+        reader.join(120)
+        assert not reader.is_alive(), "a read waited on a FIFO in the disk cache"
+        assert result == [data]
+        stats = settled(mnt)
+        assert stats["disk_cache"]["corrupt"] == 3 and stats["peak_rss_bytes"] < 1 << 30
+    assert sparse.stat().st_size == (store / shard_relpath(ids[8])).stat().st_size  # written anew
+    with mounted(store, key_file, "256MiB", "--disk-cache", str(cache), "--disk-cache-size", "300KiB"):
+        pass  # eviction at mount, past the directory it cannot remove
+    kept = [p for p in (cache / "shards").rglob("*") if p.is_file()]
+    assert folder.is_dir() and sum(p.stat().st_size for p in kept) <= 300 << 10
+
+
+def test_a_cache_emptied_under_a_mount_is_written_again(model, tmp_path, key_file):
+    store, data, ids = model
+    other = np.random.default_rng(8).integers(0, 256, 5 * SHARD, dtype=np.uint8).tobytes()
+    (tmp_path / "other.bin").write_bytes(other)
+    push(store, key_file, tmp_path / "other.bin", "org/other")
+    cache = tmp_path / "cache"
+    with mounted(store, key_file, "256MiB", "--disk-cache", str(cache)) as mnt:
+        assert (mnt / "org" / "m").read_bytes() == data
+        settled(mnt)
+        for entry in cache.iterdir():  # a clean-up job: rm -rf cache/*
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        assert (mnt / "org" / "other").read_bytes() == other
+        assert settled(mnt)["disk_cache"]["writes"] == len(ids) + len(shard_ids(store, key_file, "org/other"))
+    assert sorted(cached(cache)) == sorted(shard_ids(store, key_file, "org/other"))
+    with mounted(store, key_file, "256MiB", "--disk-cache", str(cache)) as mnt:  # still a cache
+        assert (mnt / "org" / "other").read_bytes() == other
+
+
+def test_an_interrupted_warmup_stops_instead_of_reading_everything(tmp_path, key_file):
+    store = tmp_path / "store"
+    size = 512 << 20
+    (tmp_path / "big").write_bytes(np.random.default_rng(5).integers(0, 256, size, dtype=np.uint8).tobytes())
+    run_modelfs("push", str(tmp_path / "big"), "big", "--store", str(store), "--key-file", str(key_file))
+    (tmp_path / "big").unlink()
+    with mounted(store, key_file, "256MiB") as mnt:
+        daemon = read_stats(mnt)["pid"]
+        warmup = subprocess.Popen([*MODELFS, "warmup", str(mnt / "big"), "-j", "1"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            io_file = Path(f"/proc/{warmup.pid}/io")
+            while warmup.poll() is None and int(io_file.read_text().split()[1]) < 8 << 20:  # rchar
+                pass
+            os.kill(daemon, signal.SIGSTOP)  # hold the warm-up in its read while it is interrupted
+            warmup.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+        finally:
+            os.kill(daemon, signal.SIGCONT)
+        _, err = warmup.communicate(timeout=120)
+        assert warmup.returncode == 130 and "interrupted" in err, err
+        assert read_stats(mnt)["bytes_served"] < size // 2

@@ -89,3 +89,16 @@ def test_metrics_address_errors_are_messages(tmp_path, key_file, store_dir):
                             env={"MODELFS_LOG_DIR": str(tmp_path)})
     assert taken.returncode != 0 and "cannot serve metrics" in taken.stderr
     assert "Traceback" not in taken.stderr and not any(mnt.iterdir())
+
+
+def test_metrics_serve_on_an_ipv6_address(tmp_path, key_file, store_dir):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    data = push_random(str(store_dir), key_file, tmp_path, "x", 3 * SHARD, 4)
+    port = free_port()
+    with mounted(store_dir, key_file, "256MiB", "--metrics", f"[::1]:{port}") as mnt:
+        assert (mnt / "x").read_bytes() == data
+        body = urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=30).read().decode()
+    served = {s.name: s.value for f in text_string_to_metric_families(body) for s in f.samples}
+    assert served["modelfs_bytes_served_total"] == len(data)

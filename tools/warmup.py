@@ -103,12 +103,14 @@ class Progress:
                       f"{format_size(self.total)}  {format_size(rate)}/s", file=sys.stderr, flush=True)
 
 
-def warm_range(file: WarmFile, start: int, end: int, progress: Progress, drop_pages: bool) -> None:
-    """Read ``[start, end)`` through the mount; with ``drop_pages``, drop the pages behind the reads."""
+def warm_range(file: WarmFile, start: int, end: int, progress: Progress, drop_pages: bool,
+               stop: threading.Event) -> None:
+    """Read ``[start, end)`` through the mount; with ``drop_pages``, drop the pages behind the reads.
+    Ends early once ``stop`` is set (Ctrl-C, SIGTERM)."""
     fd = os.open(file.path, os.O_RDONLY)
     try:
         offset = start
-        while offset < end:
+        while offset < end and not stop.is_set():
             data = os.pread(fd, min(CHUNK, end - offset), offset)
             if not data:
                 break
@@ -133,15 +135,21 @@ def cmd_warmup(args) -> int:
     progress = Progress(sum(f.size for f in files), quiet=args.quiet)
     started = time.monotonic()
     failed: list[str] = []
+    stop = threading.Event()
     with ThreadPoolExecutor(args.jobs, thread_name_prefix="modelfs-warmup") as pool:
         work = {pool.submit(warm_range, f, start, min(start + RANGE, f.size), progress,
-                            has_disk_cache[f.mount]): (f, start)
+                            has_disk_cache[f.mount], stop): (f, start)
                 for f in files for start in range(0, f.size, RANGE)}
-        for future, (f, start) in work.items():
-            try:
-                future.result()
-            except OSError as e:
-                failed.append(f"{f.path} at {start}: {e.strerror}")
+        try:
+            for future, (f, start) in work.items():
+                try:
+                    future.result()
+                except OSError as e:
+                    failed.append(f"{f.path} at {start}: {e.strerror}")
+        except BaseException:  # Ctrl-C, SIGTERM: stop now, not after every range is read
+            stop.set()
+            pool.shutdown(cancel_futures=True)
+            raise
     after = {m: written(m, read_stats) for m in mounts}
     seconds = time.monotonic() - started
     print(f"warmed {len(files)} files, {format_size(progress.done)} in {seconds:.1f} s "

@@ -14,6 +14,10 @@ directory's size and rescans it (seeing what other mounts wrote) when its estima
 passes the bound or after writing a twentieth of it, so several mounts of one
 directory hold the bound approximately and a remount finds everything again. A
 failed write (a full disk) is skipped: the cache never fails a read.
+
+The directory is marked as a disk cache (``MARKER``) before anything is written, and a
+directory with shards it did not write (a local store's, a storage node's data) is refused:
+eviction deletes files, and a typo in ``--disk-cache`` must not delete a store.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import errno
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 import uuid
@@ -40,6 +45,12 @@ LOW_WATER = 0.9
 #: shards waiting for the writer thread (their stored bytes are held in memory meanwhile)
 WRITE_QUEUE = 8
 
+#: a mount whose estimate of the directory passed the bound rescans it at most this often on hits
+#: (other mounts of the directory evict without telling it)
+RESCAN_INTERVAL = 30.0
+#: the file that marks a directory as a disk cache
+MARKER = ".modelfs-disk-cache"
+
 COUNTERS = ("hits", "hit_bytes", "misses", "miss_bytes", "writes", "write_bytes",
             "skipped_writes", "evictions", "evicted_bytes", "corrupt")
 
@@ -48,10 +59,14 @@ class DiskCache:
     """The directory: entries by shard id, an LRU bound by mtime, counters."""
 
     def __init__(self, directory: str | os.PathLike, budget: int) -> None:
-        self.directory = Path(directory).expanduser().absolute()
-        self.budget = budget
         try:
-            (self.directory / "shards").mkdir(parents=True, exist_ok=True)
+            self.directory = Path(directory).expanduser().absolute()
+        except RuntimeError as e:  # ~user of no such user
+            raise InvalidInput(f"disk cache directory {directory}: {e}") from None
+        self.budget = budget
+        self._refuse_foreign_shards()
+        try:
+            self._prepare()
         except OSError as e:
             raise InvalidInput(f"cannot use disk cache directory {self.directory}: {e.strerror}") from None
         if not os.access(self.directory / "shards", os.W_OK | os.X_OK):
@@ -61,12 +76,30 @@ class DiskCache:
         self._entries: dict[str, int] = {}  # shard id -> size, as far as this mount knows
         self._used = 0
         self._written_since_scan = 0
+        self._scanned_at = 0.0
         self._write_errors_logged: set[int] = set()
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(WRITE_QUEUE)
         self._writer: threading.Thread | None = None
         self._pending = 0
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.trim()
+
+    def _refuse_foreign_shards(self) -> None:
+        if (self.directory / "objects").exists():
+            raise InvalidInput(f"disk cache directory {self.directory} holds a store (objects/): give the "
+                               f"disk cache a directory of its own (it deletes the files it evicts)")
+        if (self.directory / "shards").exists() and not (self.directory / MARKER).exists():
+            raise InvalidInput(f"disk cache directory {self.directory} holds shards/ that no disk cache "
+                               f"wrote (a store's or a storage node's data?): give the disk cache a "
+                               f"directory of its own (it deletes the files it evicts)")
+
+    def _prepare(self) -> None:
+        """The marker first, then ``shards/``; again after the directory was emptied under a mount."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        marker = self.directory / MARKER
+        if not marker.exists():
+            marker.write_text("a modelfs disk cache: shards as stored (encrypted), evicted by age\n")
+        (self.directory / "shards").mkdir(exist_ok=True)
 
     def __repr__(self) -> str:
         return f"DiskCache({str(self.directory)!r}, {self.budget})"
@@ -79,12 +112,13 @@ class DiskCache:
             for name, delta in deltas.items():
                 self.counters[name] += delta
 
-    def get(self, shard_id: str) -> bytes | None:
-        """The cached stored bytes of a shard (marked as just used), or None."""
+    def get(self, shard_id: str, length: int) -> bytes | None:
+        """The cached stored bytes of a shard (marked as just used), or None. An entry that is not
+        a regular file of ``length`` bytes is dropped unread (a FIFO would block the read, a huge
+        sparse file fill memory)."""
         path = self.path(shard_id)
         try:
-            data = path.read_bytes()
-            os.utime(path)  # recency for every mount of this directory
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             with self._lock:
                 self._used -= self._entries.pop(shard_id, 0)
@@ -92,10 +126,26 @@ class DiskCache:
         except OSError as e:
             log.warning("disk cache entry %s unreadable: %s", path, e.strerror)
             return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size != length:
+                os.close(fd)
+                what = "not a regular file" if not stat.S_ISREG(info.st_mode) else f"{info.st_size} bytes"
+                self.drop(shard_id, f"{what}, expected {length} bytes")
+                return None
+            with open(fd, "rb", buffering=0, closefd=True) as f:
+                data = f.read(length + 1)
+            os.utime(path)  # recency for every mount of this directory
+        except OSError as e:
+            log.warning("disk cache entry %s unreadable: %s", path, e.strerror)
+            return None
         with self._lock:
             if shard_id not in self._entries:
                 self._entries[shard_id] = len(data)
                 self._used += len(data)
+            due = self._used > self.budget and time.monotonic() - self._scanned_at > RESCAN_INTERVAL
+        if due:  # the estimate went past the bound on hits alone: see what other mounts evicted
+            self.trim()
         return data
 
     def drop(self, shard_id: str, reason: str) -> None:
@@ -142,7 +192,9 @@ class DiskCache:
         path = self.path(shard_id)
         tmp = path.with_name(f"{path.name}{TMP_SUFFIX}{uuid.uuid4().hex}")
         try:
-            path.parent.mkdir(exist_ok=True)
+            if not path.parent.is_dir():  # new prefix, or the directory was emptied under the mount
+                self._prepare()
+                path.parent.mkdir(exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
@@ -191,6 +243,8 @@ class DiskCache:
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue  # evicted by another mount meanwhile
+                    if not stat.S_ISREG(st.st_mode):
+                        continue  # not an entry (a drop removes what a read meets there)
                     if TMP_SUFFIX in entry.name:
                         if now - st.st_mtime > STALE_TMP_SECONDS:
                             Path(entry.path).unlink(missing_ok=True)
@@ -217,10 +271,14 @@ class DiskCache:
                         evicted_bytes += size
                     except FileNotFoundError:
                         pass  # another mount evicted it
+                    except OSError as e:  # one entry it may not remove must not stop the pass
+                        log.warning("disk cache entry %s cannot be evicted: %s", shard_id[:16], e.strerror)
+                        continue
                     used -= size
                     del entries[shard_id]
             with self._lock:
                 self._entries, self._used, self._written_since_scan = entries, used, 0
+                self._scanned_at = time.monotonic()
                 self.counters["evictions"] += evicted
                 self.counters["evicted_bytes"] += evicted_bytes
         except OSError as e:
@@ -253,7 +311,7 @@ class DiskCachedBackend(Backend):
     def read_shard_verified(self, shard_id: str, location: ShardLocation, length: int,
                             verify: Callable[[bytes | memoryview], T], into: memoryview | None = None) -> T:
         # ``into`` is not used: the disk cache keeps what was fetched after this returns
-        stored = self.cache.get(shard_id)
+        stored = self.cache.get(shard_id, length)
         if stored is not None:
             try:
                 result = verify(stored)
