@@ -335,3 +335,22 @@ def test_an_interrupted_warmup_stops_instead_of_reading_everything(tmp_path, key
         _, err = warmup.communicate(timeout=120)
         assert warmup.returncode == 130 and "interrupted" in err, err
         assert read_stats(mnt)["bytes_served"] < size // 2
+
+
+def test_a_mount_serving_hits_sees_what_another_mount_evicted(tmp_path, monkeypatch):
+    """Two mounts share a directory; one only reads (hits), the other writes and evicts. The reader's
+    figures (cache-stats, metrics) must not stay above the bound with entries that are gone."""
+    from modelfs.store.backends import disk_cache
+    monkeypatch.setattr(disk_cache, "RESCAN_INTERVAL", 0.0)
+    writer = disk_cache.DiskCache(tmp_path / "c", budget=10_000)
+    reader = disk_cache.DiskCache(tmp_path / "c", budget=10_000)
+    ids = [f"{i:02x}" * 32 for i in range(16)]
+    for shard_id in ids[:8]:
+        writer.write(shard_id, bytes(1000))
+    for shard_id in ids[8:]:
+        writer.write(shard_id, bytes(1000))  # past the bound: the oldest go
+        assert reader.get(shard_id, 1000) == bytes(1000)
+    on_disk = [p for p in (tmp_path / "c" / "shards").rglob("*") if p.is_file()]
+    stats = reader.stats()  # an estimate: rescans keep it near the directory, never past the bound
+    assert len(on_disk) < 16 and stats["evictions"] == 0 and writer.stats()["evictions"] > 0
+    assert stats["used_bytes"] == 1000 * stats["entries"] <= 10_000
