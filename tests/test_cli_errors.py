@@ -71,7 +71,7 @@ def test_push_of_a_folder_with_a_link_loop_is_refused_as_bad_input(tmp_path, key
                                   "tab\tname", ".hidden", "a/.modelfs", "sp ace", "@v1"])
 def test_push_invalid_names(model_file, key_file, store_dir, name):
     r = fails("push", str(model_file), name, "--store", str(store_dir), "--key-file", str(key_file))
-    assert "invalid model name" in r.stderr
+    assert r.returncode == 2 and ("invalid model name" in r.stderr or "name: may not be empty" in r.stderr)
     assert not (store_dir / "objects" / "catalog").exists()
 
 
@@ -423,8 +423,8 @@ def test_empty_source_and_store_paths_and_other_hosts_are_refused(tmp_path, mode
     (work / "weights.bin").write_bytes(model_file.read_bytes())
     store, default = tmp_path / "store", {"MODELFS_STORE": str(tmp_path / "default")}
     r = modelfs_run("push", "", "cwd/x", "--store", store, "--key-file", key_file, cwd=work)
-    assert r.returncode == 2 and "empty source path" in r.stderr, r
-    for url, says in (("", "empty store path"), ("file://", "names no directory")):
+    assert r.returncode == 2 and "argument file: may not be empty" in r.stderr, r
+    for url, says in (("", "argument --store: may not be empty"), ("file://", "names no directory")):
         for args in (["push", model_file, "m"], ["ls"]):
             r = modelfs_run(*args, "--store", url, "--key-file", key_file, cwd=work, env=default)
             assert r.returncode == 2 and says in r.stderr, (args, r)
@@ -490,9 +490,9 @@ def test_unknown_and_malformed_names_say_so(model_file, key_file, store_dir):
         r = fails(*args, *store)
         assert r.returncode == 6 and "no model named 'nosuch/m'" in r.stderr, (args, r)
         assert "BROKEN" not in r.stderr and "no key" not in r.stderr
-    for name in ("..", ""):
+    for name, says in (("..", "invalid model name"), ("", "may not be empty")):
         r = fails("verify", name, *store)
-        assert r.returncode == 2 and "invalid model name" in r.stderr and "BROKEN" not in r.stderr, r
+        assert r.returncode == 2 and says in r.stderr and "BROKEN" not in r.stderr, r
 
 
 def test_an_unwritable_state_dir_warns_once(tmp_path, model_file, key_file, store_dir):

@@ -455,7 +455,7 @@ def test_an_empty_mountpoint_is_refused_not_taken_for_the_current_directory(stor
     for argv in (["mount", str(store_dir), "", "--key-file", str(key_file)], ["umount", ""]):
         result = subprocess.run([*MODELFS, *argv], capture_output=True, text=True, cwd=empty_cwd, timeout=60)
         assert result.returncode == 2, result.stderr
-        assert "the mountpoint is empty" in result.stderr
+        assert "argument mountpoint: may not be empty" in result.stderr
     assert not os.path.ismount(empty_cwd)
 
 
@@ -501,6 +501,12 @@ def test_a_log_file_that_cannot_be_written_is_named(tmp_path):
     for path in ("/proc/version", str(tmp_path / "no-such-dir" / "log")):
         result = run_modelfs("ls", "--store", str(tmp_path), "--log-file", path, check=False)
         assert result.returncode == 2 and f"cannot write the log file {path}" in result.stderr, result.stderr
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)  # no permission: access denied (4), as for any other file
+    denied = subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *MODELFS, "ls",
+                             "--store", str(tmp_path), "--log-file", str(locked / "log")],
+                            capture_output=True, text=True, timeout=60)
+    assert denied.returncode == 4 and "Permission denied" in denied.stderr, denied.stderr
 
 
 def test_a_folder_that_is_not_a_store_is_not_mounted_as_an_empty_one(key_file, mountpoint, tmp_path):

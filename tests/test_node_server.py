@@ -304,7 +304,7 @@ def test_a_data_path_that_is_no_directory_and_a_port_out_of_range_are_bad_input(
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     far_port = ["--data", str(tmp_path / "data"), "--listen", "127.0.0.1:99999"]
-    for argv, says in ((["--data", str(a_file)], "is not a directory"), (["--data", ""], "wants a directory"),
+    for argv, says in ((["--data", str(a_file)], "is not a directory"), (["--data", ""], "may not be empty"),
                        (far_port, "port of 0-65535")):
         proc = subprocess.run([sys.executable, "-m", "modelfs.tools.cli", "serve", *argv],
                               capture_output=True, text=True, timeout=60)

@@ -14,7 +14,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
 
-from modelfs.store.errors import EXIT_CODES, InvalidInput, ModelfsError, from_os_error
+from modelfs.store.errors import EXIT_CODES, AccessDenied, InvalidInput, ModelfsError, from_os_error
 
 from . import access, bench, keys, models, mounting, node, stats, warmup
 from .mounthelper import helper_argv
@@ -114,9 +114,9 @@ def setup_logging(args: argparse.Namespace) -> None:
         path = os.path.expanduser(args.log_file)
         try:
             handler = logging.handlers.WatchedFileHandler(path)  # reopened after logrotate moves it
-        except OSError as e:
-            error = from_os_error(e)
-            raise type(error)(f"cannot write the log file {path}: {e.strerror}") from None
+        except OSError as e:  # no permission is access denied (4); anything else a bad path (2)
+            kind = AccessDenied if isinstance(e, PermissionError) else InvalidInput
+            raise kind(f"cannot write the log file {path}: {e.strerror}") from None
     else:
         handler = logging.StreamHandler()
     timed = daemon or args.log_file
