@@ -15,6 +15,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+#: the memory of catalog positions for what runs outside a test's own (module fixtures): never the
+#: host's, which remembers stores of earlier runs at the same temporary paths
+SESSION_STATE = tempfile.mkdtemp(prefix="modelfs-test-state-")
+os.environ["MODELFS_STATE_DIR"] = SESSION_STATE
 
 from modelfs.bench.harness import run_modelfs  # noqa: E402
 from modelfs.bench.minidfs import HdfsCluster, MiniDfsUnavailable, start_minidfs  # noqa: E402
@@ -75,6 +79,12 @@ def hdfs(hdfs_cluster: HdfsCluster) -> Iterator[HdfsCluster]:
         yield hdfs_cluster
     finally:
         hdfs_cluster.heal()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_state() -> Iterator[None]:
+    yield
+    shutil.rmtree(SESSION_STATE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
