@@ -399,9 +399,12 @@ class Store:
                 raise IntegrityError(f"{state.name}@{version.version_id} {manifest.file_name}: "
                                      f"SHA-256 does not match")
         if bad:
+            corrupt = any(entry.endswith("(corrupt)") for entry in bad)
+            fix = ("delete the corrupt copies and push the version again" if corrupt
+                   else "push the version again")
             raise IntegrityError(f"{state.name}@{version.version_id} reads right from its good copies, "
-                                 f"but {len(bad)} stored copies are damaged: {'; '.join(bad)}; delete "
-                                 f"those copies and push the version again to store them anew")
+                                 f"but {len(bad)} stored copies are damaged: {'; '.join(bad)}; {fix} "
+                                 f"to store them anew")
         return state, version
 
     def open_file(self, spec: str, file: str | None = None) -> io.BufferedReader:

@@ -176,7 +176,7 @@ def store_files(backend: Backend, cipher: ShardCipher, name: str, version_id: st
         if shard_id not in unchecked:
             return True
         unchecked.discard(shard_id)
-        if backend.has_shard(shard_id.hex(), location):
+        if backend.refresh_shard(shard_id.hex(), location):  # see Backend.refresh_shard: gc races
             return True
         log.warning("shard %s of an earlier version of %s is not stored (or not on every replica): "
                     "storing it again", shard_id.hex()[:16], name)

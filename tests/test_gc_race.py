@@ -91,3 +91,49 @@ def test_gc_races_a_retried_push_nodes(tmp_path, nodes3, key_file, monkeypatch):
 
 def test_gc_races_a_retried_push_hdfs(tmp_path, hdfs_cluster, key_file, monkeypatch):
     race(hdfs_cluster.fresh_url("gcrace"), key_file, tmp_path, monkeypatch, shards=24)
+
+
+def removal_race(url: str, key_file: Path, tmp_path: Path, monkeypatch, shards: int) -> None:
+    """A push reuses the shards of a listed version; before it publishes, that version is removed
+    and gc runs. The push refreshed what it reuses, so gc keeps those shards and the new version
+    reads back whole (before, gc deleted them and the push either failed or, when gc's deletions
+    came after its last check, published a version whose shards were gone)."""
+    import modelfs.store.api as api
+    first, other = source(tmp_path, "a", shards, 1), source(tmp_path, "c", shards, 3)
+    store = open_store(url, key_file=key_file, create=True)
+    old = store.publish(first, "m", shard_size=SHARD).version.version_id
+    store.publish(other, "m", shard_size=SHARD)  # the name stays
+    time.sleep(GRACE + 1)  # the first version's shards are older than the grace period
+    check = api.check_shards_present
+    collected = []
+
+    def removed_and_collected_meanwhile(backend, manifests, what="push"):
+        remover = open_store(url, key_file=key_file)
+        try:
+            remover.remove(f"m@{old}")
+            collected.append(collect_garbage(remover, GRACE))
+        finally:
+            remover.close()
+        check(backend, manifests, what)
+
+    monkeypatch.setattr(api, "check_shards_present", removed_and_collected_meanwhile)
+    again = store.publish(first, "m", shard_size=SHARD).version.version_id  # same bytes as the removed one
+    monkeypatch.undo()
+    assert collected and again != old
+    store.verify(f"m@{again}")
+    reader = store.open_model(f"m@{again}")
+    assert reader.read(0, reader.size) == first.read_bytes()
+    store.close()
+
+
+def test_a_push_reusing_a_removed_versions_shards_survives_gc_local(tmp_path, key_file, monkeypatch):
+    removal_race(str(tmp_path / "store"), key_file, tmp_path, monkeypatch, shards=16)
+
+
+def test_a_push_reusing_a_removed_versions_shards_survives_gc_nodes(tmp_path, nodes3, key_file, monkeypatch):
+    removal_race(nodes3.url(replicas=2), key_file, tmp_path, monkeypatch, shards=16)
+
+
+def test_a_push_reusing_a_removed_versions_shards_survives_gc_hdfs(tmp_path, hdfs_cluster, key_file,
+                                                                    monkeypatch):
+    removal_race(hdfs_cluster.fresh_url("gcremoved"), key_file, tmp_path, monkeypatch, shards=12)

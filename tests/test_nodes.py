@@ -490,6 +490,55 @@ def test_a_hung_node_costs_one_timeout_then_is_skipped(nodes3):
     backend.close()
 
 
+def test_gc_deletes_past_a_hung_node_after_one_timeout(nodes3):
+    """gc's deletions skip a node marked down (its copies stay for a later gc) instead of waiting
+    out a timeout for every item; the copies on the other nodes go."""
+    backend = NodesBackend.from_url(nodes3.url(replicas=2, extra="&timeout=1&backoff=600"))
+    write_shards(backend, make_shards(30, size=4000))
+    items = list(backend.list_stored())
+    hung = nodes3.nodes[0]
+    hung.proc.send_signal(signal.SIGSTOP)          # accepts connections, never answers
+    try:
+        assert all(backend.delete_stored(item) for item in items)
+        stats = backend.stats()
+        assert stats["nodes"][hung.name]["errors"] == 1          # one timeout, then skipped
+        assert stats["skipped_down"] >= len(items) - 1
+    finally:
+        hung.proc.send_signal(signal.SIGCONT)
+    left = {item.name for item in NodesBackend.from_url(nodes3.url(replicas=2)).list_stored()}
+    on_hung = {p.name for p in (hung.data / "shards").rglob("*") if p.is_file()}
+    assert left == on_hung and len(left) < len(items)  # only the hung node's copies are left
+    backend.close()
+
+
+def test_a_second_sigterm_while_gc_waits_for_a_hung_node_ends_it_without_a_traceback(nodes3, tmp_path,
+                                                                                        key_file):
+    """The first SIGTERM ends the command ("terminated", 143); the interpreter then waits for a worker
+    thread stuck in a request to the hung node, and a second SIGTERM there ends the process as the
+    signal does, not with "Exception ignored ... SystemExit" at exit."""
+    url = nodes3.url(replicas=2, extra="&timeout=5")
+    (tmp_path / "f").write_bytes(bytes(range(256)) * 4000)
+    store = ("--store", url, "--key-file", str(key_file))
+    subprocess.run([sys.executable, "-m", "modelfs.tools.cli", "push", str(tmp_path / "f"), "x", *store,
+                    "--shard-size", "64KiB"], check=True, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "modelfs.tools.cli", "rm", "x", *store], check=True,
+                   capture_output=True, timeout=120)
+    hung = nodes3.nodes[0]
+    hung.proc.send_signal(signal.SIGSTOP)
+    try:
+        gc = subprocess.Popen([sys.executable, "-m", "modelfs.tools.cli", "gc", "--grace", "0s", *store],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2)  # gc is waiting for the hung node
+        gc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        gc.send_signal(signal.SIGTERM)
+        _, err = gc.communicate(timeout=60)
+    finally:
+        hung.proc.send_signal(signal.SIGCONT)
+    assert gc.returncode in (143, -signal.SIGTERM), err
+    assert err.strip().splitlines() == ["modelfs: terminated"], err
+
+
 def test_a_node_store_client_does_not_load_the_server(nodes3):
     """A mount daemon of a node store opens the backend and reads; aiohttp stays out of it."""
     code = ("import sys\n"

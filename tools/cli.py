@@ -165,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: still one line; the traceback with -v
         log.debug("unexpected error", exc_info=True)
         return fail(f"unexpected error: {e!r} (run with -v for details)", ModelfsError.exit_code)
+    finally:
+        # the command is over: a SIGTERM while the interpreter waits for worker threads (a node
+        # request timing out) ends the process as the signal does, not with a traceback at exit
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def fail(message: str, code: int) -> int:

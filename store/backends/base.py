@@ -127,6 +127,14 @@ class Backend(abc.ABC):
     def has_shard(self, shard_id: str, location: ShardLocation) -> bool:
         """Whether the stored shard exists (used to skip re-uploading)."""
 
+    def refresh_shard(self, shard_id: str, location: ShardLocation) -> bool:
+        """Whether the stored shard exists, marked as just written where it does. A push that reuses
+        a shard of a listed version refreshes it: if that version is removed and a gc that listed the
+        shard as old deletes it while the push is under way, the deletion sees the new time and keeps
+        it (or the push finds it gone and stores it again). Backends whose gc cannot race a push
+        (one process, in memory) only look."""
+        return self.has_shard(shard_id, location)
+
     @abc.abstractmethod
     def read_shard(self, shard_id: str, location: ShardLocation, length: int) -> bytes:
         """Return the ``length`` stored bytes of one shard.

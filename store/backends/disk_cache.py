@@ -354,6 +354,9 @@ class DiskCachedBackend(Backend):
     def has_shard(self, shard_id: str, location: ShardLocation) -> bool:
         return self.inner.has_shard(shard_id, location)
 
+    def refresh_shard(self, shard_id: str, location: ShardLocation) -> bool:
+        return self.inner.refresh_shard(shard_id, location)
+
     def list_stored(self) -> Iterator[StoredItem]:
         return self.inner.list_stored()
 

@@ -162,6 +162,15 @@ class LocalBackend(Backend):
     def has_shard(self, shard_id: str, location: ShardLocation) -> bool:
         return (self.root / shard_relpath(shard_id)).exists()
 
+    def refresh_shard(self, shard_id: str, location: ShardLocation) -> bool:
+        try:
+            os.utime(self.root / shard_relpath(shard_id))
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise store_os_error(f"cannot refresh shard {shard_id[:16]}", e) from e
+        return True
+
     def read_shard(self, shard_id: str, location: ShardLocation, length: int) -> bytes:
         with self._shard_file(shard_id) as f:
             return f.read(length)

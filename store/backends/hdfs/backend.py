@@ -160,6 +160,19 @@ class HdfsBackend(Backend):
             raise NotFound(f"shard location {container!r} is not a pack of {self.url}")
         return self.path(check_key(container))
 
+    def refresh_shard(self, shard_id: str, location: ShardLocation) -> bool:
+        """The pack that holds the shard gets a new modification time (gc re-stats it before deleting)."""
+        if not location.container:
+            return False
+        path = self._container_path(location)
+        now_ms = int(time.time() * 1000)
+
+        def touch(client) -> bool:
+            return unless_missing(lambda: client.set_times(path, now_ms, now_ms) or True, False)
+
+        touched = self.hdfs.call(touch, f"cannot refresh {location.container}")
+        return touched and self.has_shard(shard_id, location)
+
     def has_shard(self, shard_id: str, location: ShardLocation) -> bool:
         if not location.container:
             return False

@@ -247,6 +247,11 @@ class NodesBackend(Backend):
         return not self._on_each(self.replica_nodes(shard_id, location),
                                  lambda node: node.request("HEAD", shard_relpath(shard_id)))
 
+    def refresh_shard(self, shard_id: str, location: ShardLocation) -> bool:
+        """True when every replica holds the shard, each now with a new mtime (``POST``)."""
+        return not self._on_each(self.replica_nodes(shard_id, location),
+                                 lambda node: node.request("POST", shard_relpath(shard_id)))
+
     def read_shard(self, shard_id: str, location: ShardLocation, length: int) -> bytes:
         return self.read_shard_verified(shard_id, location, length, bytes)
 
@@ -371,12 +376,16 @@ class NodesBackend(Backend):
             except NotFound:
                 pass
 
-        errors = self._on_each(self.names, delete_if_old)
+        # a node marked down keeps its copy until a later gc: asking it would cost a timeout per item
+        up = [name for name in self.names if not self.nodes[name].is_down()] or self.names
+        if len(up) < len(self.names):
+            self.counters.add(skipped_down=len(self.names) - len(up))
+        errors = self._on_each(up, delete_if_old)
         kept = [n for n, e in errors.items() if isinstance(e, PreconditionFailed)]
         if kept:
             log.info("%s was rewritten on %s since it was listed; kept there", item.name, ", ".join(kept))
         failed = {n: e for n, e in errors.items() if n not in kept}
-        if len(failed) == len(self.names):
+        if len(failed) == len(up):
             raise combined_error(f"cannot delete {relpath}", failed)
         return not kept
 

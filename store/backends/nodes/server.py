@@ -246,6 +246,14 @@ async def _receive(request: web.Request, upload: Upload, limits: NodeLimits) -> 
             return
 
 
+async def handle_touch(request: web.Request) -> web.Response:
+    """``POST``: a stored file gets a new mtime (a push reusing a shard; see ``Backend.refresh_shard``)."""
+    _check_auth(request, write=True)
+    node = request.app[_NODE_KEY]
+    await asyncio.to_thread(node.files.touch, _target(request))
+    return web.Response(status=204)
+
+
 async def handle_delete(request: web.Request) -> web.Response:
     _check_auth(request, write=True)
     node = request.app[_NODE_KEY]
@@ -309,6 +317,7 @@ def make_app(data_dir: str, token: str = "", limits: NodeLimits | None = None) -
     app.router.add_get(item, handle_get)          # also answers HEAD
     app.router.add_put(item, handle_put)
     app.router.add_delete(item, handle_delete)
+    app.router.add_post(item, handle_touch)
     app.router.add_route("*", "/{tail:.*}", handle_unknown)
     return app
 

@@ -105,6 +105,14 @@ class DataDir:
             raise NotFound(f"{relpath} is not a stored file")
         return fd, st.st_size
 
+    def touch(self, relpath: str) -> None:
+        """Set a stored file's mtime to now (``NotFound`` when it is not stored)."""
+        fd, _ = self.open_file(relpath)
+        try:
+            os.utime(fd)
+        finally:
+            os.close(fd)
+
     def delete(self, relpath: str, not_newer_than: float | None = None) -> bool:
         """Remove a stored file; False when it was absent. A folder or a link is refused.
 
