@@ -75,10 +75,15 @@ def race(url: str, key_file: Path, tmp_path: Path, monkeypatch, shards: int) -> 
     state = store.lineage("m")
     assert len(state.versions) == 2
     for version, src in zip(state.versions, (first, second), strict=True):
-        store.verify(f"m@{version.version_id}")
-        reader = store.open_model(f"m@{version.version_id}")
-        assert reader.read(0, reader.size) == src.read_bytes()
+        assert_reads_back(store, f"m@{version.version_id}", src)
     store.close()
+
+
+def assert_reads_back(store, spec: str, src: Path) -> None:
+    """The version verifies (every shard, every copy) and reads back as the file it was pushed from."""
+    store.verify(spec)
+    reader = store.open_model(spec)
+    assert reader.read(0, reader.size) == src.read_bytes()
 
 
 def test_gc_races_a_retried_push_local(tmp_path, key_file, monkeypatch):
@@ -120,9 +125,7 @@ def removal_race(url: str, key_file: Path, tmp_path: Path, monkeypatch, shards: 
     again = store.publish(first, "m", shard_size=SHARD).version.version_id  # same bytes as the removed one
     monkeypatch.undo()
     assert collected and again != old
-    store.verify(f"m@{again}")
-    reader = store.open_model(f"m@{again}")
-    assert reader.read(0, reader.size) == first.read_bytes()
+    assert_reads_back(store, f"m@{again}", first)
     store.close()
 
 
