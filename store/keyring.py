@@ -169,9 +169,12 @@ class Keyring:
         self.host_key() if self.uses_host_key else self.store_key()
 
     # -- generations and recipients -------------------------------------------------
-    def _objects(self, name: str) -> list[tuple[int, str]]:
+    def _objects(self, name: str, everywhere: bool = False) -> list[tuple[int, str]]:
+        """(generation, recipient) of every key object of ``name``; ``everywhere``: from every
+        place that may hold one, or an error (before a first key is made, see ``current``)."""
         found = []
-        for key in self.backend.list_objects(f"keys/{name}/"):
+        listing = self.backend.list_objects_everywhere if everywhere else self.backend.list_objects
+        for key in listing(f"keys/{name}/"):
             parsed = parse_key_object(key)
             if parsed is not None and parsed[0] == name:
                 found.append(parsed[1:])
@@ -230,6 +233,10 @@ class Keyring:
             raise NotFound(f"no key for model {name!r} in this store")
         if self.uses_host_key:
             raise AccessDenied("publishing a new model needs the store key file (--key-file)")
+        everywhere = self._objects(name, everywhere=True)
+        found = sorted(g for g, recipient in everywhere if recipient == STORE_RECIPIENT)
+        if found:  # its key is on a node the usual listing left out
+            return found[-1], self.keys(name, found[-1])
         data_key = new_data_key()
         if not self.backend.put_object_if_absent(key_object(name, 1, STORE_RECIPIENT),
                                                  wrap_key(self.store_key(create=True), data_key,

@@ -539,6 +539,40 @@ def test_a_second_sigterm_while_gc_waits_for_a_hung_node_ends_it_without_a_trace
     assert err.strip().splitlines() == ["modelfs: terminated"], err
 
 
+def test_a_push_never_makes_a_second_first_key_while_the_node_with_the_key_is_away(nodes3, tmp_path,
+                                                                                      key_file):
+    """After disk losses the name's key may be on one node only; with that node away, the listing
+    of the others shows no key. A push must not take the name for new and write another key 1
+    (the name would stay broken for good, and gc blocked): it fails, changing nothing."""
+    url = nodes3.url(replicas=2, extra="&timeout=2")
+    store = ("--store", url, "--key-file", str(key_file))
+    (tmp_path / "a").write_bytes(bytes(range(256)) * 400)
+    (tmp_path / "b").write_bytes(bytes(range(255, -1, -1)) * 400)
+    subprocess.run([sys.executable, "-m", "modelfs.tools.cli", "push", str(tmp_path / "a"), "o", *store],
+                   check=True, capture_output=True, timeout=120)
+    keys = {node.name: sorted((node.data / "objects" / "keys" / "o").rglob("*.key")) for node in nodes3.nodes}
+    assert all(keys.values())  # a key object is copied to every node
+    key_object = keys[nodes3.nodes[0].name][0].relative_to(nodes3.nodes[0].data / "objects")
+    primary = rendezvous_order(str(key_object), [node.name for node in nodes3.nodes])[0]
+    keeper = next(node for node in nodes3.nodes if node.name != primary)
+    for node in nodes3.nodes:  # the other copies lost with disks (nothing copies them back)
+        if node is not keeper:
+            for path in keys[node.name]:
+                path.unlink()
+    before = {node.name: sorted((node.data / "objects").rglob("*")) for node in nodes3.nodes}
+    keeper.proc.send_signal(signal.SIGSTOP)
+    try:
+        push = subprocess.run([sys.executable, "-m", "modelfs.tools.cli", "push", str(tmp_path / "b"), "o",
+                               *store], capture_output=True, text=True, timeout=120)
+    finally:
+        keeper.proc.send_signal(signal.SIGCONT)
+    assert push.returncode == 5 and "Traceback" not in push.stderr, push.stderr
+    assert {node.name: sorted((node.data / "objects").rglob("*")) for node in nodes3.nodes} == before
+    verify = subprocess.run([sys.executable, "-m", "modelfs.tools.cli", "verify", "o", *store],
+                            capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0, verify.stderr
+
+
 def test_a_node_store_client_does_not_load_the_server(nodes3):
     """A mount daemon of a node store opens the backend and reads; aiohttp stays out of it."""
     code = ("import sys\n"

@@ -114,6 +114,11 @@ class Backend(abc.ABC):
     def list_objects(self, prefix: str) -> Iterator[str]:
         """Yield every key that starts with ``prefix`` (a folder-like prefix ending in '/')."""
 
+    def list_objects_everywhere(self, prefix: str) -> Iterator[str]:
+        """``list_objects`` that may not leave out a place holding objects (an unreachable node is
+        an error, not a gap): for deciding that something does not exist before creating it."""
+        return self.list_objects(prefix)
+
     @abc.abstractmethod
     def delete_object(self, key: str) -> None:
         """Remove an object; absent is not an error."""

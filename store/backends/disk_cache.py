@@ -345,6 +345,9 @@ class DiskCachedBackend(Backend):
     def list_objects(self, prefix: str) -> Iterator[str]:
         return self.inner.list_objects(prefix)
 
+    def list_objects_everywhere(self, prefix: str) -> Iterator[str]:
+        return self.inner.list_objects_everywhere(prefix)
+
     def delete_object(self, key: str) -> None:
         self.inner.delete_object(key)
 

@@ -212,6 +212,17 @@ class NodesBackend(Backend):
             log.warning("listing %s without %s", prefix or "/", ", ".join(errors))
         return iter(sorted({key for keys in results.values() for key in keys}))
 
+    def list_objects_everywhere(self, prefix: str) -> Iterator[str]:
+        """Every node answers, or no answer: a node may be the only one left with an object (its
+        other copies lost with a disk), and a listing without it would call that object absent."""
+        if prefix:
+            check_key(prefix.rstrip("/"))
+        results, errors = self._gather(self.names, object_keys, prefix)
+        if errors:
+            raise combined_error(f"cannot list {prefix or '/'} on every node (needed to tell that "
+                                 f"nothing is stored there yet)", errors)
+        return iter(sorted({key for keys in results.values() for key in keys}))
+
     def delete_object(self, key: str) -> None:
         check_key(key)
         self._check_writable()
