@@ -316,6 +316,7 @@ def test_a_stopped_daemon_hangs_no_command(tmp_path, model_file, key_file, store
             with mounted(store_dir, key_file) as live:
                 every = run_modelfs("cache-stats", check=False, timeout=120)
             one = run_modelfs("cache-stats", str(stopped), check=False, timeout=120)
+            warmup = run_modelfs("warmup", str(stopped / "m"), check=False, timeout=120)
             again = run_modelfs("mount", str(store_dir), str(stopped), "--key-file", str(key_file),
                                 check=False, timeout=120)
             umount = run_modelfs("umount", str(link), check=False, timeout=120)
@@ -324,6 +325,7 @@ def test_a_stopped_daemon_hangs_no_command(tmp_path, model_file, key_file, store
     assert every.returncode == 0 and str(live) in every.stdout, every.stderr
     assert f"skipping {stopped}: {stopped} does not answer (its daemon is stopped or stuck)" in every.stderr
     assert one.returncode == 1 and "does not answer" in one.stderr and "Traceback" not in one.stderr
+    assert warmup.returncode == 1 and "does not answer" in warmup.stderr, warmup.stderr
     assert again.returncode == 2 and "daemon does not answer" in again.stderr, again.stderr
     assert umount.returncode == 0, umount.stderr
     assert str(stopped) not in Path("/proc/self/mounts").read_text()

@@ -122,8 +122,21 @@ def warm_range(file: WarmFile, start: int, end: int, progress: Progress, drop_pa
         os.close(fd)
 
 
+def refuse_stuck_mounts(paths: list[str], mounts: list[Path]) -> None:
+    """A path inside the mount of a stopped or stuck daemon would hang ``collect`` in the kernel:
+    say so instead (the mount is asked on a thread, with a deadline)."""
+    from modelfs.fs.mount import mount_state
+    for given in paths:
+        path = Path(os.path.abspath(given))
+        for mount in mounts:
+            if (path == mount or mount in path.parents) and mount_state(mount) == "stuck":
+                raise ModelfsError(f"{mount} does not answer (its daemon is stopped or stuck); "
+                                   f"`modelfs umount {mount}` unmounts it")
+
+
 def cmd_warmup(args) -> int:
     from modelfs.fs.mount import modelfs_mounts, read_stats
+    refuse_stuck_mounts(args.paths, modelfs_mounts())
     files = collect(args.paths, modelfs_mounts())
     mounts = sorted({f.mount for f in files})
     before = {m: read_stats(m) for m in mounts}
