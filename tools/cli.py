@@ -82,9 +82,8 @@ def _not_empty(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="modelfs", description=__doc__.splitlines()[0],
-                                epilog=exit_code_table(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="modelfs", description=__doc__.splitlines()[0], epilog=exit_code_table(),
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     add_logging_options(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -22,13 +22,13 @@ DEFAULT_BUFFER = 1 << 20
 class ModelRawIO(io.RawIOBase):
     """Unbuffered, seekable, read-only access to the logical bytes of one model version."""
 
+    mode = "rb"
+
     def __init__(self, reader: ModelReader) -> None:
         super().__init__()
         self._reader = reader
         self._position = 0
         self.name = f"{reader.manifest.name}@{reader.manifest.version_id}"
-
-    mode = "rb"
 
     def readable(self) -> bool:
         self._checkClosed()
