@@ -27,12 +27,14 @@ from .format.catalog import (
     VersionRecord,
     check_name,
     check_tag,
+    manifest_key,
     new_version_id,
+    record_key,
     split_ref,
 )
 from .format.crypto import DEFAULT_KEY_FILE, LineageKeys, ShardCipher
 from .format.manifest import Manifest
-from .keyring import Access, Keyring, check_key_files
+from .keyring import Access, Keyring, check_key_files, parse_key_object
 from .library import Library
 from .publish import (
     DEFAULT_SHARD_SIZE,
@@ -398,14 +400,32 @@ class Store:
             if digest.hexdigest() != manifest.sha256:
                 raise IntegrityError(f"{state.name}@{version.version_id} {manifest.file_name}: "
                                      f"SHA-256 does not match")
-        if bad:
-            corrupt = any(entry.endswith("(corrupt)") for entry in bad)
-            fix = ("delete the corrupt copies and push the version again" if corrupt
-                   else "push the version again")
+        metadata = self._missing_metadata(state, version)
+        if bad or metadata:
+            fixes = []
+            if bad:
+                corrupt = any(entry.endswith("(corrupt)") for entry in bad)
+                fixes.append("delete the corrupt copies and push the version again" if corrupt
+                             else "push the version again")
+            if metadata:
+                fixes.append(f"`modelfs rotate {state.name}` writes its key, record and manifests anew "
+                             f"to every node")
             raise IntegrityError(f"{state.name}@{version.version_id} reads right from its good copies, "
-                                 f"but {len(bad)} stored copies are damaged: {'; '.join(bad)}; {fix} "
-                                 f"to store them anew")
+                                 f"but {len(bad + metadata)} stored copies are damaged: "
+                                 f"{'; '.join(bad + metadata)}; {' and '.join(fixes)}")
         return state, version
+
+    def _missing_metadata(self, state: LineageState, version: VersionRecord) -> list[str]:
+        """Copies that a node lacks (a disk it lost: nothing copies metadata back) of the objects a
+        read of this version needs: the newest record, the manifests, the keys they are sealed with."""
+        generations = {self.record_generation[state.name],
+                       *(self.manifest_generation[(version.version_id, f.path)] for f in version.files)}
+        keys = [record_key(state.name, state.seq),
+                *(manifest_key(version.version_id, index) for index in range(len(version.files))),
+                *(key for key in self.backend.list_objects(f"keys/{state.name}/")
+                  if (parsed := parse_key_object(key)) is not None and parsed[1] in generations)]
+        return [f"{key} on {where} (missing)" for key in keys
+                for where in self.backend.missing_object_copies(key)]
 
     def open_file(self, spec: str, file: str | None = None) -> io.BufferedReader:
         """A file of ``NAME[@VERSION|@TAG]`` as a read-only binary file object (no FUSE needed)."""

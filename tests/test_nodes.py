@@ -573,6 +573,32 @@ def test_a_push_never_makes_a_second_first_key_while_the_node_with_the_key_is_aw
     assert verify.returncode == 0, verify.stderr
 
 
+def test_verify_names_metadata_a_node_lost_with_its_disk_and_rotate_writes_it_anew(nodes3, tmp_path,
+                                                                                       key_file):
+    """Every node holds every record, key and manifest, and nothing copies them back to a node whose
+    disk was replaced: verify says which it lacks (before, it said ok), and rotate rewrites them."""
+    import shutil
+    url = nodes3.url(replicas=2)
+    store = ("--store", url, "--key-file", str(key_file))
+
+    def modelfs(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "modelfs.tools.cli", *args], capture_output=True,
+                              text=True, timeout=120)
+
+    (tmp_path / "a").write_bytes(bytes(range(256)) * 400)
+    assert modelfs("push", str(tmp_path / "a"), "o", *store).returncode == 0
+    lost = nodes3.nodes[1]
+    shutil.rmtree(lost.data / "objects")  # its disk replaced: the shards it held are elsewhere too
+    verify = modelfs("verify", "o", *store)
+    assert verify.returncode == 3, verify.stderr
+    assert f"catalog/o/@000000000001 on {lost.name} (missing)" in verify.stderr
+    assert f"on {lost.name} (missing)" in verify.stderr.split("keys/o/", 1)[1]
+    assert "modelfs rotate o" in verify.stderr
+    assert modelfs("rotate", "o", *store).returncode == 0
+    again = modelfs("verify", "o", *store)
+    assert again.returncode == 0, again.stderr
+
+
 def test_a_node_store_client_does_not_load_the_server(nodes3):
     """A mount daemon of a node store opens the backend and reads; aiohttp stays out of it."""
     code = ("import sys\n"

@@ -177,6 +177,11 @@ class Backend(abc.ABC):
         copy has none besides the one every read checks."""
         return {}
 
+    def missing_object_copies(self, key: str) -> list[str]:
+        """Where a copy of an object should be and is not (``modelfs verify``): a backend with one
+        copy has none to miss besides the one every read needs."""
+        return []
+
     # -- garbage collection ------------------------------------------------------
     @abc.abstractmethod
     def list_stored(self) -> Iterator[StoredItem]:

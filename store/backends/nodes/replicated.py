@@ -212,6 +212,13 @@ class NodesBackend(Backend):
             log.warning("listing %s without %s", prefix or "/", ", ".join(errors))
         return iter(sorted({key for keys in results.values() for key in keys}))
 
+    def missing_object_copies(self, key: str) -> list[str]:
+        """The nodes that answer that they lack an object every node should hold (one that lost
+        its disk: nothing copies metadata back); a node that does not answer is not judged."""
+        check_key(key)
+        _, errors = self._gather(self.names, lambda node: node.request("HEAD", f"objects/{key}"))
+        return sorted(name for name, e in errors.items() if isinstance(e, NotFound))
+
     def list_objects_everywhere(self, prefix: str) -> Iterator[str]:
         """Every node answers, or no answer: a node may be the only one left with an object (its
         other copies lost with a disk), and a listing without it would call that object absent."""
