@@ -34,7 +34,7 @@ from .format.catalog import (
 )
 from .format.crypto import DEFAULT_KEY_FILE, LineageKeys, ShardCipher
 from .format.manifest import Manifest
-from .keyring import Access, Keyring, check_key_files, parse_key_object
+from .keyring import Access, Keyring, check_key_files
 from .library import Library
 from .publish import (
     DEFAULT_SHARD_SIZE,
@@ -422,8 +422,7 @@ class Store:
                        *(self.manifest_generation[(version.version_id, f.path)] for f in version.files)}
         keys = [record_key(state.name, state.seq),
                 *(manifest_key(version.version_id, index) for index in range(len(version.files))),
-                *(key for key in self.backend.list_objects(f"keys/{state.name}/")
-                  if (parsed := parse_key_object(key)) is not None and parsed[1] in generations)]
+                *self.keyring.key_objects(state.name, generations)]
         return [f"{key} on {where} (missing)" for key in keys
                 for where in self.backend.missing_object_copies(key)]
 

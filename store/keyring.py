@@ -180,6 +180,10 @@ class Keyring:
                 found.append(parsed[1:])
         return found
 
+    def key_objects(self, name: str, generations: set[int]) -> list[str]:
+        """The stored key objects (store and hosts) of these generations of ``name``."""
+        return [key_object(name, g, r) for g, r in self._objects(name) if g in generations]
+
     def generations(self, name: str) -> list[int]:
         return sorted({g for g, r in self._objects(name) if r == STORE_RECIPIENT})
 

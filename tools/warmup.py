@@ -127,11 +127,13 @@ def refuse_stuck_mounts(paths: list[str], mounts: list[Path]) -> None:
     say so instead (the mount is asked on a thread, with a deadline)."""
     from modelfs.fs.mount import mount_state
     for given in paths:
-        path = Path(os.path.abspath(given))
-        for mount in mounts:
-            if (path == mount or mount in path.parents) and mount_state(mount) == "stuck":
-                raise ModelfsError(f"{mount} does not answer (its daemon is stopped or stuck); "
-                                   f"`modelfs umount {mount}` unmounts it")
+        try:
+            mount = mount_of(Path(os.path.abspath(given)), mounts)
+        except InvalidInput:
+            continue  # perhaps a link into a mount: collect resolves it, or says it is outside
+        if mount_state(mount) == "stuck":
+            raise ModelfsError(f"{mount} does not answer (its daemon is stopped or stuck); "
+                               f"`modelfs umount {mount}` unmounts it")
 
 
 def cmd_warmup(args) -> int:

@@ -211,7 +211,7 @@ class ReadStream:
             self.reader.learn_heads()  # its first shard is cached now: no extra fetch
         if pieces and self.reader.readahead_limit:
             with self._lock:  # the kernel sends concurrent reads of one open file
-                self._follow(self._window.observe(offset, sum(len(piece) for piece in pieces)))
+                self._follow(self._window.observe(offset, min(length, self.reader.size - offset)))
         return pieces
 
     def _follow(self, plan: ReadaheadPlan) -> None:

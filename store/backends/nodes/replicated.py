@@ -262,13 +262,15 @@ class NodesBackend(Backend):
 
     def has_shard(self, shard_id: str, location: ShardLocation) -> bool:
         """True when every replica holds the shard (so a re-push repairs missing copies)."""
+        return self._on_every_replica("HEAD", shard_id, location)
+
+    def _on_every_replica(self, method: str, shard_id: str, location: ShardLocation) -> bool:
         return not self._on_each(self.replica_nodes(shard_id, location),
-                                 lambda node: node.request("HEAD", shard_relpath(shard_id)))
+                                 lambda node: node.request(method, shard_relpath(shard_id)))
 
     def refresh_shard(self, shard_id: str, location: ShardLocation) -> bool:
         """True when every replica holds the shard, each now with a new mtime (``POST``)."""
-        return not self._on_each(self.replica_nodes(shard_id, location),
-                                 lambda node: node.request("POST", shard_relpath(shard_id)))
+        return self._on_every_replica("POST", shard_id, location)
 
     def read_shard(self, shard_id: str, location: ShardLocation, length: int) -> bytes:
         return self.read_shard_verified(shard_id, location, length, bytes)
