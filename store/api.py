@@ -7,8 +7,6 @@ key, records and manifests, so another name's damage never gets in the way.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import io
 import logging
 import os
@@ -19,6 +17,7 @@ from pathlib import Path
 
 from .backends.base import Backend, ShardLocation
 from .backends.urls import local_path, open_backend, store_url
+from .config import OPEN_MODEL_CACHE
 from .errors import AccessDenied, IntegrityError, InvalidInput, ModelfsError, NotFound
 from .format.catalog import (
     Catalog,
@@ -27,9 +26,7 @@ from .format.catalog import (
     VersionRecord,
     check_name,
     check_tag,
-    manifest_key,
     new_version_id,
-    record_key,
     split_ref,
 )
 from .format.crypto import DEFAULT_KEY_FILE, LineageKeys, ShardCipher
@@ -53,8 +50,6 @@ __all__ = ["Store", "open_store", "Library", "Lineage", "Published"]
 
 log = logging.getLogger(__name__)
 
-#: the small private cache of a reader opened without a mount (``open_model``, ``verify``)
-OPEN_MODEL_CACHE = 64 << 20
 #: how often a catalog writer re-reads the head after losing a record number to another writer
 APPEND_ATTEMPTS = 100
 
@@ -374,57 +369,6 @@ class Store:
         stats = Stats()
         return ModelReader(manifest, self.backend, self.cipher(state.name, manifest),
                            ShardCache(cache_size, stats), stats)
-
-    def verify(self, spec: str, progress: Progress | None = None) -> tuple[LineageState, VersionRecord]:
-        """Read every shard of one version back and check each file's SHA-256, and every stored
-        copy of each shard where there are several (storage nodes)."""
-        state, version = self.open_version(spec)
-        done, total = 0, version.size
-        bad: list[str] = []
-        for manifest in self.load_manifests(state.name, version):
-            stats = Stats()
-            cipher = self.cipher(state.name, manifest)
-            reader = ModelReader(manifest, self.backend, cipher, ShardCache(OPEN_MODEL_CACHE, stats), stats)
-            digest = hashlib.sha256()
-            for index, shard_id in enumerate(manifest.shard_ids):
-                digest.update(reader.shard(index))
-                copies = self.backend.bad_copies(shard_id.hex(), manifest.location(index),
-                                                 int(manifest.stored_lengths[index]),
-                                                 functools.partial(cipher.decrypt, shard_id))
-                bad += [f"shard {shard_id.hex()[:16]} on {where} "
-                        f"({'missing' if isinstance(e, NotFound) else 'corrupt'})"
-                        for where, e in copies.items()]
-                done += int(manifest.lengths[index])
-                if progress:
-                    progress(done, total)
-            if digest.hexdigest() != manifest.sha256:
-                raise IntegrityError(f"{state.name}@{version.version_id} {manifest.file_name}: "
-                                     f"SHA-256 does not match")
-        metadata = self._missing_metadata(state, version)
-        if bad or metadata:
-            fixes = []
-            if bad:
-                corrupt = any(entry.endswith("(corrupt)") for entry in bad)
-                fixes.append("delete the corrupt copies and push the version again" if corrupt
-                             else "push the version again")
-            if metadata:
-                fixes.append(f"`modelfs rotate {state.name}` writes its key, record and manifests anew "
-                             f"to every node")
-            raise IntegrityError(f"{state.name}@{version.version_id} reads right from its good copies, "
-                                 f"but {len(bad + metadata)} stored copies are damaged: "
-                                 f"{'; '.join(bad + metadata)}; {' and '.join(fixes)}")
-        return state, version
-
-    def _missing_metadata(self, state: LineageState, version: VersionRecord) -> list[str]:
-        """Copies that a node lacks (a disk it lost: nothing copies metadata back) of the objects a
-        read of this version needs: the newest record, the manifests, the keys they are sealed with."""
-        generations = {self.record_generation[state.name],
-                       *(self.manifest_generation[(version.version_id, f.path)] for f in version.files)}
-        keys = [record_key(state.name, state.seq),
-                *(manifest_key(version.version_id, index) for index in range(len(version.files))),
-                *self.keyring.key_objects(state.name, generations)]
-        return [f"{key} on {where} (missing)" for key in keys
-                for where in self.backend.missing_object_copies(key)]
 
     def open_file(self, spec: str, file: str | None = None) -> io.BufferedReader:
         """A file of ``NAME[@VERSION|@TAG]`` as a read-only binary file object (no FUSE needed)."""

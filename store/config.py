@@ -20,6 +20,9 @@ from .sizes import parse_duration, parse_size
 #: stored size and the same CPU per streamed GiB
 DEFAULT_SHARD_SIZE = 2 << 20
 
+#: the small private cache of a reader opened without a mount (``open_model``, ``verify``)
+OPEN_MODEL_CACHE = 64 << 20
+
 #: the most readahead/decode threads a mount takes (more only cost memory: each may hold a workspace)
 MAX_THREADS = 256
 

@@ -19,6 +19,7 @@ from helpers import publish_failing_at
 from modelfs.store.api import open_store
 from modelfs.store.errors import ModelfsError
 from modelfs.store.gc import collect_garbage
+from modelfs.store.scrub import verify
 
 SHARD = 64 * 1024
 GRACE = 2.0
@@ -81,7 +82,7 @@ def race(url: str, key_file: Path, tmp_path: Path, monkeypatch, shards: int) -> 
 
 def assert_reads_back(store, spec: str, src: Path) -> None:
     """The version verifies (every shard, every copy) and reads back as the file it was pushed from."""
-    store.verify(spec)
+    verify(store, spec)
     reader = store.open_model(spec)
     assert reader.read(0, reader.size) == src.read_bytes()
 

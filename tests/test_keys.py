@@ -19,6 +19,7 @@ from modelfs.store.format.keyfiles import HOST_KIND, PUBLISHER_KIND, PublicKey
 from modelfs.store.format.recipients import HostKey, PublisherKey
 from modelfs.store.format.sealed import open_sealed, seal
 from modelfs.store.keyring import Access
+from modelfs.store.scrub import verify
 
 SHARD = "64KiB"
 MARKER = b"MODELFS-PLAINTEXT-MARKER-5f1c2e"
@@ -283,7 +284,7 @@ def test_rotate_and_gc_on_nodes_and_hdfs(tmp_path, key_file, backend, request):
     report = collect_garbage(s, grace_seconds=0)
     assert report.items >= 1 and report.manifests == 1
     assert not any(s.backend.has_shard(sid, where) for sid, where in old_shards)
-    s.verify("m")
+    verify(s, "m")
     assert collect_garbage(open_store(url, key_file=key_file), grace_seconds=0).items == 0
     # the id pinned before the rotation resolves to the same bytes, also after a second rotation
     assert s.open_model(f"m@{first.version_id}").read(0, src.stat().st_size) == src.read_bytes()
@@ -357,7 +358,7 @@ def test_a_rotation_whose_new_shards_gc_removed_publishes_nothing(tmp_path, key_
     assert after.lineage("org/m").versions == before.versions   # still the old version, still whole
     reader = after.open_model("org/m")
     assert reader.read(0, reader.size) == src.read_bytes()
-    after.verify("org/m")
+    verify(after, "org/m")
 
 
 def test_a_name_freed_by_rm_and_pushed_again_is_not_readable_by_the_hosts_granted_before(tmp_path, key_file):

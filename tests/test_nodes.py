@@ -595,7 +595,7 @@ def test_verify_names_metadata_a_node_lost_with_its_disk_and_rotate_writes_it_an
     assert verify.returncode == 3, verify.stderr
     assert f"catalog/o/@000000000001 on {lost.name} (missing)" in verify.stderr
     assert f"on {lost.name} (missing)" in verify.stderr.split("keys/o/", 1)[1]
-    assert "modelfs rotate o" in verify.stderr
+    assert "modelfs verify --repair o@" in verify.stderr
     assert modelfs("rotate", "o", *store).returncode == 0
     again = modelfs("verify", "o", *store)
     assert again.returncode == 0, again.stderr

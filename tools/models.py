@@ -83,6 +83,7 @@ def cmd_ls(args) -> int:
 
 def cmd_verify(args) -> int:
     from modelfs.store.api import open_store
+    from modelfs.store.scrub import repair, verify
     store = open_store(args.store, key_file=args.key_file, access=access_options(args))
     store.keyring.check_key_files()
     for spec in args.names:
@@ -97,8 +98,16 @@ def cmd_verify(args) -> int:
                            and (x.broken or (x.state is not None and x.state.versions))]
     failed: list[tuple[str, ModelfsError]] = []
     for spec in specs:
+        progress = ProgressBar(f"{'repair' if args.repair else 'verify'} {spec}")
         try:
-            state, v = store.verify(spec, progress=ProgressBar(f"verify {spec}"))
+            if args.repair:
+                report = repair(store, spec, progress=progress)
+                state, v = report.state, report.version
+                if report.repaired:
+                    print(f"repaired {len(report.repaired)} stored copies of {report.spec}: "
+                          f"{'; '.join(report.repaired)}")
+            else:
+                state, v = verify(store, spec, progress=progress)
         except ModelfsError as e:
             failed.append((spec, e))
             continue
@@ -171,6 +180,8 @@ def register(sub) -> None:
     s = sub.add_parser("verify", help="read models back from the store and check every byte")
     s.add_argument("names", nargs="*", metavar="NAME[@VERSION|@TAG]",
                    help="versions to check (default: the latest of every model)")
+    s.add_argument("--repair", action="store_true",
+                   help="rewrite each damaged stored copy (missing or corrupt) from a good one")
     add_store_arguments(s, reads=True)
     s.set_defaults(func=cmd_verify)
 

@@ -177,6 +177,17 @@ class Backend(abc.ABC):
         copy has none besides the one every read checks."""
         return {}
 
+    def repair_shard_copies(self, shard_id: str, location: ShardLocation, length: int,
+                            verify: Callable[[bytes | memoryview], object], where: list[str]) -> list[str]:
+        """Rewrite the damaged copies ``bad_copies`` named (``where``) from a good one that passes
+        ``verify``; the ones now good. A backend with one copy has no other to copy from."""
+        return []
+
+    def repair_object_copies(self, key: str, where: list[str]) -> list[str]:
+        """Copy an object to where ``missing_object_copies`` found it lacking; the places that
+        now hold it."""
+        return []
+
     def missing_object_copies(self, key: str) -> list[str]:
         """Where a copy of an object should be and is not (``modelfs verify``): a backend with one
         copy has none to miss besides the one every read needs."""

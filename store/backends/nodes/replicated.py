@@ -25,7 +25,6 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -35,6 +34,7 @@ from ...stats import Counters
 from ..base import Backend, ShardLocation, ShardWriter, StoredItem
 from ..layout import check_key, shard_relpath, stored_shard_relpath
 from .client import NodeClient, NodeDown, PreconditionFailed, combined_error, failure_reason
+from .corrupt import CorruptCopies
 from .listing import object_keys, stored_shards
 from .options import NodeStoreOptions, NodeStoreURL
 from .placement import rendezvous_order
@@ -42,9 +42,6 @@ from .protocol import DIGEST_HEADER, IF_ABSENT_HEADER, NOT_NEWER_HEADER
 from .writer import NodesShardWriter
 
 log = logging.getLogger(__name__)
-
-#: shards whose corrupt copies a client remembers (a few hundred bytes each)
-KNOWN_CORRUPT_SHARDS = 4096
 
 T = TypeVar("T")
 
@@ -76,8 +73,7 @@ class NodesBackend(Backend):
         self._lock = threading.Lock()
         self._pid = -1
         self._io: ThreadPoolExecutor | None = None
-        #: shard id → nodes whose copy failed authentication: asked last, and warned about once
-        self._corrupt: OrderedDict[str, set[str]] = OrderedDict()
+        self._corrupt = CorruptCopies()  # asked last, and warned about once
 
     @classmethod
     def from_url(cls, url: str) -> NodesBackend:
@@ -219,6 +215,24 @@ class NodesBackend(Backend):
         _, errors = self._gather(self.names, lambda node: node.request("HEAD", f"objects/{key}"))
         return sorted(name for name, e in errors.items() if isinstance(e, NotFound))
 
+    def repair_object_copies(self, key: str, where: list[str]) -> list[str]:
+        """Copy an object from the nodes that hold it to those that lack it, only while the
+        holders' copies agree (every node was written the same bytes)."""
+        check_key(key)
+        self._check_writable()
+        relpath = f"objects/{key}"
+        copies, _ = self._gather([n for n in self.names if n not in where],
+                                 lambda node: node.request("GET", relpath).data)
+        if len(set(copies.values())) != 1:
+            log.warning("%s not repaired: %s", key, "the nodes holding it disagree" if copies
+                        else "no node holding it answered")
+            return []
+        data = next(iter(copies.values()))
+        errors = self._on_each(where, self._put, relpath, data, hashlib.sha256(data).hexdigest())
+        for name, e in errors.items():
+            log.warning("%s not repaired on %s: %s", key, name, e)
+        return [name for name in where if name not in errors]
+
     def list_objects_everywhere(self, prefix: str) -> Iterator[str]:
         """Every node answers, or no answer: a node may be the only one left with an object (its
         other copies lost with a disk), and a listing without it would call that object absent."""
@@ -283,7 +297,7 @@ class NodesBackend(Backend):
                             verify: Callable[[bytes | memoryview], T], into: memoryview | None = None) -> T:
         relpath = shard_relpath(shard_id)
         errors: dict[str, Exception] = {}
-        corrupt = self._corrupt_copies(shard_id)
+        corrupt = self._corrupt.of(shard_id)
         order = self._order(self.replica_nodes(shard_id, location))
         if corrupt:
             order.sort(key=corrupt.__contains__)  # stable: known corrupt copies last
@@ -298,13 +312,13 @@ class NodesBackend(Backend):
                                          f"expected {length}")
                 result = verify(data)
                 if name in corrupt:
-                    self._forget_corrupt(shard_id, name)
+                    self._corrupt.forget(shard_id, name)
                 return result
             except IntegrityError as e:
                 node.corrupt()
                 self.counters.add(integrity_errors=1)
                 errors[name] = e
-                if self._remember_corrupt(shard_id, name):
+                if self._corrupt.remember(shard_id, name):
                     log.warning("corrupt copy of shard %s on %s: %s (read from the other copies from "
                                 "now on; `modelfs verify` names every damaged copy)", shard_id[:16], name, e)
             except ModelfsError as e:
@@ -331,31 +345,32 @@ class NodesBackend(Backend):
                 log.warning("copy of shard %s on %s not checked: %s", shard_id[:16], name, e)
         return bad
 
-    def _corrupt_copies(self, shard_id: str) -> frozenset[str]:
-        """The nodes whose copy of a shard failed authentication before."""
-        if not self._corrupt:  # the common case: nothing to look up under the lock
-            return frozenset()
-        with self._lock:
-            return frozenset(self._corrupt.get(shard_id, ()))
-
-    def _remember_corrupt(self, shard_id: str, name: str) -> bool:
-        """Note a node's corrupt copy of a shard; True when it was not known."""
-        with self._lock:
-            nodes = self._corrupt.setdefault(shard_id, set())
-            news = name not in nodes
-            nodes.add(name)
-            self._corrupt.move_to_end(shard_id)
-            while len(self._corrupt) > KNOWN_CORRUPT_SHARDS:
-                self._corrupt.popitem(last=False)
-            return news
-
-    def _forget_corrupt(self, shard_id: str, name: str) -> None:
-        """A node's copy of a shard authenticated again (replaced by a push)."""
-        with self._lock:
-            nodes = self._corrupt.get(shard_id, set())
-            nodes.discard(name)
-            if not nodes:
-                self._corrupt.pop(shard_id, None)
+    def repair_shard_copies(self, shard_id: str, location: ShardLocation, length: int,
+                            verify: Callable[[bytes | memoryview], object], where: list[str]) -> list[str]:
+        """Copy the first replica that authenticates over the damaged ones (a ``PUT``: the node
+        replaces a file only once the new one is complete and its SHA-256 matches)."""
+        self._check_writable()
+        relpath = shard_relpath(shard_id)
+        for name in self.replica_nodes(shard_id, location):
+            if name in where:
+                continue
+            try:
+                data = bytes(self.nodes[name].get_into(relpath, None, length))
+                if len(data) == length:
+                    verify(data)
+                    break
+            except ModelfsError as e:
+                log.warning("copy of shard %s on %s not used for repair: %s", shard_id[:16], name, e)
+        else:
+            log.warning("shard %s not repaired: no good copy answered", shard_id[:16])
+            return []
+        errors = self._on_each(where, self._put, relpath, data, hashlib.sha256(data).hexdigest())
+        for name, error in errors.items():
+            log.warning("copy of shard %s on %s not repaired: %s", shard_id[:16], name, error)
+        repaired = [name for name in where if name not in errors]
+        for name in repaired:
+            self._corrupt.forget(shard_id, name)
+        return repaired
 
     def delete_shard(self, shard_id: str, location: ShardLocation | None = None) -> None:
         """Remove a shard from every node (garbage collection); absent is fine."""

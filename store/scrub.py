@@ -1,0 +1,111 @@
+"""Scrubbing one version: every stored copy read and checked, damaged ones rewritten on request.
+
+A read stops at the first good copy of a shard, so a lost or corrupt second copy is found only
+when the first one's node is gone; and nothing copies metadata back to a node whose disk was
+replaced. ``modelfs verify`` finds both; ``--repair`` rewrites each damaged copy from a good
+one (a shard copy is authenticated before it is copied), which needs neither the original
+files nor the publisher: the stored bytes are copied as they are.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+
+from .api import Store
+from .config import OPEN_MODEL_CACHE
+from .errors import IntegrityError, NotFound
+from .format.catalog import LineageState, VersionRecord, manifest_key, record_key
+from .publish import Progress
+from .read.cache import ShardCache
+from .read.reader import ModelReader
+from .stats import Stats
+
+
+@dataclass
+class ScrubReport:
+    """What a scrub of one version found: the copies still damaged and the ones it rewrote."""
+
+    state: LineageState
+    version: VersionRecord
+    repair: bool
+    damaged: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.state.name}@{self.version.version_id}"
+
+    def error(self) -> IntegrityError:
+        """The damage left, with what fixes it."""
+        if not self.repair:
+            fix = f"`modelfs verify --repair {self.spec}` rewrites them from the good copies"
+        else:
+            fix = (f"they could not be rewritten (see the warnings); push the version again, and "
+                   f"`modelfs rotate {self.state.name}` writes its key, record and manifests anew")
+        return IntegrityError(f"{self.spec} reads right from its good copies, but {len(self.damaged)} "
+                              f"stored copies are damaged: {'; '.join(self.damaged)}; {fix}")
+
+
+def verify(store: Store, spec: str, progress: Progress | None = None) -> tuple[LineageState, VersionRecord]:
+    """Read every shard of one version back and check each file's SHA-256, and every stored copy
+    of its shards and metadata where there are several (storage nodes)."""
+    report = scrub(store, spec, progress)
+    if report.damaged:
+        raise report.error()
+    return report.state, report.version
+
+
+def repair(store: Store, spec: str, progress: Progress | None = None) -> ScrubReport:
+    """``verify``, rewriting each damaged copy from a good one; fails if damage is left."""
+    report = scrub(store, spec, progress, repair=True)
+    if report.damaged:
+        raise report.error()
+    return report
+
+
+def scrub(store: Store, spec: str, progress: Progress | None = None, repair: bool = False) -> ScrubReport:
+    """Read every shard of one version back, check each file's SHA-256 and every stored copy;
+    with ``repair``, rewrite the damaged copies from good ones. A version that does not read
+    right at all raises ``IntegrityError``: no copy is left to repair it from."""
+    state, version = store.open_version(spec)
+    report = ScrubReport(state, version, repair)
+    backend = store.backend
+    done = 0
+    for manifest in store.load_manifests(state.name, version):
+        stats = Stats()
+        cipher = store.cipher(state.name, manifest)
+        reader = ModelReader(manifest, backend, cipher, ShardCache(OPEN_MODEL_CACHE, stats), stats)
+        digest = hashlib.sha256()
+        for index, shard_id in enumerate(manifest.shard_ids):
+            digest.update(reader.shard(index))
+            check = functools.partial(cipher.decrypt, shard_id)
+            location, length = manifest.location(index), int(manifest.stored_lengths[index])
+            copies = backend.bad_copies(shard_id.hex(), location, length, check)
+            fixed = (backend.repair_shard_copies(shard_id.hex(), location, length, check, sorted(copies))
+                     if repair and copies else [])
+            for where, e in copies.items():
+                what = "missing" if isinstance(e, NotFound) else "corrupt"
+                (report.repaired if where in fixed else report.damaged).append(
+                    f"shard {shard_id.hex()[:16]} on {where} ({what})")
+            done += int(manifest.lengths[index])
+            if progress:
+                progress(done, version.size)
+        if digest.hexdigest() != manifest.sha256:
+            raise IntegrityError(f"{report.spec} {manifest.file_name}: SHA-256 does not match")
+    for key in metadata_keys(store, state, version):
+        missing = backend.missing_object_copies(key)
+        fixed = backend.repair_object_copies(key, missing) if repair and missing else []
+        for where in missing:
+            (report.repaired if where in fixed else report.damaged).append(f"{key} on {where} (missing)")
+    return report
+
+
+def metadata_keys(store: Store, state: LineageState, version: VersionRecord) -> list[str]:
+    """The objects a read of this version needs besides its shards: the newest record, the
+    manifests, the keys they are sealed with."""
+    generations = {store.record_generation[state.name],
+                   *(store.manifest_generation[(version.version_id, f.path)] for f in version.files)}
+    return [record_key(state.name, state.seq),
+            *(manifest_key(version.version_id, index) for index in range(len(version.files))),
+            *store.keyring.key_objects(state.name, generations)]

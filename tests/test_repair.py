@@ -1,0 +1,93 @@
+"""`modelfs verify --repair`: damaged stored copies rewritten from good ones, on real storage nodes
+and a local store; the repaired copies are then what reads get."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from modelfs.store.api import open_store
+
+
+def modelfs(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "modelfs.tools.cli", *args], capture_output=True,
+                          text=True, timeout=180)
+
+
+def files_by_path(root: Path) -> dict[Path, bytes]:
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def push_model(tmp_path: Path, store: tuple[str, ...]) -> Path:
+    src = tmp_path / "model.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    push = modelfs("push", str(src), "o", "--shard-size", "256KiB", *store)
+    assert push.returncode == 0, push.stderr
+    return src
+
+
+def test_repair_rewrites_a_replaced_disk_and_a_corrupt_copy_from_the_good_ones(nodes3, tmp_path, key_file):
+    """A node's disk replaced (every shard and metadata copy gone) and a corrupt copy on another:
+    reads still work from the good copies, verify names both, and --repair copies the good bytes
+    back, so that the repaired node alone serves its shards once the third node is away."""
+    url = nodes3.url(replicas=2, extra="&timeout=2")
+    store = ("--store", url, "--key-file", str(key_file))
+    src = push_model(tmp_path, store)
+    first, lost, third = nodes3.nodes
+    lost_shards = files_by_path(lost.data / "shards")
+    shutil.rmtree(lost.data / "objects")
+    shutil.rmtree(lost.data / "shards")
+    # a copy whose other replica is on the third node: the version still reads right
+    corrupt = first.data / "shards" / min(set(files_by_path(first.data / "shards")) - set(lost_shards))
+    good = corrupt.read_bytes()
+    corrupt.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
+
+    verify = modelfs("verify", "o", *store)
+    assert verify.returncode == 3, verify.stderr
+    assert f"on {first.name} (corrupt)" in verify.stderr and f"on {lost.name} (missing)" in verify.stderr
+    assert "modelfs verify --repair o@" in verify.stderr
+
+    repair = modelfs("verify", "--repair", "o", *store)
+    assert repair.returncode == 0, repair.stderr
+    assert "repaired" in repair.stdout and "ok o@" in repair.stdout and "Traceback" not in repair.stderr
+    assert files_by_path(lost.data / "shards") == lost_shards  # the same bytes, every one back
+    assert corrupt.read_bytes() == good
+    again = modelfs("verify", "o", *store)
+    assert again.returncode == 0 and "ok o@" in again.stdout, again.stderr
+
+    third.proc.send_signal(signal.SIGSTOP)  # its shards now come from the repaired copies
+    try:
+        with open_store(url, key_file=key_file).open_file("o") as f:
+            assert f.read() == src.read_bytes()
+    finally:
+        third.proc.send_signal(signal.SIGCONT)
+
+
+def test_repair_needs_a_writable_store(nodes3, tmp_path, key_file):
+    store = ("--store", nodes3.url(replicas=2), "--key-file", str(key_file))
+    push_model(tmp_path, store)
+    shutil.rmtree(nodes3.nodes[2].data / "shards")
+    readonly = ("--store", nodes3.url(replicas=2, extra="&readonly=1"), "--key-file", str(key_file))
+    repair = modelfs("verify", "--repair", "o", *readonly)
+    assert repair.returncode == 2 and "read-only" in repair.stderr, repair.stderr
+    assert "Traceback" not in repair.stderr
+    assert not (nodes3.nodes[2].data / "shards").exists()
+
+
+def test_repair_cuts_a_local_shard_file_that_grew_back_to_its_stored_length(tmp_path, key_file):
+    store = ("--store", str(tmp_path / "store"), "--key-file", str(key_file))
+    src = push_model(tmp_path, store)
+    grown = tmp_path / "store" / "shards" / sorted(files_by_path(tmp_path / "store" / "shards"))[3]
+    stored = grown.read_bytes()
+    grown.write_bytes(stored + b"appended")
+    verify = modelfs("verify", "o", *store)
+    assert verify.returncode == 3 and "modelfs verify --repair" in verify.stderr, verify.stderr
+    repair = modelfs("verify", "--repair", "o", *store)
+    assert repair.returncode == 0 and "repaired 1 stored copies" in repair.stdout, repair.stderr
+    assert grown.read_bytes() == stored
+    assert modelfs("verify", "o", *store).returncode == 0
+    with open_store(str(tmp_path / "store"), key_file=key_file).open_file("o") as f:
+        assert f.read() == src.read_bytes()
