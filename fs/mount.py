@@ -10,10 +10,12 @@ import concurrent.futures
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import json
 import logging
 import os
 import re
+import select
 import shutil
 import stat
 import subprocess
@@ -42,6 +44,8 @@ FSNAME_PREFIX = "modelfs:"
 SUBTYPE = "modelfs"
 MOUNT_TYPE = f"fuse.{SUBTYPE}"  # as /proc/self/mounts lists a modelfs mount
 READY_TIMEOUT = 60.0
+#: the pipe on which a background mount's daemon says it serves (its parent waits on the other end)
+READY_FD_ENV = "MODELFS_READY_FD"
 #: FUSE worker threads, busy and idle (libfuse 3.14 logs a warning when max_idle_threads is unset)
 FUSE_MAX_THREADS = 16
 #: what fuse_main returns when the kernel mount itself failed
@@ -189,12 +193,42 @@ class ServedFS(ModelFS):
     def init_with_config(self, conn, config) -> None:
         super().init_with_config(conn, config)
         notify_systemd(f"READY=1\nSTATUS=serving {self._mountpoint}")
+        tell_parent_ready()
+
+
+def tell_parent_ready() -> None:
+    """Say on the pipe a background ``modelfs mount`` waits on that this daemon serves: the
+    mount being up does not tell, as another daemon may have mounted there meanwhile."""
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), b"ready\n")
+        os.close(int(fd))
+    except (OSError, ValueError) as e:
+        log.warning("could not tell the mount command it serves: %s", e)
+
+
+def lock_mountpoint(path: Path) -> None:
+    """Lock the mountpoint folder while this daemon mounts and serves it: two mounts racing for
+    one mountpoint both pass its checks, and both could mount (stacked). The locked descriptor
+    stays open until the process ends."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InvalidInput(f"{path} is being mounted by another modelfs mount") from None
+    if os.path.ismount(path):  # the lock went to a mount made since the checks: its root
+        os.close(fd)
+        raise InvalidInput(f"{path} is already a mountpoint")
 
 
 def run_foreground(opts: MountOptions) -> None:
     """Open and verify the store, then serve FUSE requests until unmounted or stopped by a signal."""
     limit_malloc_arenas()
     mountpoint = prepare_mountpoint(opts.mountpoint)
+    lock_mountpoint(mountpoint)
     stopper = StopOnSignal(mountpoint)  # first: every thread started from here on inherits the mask
     store = open_store(opts.store_url, key_file=opts.key_file, access=opts.access)
     library = Library(store, opts.read)  # verifies keys and every manifest before mounting
@@ -249,27 +283,35 @@ def mount_background(argv: list[str], mountpoint: str | os.PathLike, log_file: P
     """Run ``modelfs mount ... --foreground`` detached; return when the mount is up."""
     mountpoint = prepare_mountpoint(mountpoint)
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as out:
-        child = subprocess.Popen([sys.executable, "-m", "modelfs.tools.cli", *argv],
-                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                 start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + READY_TIMEOUT
-    control = mountpoint / CONTROL_DIR
-    while time.monotonic() < deadline:
-        code = child.poll()
-        if code is not None:
-            error = ModelfsError(_last_error(log_file) or f"mount daemon exited with status {code}")
-            error.exit_code = code if code > 0 else 1  # the daemon's own code: same cause, same code
-            raise error
-        if os.path.ismount(mountpoint) and control.is_dir():
-            return
-        time.sleep(0.05)
+    ready, told = os.pipe()
+    try:
+        with open(log_file, "ab") as out:
+            child = subprocess.Popen([sys.executable, "-m", "modelfs.tools.cli", *argv],
+                                     stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                     start_new_session=True, close_fds=True, pass_fds=(told,),
+                                     env={**os.environ, READY_FD_ENV: str(told)})
+        os.close(told)
+        said = _wait_readable(ready, READY_TIMEOUT) and os.read(ready, 64)
+    finally:
+        os.close(ready)
+    if said == b"ready\n":
+        return
+    if said is not False:  # the pipe closed unsaid: the daemon ended
+        code = child.wait()
+        error = ModelfsError(_last_error(log_file) or f"mount daemon exited with status {code}")
+        error.exit_code = code if code > 0 else 1  # the daemon's own code: same cause, same code
+        raise error
     child.kill()
     fusermount(mountpoint, lazy=True)
     message = f"mount of {mountpoint} did not become ready in {READY_TIMEOUT:.0f}s"
     with open(log_file, "a") as out:  # the daemon, killed, cannot say it
         out.write(f"modelfs: {message}; the mount daemon was killed\n")
     raise ModelfsError(f"{message}; see {log_file}")
+
+
+def _wait_readable(fd: int, timeout: float) -> bool:
+    readable, _, _ = select.select([fd], [], [], timeout)
+    return bool(readable)
 
 
 def _last_error(log_file: Path) -> str:

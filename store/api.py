@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from .backends.base import Backend, ShardLocation
 from .backends.urls import local_path, open_backend, store_url
@@ -33,6 +32,7 @@ from .format.crypto import DEFAULT_KEY_FILE, LineageKeys, ShardCipher
 from .format.manifest import Manifest
 from .keyring import Access, Keyring, check_key_files
 from .library import Library
+from .paths import user_path
 from .publish import (
     DEFAULT_SHARD_SIZE,
     Progress,
@@ -106,7 +106,7 @@ class Store:
             raise InvalidInput("empty key file path: name the key file, or pass None for the default")
         self.backend = backend
         self.catalog = Catalog(backend)
-        self.key_file = Path(DEFAULT_KEY_FILE if key_file is None else key_file).expanduser()
+        self.key_file = user_path(DEFAULT_KEY_FILE if key_file is None else key_file, "key file")
         #: only the default key file may be created on first push
         self.keyring = Keyring(backend, self.key_file, key_file is None, access)
         self.sealed = SealedCatalog(self.catalog, self.keyring)

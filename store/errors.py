@@ -19,7 +19,8 @@ EXIT_CODES: dict[int, str] = {
     7: "mount failed: FUSE unavailable (/dev/fuse) or the kernel refused the mount",
     8: "checks failed: a benchmark target it prints as FAIL fell short",
     130: "interrupted (SIGINT): a push publishes nothing; a foreground mount unmounts and exits 0",
-    141: "output closed early (broken pipe, e.g. piped into head)",
+    141: ("output closed early (broken pipe, e.g. piped into head; `cache-stats --watch`, meant to be "
+          "cut short, ends 0)"),
     143: "terminated (SIGTERM): a push publishes nothing; a foreground mount unmounts and exits 0",
 }
 

@@ -42,6 +42,7 @@ from .format.recipients import (
     PublisherKey,
     wrap_for_host,
 )
+from .paths import user_path
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def check_key_files(key_file: str | os.PathLike | None, access: Access | None = 
     command opens or creates anything: a bad one fails first, with the same error in every command.
     A missing default is no error here: push creates it, ``ls`` lists names as unreadable."""
     (access or Access()).check()
-    path = Path(key_file or DEFAULT_KEY_FILE).expanduser()
+    path = user_path(key_file or DEFAULT_KEY_FILE, "key file")
     if key_file is not None or path.exists():
         load_key_file(path)
 

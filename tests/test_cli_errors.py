@@ -636,3 +636,24 @@ def test_the_python_api_refuses_wrong_types_as_bad_input_and_takes_paths(tmp_pat
                  lambda: store.publish(model_file, "m", shard_size=2.5 * 2**20)):
         with pytest.raises(InvalidInput):
             call()
+
+
+@pytest.mark.parametrize("argv, what", [
+    (["ls", "--store", "{store}", "--key-file", "~nosuchuser/k.key"], "key file ~nosuchuser/k.key"),
+    (["ls", "--store", "~nosuchuser/store", "--key-file", "{key}"], "store ~nosuchuser/store"),
+    (["push", "{model}", "m", "--store", "~nosuchuser/store", "--key-file", "{key}"],
+     "store ~nosuchuser/store"),
+    (["mount", "{store}", "{mnt}", "--key-file", "{key}", "--log-file", "~nosuchuser/m.log"],
+     "log file ~nosuchuser/m.log"),
+    (["mount", "{store}", "{mnt}", "-o", "key_file=~nosuchuser/k.key"], "key file ~nosuchuser/k.key"),
+    (["keys", "host-init", "--key-file", "~nosuchuser/host.key"], "key file ~nosuchuser/host.key")])
+def test_the_home_of_a_user_that_does_not_exist_is_bad_input(model_file, key_file, store_dir, tmp_path, argv,
+                                                              what):
+    """``~nouser/...`` was an unexpected error (exit 1) everywhere but the disk cache."""
+    (tmp_path / "mnt").mkdir()
+    run_modelfs("push", model_file, "m", "--store", store_dir, "--key-file", key_file)
+    fill = dict(store=store_dir, key=key_file, model=model_file, mnt=tmp_path / "mnt")
+    result = fails(*[arg.format(**fill) for arg in argv])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"modelfs: {what}: no such user's home folder\n"
+    assert not os.path.ismount(tmp_path / "mnt")

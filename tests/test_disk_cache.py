@@ -354,3 +354,20 @@ def test_a_mount_serving_hits_sees_what_another_mount_evicted(tmp_path, monkeypa
     stats = reader.stats()  # an estimate: rescans keep it near the directory, never past the bound
     assert len(on_disk) < 16 and stats["evictions"] == 0 and writer.stats()["evictions"] > 0
     assert stats["used_bytes"] == 1000 * stats["entries"] <= 10_000
+
+
+def test_a_cache_folder_replaced_by_a_file_is_warned_about_once_not_once_per_shard(tmp_path, caplog):
+    """Every entry of such a cache fails to open (ENOTDIR): the reads go to the store, and the log
+    said so for every shard (thousands of lines for a real model)."""
+    import logging
+    import shutil
+
+    from modelfs.store.backends.disk_cache import DiskCache
+    cache = DiskCache(tmp_path / "cache", 1 << 20)
+    shutil.rmtree(tmp_path / "cache" / "shards")
+    (tmp_path / "cache" / "shards").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="modelfs.store.backends.disk_cache"):
+        for i in range(20):
+            assert cache.get(f"{i:064x}", 100) is None
+    warnings = [r for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and "Not a directory" in warnings[0].getMessage()

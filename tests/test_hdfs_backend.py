@@ -53,13 +53,13 @@ def hdfs_files(cluster, url: str) -> list[str]:
 
 @pytest.fixture
 def backend(hdfs_cluster):
-    b = HdfsBackend.from_url(hdfs_cluster.fresh_url("backend"))
+    b = HdfsBackend.from_url(hdfs_cluster.fresh_url("backend"), create=True)
     yield b
     b.close()
 
 
 def test_open_backend_dispatches_hdfs_urls(hdfs_cluster):
-    b = open_backend(hdfs_cluster.fresh_url("dispatch"))
+    b = open_backend(hdfs_cluster.fresh_url("dispatch"), create=True)
     assert isinstance(b, HdfsBackend) and b.kind == "hdfs"
 
 
@@ -179,7 +179,7 @@ def test_shards_read_in_pack_order_share_one_stream_and_random_ones_open_none(hd
     """Four threads read consecutive shards, as a mount's loaders do: after the first reads the
     rest come from one datanode stream, byte for byte. Reads in reverse order open none."""
     url = hdfs_cluster.fresh_url("streams")
-    b = HdfsBackend.from_url(url)
+    b = HdfsBackend.from_url(url, create=True)
     shards = random_shards(24, 512 * 1024, seed=8)
     locations = write_pack(b, "v-streams", shards)
     jobs = list(zip(shards, locations, strict=True))
@@ -194,7 +194,7 @@ def test_shards_read_in_pack_order_share_one_stream_and_random_ones_open_none(hd
     assert 1 <= stats["streams"] <= 4 and stats["streamed_reads"] >= len(jobs) - 8
     b.close()
 
-    b = HdfsBackend.from_url(url)
+    b = HdfsBackend.from_url(url, create=True)
     assert all(check(job) for job in reversed(jobs))
     assert b.stats()["streams"] == 0 and b.stats()["streamed_reads"] == 0
     b.close()
@@ -204,7 +204,7 @@ def test_a_truncated_pack_is_an_integrity_error_not_a_crash(hdfs_cluster):
     """hdfs-native panics (a BaseException) on a range past the end of a file: reads of the
     shards a cut pack lost fail as truncated, in order (through a stream) or alone."""
     url = hdfs_cluster.fresh_url("cut")
-    b = HdfsBackend.from_url(url)
+    b = HdfsBackend.from_url(url, create=True)
     shards = random_shards(8, 300_000, seed=9)
     locations = write_pack(b, "v-cut", shards)
     pack = f"{b.root}/{locations[0].container}"
@@ -216,7 +216,7 @@ def test_a_truncated_pack_is_an_integrity_error_not_a_crash(hdfs_cluster):
     b.close()
 
     for sequential in (True, False):
-        b = HdfsBackend.from_url(url)
+        b = HdfsBackend.from_url(url, create=True)
         order = range(len(shards)) if sequential else reversed(range(len(shards)))
         for i in order:
             (sid, data), loc = shards[i], locations[i]
@@ -232,7 +232,7 @@ def test_a_truncated_pack_is_an_integrity_error_not_a_crash(hdfs_cluster):
 def test_file_count_constant_in_number_of_shards(hdfs_cluster):
     counts = {}
     for n in (2, 40):
-        b = HdfsBackend.from_url(hdfs_cluster.fresh_url(f"count{n}"))
+        b = HdfsBackend.from_url(hdfs_cluster.fresh_url(f"count{n}"), create=True)
         write_pack(b, "v1", random_shards(n, 4096, seed=n))
         b.put_object("manifests/v1", b"manifest")
         b.put_object("catalog/m/latest", b"v1")
@@ -242,7 +242,7 @@ def test_file_count_constant_in_number_of_shards(hdfs_cluster):
 
 def test_read_survives_a_stopped_datanode(hdfs):
     """Replication 2: with one datanode gone every block still has a live replica."""
-    b = HdfsBackend.from_url(hdfs.fresh_url("datanode"))
+    b = HdfsBackend.from_url(hdfs.fresh_url("datanode"), create=True)
     shards = random_shards(12, 2 * 1024 * 1024, seed=5)  # 24 MiB: three 8 MiB blocks
     locations = write_pack(b, "v-dn", shards)
     hdfs.stop_datanode(0)
@@ -252,7 +252,7 @@ def test_read_survives_a_stopped_datanode(hdfs):
 
 def test_a_stream_keeps_serving_its_pack_while_the_namenode_is_away(hdfs):
     """Reads an open stream covers need no namenode request, whichever thread asks."""
-    b = HdfsBackend.from_url(hdfs.fresh_url("nn-stream"))
+    b = HdfsBackend.from_url(hdfs.fresh_url("nn-stream"), create=True)
     shards = random_shards(16, 256 * 1024, seed=10)
     locations = write_pack(b, "v-nn-stream", shards)
     for i in range(3):
@@ -272,7 +272,7 @@ def test_a_stream_keeps_serving_its_pack_while_the_namenode_is_away(hdfs):
 
 
 def test_namenode_down_fails_bounded_then_recovers(hdfs):
-    b = HdfsBackend.from_url(hdfs.fresh_url("namenode"))
+    b = HdfsBackend.from_url(hdfs.fresh_url("namenode"), create=True)
     (sid, data), (other_sid, other) = random_shards(2, 500_000, seed=6)
     loc, = write_pack(b, "v-nn", [(sid, data)])
     other_loc, = write_pack(b, "v-nn-other", [(other_sid, other)])
@@ -329,7 +329,7 @@ def test_hadoop_conf_dir_and_user_are_honoured(hdfs_cluster, tmp_path, monkeypat
     monkeypatch.setenv("HADOOP_USER_NAME", "alice")
 
     root = f"/modelfs-conf-{os.getpid()}-{time.monotonic_ns()}"
-    b = HdfsBackend.from_url(f"hdfs://{root}")  # namenode from fs.defaultFS
+    b = HdfsBackend.from_url(f"hdfs://{root}", create=True)  # namenode from fs.defaultFS
     assert "dfs.client.socket-timeout" not in b.config  # the user's value wins
     assert b.config["dfs.client.failover.max.attempts"] == HA_FAILOVER_ATTEMPTS  # may be HA
     assert HdfsBackend(hdfs_cluster.url).config["dfs.client.failover.max.attempts"] == "1"
@@ -366,3 +366,36 @@ def test_failed_commit_cleans_up_and_never_replaces_a_pack(backend, hdfs_cluster
     assert [p for p in hdfs_files(hdfs_cluster, backend.url) if ".tmp-" in p] == []
     for (sid, data), loc in zip(first, locations, strict=True):
         assert backend.read_shard(sid, loc, len(data)) == data
+
+
+def test_a_store_url_is_a_store_folder_or_one_clear_refusal(hdfs_cluster, tmp_path, key_file):
+    """As with a local store: a missing store is refused except by a push (which says it makes one,
+    and only under an existing folder), a file or a folder of other things is no store, and an
+    unknown URL parameter is bad input, each as one line, never a Java stack trace."""
+    from helpers import run_modelfs
+    url = hdfs_cluster.fresh_url("paths")
+    model = tmp_path / "m.bin"
+    model.write_bytes(os.urandom(300_000))
+
+    def refused(code: int, *args: str, store: str, says: str) -> None:
+        result = run_modelfs(*args, "--store", store, "--key-file", key_file, check=False, timeout=60)
+        assert result.returncode == code and says in result.stderr, result.stderr
+        assert "\tat org.apache" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+    refused(6, "ls", store=url, says="does not exist (the first push to it creates it)")
+    refused(6, "push", str(model), "m", store=f"{url}/a/b", says="nor its parent folder")
+    first = run_modelfs("push", model, "m", "--store", url, "--key-file", key_file)
+    assert f"creating a new store at {url}" in first.stdout
+    again = run_modelfs("push", model, "m2", "--store", url, "--key-file", key_file)
+    assert "creating a new store" not in again.stdout
+    namenode = hdfs_cluster.namenode_url
+    pack = next(s.path for s in Client(namenode).list_status(f"/{url.split('/', 3)[3]}/packs"))
+    refused(2, "ls", store=f"{namenode}{pack}", says="is a file, not a store folder")
+    refused(6, "ls", store=f"{namenode}{pack}/sub", says="does not exist")
+    refused(2, "push", str(model), "m", store=f"{namenode}{pack}/sub", says="is a file, not a folder")
+    refused(2, "ls", store=f"{url}?replicas=5", says="unknown store URL parameter")
+    other = f"/not-a-store-{os.getpid()}-{time.monotonic_ns()}"
+    with Client(namenode).create(f"{other}/notes.txt") as f:
+        f.write(b"not a store")
+    refused(6, "ls", store=f"{namenode}{other}", says="is not a modelfs store")
+    assert run_modelfs("ls", "--store", url, "--key-file", key_file).returncode == 0

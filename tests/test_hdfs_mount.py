@@ -188,7 +188,7 @@ def test_push_killed_mid_way_leaves_no_model(hdfs_cluster, tmp_path, key_file):
 def test_push_failing_mid_read_publishes_nothing(hdfs_cluster, tmp_path, key_file, monkeypatch):
     url = hdfs_cluster.fresh_url("failing")
     src = random_file(tmp_path / "m.bin", 8 << 20, seed=6)
-    store = open_store(url, key_file=key_file)
+    store = open_store(url, key_file=key_file, create=True)
     try:
         publish_failing_at(store, src, "m", 512 * 1024, 5, monkeypatch)
         assert store.lineages() == []

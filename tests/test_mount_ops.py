@@ -96,7 +96,9 @@ def test_helper_mounts_rw_read_only_with_a_warning(model, key_file, store_dir, m
     ("ro,umask=9", "bad value"), ("ro,umask=7777777", "at most 777"),
     ("ro,uid=99999999999", "out of range"), ("ro,gid=4294967295", "out of range"),
     ("ro,allow_other=no", "takes no value"), ("ro,nosuid=1", "takes no value"),
-    ("ro,key_file={key},key_file=", "a path is needed")])
+    ("ro,key_file={key},key_file=", "a path is needed"), ("ro,disk_cache=", "needs a value"),
+    ("ro,metrics=", "needs a value"), ("ro,cache_size", "needs a value"), ("ro,=x", "without a name"),
+    ("ro=1", "takes no value"), ("rw=0", "takes no value")])
 def test_helper_refuses_bad_options(model, key_file, store_dir, mountpoint, opts, message):
     """Unknown options and bad values are refused before anything is mounted."""
     opts = opts.format(key=key_file) if "{key}" in opts else f"{opts},key_file={key_file}"
@@ -497,6 +499,15 @@ def test_a_bad_owner_or_umask_option_says_what_it_wants(store_dir, mountpoint, o
     assert "<lambda>" not in result.stderr and "_id value" not in result.stderr
 
 
+def test_a_log_file_inside_the_mountpoint_is_refused_before_it_is_made(model, key_file, store_dir,
+                                                                        mountpoint):
+    """It was created, and then the mountpoint was "not empty" for this mount and every later one."""
+    result = run_modelfs("mount", store_dir, mountpoint, "--key-file", key_file, "--log-file",
+                         mountpoint / "mount.log", check=False)
+    assert result.returncode == 2 and "is inside the mountpoint" in result.stderr, result.stderr
+    assert not os.path.ismount(mountpoint) and not any(mountpoint.iterdir())
+
+
 def test_a_log_file_that_cannot_be_written_is_named(tmp_path):
     for path in ("/proc/version", str(tmp_path / "no-such-dir" / "log")):
         result = run_modelfs("ls", "--store", str(tmp_path), "--log-file", path, check=False)
@@ -642,3 +653,27 @@ def test_readme_shows_the_exit_code_table():
     readme = (REPO / "README.md").read_text()
     for code, cause in EXIT_CODES.items():
         assert f"| {code} | {cause} |" in readme
+
+
+def test_mounts_racing_for_one_mountpoint_one_wins_and_the_others_say_so(model, key_file, store_dir,
+                                                                         tmp_path):
+    """Before, every racer said "mounted" (exit 0) while the losers' daemons died, and at times
+    two mounts stacked on the folder: now one serves, the others exit 2 naming the mountpoint."""
+    mountpoint = tmp_path / "raced"
+    mountpoint.mkdir()
+    racers = [subprocess.Popen([*MODELFS, "mount", str(store_dir), str(mountpoint), "--key-file",
+                                str(key_file), "--log-file", str(tmp_path / f"mount{i}.log")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    try:
+        results = [(racer.wait(timeout=120), *racer.communicate()) for racer in racers]
+        assert sorted(code for code, _, _ in results) == [0, 2, 2], results
+        for code, out, err in results:
+            if code == 2:
+                assert str(mountpoint) in err and "mounted" not in out and "Traceback" not in err
+        tables = Path("/proc/self/mounts").read_text()
+        assert tables.count(f" {mountpoint} fuse.modelfs ") == 1
+        assert sha256_of(mountpoint / "org" / "m") == sha256_of(model)
+    finally:
+        for _ in range(3):
+            if os.path.ismount(mountpoint):
+                detach(mountpoint)

@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
 
 from modelfs.store.errors import EXIT_CODES, AccessDenied, InvalidInput, ModelfsError, from_os_error
+from modelfs.store.paths import user_path
 
 from . import access, bench, keys, models, mounting, node, stats, warmup
 from .mounthelper import helper_argv
@@ -110,7 +111,11 @@ def setup_logging(args: argparse.Namespace) -> None:
              else logging.INFO if daemon else logging.WARNING)
     handler: logging.Handler
     if args.log_file:
-        path = os.path.expanduser(args.log_file)
+        path = str(user_path(args.log_file, "log file"))
+        mountpoint = args.mountpoint if args.command == "mount" else None
+        if mountpoint and os.path.abspath(path).startswith(os.path.join(os.path.abspath(mountpoint), "")):
+            raise InvalidInput(f"log file {path} is inside the mountpoint {mountpoint}: the mount would "
+                               f"hide it")
         try:
             handler = logging.handlers.WatchedFileHandler(path)  # reopened after logrotate moves it
         except OSError as e:  # no permission is access denied (4); anything else a bad path (2)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
+from modelfs.store.paths import user_path
 from modelfs.store.sizes import format_size
 
 STORE_HELP = "store URL: a directory (default $MODELFS_STORE or ~/.local/share/modelfs/store), " \
@@ -59,12 +59,15 @@ def open_push_store(url: str | None, key_file: str | None, access=None):
     from modelfs.store.errors import NotFound
     url = url or DEFAULT_STORE
     if "://" not in url or url.startswith("file://"):
-        root = Path(urlsplit(url).path if "://" in url else url).expanduser().absolute()
+        root = user_path(urlsplit(url).path if "://" in url else url, "store").absolute()
         if not root.exists():
             if not root.parent.is_dir() and url != DEFAULT_STORE:
                 raise NotFound(f"store directory {root} does not exist, nor its parent {root.parent}")
             print(f"creating a new store at {root}")
-    return open_store(url, key_file=key_file, create=True, access=access)
+    store = open_store(url, key_file=key_file, create=True, access=access)
+    if getattr(store.backend, "created", False):  # HDFS: known once the namenode answered
+        print(f"creating a new store at {url}")
+    return store
 
 
 def _show_default(f) -> str:

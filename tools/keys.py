@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelfs.store.errors import InvalidInput
+from modelfs.store.paths import user_path
 
 
 def _public_path(private: Path) -> Path:
@@ -11,7 +12,7 @@ def _public_path(private: Path) -> Path:
 
 
 def _init(kind_cls, default: Path, args, what: str) -> int:
-    path = Path(args.key_file or default).expanduser()
+    path = user_path(args.key_file or default, "key file")
     public_path = _public_path(path)
     if public_path == path:
         raise InvalidInput(f"{path}: a private key file may not be named *.pub (its public key is "

@@ -10,6 +10,7 @@ import pwd
 from pathlib import Path
 
 from modelfs.store.errors import InvalidInput
+from modelfs.store.paths import user_path
 
 from .console import HOST_KEY_HELP, KEY_HELP, STORE_HELP, access_options, add_read_options, read_options
 
@@ -89,18 +90,22 @@ def apply_mount_options(args: argparse.Namespace, option_lists: list[str]) -> No
     for item in ",".join(option_lists).split(","):
         name, has_value, value = (part.strip() for part in item.partition("="))
         attr = name.replace("-", "_")
-        if name in ("ro", "rw"):
-            writable = name == "rw"
-        elif not name or name in IGNORED_OPTIONS or name.startswith(IGNORED_PREFIXES):
+        if not name and has_value:
+            raise InvalidInput(f"mount option without a name: {item!r}")
+        if not name or name in IGNORED_OPTIONS or name.startswith(IGNORED_PREFIXES):
             continue
-        elif name in KERNEL_FLAGS or attr in FLAG_OPTIONS:
+        if name in ("ro", "rw") or name in KERNEL_FLAGS or attr in FLAG_OPTIONS:
             if has_value:
                 raise InvalidInput(f"mount option {name} takes no value (give it or leave it out): {item!r}")
-            if attr in FLAG_OPTIONS:
+            if name in ("ro", "rw"):
+                writable = name == "rw"
+            elif attr in FLAG_OPTIONS:
                 setattr(args, attr, True)
             elif name not in args.kernel_flags:
                 args.kernel_flags.append(name)
         elif attr in VALUE_OPTIONS or attr in read_names:
+            if not value and attr not in VALUE_OPTIONS:  # as the command line refuses --disk-cache ""
+                raise InvalidInput(f"mount option {name} needs a value: {item!r}")
             values[attr] = (name, value)
         else:
             raise InvalidInput(f"unknown mount option {name!r}")
@@ -140,7 +145,7 @@ def cmd_mount(args) -> int:
         return 0
     mountpoint = str(absolute_mountpoint(args.mountpoint))  # mount_background checks it
     if args.log_file:
-        log_file = Path(args.log_file).expanduser().absolute()
+        log_file = user_path(args.log_file, "log file").absolute()
     else:
         digest = hashlib.sha256(mountpoint.encode()).hexdigest()[:12]
         log_dir = Path(os.environ.get("MODELFS_LOG_DIR", Path.home() / ".cache" / "modelfs"))

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import IntegrityError, InvalidInput
+from ..paths import user_path
 from .base import Backend, ShardLocation, ShardWriter, StoredItem, T
 from .layout import STALE_TMP_SECONDS, TMP_SUFFIX, shard_relpath
 
@@ -59,10 +60,7 @@ class DiskCache:
     """The directory: entries by shard id, an LRU bound by mtime, counters."""
 
     def __init__(self, directory: str | os.PathLike, budget: int) -> None:
-        try:
-            self.directory = Path(directory).expanduser().absolute()
-        except RuntimeError as e:  # ~user of no such user
-            raise InvalidInput(f"disk cache directory {directory}: {e}") from None
+        self.directory = user_path(directory, "disk cache directory").absolute()
         self.budget = budget
         self._refuse_foreign_shards()
         try:
@@ -77,7 +75,7 @@ class DiskCache:
         self._used = 0
         self._written_since_scan = 0
         self._scanned_at = 0.0
-        self._write_errors_logged: set[int] = set()
+        self._errors_logged: set[tuple[str, int]] = set()  # (read or write, errno): logged once
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(WRITE_QUEUE)
         self._writer: threading.Thread | None = None
         self._pending = 0
@@ -124,7 +122,7 @@ class DiskCache:
                 self._used -= self._entries.pop(shard_id, 0)
             return None
         except OSError as e:
-            log.warning("disk cache entry %s unreadable: %s", path, e.strerror)
+            self._unreadable(path, e)
             return None
         try:
             info = os.fstat(fd)
@@ -137,7 +135,7 @@ class DiskCache:
                 data = f.read(length + 1)
             os.utime(path)  # recency for every mount of this directory
         except OSError as e:
-            log.warning("disk cache entry %s unreadable: %s", path, e.strerror)
+            self._unreadable(path, e)
             return None
         with self._lock:
             if shard_id not in self._entries:
@@ -216,12 +214,23 @@ class DiskCache:
         if due:
             self.trim()
 
-    def _skipped(self, error: OSError) -> None:
+    def _first_of_its_kind(self, action: str, error: OSError) -> bool:
+        """Whether this is the first failure of ``action`` with this errno: logged once per kind
+        of failure, not once per shard (a cache directory replaced by a file fails every one)."""
         with self._lock:
-            self.counters["skipped_writes"] += 1
-            first = (error.errno or 0) not in self._write_errors_logged
-            self._write_errors_logged.add(error.errno or 0)
-        if first:  # once per kind of failure, not once per shard
+            kind = (action, error.errno or 0)
+            first = kind not in self._errors_logged
+            self._errors_logged.add(kind)
+        return first
+
+    def _unreadable(self, path: Path, error: OSError) -> None:
+        if self._first_of_its_kind("read", error):
+            log.warning("disk cache entry %s unreadable: %s (reading from the store instead; "
+                        "said once)", path, error.strerror)
+
+    def _skipped(self, error: OSError) -> None:
+        self.count(skipped_writes=1)
+        if self._first_of_its_kind("write", error):
             what = "is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "cannot be written"
             log.warning("disk cache %s %s (%s); skipping writes that fail, reads go on",
                         self.directory, what, error.strerror)

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import BackendError, IntegrityError, InvalidInput, ModelfsError, NotFound, store_os_error
+from ..paths import user_path
 from .base import READ_ALIGNMENT, Backend, ShardLocation, ShardWriter, StoredItem
 from .layout import (
     TMP_SUFFIX,
@@ -95,7 +96,7 @@ class LocalBackend(Backend):
     kind = "local"
 
     def __init__(self, root: str | os.PathLike, create: bool = False) -> None:
-        self.root = Path(root).expanduser().resolve()
+        self.root = user_path(root, "store").resolve()
         self._direct = hasattr(os, "O_DIRECT")  # until the file system refuses it
         if self.root.exists() and not self.root.is_dir():
             raise InvalidInput(f"store {self.root} is not a directory")

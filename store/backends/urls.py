@@ -42,7 +42,7 @@ def local_path(url: str) -> str | None:
 
 
 def open_backend(url: str | os.PathLike | None, create: bool = False) -> Backend:
-    """Open the backend a store URL names; ``create`` makes a missing local store."""
+    """Open the backend a store URL names; ``create`` (a push) takes a missing store for new."""
     url = store_url(url)
     path = local_path(url)
     if path is not None:
@@ -54,5 +54,5 @@ def open_backend(url: str | os.PathLike | None, create: bool = False) -> Backend
         return NodesBackend.from_url(url)
     if scheme == "hdfs":
         from .hdfs.backend import HdfsBackend
-        return HdfsBackend.from_url(url)
+        return HdfsBackend.from_url(url, create=create)
     raise InvalidInput(f"unknown store {url!r}: use a directory, file://, http:// or hdfs://")

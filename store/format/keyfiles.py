@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AccessDenied, InvalidInput, NotFound
+from ..paths import user_path
 
 CONFIG_DIR = Path(os.environ.get("MODELFS_CONFIG_DIR", str(Path.home() / ".config" / "modelfs")))
 
@@ -25,7 +26,7 @@ RAW_KEY_BYTES = 32
 
 def write_private_file(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
     """Create ``path`` readable by its owner only; never replace a key by accident."""
-    path = Path(path).expanduser()
+    path = user_path(path, "key file")
     if path.is_dir():
         raise InvalidInput(f"key file {path} is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +45,7 @@ def write_private_file(path: str | os.PathLike, data: bytes, overwrite: bool = F
 
 def read_private_file(path: str | os.PathLike, what: str) -> bytes:
     """The bytes of a private key file, refused when anyone but its owner may read it."""
-    path = Path(path).expanduser()
+    path = user_path(path, what)
     try:
         info = path.stat()
         if stat.S_ISDIR(info.st_mode):
@@ -96,7 +97,7 @@ class PublicKey:
 
     @classmethod
     def load(cls, path: str | os.PathLike, kind: str) -> PublicKey:
-        path = Path(path).expanduser()
+        path = user_path(path, "public key file")
         try:
             text = path.read_text()
         except FileNotFoundError:
@@ -117,7 +118,7 @@ def load_trusted(key_files: list[str], trust_files: list[str]) -> frozenset[byte
     trusted = {PublicKey.load(path, PUBLISHER_KIND).raw for path in key_files}
     for path in trust_files:
         try:
-            lines = Path(path).expanduser().read_text().splitlines()
+            lines = user_path(path, "trust file").read_text().splitlines()
         except UnicodeDecodeError:
             raise InvalidInput(f"trust file {path} is not text: one publisher public key line per "
                                f"line") from None

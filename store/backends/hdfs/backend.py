@@ -21,6 +21,7 @@ import posixpath
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from ...errors import IntegrityError, InvalidInput, NotFound
@@ -33,10 +34,18 @@ from .packs import PACKS, HdfsPackWriter
 log = logging.getLogger(__name__)
 
 
+def _looks_like_a_store(client: Any, root: str) -> bool:
+    """A store's folders, or nothing yet (a new store, mounted before its first push)."""
+    names = {posixpath.basename(status.path) for status in client.list_status(root)}
+    return not names or bool(names & {"objects", PACKS})
+
+
 class HdfsBackend(Backend):
     """Shards in one pack file per version, metadata objects as small files."""
 
     kind = "hdfs"
+    #: whether opening it (for a push) took a missing store for new
+    created = False
 
     def __init__(self, url: str, config: dict[str, str] | None = None,
                  backoff: tuple[float, ...] = READ_BACKOFF,
@@ -45,6 +54,10 @@ class HdfsBackend(Backend):
         parts = urlsplit(url)
         if parts.scheme != "hdfs":
             raise InvalidInput(f"not an HDFS URL: {url!r}")
+        if parts.query or parts.fragment:
+            raise InvalidInput(f"unknown store URL parameter {(parts.query or parts.fragment)!r} in "
+                               f"{url!r}: an HDFS store URL takes none (Hadoop settings come from "
+                               f"HADOOP_CONF_DIR)")
         self.url = url
         root = posixpath.normpath(parts.path or "/")
         if not root.startswith("/") or "/../" in f"{root}/":
@@ -61,10 +74,28 @@ class HdfsBackend(Backend):
                                operation_budget=operation_budget)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs) -> HdfsBackend:
-        """Open a store URL and check the namenode answers (fails in seconds if not)."""
+    def from_url(cls, url: str, create: bool = False, **kwargs) -> HdfsBackend:
+        """Open a store URL, checking in seconds that the namenode answers and that the path is a
+        store; ``create`` (a push) takes a missing one whose parent folder exists for new, as a
+        local store does: a mistyped path must not start a new store silently."""
         backend = cls(url, **kwargs)
-        backend.hdfs.probe(backend.root or "/")
+        root = backend.root or "/"
+        status = backend.hdfs.probe(root)
+        if status is not None and not status.isdir:
+            raise InvalidInput(f"store {url} is a file, not a store folder")
+        if status is None and not create:
+            raise NotFound(f"store {url} does not exist (the first push to it creates it)")
+        if status is None:
+            parent = posixpath.dirname(root)
+            parent_status = backend.hdfs.probe(parent)
+            if parent_status is None:
+                raise NotFound(f"store {url} does not exist, nor its parent folder {parent}")
+            if not parent_status.isdir:
+                raise InvalidInput(f"store {url} cannot be made: {parent} is a file, not a folder")
+            backend.created = True
+        elif not backend.hdfs.call(lambda client: _looks_like_a_store(client, root), f"cannot list {url}"):
+            raise NotFound(f"{url} is not a modelfs store: it holds files but no objects/ or packs/ "
+                           f"(a mistyped path?)")
         return backend
 
     def __repr__(self) -> str:

@@ -47,6 +47,8 @@ HDFS_COUNTERS = ("requests", "reads", "writes", "bytes_read", "bytes_written", "
 #: Java exception classes the namenode reports inside a generic hdfs-native error
 _REMOTE_NOT_FOUND = "FileNotFoundException"
 _REMOTE_DENIED = "AccessControlException"
+#: the longest an HDFS error's text gets in a message
+BRIEF_CHARS = 240
 
 
 def is_not_found(e: BaseException) -> bool:
@@ -57,6 +59,13 @@ def is_not_found(e: BaseException) -> bool:
 def is_denied(e: BaseException) -> bool:
     """Permission problems come as the namenode's AccessControlException (no Python type)."""
     return isinstance(e, PermissionError) or _REMOTE_DENIED in str(e)
+
+
+def brief(e: BaseException) -> str:
+    """An hdfs-native error in one line of bounded length: the namenode's Java stack trace and
+    the Rust structures of datanode lists left out."""
+    text = str(e).split("\n", 1)[0].strip()
+    return text if len(text) <= BRIEF_CHARS else text[:BRIEF_CHARS] + "…"
 
 
 def unless_missing(fn: Callable[[], T], default: T) -> T:
@@ -199,8 +208,9 @@ class HdfsClient:
             return NotFound(f"{what}: not found in {self.url}")
         if is_denied(e):
             return AccessDenied(f"{what} in {self.url}: permission denied "
-                                f"(HDFS user {os.environ.get('HADOOP_USER_NAME') or 'from login'}): {e}")
-        return BackendError(f"HDFS {self.url}: {what}: {e}")
+                                f"(HDFS user {os.environ.get('HADOOP_USER_NAME') or 'from login'}): "
+                                f"{brief(e)}")
+        return BackendError(f"HDFS {self.url}: {what}: {brief(e)}")
 
     def call(self, fn: Callable[[Any], T], what: str, retry: bool = True) -> T:
         """``fn(client)`` with retries on transient errors; a ModelfsError when it fails."""
@@ -237,19 +247,19 @@ class HdfsClient:
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             self._forget_client()
-            raise BackendError(f"hdfs-native failed: {e}") from e
+            raise BackendError(f"hdfs-native failed: {brief(e)}") from e
 
-    def probe(self, root: str) -> None:
-        """Check the namenode answers; a dead one gives a clear error in seconds."""
+    def probe(self, path: str) -> Any:
+        """The status of a path (None: it does not exist), or a clear error in seconds when the
+        namenode does not answer."""
         try:
             self.counters.add(requests=1)
-            # a store not created yet is fine
-            self._pool.run(lambda: unless_missing(lambda: self.client().get_file_info(root), None),
-                           PROBE_TIMEOUT, "probe")
+            return self._pool.run(lambda: unless_missing(lambda: self.client().get_file_info(path), None),
+                                  PROBE_TIMEOUT, "probe")
         except Exception as e:
             self.counters.error("probe")
             if isinstance(e, ModelfsError):
                 raise
             if is_denied(e):
                 raise self.error("cannot open the store", e) from e
-            raise BackendError(f"cannot reach the HDFS namenode of {self.url}: {e}") from e
+            raise BackendError(f"cannot reach the HDFS namenode of {self.url}: {brief(e)}") from e

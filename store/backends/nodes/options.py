@@ -12,12 +12,12 @@ the README table and the parameter check all take names and defaults from it.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from ...config import option, parse_fields
 from ...errors import InvalidInput
+from ...paths import user_path
 from .placement import PLACEMENTS, RUN_LENGTH, Placement
 from .protocol import read_token_file
 
@@ -50,7 +50,7 @@ class NodeStoreOptions:
         if not self.token_file:
             return ""
         try:
-            return read_token_file(os.path.expanduser(self.token_file))
+            return read_token_file(str(user_path(self.token_file, "token file")))
         except OSError as e:
             raise InvalidInput(f"cannot read token file {self.token_file}: {e.strerror}") from None
 

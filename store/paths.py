@@ -1,0 +1,19 @@
+"""Paths a user gives: ``~`` and ``~user`` expanded, or one clear error.
+
+``Path.expanduser`` raises ``RuntimeError`` for the home of a user that does not exist
+(``~nouser/key``), which would otherwise surface as an unexpected error.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import InvalidInput
+
+
+def user_path(path: str | os.PathLike, what: str) -> Path:
+    """``path`` with its ``~`` expanded; ``what`` names it in the error (``"key file"``)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise InvalidInput(f"{what} {path}: no such user's home folder") from None
