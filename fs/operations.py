@@ -133,7 +133,7 @@ class ModelFS(mfusepy.Operations):
         state = self._library.state(name)
         if state is None or not ref:
             return None
-        if ref in state.tags or ref in state.renamed:  # a tag, or a version id a rotation replaced
+        if ref in state.tags:
             if rest:
                 return None  # the kernel follows the link before looking further
             try:
@@ -141,6 +141,13 @@ class ModelFS(mfusepy.Operations):
             except ModelfsError:  # the version it named was removed since
                 return None
             return Node("link", int(record.created * 1e9), target=f"{leaf}@{record.version_id}")
+        if ref in state.renamed:
+            # A version id a rotation replaced: the same files under the new id, shown as what they
+            # were (a link in its place would make the kernel fail every open descriptor of the file)
+            try:
+                ref = state.version(ref).version_id
+            except ModelfsError:  # removed since
+                return None
         if not any(v.version_id == ref for v in state.versions):
             return None
         view = self._library.version(name, ref)

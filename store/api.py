@@ -226,6 +226,10 @@ class Store:
             if head and self.record_generation[name] > generation:
                 raise ModelfsError(f"the key of {name!r} was rotated while this ran; nothing was "
                                    f"published, run it again")
+            if head and _freed(current) and self.record_generation[name] >= generation:
+                # its next push gets a new key no host holds; this one's key was the old name's
+                raise ModelfsError(f"{name!r} was removed (freed) while this ran; nothing was "
+                                   f"published, run it again")
             new = change(current)
             self._warn_if_unsigning(name, head)
             if self.sealed.write_record(new, generation):
@@ -252,6 +256,7 @@ class Store:
         self.check_no_clash(name)
         self.keyring.publisher()  # a bad publisher key file fails before anything is stored
         self.check_store_key(name)
+        self._finish_freeing(name)
         generation, keys = self.keyring.current(name, create=True)
         known: dict[bytes, ShardLocation] = {}
         try:
@@ -277,6 +282,17 @@ class Store:
         log.info("published %s version %s (record %d): %d bytes in %d files, %d new stored bytes",
                  name, version_id, state.seq, record.size, len(record.files), record.new_stored)
         return Published(state, record)
+
+    def _finish_freeing(self, name: str) -> None:
+        """``rm NAME`` writes the record that frees a name, then makes the key generation its
+        next push gets (no host holds it). Where a removal stopped between the two, the push
+        makes that generation, so the hosts granted before do not read what it publishes."""
+        try:
+            state = self.lineage(name)
+        except NotFound:
+            return
+        if _freed(state) and self.record_generation[name] >= self.keyring.current(name)[0]:
+            self.keyring.new_generation(name, keep_hosts=False)
 
     def tag(self, spec: str, tag: str) -> tuple[LineageState, VersionRecord]:
         """Point ``tag`` at the version ``spec`` (``NAME`` = the latest) names; create or move."""
@@ -377,6 +393,11 @@ class Store:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def _freed(state: LineageState) -> bool:
+    """Whether the record frees its name (``rm NAME``: no version left)."""
+    return state.event == "remove" and not state.versions
 
 
 def check_push(url: str | None, path: str | os.PathLike, name: str, *, shard_size: int,

@@ -13,7 +13,7 @@ import pytest
 from helpers import mount_log, mounted, read_stats, run_modelfs, sha256_of
 
 from modelfs.store.api import open_store
-from modelfs.store.errors import AccessDenied, InvalidInput, NotFound, NotGranted
+from modelfs.store.errors import AccessDenied, InvalidInput, ModelfsError, NotFound, NotGranted
 from modelfs.store.format.catalog import record_key
 from modelfs.store.format.keyfiles import HOST_KIND, PUBLISHER_KIND, PublicKey
 from modelfs.store.format.recipients import HostKey, PublisherKey
@@ -415,3 +415,38 @@ def test_an_unsigned_change_to_a_signed_name_warns_that_trusting_hosts_stop_serv
             in unsigned.stderr and "hosts that mount with --trust stop serving org/c" in unsigned.stderr)
     again = cli(store, key_file, "tag", "org/c", "more")        # the newest record is unsigned now
     assert "warning" not in again.stderr
+
+
+def test_a_push_that_overlaps_rm_of_its_name_publishes_nothing_under_the_old_key(tmp_path, key_file):
+    """A push reads the name's key when it starts; an ``rm NAME`` meanwhile frees the name (its
+    next push gets a new key no host holds). The push published under the old key, so the hosts
+    granted what was removed read it; now it fails and nothing is published. A removal that
+    stopped before making the new key has it made by the next push."""
+    store = tmp_path / "store"
+    first, second = write(tmp_path, "first", 300_000), write(tmp_path, "second", 300_000)
+    cli(store, key_file, "push", str(first), "org/m", "--shard-size", SHARD)
+    _, a_pub, a_fp = host_pair(tmp_path, "a")
+    cli(store, key_file, "grant", "org/m", "--to", str(a_pub))
+    pusher = open_store(store, key_file=key_file)
+    removed = []
+
+    def remove_midway(done: int, total: int) -> None:
+        if not removed and done >= total // 2:
+            removed.append(open_store(store, key_file=key_file).remove("org/m"))
+
+    with pytest.raises(ModelfsError, match="was removed \\(freed\\) while this ran"):
+        pusher.publish(second, "org/m", shard_size=64 << 10, progress=remove_midway)
+    reader = open_store(store, key_file=key_file)
+    assert removed and reader.lineage("org/m").versions == ()
+
+    cli(store, key_file, "push", str(first), "org/m", "--shard-size", SHARD)
+    cli(store, key_file, "grant", "org/m", "--to", str(a_pub))  # granted the generation in use
+    stopped = open_store(store, key_file=key_file)            # an rm that wrote its record only
+    stopped.append("org/m", lambda s: s.next("remove", versions=(), tags={}))
+    before = stopped.keyring.current("org/m")[0]
+    assert a_fp in stopped.keyring.recipients("org/m", before)
+    cli(store, key_file, "push", str(second), "org/m", "--shard-size", SHARD)
+    after = open_store(store, key_file=key_file)
+    version = after.lineage("org/m").latest
+    assert after.record_generation["org/m"] == before + 1
+    assert a_fp not in after.keyring.recipients("org/m", before + 1) and version is not None

@@ -126,6 +126,31 @@ def test_an_open_descriptor_keeps_its_size_and_version_after_the_version_is_remo
             os.close(fd)
 
 
+def test_an_open_descriptor_keeps_reading_after_a_rotation(tmp_path, key_file):
+    """A rotation gives every version a new id; the old pinned path of a file showed up as a link
+    to the new one, and the kernel then failed the open descriptor of the file (EIO, SIGBUS for
+    mmap). The old path stays a file of the same bytes."""
+    from modelfs.bench.measure import drop_caches
+    store = tmp_path / "store"
+    src = make_versions(tmp_path, 1, 3 * (1 << 20) + 7)[0]
+    old_id = push(store, key_file, src, "m")
+    with mounted(store, key_file, "8MiB", "--refresh", REFRESH) as mnt:
+        fd = os.open(mnt / f"m@{old_id}", os.O_RDONLY)
+        try:
+            head = os.pread(fd, 1 << 20, 0)
+            cli(store, key_file, "rotate", "m")
+            wait_for(lambda: os.getxattr(mnt / "m", VERSION_XATTR).decode() != old_id, "the rotation")
+            time.sleep(2)  # past the kernel's attribute cache: it asks the daemon again
+            drop_caches()
+            assert os.fstat(fd).st_size == src.stat().st_size
+            assert head + os.pread(fd, src.stat().st_size, 1 << 20) == src.read_bytes()
+            with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
+                assert mapped[:] == src.read_bytes()
+        finally:
+            os.close(fd)
+        assert sha256_of(mnt / f"m@{old_id}") == sha256_of(src)  # a new open of the old path too
+
+
 def _reader(mnt: str, hashes: set[str], mode: str, until: float, out) -> None:
     """Read the latest version again and again until ``until``; count whole passes and mixed ones."""
     passes = mixed = 0
