@@ -73,6 +73,15 @@ def open_source(path: Path) -> BinaryIO:
         raise
 
 
+def _source_chunks(f: BinaryIO, path: Path, shard_size: int) -> Iterator[tuple[Cut, bytes]]:
+    """``_read_chunks``, a failing read named by its file (a bare "Input/output error" said
+    nothing of which of a folder's files, or why)."""
+    try:
+        yield from _read_chunks(f, shard_size)
+    except OSError as e:
+        raise _unreadable(path, e) from None
+
+
 def check_source(path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
@@ -222,7 +231,7 @@ def _store_file(pool: ThreadPoolExecutor, writer: ShardWriter, cipher: ShardCiph
         advanced(shard.length)
 
     with f:
-        for cut, chunk in _read_chunks(f, shard_size):
+        for cut, chunk in _source_chunks(f, path, shard_size):
             digest.update(chunk)
             pending.append(pool.submit(encrypt_shard, cipher, chunk, level, cut.width))
             if len(pending) > 2 * ENCODE_THREADS:

@@ -100,7 +100,8 @@ def publish_failing_at(store, src: Path, name: str, shard_size: int, fail_at: in
 
     monkeypatch.setattr(publish_mod, "_read_chunks", failing_chunks)
     try:
-        with pytest.raises(OSError, match="the source went away"):
+        from modelfs.store.errors import ModelfsError
+        with pytest.raises(ModelfsError, match=f"cannot read {src}: the source went away"):  # named
             store.publish(src, name, shard_size=shard_size)
     finally:
         monkeypatch.setattr(publish_mod, "_read_chunks", real_chunks)
