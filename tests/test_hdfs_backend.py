@@ -10,6 +10,7 @@ import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from hdfs_native import Client, WriteOptions
@@ -399,3 +400,70 @@ def test_a_store_url_is_a_store_folder_or_one_clear_refusal(hdfs_cluster, tmp_pa
         f.write(b"not a store")
     refused(6, "ls", store=f"{namenode}{other}", says="is not a modelfs store")
     assert run_modelfs("ls", "--store", url, "--key-file", key_file).returncode == 0
+
+
+def _crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), as HDFS checksums each 512-byte chunk of a block."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+
+
+def corrupt_one_replica_past_its_checksums(cluster, pack_bytes: bytes, at: int, size: int) -> Path:
+    """Overwrite bytes of one replica of a pack's only block and rewrite that replica's
+    checksums to match: HDFS then serves it as good (silent corruption, or tampering)."""
+    replicas = [p for p in cluster.workdir.rglob("blk_*")
+                if not p.name.endswith(".meta") and p.stat().st_size == len(pack_bytes)
+                and p.read_bytes() == pack_bytes]
+    assert len(replicas) == 2, replicas
+    block = replicas[0]
+    data = bytearray(pack_bytes)
+    data[at:at + size] = bytes(b ^ 0xFF for b in data[at:at + size])
+    block.write_bytes(data)
+    meta_path = next(block.parent.glob(f"{block.name}_*.meta"))
+    meta = bytearray(meta_path.read_bytes())
+    assert meta[2] == 2  # CRC32C
+    per_chunk = int.from_bytes(meta[3:7], "big")
+    for chunk in range(at // per_chunk, (at + size - 1) // per_chunk + 1):
+        crc = _crc32c(bytes(data[chunk * per_chunk:(chunk + 1) * per_chunk]))
+        meta[7 + 4 * chunk:11 + 4 * chunk] = crc.to_bytes(4, "big")
+    meta_path.write_bytes(meta)
+    return block
+
+
+def test_a_replica_corrupt_past_hdfs_checksums_is_read_around(hdfs_cluster):
+    """A read that got the corrupt replica failed authentication, and the kept reader asked the
+    same replica again: EIO for as long as a mount lived, though a good replica was up. Reads
+    again through new readers reach the good one (HDFS orders replicas at the same distance at
+    random), and the shard is named as having a bad copy."""
+    url = hdfs_cluster.fresh_url("silent")
+    writer = HdfsBackend.from_url(url, create=True)
+    shards = random_shards(6, 200_000, seed=4)
+    locations = write_pack(writer, "v-silent", shards)
+    with Client(hdfs_cluster.namenode_url).read(f"{writer.root}/{locations[0].container}") as f:
+        pack_bytes = f.read()
+    writer.close()
+    bad = 2
+    corrupt_one_replica_past_its_checksums(hdfs_cluster, pack_bytes, locations[bad].offset + 1000, 4096)
+    rereads = 0
+    for _ in range(40):  # each a new client: its first read of the pack gets either replica
+        b = HdfsBackend.from_url(url)
+        for (shard_id, content), location in zip(shards, locations, strict=True):
+            assert b.read_shard_verified(shard_id, location, len(content), verifier(shard_id)) == content
+        if b.stats()["rereads"]:
+            rereads += 1
+            sid, data = shards[bad]
+            assert set(b.bad_copies(sid, locations[bad], len(data), verifier(sid)))
+        b.close()
+    assert rereads > 0  # the corrupt replica was met (by about half the clients) and read around
+
+
+def verifier(shard_id: str):
+    def verify(data: bytes | memoryview) -> bytes:
+        if hashlib.sha256(data).hexdigest() != shard_id:
+            raise IntegrityError(f"shard {shard_id[:16]} does not match its id")
+        return bytes(data)
+    return verify

@@ -20,11 +20,11 @@ import logging
 import posixpath
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ...errors import IntegrityError, InvalidInput, NotFound
+from ...errors import IntegrityError, InvalidInput, ModelfsError, NotFound
 from ..base import Backend, ShardLocation, ShardWriter, StoredItem
 from ..layout import TMP_SUFFIX, check_key
 from .client import CALL_TIMEOUT, OPERATION_BUDGET, READ_BACKOFF, HdfsClient, unless_missing
@@ -32,6 +32,13 @@ from .config import client_config, default_fs_configured
 from .packs import PACKS, HdfsPackWriter
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: reads again, each through a new reader, of a shard whose copy failed authentication: replicas
+#: at the same distance come in a new random order each time, so with two replicas all of them
+#: miss a good one with a chance of 1 in 2**16
+INTEGRITY_REREADS = 16
 
 
 def _looks_like_a_store(client: Any, root: str) -> bool:
@@ -69,6 +76,8 @@ class HdfsBackend(Backend):
         if not parts.netloc and not default_fs_configured(self.config):
             raise InvalidInput(f"HDFS URL {url!r} names no namenode and no fs.defaultFS is configured "
                                f"(HADOOP_CONF_DIR): use hdfs://namenode:port/path")
+        #: shards whose first read failed authentication and a read again passed
+        self._reread: set[str] = set()
         self.hdfs = HdfsClient(url, f"hdfs://{parts.netloc}" if parts.netloc else None, self.config,
                                backoff=backoff, call_timeout=call_timeout,
                                operation_budget=operation_budget)
@@ -218,17 +227,54 @@ class HdfsBackend(Backend):
     def read_shard_into(self, shard_id: str, location: ShardLocation, length: int,
                         into: memoryview | None) -> bytes | memoryview:
         """Bytes a pack stream served are copied into ``into``; a range read's are its own."""
-        path = self._container_path(location)
+        return self._read(shard_id, location, length, lambda path, what: self.hdfs.read_pack(
+            path, location.offset, length, what, into))
+
+    def _read(self, shard_id: str, location: ShardLocation, length: int,
+              read: Callable[[str, str], bytes | memoryview]) -> bytes | memoryview:
         offset = location.offset
         started = time.monotonic()
         what = f"cannot read shard {shard_id[:16]} ({location.container} at {offset}+{length})"
-        data = self.hdfs.read_pack(path, offset, length, what, into)
+        data = read(self._container_path(location), what)
         self.hdfs.counters.add(reads=1, bytes_read=len(data), read_seconds=time.monotonic() - started)
         if len(data) != length:
             self.hdfs.counters.error("short_read")
             raise IntegrityError(f"shard {shard_id[:16]} truncated in {self.url}/{location.container}: "
                                  f"{len(data)} of {length} bytes at {offset}")
         return data
+
+    def read_shard_verified(self, shard_id: str, location: ShardLocation, length: int,
+                            verify: Callable[[bytes | memoryview], T], into: memoryview | None = None) -> T:
+        """A copy that fails ``verify`` is read again from HDFS a few times, each through a new
+        reader: a datanode's replica can be corrupt past HDFS's own checksums (rewritten along
+        with them), and only a read that reaches another replica tells."""
+        try:
+            return verify(self.read_shard_into(shard_id, location, length, into))
+        except IntegrityError as e:
+            failed = e
+        for _ in range(INTEGRITY_REREADS):
+            self.hdfs.counters.add(rereads=1)
+            data = self._read(shard_id, location, length, lambda path, what: self.hdfs.read_anew(
+                path, location.offset, length, what))
+            try:
+                result = verify(data)
+            except IntegrityError as e:
+                failed = e
+                continue
+            self._reread.add(shard_id)
+            log.warning("shard %s failed authentication as first read from %s and read right again: "
+                        "a replica of its block is corrupt past HDFS's checksums (`modelfs verify` "
+                        "names it)", shard_id[:16], location.container)
+            return result
+        raise failed
+
+    def bad_copies(self, shard_id: str, location: ShardLocation, length: int,
+                   verify: Callable[[bytes | memoryview], object]) -> dict[str, ModelfsError]:
+        """A copy this client read that failed authentication where another read right: HDFS
+        does not say which replica a read got, so the pack names it."""
+        if shard_id not in self._reread:
+            return {}
+        return {f"{self.url}/{location.container} (a replica)": IntegrityError("failed authentication")}
 
     def _pack_statuses(self) -> list:
         """hdfs-native statuses of every file in ``packs/``, temporary ones included."""

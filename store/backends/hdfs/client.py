@@ -42,7 +42,7 @@ IDLE_EXIT = 60.0
 READERS_KEPT = 16
 
 HDFS_COUNTERS = ("requests", "reads", "writes", "bytes_read", "bytes_written", "retries", "errors",
-                 "read_seconds", "streams", "streamed_reads")
+                 "read_seconds", "streams", "streamed_reads", "rereads")
 
 #: Java exception classes the namenode reports inside a generic hdfs-native error
 _REMOTE_NOT_FOUND = "FileNotFoundException"
@@ -194,6 +194,20 @@ class HdfsClient:
 
         data = self.call(read, what)
         return data if isinstance(data, bytes) else gather(data, into)
+
+    def read_anew(self, path: str, offset: int, length: int, what: str) -> bytes:
+        """A range read through a reader opened for it, after the pack's streams are closed: the
+        namenode lists each block's replicas anew (those at the same distance in a new random
+        order), so a read that got a corrupt replica may get another. The new reader replaces
+        this thread's kept one."""
+        self.streams.drop(path)
+
+        def read(client) -> bytes:
+            reader = client.read(path)
+            self._local.readers[path] = reader
+            available = min(length, len(reader) - offset)
+            return reader.read_range(offset, available) if available > 0 else b""
+        return self.call(read, what)
 
     def close(self) -> None:
         self._generation += 1

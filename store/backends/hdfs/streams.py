@@ -187,6 +187,14 @@ class PackStreams:
         while len(self._streams) > self.kept:
             self._streams.pop(0).broken = True
 
+    def drop(self, path: str) -> None:
+        """Close the streams of one pack (one of them served bytes that failed authentication)."""
+        with self._lock:
+            for stream in self._streams:
+                if stream.path == path:
+                    stream.broken = True
+            self._streams = [s for s in self._streams if not s.broken]
+
     def discard(self, stream: PackStream) -> None:
         with self._lock:
             if stream in self._streams:
