@@ -39,6 +39,9 @@ T = TypeVar("T")
 #: at the same distance come in a new random order each time, so with two replicas all of them
 #: miss a good one with a chance of 1 in 2**16
 INTEGRITY_REREADS = 16
+#: how ``bad_copies`` names the copy (HDFS does not say which replica a read got)
+HDFS_REPLICA = ("(a replica HDFS serves as good: find its block with `hdfs fsck PACK -files -blocks "
+                "-locations` and remove that replica)")
 
 
 def _looks_like_a_store(client: Any, root: str) -> bool:
@@ -261,6 +264,8 @@ class HdfsBackend(Backend):
             except IntegrityError as e:
                 failed = e
                 continue
+            if shard_id in self._reread:
+                return result
             self._reread.add(shard_id)
             log.warning("shard %s failed authentication as first read from %s and read right again: "
                         "a replica of its block is corrupt past HDFS's checksums (`modelfs verify` "
@@ -274,7 +279,7 @@ class HdfsBackend(Backend):
         does not say which replica a read got, so the pack names it."""
         if shard_id not in self._reread:
             return {}
-        return {f"{self.url}/{location.container} (a replica)": IntegrityError("failed authentication")}
+        return {f"{self.url}/{location.container} {HDFS_REPLICA}": IntegrityError("failed authentication")}
 
     def _pack_statuses(self) -> list:
         """hdfs-native statuses of every file in ``packs/``, temporary ones included."""
