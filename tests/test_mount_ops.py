@@ -109,6 +109,12 @@ def test_helper_refuses_bad_options(model, key_file, store_dir, mountpoint, opts
     assert not os.path.ismount(mountpoint)
 
 
+def test_helper_usage_errors_are_one_line(tmp_path):
+    result = subprocess.run([str(BIN / "mount.fuse.modelfs"), str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "see `mount.fuse.modelfs --help`" in result.stderr
+
+
 def test_helper_takes_the_last_of_a_repeated_option_and_ignores_what_fuse_cannot_use(
         model, key_file, store_dir, mountpoint, tmp_path):
     """mount(8) puts the command line's -o after fstab's: the last value wins. 'comment=' and

@@ -21,8 +21,9 @@ def helper_argv(argv: list[str], commands: set[str]) -> list[str]:
 
 
 def parse_helper_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="mount.fuse.modelfs",
-                                description="mount(8) helper: mount a modelfs store like any filesystem")
+    from .cli import Parser  # a usage error in one line, as from ``modelfs``
+    p = Parser(prog="mount.fuse.modelfs",
+               description="mount(8) helper: mount a modelfs store like any filesystem")
     p.add_argument("store")
     p.add_argument("mountpoint")
     p.add_argument("-o", dest="options", action="append", default=[], help="mount options")
