@@ -66,6 +66,19 @@ def _read_fully(f: io.FileIO, view: memoryview) -> memoryview:
     return view[:filled]
 
 
+def _refresh_if_whole(path: Path, size: int) -> bool:
+    """A shard file already there (perhaps an orphan of an earlier, failed push) made young
+    again, so garbage collection leaves it alone until this version is published; False when
+    there is none of that size, also when gc removes it while we look."""
+    try:
+        if path.stat().st_size != size:
+            return False
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 class LocalShardWriter(ShardWriter):
     """Shards are content-addressed files, durable when ``put`` returns."""
 
@@ -75,11 +88,7 @@ class LocalShardWriter(ShardWriter):
     def put(self, shard_id: str, data: bytes, index: int) -> ShardLocation:
         path = self._backend.root / shard_relpath(shard_id)
         with _store_errors(f"cannot write shard {shard_id[:16]} in {self._backend.root}"):
-            if path.exists() and path.stat().st_size == len(data):
-                # reused (perhaps an orphan of an earlier, failed push): make it young again,
-                # so garbage collection leaves it alone until this version is published
-                os.utime(path)
-            else:
+            if not _refresh_if_whole(path, len(data)):
                 write_file_atomically(path, data)
         return ShardLocation()
 
