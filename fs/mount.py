@@ -190,8 +190,15 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 class ServedFS(ModelFS):
     """The filesystem as a daemon serves it: reports readiness once the kernel mount is up."""
 
+    #: the locked mountpoint folder (``lock_mountpoint``), let go once the mount is up: a daemon
+    #: a lazy unmount detached may serve open files for long, and must not block a new mount
+    mountpoint_lock: int | None = None
+
     def init_with_config(self, conn, config) -> None:
         super().init_with_config(conn, config)
+        if self.mountpoint_lock is not None:
+            os.close(self.mountpoint_lock)
+            self.mountpoint_lock = None
         notify_systemd(f"READY=1\nSTATUS=serving {self._mountpoint}")
         tell_parent_ready()
 
@@ -209,10 +216,10 @@ def tell_parent_ready() -> None:
         log.warning("could not tell the mount command it serves: %s", e)
 
 
-def lock_mountpoint(path: Path) -> None:
-    """Lock the mountpoint folder while this daemon mounts and serves it: two mounts racing for
-    one mountpoint both pass its checks, and both could mount (stacked). The locked descriptor
-    stays open until the process ends."""
+def lock_mountpoint(path: Path) -> int:
+    """Lock the mountpoint folder while this daemon checks and mounts it: two mounts racing for
+    one mountpoint both pass its checks, and both could mount (stacked). Returns the locked
+    descriptor: closed once the mount is up, when the mount itself keeps others off."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -222,13 +229,14 @@ def lock_mountpoint(path: Path) -> None:
     if os.path.ismount(path):  # the lock went to a mount made since the checks: its root
         os.close(fd)
         raise InvalidInput(f"{path} is already a mountpoint")
+    return fd
 
 
 def run_foreground(opts: MountOptions) -> None:
     """Open and verify the store, then serve FUSE requests until unmounted or stopped by a signal."""
     limit_malloc_arenas()
     mountpoint = prepare_mountpoint(opts.mountpoint)
-    lock_mountpoint(mountpoint)
+    lock = lock_mountpoint(mountpoint)
     stopper = StopOnSignal(mountpoint)  # first: every thread started from here on inherits the mask
     store = open_store(opts.store_url, key_file=opts.key_file, access=opts.access)
     library = Library(store, opts.read)  # verifies keys and every manifest before mounting
@@ -242,6 +250,7 @@ def run_foreground(opts: MountOptions) -> None:
     if opts.allow_other:
         fuse_options["allow_other"] = True
     operations = ServedFS(library, str(mountpoint), opts.uid, opts.gid, opts.umask)
+    operations.mountpoint_lock = lock
     if not stopper.serving():
         time.sleep(1)  # the pending interrupt stops us here
         return

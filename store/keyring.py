@@ -181,9 +181,12 @@ class Keyring:
                 found.append(parsed[1:])
         return found
 
-    def key_objects(self, name: str, generations: set[int]) -> list[str]:
-        """The stored key objects (store and hosts) of these generations of ``name``."""
-        return [key_object(name, g, r) for g, r in self._objects(name) if g in generations]
+    def store_key_objects(self, name: str, generations: set[int]) -> list[str]:
+        """The store's key objects of these generations of ``name``. Not the hosts': a node that
+        was away when a host was revoked keeps that host's key, and the copies are then no
+        lost ones to write back (that would undo the revocation)."""
+        return [key_object(name, g, r) for g, r in self._objects(name)
+                if g in generations and r == STORE_RECIPIENT]
 
     def generations(self, name: str) -> list[int]:
         return sorted({g for g, r in self._objects(name) if r == STORE_RECIPIENT})

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .api import Store
 from .config import OPEN_MODEL_CACHE
-from .errors import IntegrityError, NotFound
+from .errors import IntegrityError, ModelfsError, NotFound
 from .format.catalog import LineageState, VersionRecord, manifest_key, record_key
 from .publish import Progress
 from .read.cache import ShardCache
@@ -44,7 +44,8 @@ class ScrubReport:
             fix = (f"they could not be rewritten (see the warnings); push the version again, and "
                    f"`modelfs rotate {self.state.name}` writes its key, record and manifests anew")
         return IntegrityError(f"{self.spec} reads right from its good copies, but {len(self.damaged)} "
-                              f"stored copies are damaged: {'; '.join(self.damaged)}; {fix}")
+                              f"stored copies are damaged or could not be checked: "
+                              f"{'; '.join(self.damaged)}; {fix}")
 
 
 def verify(store: Store, spec: str, progress: Progress | None = None) -> tuple[LineageState, VersionRecord]:
@@ -81,11 +82,12 @@ def scrub(store: Store, spec: str, progress: Progress | None = None, repair: boo
             digest.update(reader.shard(index))
             check = functools.partial(cipher.decrypt, shard_id)
             location, length = manifest.location(index), int(manifest.stored_lengths[index])
-            copies = backend.bad_copies(shard_id.hex(), location, length, check)
-            fixed = (backend.repair_shard_copies(shard_id.hex(), location, length, check, sorted(copies))
-                     if repair and copies else [])
-            for where, e in copies.items():
-                what = "missing" if isinstance(e, NotFound) else "corrupt"
+            judged = {where: _judged(e) for where, e in backend.bad_copies(shard_id.hex(), location,
+                                                                            length, check).items()}
+            damaged = sorted(where for where, what in judged.items() if what in ("missing", "corrupt"))
+            fixed = (backend.repair_shard_copies(shard_id.hex(), location, length, check, damaged)
+                     if repair and damaged else [])
+            for where, what in judged.items():
                 (report.repaired if where in fixed else report.damaged).append(
                     f"shard {shard_id.hex()[:16]} on {where} ({what})")
             done += int(manifest.lengths[index])
@@ -101,11 +103,20 @@ def scrub(store: Store, spec: str, progress: Progress | None = None, repair: boo
     return report
 
 
+def _judged(error: ModelfsError) -> str:
+    """How a copy stands: missing, corrupt, or not checked (its node did not answer, or refused)."""
+    if isinstance(error, NotFound):
+        return "missing"
+    if isinstance(error, IntegrityError):
+        return "corrupt"
+    return f"not checked: {error}"
+
+
 def metadata_keys(store: Store, state: LineageState, version: VersionRecord) -> list[str]:
     """The objects a read of this version needs besides its shards: the newest record, the
-    manifests, the keys they are sealed with."""
+    manifests, the store's keys they are sealed with (see ``Keyring.store_key_objects``)."""
     generations = {store.record_generation[state.name],
                    *(store.manifest_generation[(version.version_id, f.path)] for f in version.files)}
     return [record_key(state.name, state.seq),
             *(manifest_key(version.version_id, index) for index in range(len(version.files))),
-            *store.keyring.key_objects(state.name, generations)]
+            *store.keyring.store_key_objects(state.name, generations)]

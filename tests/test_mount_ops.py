@@ -683,3 +683,16 @@ def test_mounts_racing_for_one_mountpoint_one_wins_and_the_others_say_so(model, 
         for _ in range(3):
             if os.path.ismount(mountpoint):
                 detach(mountpoint)
+
+
+def test_a_mountpoint_a_lazy_unmount_left_with_an_open_file_mounts_again(model, key_file, store_dir,
+                                                                         mountpoint):
+    """The detached daemon serves the open file on; it held its lock on the folder, and a new
+    mount was refused ("being mounted by another modelfs mount") until that file closed."""
+    run_modelfs("mount", store_dir, mountpoint, "--key-file", key_file)
+    with open(mountpoint / "org" / "m", "rb") as held:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+        again = run_modelfs("mount", store_dir, mountpoint, "--key-file", key_file, check=False)
+        assert again.returncode == 0, again.stderr
+        assert sha256_of(mountpoint / "org" / "m") == sha256_of(model)
+        assert held.read() == model.read_bytes()  # the detached mount still serves its file

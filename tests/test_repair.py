@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from modelfs.bench.nodes import start_node
 from modelfs.store.api import open_store
 
 
@@ -91,3 +92,49 @@ def test_repair_cuts_a_local_shard_file_that_grew_back_to_its_stored_length(tmp_
     assert modelfs("verify", "o", *store).returncode == 0
     with open_store(str(tmp_path / "store"), key_file=key_file).open_file("o") as f:
         assert f.read() == src.read_bytes()
+
+
+def test_repair_never_writes_back_a_host_key_a_revoke_deleted(nodes3, tmp_path, key_file):
+    """A node away during ``revoke`` keeps the host's key; the other nodes' lack of it is the
+    revocation, not lost copies: verify passes and --repair copies nothing back."""
+    from modelfs.store.backends.nodes.placement import rendezvous_order
+    from modelfs.store.format.catalog import record_key
+    url = nodes3.url(replicas=2, extra="&timeout=2")
+    store = ("--store", url, "--key-file", str(key_file))
+    push_model(tmp_path, store)
+    assert modelfs("keys", "host-init", "--key-file", str(tmp_path / "host.key")).returncode == 0
+    assert modelfs("grant", "o", "--to", str(tmp_path / "host.pub"), *store).returncode == 0
+    names = [node.name for node in nodes3.nodes]
+    primary = rendezvous_order(record_key("o", 3), names)[0]  # decides the revoke's record
+    index, away = next((i, node) for i, node in enumerate(nodes3.nodes) if node.name != primary)
+    away.kill()
+    fingerprint = modelfs("keys", "show", str(tmp_path / "host.pub")).stdout.split()[2]
+    revoke = modelfs("revoke", "o", "--host", fingerprint, *store)
+    assert revoke.returncode == 0, revoke.stderr
+    nodes3.nodes[index] = away = start_node(away.data, nodes3.token_file, away.port)  # back
+
+    def holders() -> list[str]:
+        return [node.name for node in nodes3.nodes
+                if list((node.data / "objects" / "keys" / "o").rglob(f"{fingerprint}.key"))]
+    assert holders() == [away.name]
+    verify = modelfs("verify", "o", *store)  # the record it missed is lost; the host key is not
+    assert verify.returncode == 3 and f"catalog/o/@000000000003 on {away.name}" in verify.stderr
+    assert fingerprint not in verify.stderr
+    repair = modelfs("verify", "--repair", "o", *store)
+    assert repair.returncode == 0 and "repaired 1 stored copies" in repair.stdout, repair.stdout
+    assert holders() == [away.name] and modelfs("verify", "o", *store).returncode == 0
+
+
+def test_verify_does_not_pass_copies_it_could_not_check(nodes3, tmp_path, key_file):
+    """A node that does not answer: its copies were skipped with a warning and verify said ok
+    (a periodic job saw a healthy store). Now they are named as not checked (exit 3)."""
+    store = ("--store", nodes3.url(replicas=2, extra="&timeout=2"), "--key-file", str(key_file))
+    push_model(tmp_path, store)
+    hung = nodes3.nodes[0]
+    hung.proc.send_signal(signal.SIGSTOP)
+    try:
+        verify = modelfs("verify", "o", *store)
+    finally:
+        hung.proc.send_signal(signal.SIGCONT)
+    assert verify.returncode == 3 and f"on {hung.name} (not checked: " in verify.stderr, verify.stderr
+    assert modelfs("verify", "o", *store).returncode == 0

@@ -331,7 +331,8 @@ class NodesBackend(Backend):
     def bad_copies(self, shard_id: str, location: ShardLocation, length: int,
                    verify: Callable[[bytes | memoryview], object]) -> dict[str, ModelfsError]:
         """Each replica read and checked, not only the first good one a read stops at: a corrupt
-        or lost second copy is otherwise found only when the first one's node is gone."""
+        or lost second copy is otherwise found only when the first one's node is gone. A node
+        that does not answer (or refuses) is named too: its copy could not be checked."""
         bad: dict[str, ModelfsError] = {}
         for name in self.replica_nodes(shard_id, location):
             try:
@@ -339,10 +340,8 @@ class NodesBackend(Backend):
                 if len(data) != length:
                     raise IntegrityError(f"{len(data)} bytes, expected {length}")
                 verify(data)
-            except (IntegrityError, NotFound) as e:
+            except ModelfsError as e:  # a node that does not answer or refuses: not checked
                 bad[name] = e
-            except ModelfsError as e:  # a node that does not answer: its copy is not judged
-                log.warning("copy of shard %s on %s not checked: %s", shard_id[:16], name, e)
         return bad
 
     def repair_shard_copies(self, shard_id: str, location: ShardLocation, length: int,
