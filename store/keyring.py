@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,6 +182,14 @@ class Keyring:
                 found.append(parsed[1:])
         return found
 
+    def store_key_check(self, name: str) -> Callable[[bytes], object] | None:
+        """Unwraps a stored copy of the store's key object of ``name`` (raises if it fails); None
+        for a host, which cannot."""
+        if self.uses_host_key:
+            return None
+        store_key = self.store_key()
+        return lambda wrapped: unwrap_key(store_key, wrapped, name.encode())
+
     def store_key_objects(self, name: str, generations: set[int]) -> list[str]:
         """The store's key objects of these generations of ``name``. Not the hosts': a node that
         was away when a host was revoked keeps that host's key, and the copies are then no
@@ -208,11 +217,11 @@ class Keyring:
     def _unwrap_store(self, name: str, generation: int) -> bytes:
         store_key = self.store_key()
         try:
-            wrapped = self.backend.get_object(key_object(name, generation, STORE_RECIPIENT))
+            return self.backend.get_object_verified(
+                key_object(name, generation, STORE_RECIPIENT),
+                lambda wrapped: unwrap_key(store_key, wrapped, name.encode()))
         except NotFound:
             raise NotFound(f"no key generation {generation} of model {name!r} in this store") from None
-        try:
-            return unwrap_key(store_key, wrapped, name.encode())
         except AccessDenied:
             raise AccessDenied(f"wrong key: {self.key_file} does not unlock model {name!r} "
                                f"in this store (was it pushed with another key file?)") from None

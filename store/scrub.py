@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .api import Store
@@ -95,11 +96,12 @@ def scrub(store: Store, spec: str, progress: Progress | None = None, repair: boo
                 progress(done, version.size)
         if digest.hexdigest() != manifest.sha256:
             raise IntegrityError(f"{report.spec} {manifest.file_name}: SHA-256 does not match")
-    for key in metadata_keys(store, state, version):
-        missing = backend.missing_object_copies(key)
-        fixed = backend.repair_object_copies(key, missing) if repair and missing else []
-        for where in missing:
-            (report.repaired if where in fixed else report.damaged).append(f"{key} on {where} (missing)")
+    for key, opens in metadata_checks(store, state, version):
+        judged = {where: _judged(e) for where, e in backend.bad_object_copies(key, opens).items()}
+        damaged = sorted(where for where, what in judged.items() if what in ("missing", "corrupt"))
+        fixed = backend.repair_object_copies(key, damaged, opens) if repair and damaged else []
+        for where, what in judged.items():
+            (report.repaired if where in fixed else report.damaged).append(f"{key} on {where} ({what})")
     return report
 
 
@@ -112,11 +114,16 @@ def _judged(error: ModelfsError) -> str:
     return f"not checked: {error}"
 
 
-def metadata_keys(store: Store, state: LineageState, version: VersionRecord) -> list[str]:
-    """The objects a read of this version needs besides its shards: the newest record, the
-    manifests, the store's keys they are sealed with (see ``Keyring.store_key_objects``)."""
+def metadata_checks(store: Store, state: LineageState,
+                    version: VersionRecord) -> list[tuple[str, Callable[[bytes], object] | None]]:
+    """The objects a read of this version needs besides its shards, each with what checks a
+    copy: the newest record, the manifests, the store's keys they are sealed with (see
+    ``Keyring.store_key_objects``)."""
     generations = {store.record_generation[state.name],
                    *(store.manifest_generation[(version.version_id, f.path)] for f in version.files)}
-    return [record_key(state.name, state.seq),
-            *(manifest_key(version.version_id, index) for index in range(len(version.files))),
-            *store.keyring.store_key_objects(state.name, generations)]
+    key_check = store.keyring.store_key_check(state.name)
+    return [(record_key(state.name, state.seq), store.sealed.record_check(state.name, state.seq)),
+            *((manifest_key(version.version_id, index),
+               store.sealed.manifest_check(state.name, version.version_id, index))
+              for index in range(len(version.files))),
+            *((key, key_check) for key in store.keyring.store_key_objects(state.name, generations))]

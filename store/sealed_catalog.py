@@ -7,6 +7,8 @@ object names with this host's credential, enforcing the trusted publishers if an
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .errors import NotFound
 from .format.catalog import Catalog, LineageState, manifest_key, record_key
 from .format.manifest import Manifest
@@ -40,13 +42,23 @@ class SealedCatalog:
         return seal(self.keyring.keys(name, generation), generation, kind, place, body,
                     self.keyring.publisher())
 
+    def record_check(self, name: str, seq: int) -> Callable[[bytes], Opened]:
+        """Opens a stored copy of a record: raises if it fails authentication."""
+        where = f"catalog record {seq} of {name!r}"
+        return lambda data: self._open(data, RECORD, record_place(name, seq), name, where)
+
+    def manifest_check(self, name: str, version_id: str, index: int) -> Callable[[bytes], Opened]:
+        """Opens a stored copy of a manifest: raises if it fails authentication."""
+        where = f"manifest {index} of {name}@{version_id}"
+        return lambda data: self._open(data, MANIFEST, manifest_place(version_id, index), name, where)
+
     def read_record(self, name: str, seq: int) -> tuple[LineageState, Opened]:
         where = f"catalog record {seq} of {name!r}"
         try:
-            data = self.catalog.backend.get_object(record_key(name, seq))
+            opened = self.catalog.backend.get_object_verified(record_key(name, seq),
+                                                              self.record_check(name, seq))
         except NotFound:
             raise NotFound(f"{where} is missing") from None
-        opened = self._open(data, RECORD, record_place(name, seq), name, where)
         mac_key = self.keyring.keys(name, opened.generation).mac_key
         return LineageState.from_record(opened.body, mac_key, name, seq), opened
 
@@ -66,9 +78,9 @@ class SealedCatalog:
     def read_manifest(self, name: str, version_id: str, index: int) -> tuple[Manifest, Opened]:
         where = f"manifest {index} of {name}@{version_id}"
         try:
-            data = self.catalog.get_manifest(version_id, index)
+            opened = self.catalog.backend.get_object_verified(manifest_key(version_id, index),
+                                                              self.manifest_check(name, version_id, index))
         except NotFound:
             raise NotFound(f"{where} is missing") from None
-        opened = self._open(data, MANIFEST, manifest_place(version_id, index), name, where)
         mac_key = self.keyring.keys(name, opened.generation).mac_key
         return Manifest.from_bytes(opened.body, mac_key), opened

@@ -138,3 +138,35 @@ def test_verify_does_not_pass_copies_it_could_not_check(nodes3, tmp_path, key_fi
         hung.proc.send_signal(signal.SIGCONT)
     assert verify.returncode == 3 and f"on {hung.name} (not checked: " in verify.stderr, verify.stderr
     assert modelfs("verify", "o", *store).returncode == 0
+
+
+def test_a_corrupt_metadata_copy_is_read_around_named_and_repaired(nodes3, tmp_path, key_file):
+    """Records, manifests and keys are on every node; a read took the first node's copy only, so
+    one corrupt copy there made the name unreadable (ls: BROKEN) while two good copies were up,
+    and verify, which only asked whether each node had a copy, passed a corrupt one."""
+    from modelfs.store.backends.nodes.placement import rendezvous_order
+    url = nodes3.url(replicas=2)
+    store = ("--store", url, "--key-file", str(key_file))
+    src = push_model(tmp_path, store)
+    names = [node.name for node in nodes3.nodes]
+    sample = nodes3.nodes[0].data / "objects"
+    keys = [str(p.relative_to(sample)) for p in sample.rglob("*")
+            if p.is_file() and ("catalog/" in str(p) or "manifests/" in str(p) or p.name == "store.key")]
+    assert len(keys) >= 3
+    for key in keys:  # each object's first node in read order gets a flipped byte
+        first = nodes3.node(rendezvous_order(key, names)[0])
+        path = first.data / "objects" / key
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 1
+        path.write_bytes(bytes(data))
+    listed = modelfs("ls", *store)
+    assert listed.returncode == 0 and "BROKEN" not in listed.stdout and "o " in listed.stdout, listed.stdout
+    with open_store(url, key_file=key_file).open_file("o") as f:
+        assert f.read() == src.read_bytes()
+    verify = modelfs("verify", "o", *store)  # each corrupt copy named, then rewritten from a good one
+    assert verify.returncode == 3 and verify.stderr.count("(corrupt)") == len(keys), verify.stderr
+    repair = modelfs("verify", "--repair", "o", *store)
+    assert repair.returncode == 0 and f"repaired {len(keys)} stored copies" in repair.stdout, repair.stderr
+    for key in keys:
+        assert len({(node.data / "objects" / key).read_bytes() for node in nodes3.nodes}) == 1
+    assert modelfs("verify", "o", *store).returncode == 0

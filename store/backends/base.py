@@ -110,6 +110,11 @@ class Backend(abc.ABC):
     def get_object(self, key: str) -> bytes:
         """Return a whole object; raise ``NotFound`` if absent."""
 
+    def get_object_verified(self, key: str, verify: Callable[[bytes], T]) -> T:
+        """``verify(get_object(key))``. Backends with several copies override this to move on to
+        the next copy when one fails ``verify`` (``IntegrityError``, ``AccessDenied``)."""
+        return verify(self.get_object(key))
+
     @abc.abstractmethod
     def list_objects(self, prefix: str) -> Iterator[str]:
         """Yield every key that starts with ``prefix`` (a folder-like prefix ending in '/')."""
@@ -183,14 +188,17 @@ class Backend(abc.ABC):
         ``verify``; the ones now good. A backend with one copy has no other to copy from."""
         return []
 
-    def repair_object_copies(self, key: str, where: list[str]) -> list[str]:
-        """Copy an object to where ``missing_object_copies`` found it lacking; the places that
-        now hold it."""
-        return []
+    def bad_object_copies(self, key: str,
+                          verify: Callable[[bytes], object] | None) -> dict[str, ModelfsError]:
+        """Every stored copy of an object checked (``modelfs verify``): those missing, failing
+        ``verify`` (None: presence only) or on a place that does not answer, by place. A backend
+        with one copy has none besides the one every read checks."""
+        return {}
 
-    def missing_object_copies(self, key: str) -> list[str]:
-        """Where a copy of an object should be and is not (``modelfs verify``): a backend with one
-        copy has none to miss besides the one every read needs."""
+    def repair_object_copies(self, key: str, where: list[str],
+                             verify: Callable[[bytes], object] | None) -> list[str]:
+        """Copy an object from a copy that passes ``verify`` to the places ``bad_object_copies``
+        named (``where``); the places that now hold a good one."""
         return []
 
     # -- garbage collection ------------------------------------------------------

@@ -351,6 +351,9 @@ class DiskCachedBackend(Backend):
     def get_object(self, key: str) -> bytes:
         return self.inner.get_object(key)
 
+    def get_object_verified(self, key: str, verify: Callable[[bytes], T]) -> T:
+        return self.inner.get_object_verified(key, verify)
+
     def list_objects(self, prefix: str) -> Iterator[str]:
         return self.inner.list_objects(prefix)
 

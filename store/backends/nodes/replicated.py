@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from ...errors import IntegrityError, InvalidInput, ModelfsError, NotFound
+from ...errors import AccessDenied, IntegrityError, InvalidInput, ModelfsError, NotFound
 from ...stats import Counters
 from ..base import Backend, ShardLocation, ShardWriter, StoredItem
 from ..layout import check_key, shard_relpath, stored_shard_relpath
@@ -44,6 +44,16 @@ from .writer import NodesShardWriter
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def _passes(verify: Callable[[bytes], object] | None, data: bytes) -> bool:
+    """Whether a copy of an object passes ``verify`` (None: any copy does)."""
+    try:
+        if verify is not None:
+            verify(data)
+    except (IntegrityError, AccessDenied):
+        return False
+    return True
 
 
 class NodesBackend(Backend):
@@ -181,13 +191,30 @@ class NodesBackend(Backend):
         return True
 
     def get_object(self, key: str) -> bytes:
+        return self.get_object_verified(key, bytes)
+
+    def get_object_verified(self, key: str, verify: Callable[[bytes], T]) -> T:
+        """The first copy, in rendezvous order, that ``verify`` takes: one that fails it (corrupt
+        on a node's disk) moves on to the next node, as a shard read does, so a name is
+        unreadable only when no node holds a good copy."""
         check_key(key)
         errors: dict[str, Exception] = {}
+        refused: ModelfsError | None = None
         for name in self._order(rendezvous_order(key, self.names)):
             try:
-                return self.nodes[name].request("GET", f"objects/{key}").data
+                data = self.nodes[name].request("GET", f"objects/{key}").data
             except ModelfsError as e:
                 errors[name] = e
+                continue
+            try:
+                return verify(data)
+            except (IntegrityError, AccessDenied) as e:  # (a wrong key fails every copy alike)
+                errors[name] = refused = refused or e
+                if isinstance(e, IntegrityError):
+                    log.warning("copy of %s on %s failed authentication (read from the other nodes; "
+                                "`modelfs verify --repair` rewrites it)", key, name)
+        if refused is not None:
+            raise refused
         missing = sum(isinstance(e, NotFound) for e in errors.values())
         # every object is on at least `replicas` nodes: enough "absent" answers prove absence
         if missing >= len(self.names) - self.placement.replicas + 1 or missing == len(self.names):
@@ -208,26 +235,33 @@ class NodesBackend(Backend):
             log.warning("listing %s without %s", prefix or "/", ", ".join(errors))
         return iter(sorted({key for keys in results.values() for key in keys}))
 
-    def missing_object_copies(self, key: str) -> list[str]:
-        """The nodes that answer that they lack an object every node should hold (one that lost
-        its disk: nothing copies metadata back); a node that does not answer is not judged."""
+    def bad_object_copies(self, key: str,
+                          verify: Callable[[bytes], object] | None) -> dict[str, ModelfsError]:
+        """Every node's copy of an object every node should hold: one lacking it (a disk it lost:
+        nothing copies metadata back), one whose copy fails ``verify``, one that does not answer."""
         check_key(key)
-        _, errors = self._gather(self.names, lambda node: node.request("HEAD", f"objects/{key}"))
-        return sorted(name for name, e in errors.items() if isinstance(e, NotFound))
+        copies, errors = self._gather(self.names, lambda node: node.request("GET", f"objects/{key}").data)
+        bad: dict[str, ModelfsError] = {name: e for name, e in errors.items() if isinstance(e, ModelfsError)}
+        for name, data in copies.items():
+            if not _passes(verify, data):
+                bad[name] = IntegrityError("failed authentication")
+        return bad
 
-    def repair_object_copies(self, key: str, where: list[str]) -> list[str]:
-        """Copy an object from the nodes that hold it to those that lack it, only while the
-        holders' copies agree (every node was written the same bytes)."""
+    def repair_object_copies(self, key: str, where: list[str],
+                             verify: Callable[[bytes], object] | None) -> list[str]:
+        """Copy an object from the nodes whose copies pass ``verify`` to ``where``, only while
+        those copies agree (every node was written the same bytes)."""
         check_key(key)
         self._check_writable()
         relpath = f"objects/{key}"
         copies, _ = self._gather([n for n in self.names if n not in where],
                                  lambda node: node.request("GET", relpath).data)
-        if len(set(copies.values())) != 1:
-            log.warning("%s not repaired: %s", key, "the nodes holding it disagree" if copies
-                        else "no node holding it answered")
+        good = {data for data in copies.values() if _passes(verify, data)}
+        if len(good) != 1:
+            log.warning("%s not repaired: %s", key, "the good copies disagree" if good
+                        else "no node answered with a good copy")
             return []
-        data = next(iter(copies.values()))
+        data = good.pop()
         errors = self._on_each(where, self._put, relpath, data, hashlib.sha256(data).hexdigest())
         for name, e in errors.items():
             log.warning("%s not repaired on %s: %s", key, name, e)
