@@ -52,13 +52,28 @@ class SealedCatalog:
         where = f"manifest {index} of {name}@{version_id}"
         return lambda data: self._open(data, MANIFEST, manifest_place(version_id, index), name, where)
 
-    def read_record(self, name: str, seq: int) -> tuple[LineageState, Opened]:
-        where = f"catalog record {seq} of {name!r}"
+    def _read(self, key: str, check: Callable[[bytes], Opened], where: str) -> Opened:
+        """The first stored copy of ``key`` that ``check`` opens. Only the object's absence is
+        "missing": a key file that does not exist (``check`` opening it) says so itself."""
+        raised_by_check: list[NotFound] = []
+
+        def checked(data: bytes) -> Opened:
+            try:
+                return check(data)
+            except NotFound as e:
+                raised_by_check.append(e)
+                raise
+
         try:
-            opened = self.catalog.backend.get_object_verified(record_key(name, seq),
-                                                              self.record_check(name, seq))
+            return self.catalog.backend.get_object_verified(key, checked)
         except NotFound:
+            if raised_by_check:
+                raise
             raise NotFound(f"{where} is missing") from None
+
+    def read_record(self, name: str, seq: int) -> tuple[LineageState, Opened]:
+        opened = self._read(record_key(name, seq), self.record_check(name, seq),
+                            f"catalog record {seq} of {name!r}")
         mac_key = self.keyring.keys(name, opened.generation).mac_key
         return LineageState.from_record(opened.body, mac_key, name, seq), opened
 
@@ -76,11 +91,7 @@ class SealedCatalog:
                                   self._seal(manifest.name, generation, MANIFEST, place, body))
 
     def read_manifest(self, name: str, version_id: str, index: int) -> tuple[Manifest, Opened]:
-        where = f"manifest {index} of {name}@{version_id}"
-        try:
-            opened = self.catalog.backend.get_object_verified(manifest_key(version_id, index),
-                                                              self.manifest_check(name, version_id, index))
-        except NotFound:
-            raise NotFound(f"{where} is missing") from None
+        opened = self._read(manifest_key(version_id, index), self.manifest_check(name, version_id, index),
+                            f"manifest {index} of {name}@{version_id}")
         mac_key = self.keyring.keys(name, opened.generation).mac_key
         return Manifest.from_bytes(opened.body, mac_key), opened
