@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .api import Store
 from .config import OPEN_MODEL_CACHE
-from .errors import IntegrityError, ModelfsError, NotFound
+from .errors import IntegrityError, InvalidInput, ModelfsError, NotFound
 from .format.catalog import LineageState, VersionRecord, manifest_key, record_key
 from .publish import Progress
 from .read.cache import ShardCache
@@ -31,15 +31,29 @@ class ScrubReport:
     version: VersionRecord
     repair: bool
     damaged: list[str] = field(default_factory=list)
+    refused: str | None = None  # why the store took no rewrite
     repaired: list[str] = field(default_factory=list)
 
     @property
     def spec(self) -> str:
         return f"{self.state.name}@{self.version.version_id}"
 
+    def rewrite(self, damaged: list[str], rewrite: Callable[..., list[str]], *args: object) -> list[str]:
+        """The places a repair rewrote (none unless repairing). A store that takes no writes
+        (``readonly=1``) is said once, with the damage, not in place of it."""
+        if not (self.repair and damaged and self.refused is None):
+            return []
+        try:
+            return rewrite(*args)
+        except InvalidInput as e:
+            self.refused = str(e)
+            return []
+
     def error(self) -> IntegrityError:
         """The damage left, with what fixes it."""
-        if not self.repair:
+        if self.refused is not None:
+            fix = f"nothing was rewritten: {self.refused}"
+        elif not self.repair:
             fix = f"`modelfs verify --repair {self.spec}` rewrites them from the good copies"
         else:
             fix = (f"they could not be rewritten (see the warnings); push the version again, and "
@@ -86,8 +100,8 @@ def scrub(store: Store, spec: str, progress: Progress | None = None, repair: boo
             judged = {where: _judged(e) for where, e in backend.bad_copies(shard_id.hex(), location,
                                                                             length, check).items()}
             damaged = sorted(where for where, what in judged.items() if what in ("missing", "corrupt"))
-            fixed = (backend.repair_shard_copies(shard_id.hex(), location, length, check, damaged)
-                     if repair and damaged else [])
+            fixed = report.rewrite(damaged, backend.repair_shard_copies, shard_id.hex(), location, length,
+                                   check, damaged)
             for where, what in judged.items():
                 (report.repaired if where in fixed else report.damaged).append(
                     f"shard {shard_id.hex()[:16]} on {where} ({what})")
@@ -99,7 +113,7 @@ def scrub(store: Store, spec: str, progress: Progress | None = None, repair: boo
     for key, opens in metadata_checks(store, state, version):
         judged = {where: _judged(e) for where, e in backend.bad_object_copies(key, opens).items()}
         damaged = sorted(where for where, what in judged.items() if what in ("missing", "corrupt"))
-        fixed = backend.repair_object_copies(key, damaged, opens) if repair and damaged else []
+        fixed = report.rewrite(damaged, backend.repair_object_copies, key, damaged, opens)
         for where, what in judged.items():
             (report.repaired if where in fixed else report.damaged).append(f"{key} on {where} ({what})")
     return report
