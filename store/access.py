@@ -78,8 +78,12 @@ def revoke(store: Store, name: str, fingerprint: str) -> tuple[int, LineageState
         raise InvalidInput(f"{fingerprint!r} is not a host key fingerprint (16 hex digits, as "
                            f"`modelfs keys show` prints it)")
     store.lineage(check_name(name))
-    count = store.keyring.revoke(name, fingerprint)
-    return count, store.append(name, lambda s: s.next("revoke"))
+    count = store.keyring.revoke(name, fingerprint)  # the revocation itself: the host's keys are gone
+    try:
+        return count, store.append(name, lambda s: s.next("revoke"))
+    except ModelfsError as e:
+        raise type(e)(f"the host's {count} key(s) of {name} were deleted (its new mounts cannot open "
+                      f"it), but the catalog record of the revocation was not written: {e}") from e
 
 
 @dataclass

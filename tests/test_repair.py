@@ -170,3 +170,21 @@ def test_a_corrupt_metadata_copy_is_read_around_named_and_repaired(nodes3, tmp_p
     for key in keys:
         assert len({(node.data / "objects" / key).read_bytes() for node in nodes3.nodes}) == 1
     assert modelfs("verify", "o", *store).returncode == 0
+
+
+def test_a_revoke_whose_record_cannot_be_written_says_the_keys_are_gone(nodes3, tmp_path, key_file):
+    """It said "nothing was changed" (the record's deciding node was down) after deleting the
+    host's keys on the nodes that answered."""
+    from modelfs.store.backends.nodes.placement import rendezvous_order
+    from modelfs.store.format.catalog import record_key
+    store = ("--store", nodes3.url(replicas=2, extra="&timeout=2"), "--key-file", str(key_file))
+    push_model(tmp_path, store)
+    assert modelfs("keys", "host-init", "--key-file", str(tmp_path / "host.key")).returncode == 0
+    assert modelfs("grant", "o", "--to", str(tmp_path / "host.pub"), *store).returncode == 0
+    fingerprint = modelfs("keys", "show", str(tmp_path / "host.pub")).stdout.split()[2]
+    primary = nodes3.node(rendezvous_order(record_key("o", 3), [node.name for node in nodes3.nodes])[0])
+    primary.kill()
+    revoke = modelfs("revoke", "o", "--host", fingerprint, *store)
+    assert revoke.returncode == 5 and "key(s) of o were deleted" in revoke.stderr, revoke.stderr
+    assert not any(list((node.data / "objects" / "keys").rglob(f"{fingerprint}.key"))
+                   for node in nodes3.nodes if node is not primary)
