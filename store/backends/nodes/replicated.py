@@ -16,18 +16,16 @@ the next replica (a *failover*); the first three also mark the node down for
 message naming the shard and every node tried.
 
 The URL and its parameters are described in ``options``; one node's connections,
-errors and health in ``client``; listings (also of nginx) in ``listing``.
+errors and health in ``client``; requests to several nodes at once in ``fanout``; listings
+(also of nginx) in ``listing``.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ...errors import AccessDenied, IntegrityError, InvalidInput, ModelfsError, NotFound
 from ...stats import Counters
@@ -35,6 +33,7 @@ from ..base import Backend, ShardLocation, ShardWriter, StoredItem
 from ..layout import check_key, shard_relpath, stored_shard_relpath
 from .client import NodeClient, NodeDown, PreconditionFailed, combined_error, failure_reason
 from .corrupt import CorruptCopies
+from .fanout import Fanout
 from .listing import object_keys, stored_shards
 from .options import NodeStoreOptions, NodeStoreURL
 from .placement import rendezvous_order
@@ -79,10 +78,7 @@ class NodesBackend(Backend):
                                     connect_timeout=options.connect_timeout, backoff=options.backoff,
                                     pool_size=options.pool) for n in nodes}
         self.counters = Counters(("failovers", "integrity_errors", "skipped_down"))
-        # The I/O threads are made lazily and again after a fork (the FUSE daemon forks).
-        self._lock = threading.Lock()
-        self._pid = -1
-        self._io: ThreadPoolExecutor | None = None
+        self._fanout = Fanout(self.nodes)
         self._corrupt = CorruptCopies()  # asked last, and warned about once
 
     @classmethod
@@ -96,40 +92,11 @@ class NodesBackend(Backend):
                 f"placement={self.placement.mode}{', readonly' if self.readonly else ''})")
 
     def close(self) -> None:
-        if self._pid == os.getpid() and self._io is not None:
-            self._io.shutdown(wait=False, cancel_futures=True)
+        self._fanout.close()
         for node in self.nodes.values():
             node.close()
-        self._pid, self._io = -1, None
 
     # -- plumbing --------------------------------------------------------------
-    def _submit(self, fn: Callable, *args) -> Future:
-        pid = os.getpid()
-        if pid != self._pid:
-            with self._lock:
-                if pid != self._pid:
-                    self._io = ThreadPoolExecutor(max_workers=max(8, 4 * len(self.names)),
-                                                  thread_name_prefix="modelfs-node")
-                    self._pid = pid
-        assert self._io is not None
-        return self._io.submit(fn, *args)
-
-    def _gather(self, names: list[str], fn: Callable, *args) -> tuple[dict[str, Any], dict[str, Exception]]:
-        """``fn(node, *args)`` on the named nodes in parallel; the results and the errors by node."""
-        futures = {n: self._submit(fn, self.nodes[n], *args) for n in names}
-        results: dict[str, Any] = {}
-        errors: dict[str, Exception] = {}
-        for name, fut in futures.items():
-            try:
-                results[name] = fut.result()
-            except ModelfsError as e:
-                errors[name] = e
-        return results, errors
-
-    def _on_each(self, names: list[str], fn: Callable, *args) -> dict[str, Exception]:
-        """``fn(node, *args)`` on the named nodes in parallel; the errors by node."""
-        return self._gather(names, fn, *args)[1]
-
     def _order(self, names: list[str]) -> list[str]:
         """Live nodes first (in the given order), nodes marked down as a last resort."""
         up = [n for n in names if not self.nodes[n].is_down()]
@@ -158,7 +125,7 @@ class NodesBackend(Backend):
     def put_object(self, key: str, data: bytes) -> None:
         check_key(key)
         self._check_writable()
-        errors = self._on_each(self.names, self._put, f"objects/{key}", data,
+        errors = self._fanout.on_each(self.names, self._put, f"objects/{key}", data,
                                hashlib.sha256(data).hexdigest())
         ok = len(self.names) - len(errors)
         if ok < self.placement.replicas:
@@ -184,7 +151,7 @@ class NodesBackend(Backend):
             raise NodeDown(f"cannot create {key}: its primary node {primary}, which decides between "
                            f"writers, does not answer ({failure_reason(e)}); nothing was changed, try "
                            f"again when it is back") from None
-        errors = self._on_each(others, self._put, f"objects/{key}", data, digest)
+        errors = self._fanout.on_each(others, self._put, f"objects/{key}", data, digest)
         if len(self.names) - len(errors) < self.placement.replicas:
             log.warning("object %s reached %d of %d nodes", key, len(self.names) - len(errors),
                         len(self.names))
@@ -228,7 +195,7 @@ class NodesBackend(Backend):
         # see all of them: leave nodes marked down out when enough others are up.
         needed = len(self.names) - self.placement.replicas + 1
         up = [n for n in self.names if not self.nodes[n].is_down()]
-        results, errors = self._gather(up if len(up) >= needed else self.names, object_keys, prefix)
+        results, errors = self._fanout.gather(up if len(up) >= needed else self.names, object_keys, prefix)
         if not results:
             raise combined_error(f"cannot list {prefix or '/'}", errors)
         if errors:
@@ -240,7 +207,7 @@ class NodesBackend(Backend):
         """Every node's copy of an object every node should hold: one lacking it (a disk it lost:
         nothing copies metadata back), one whose copy fails ``verify``, one that does not answer."""
         check_key(key)
-        copies, errors = self._gather(self.names, lambda node: node.request("GET", f"objects/{key}").data)
+        copies, errors = self._object_copies(self.names, key)
         bad: dict[str, ModelfsError] = {name: e for name, e in errors.items() if isinstance(e, ModelfsError)}
         for name, data in copies.items():
             if not _passes(verify, data):
@@ -253,26 +220,29 @@ class NodesBackend(Backend):
         those copies agree (every node was written the same bytes)."""
         check_key(key)
         self._check_writable()
-        relpath = f"objects/{key}"
-        copies, _ = self._gather([n for n in self.names if n not in where],
-                                 lambda node: node.request("GET", relpath).data)
+        copies, _ = self._object_copies([n for n in self.names if n not in where], key)
         good = {data for data in copies.values() if _passes(verify, data)}
         if len(good) != 1:
             log.warning("%s not repaired: %s", key, "the good copies disagree" if good
                         else "no node answered with a good copy")
             return []
         data = good.pop()
-        errors = self._on_each(where, self._put, relpath, data, hashlib.sha256(data).hexdigest())
+        errors = self._fanout.on_each(where, self._put, f"objects/{key}", data,
+                                      hashlib.sha256(data).hexdigest())
         for name, e in errors.items():
             log.warning("%s not repaired on %s: %s", key, name, e)
         return [name for name in where if name not in errors]
+
+    def _object_copies(self, names: list[str], key: str) -> tuple[dict[str, bytes], dict[str, Exception]]:
+        """Each named node's copy of an object, and the errors by node."""
+        return self._fanout.gather(names, lambda node: node.request("GET", f"objects/{key}").data)
 
     def list_objects_everywhere(self, prefix: str) -> Iterator[str]:
         """Every node answers, or no answer: a node may be the only one left with an object (its
         other copies lost with a disk), and a listing without it would call that object absent."""
         if prefix:
             check_key(prefix.rstrip("/"))
-        results, errors = self._gather(self.names, object_keys, prefix)
+        results, errors = self._fanout.gather(self.names, object_keys, prefix)
         if errors:
             raise combined_error(f"cannot list {prefix or '/'} on every node (needed to tell that "
                                  f"nothing is stored there yet)", errors)
@@ -284,7 +254,7 @@ class NodesBackend(Backend):
         self._delete_everywhere(f"objects/{key}")
 
     def _delete_everywhere(self, relpath: str) -> None:
-        errors = self._on_each(self.names, self._delete, relpath)
+        errors = self._fanout.on_each(self.names, self._delete, relpath)
         if len(errors) == len(self.names):
             raise combined_error(f"cannot delete {relpath}", errors)
         for n, e in errors.items():
@@ -302,7 +272,7 @@ class NodesBackend(Backend):
     def put_shard(self, shard_id: str, location: ShardLocation, data: bytes) -> None:
         """Write one shard to every replica; fail unless all of them have it."""
         targets = self.replica_nodes(shard_id, location)
-        errors = self._on_each(targets, self._put, shard_relpath(shard_id), data,
+        errors = self._fanout.on_each(targets, self._put, shard_relpath(shard_id), data,
                                hashlib.sha256(data).hexdigest())
         if errors:
             raise combined_error(f"shard {shard_id[:16]} written to {len(targets) - len(errors)} of "
@@ -313,7 +283,7 @@ class NodesBackend(Backend):
         return self._on_every_replica("HEAD", shard_id, location)
 
     def _on_every_replica(self, method: str, shard_id: str, location: ShardLocation) -> bool:
-        return not self._on_each(self.replica_nodes(shard_id, location),
+        return not self._fanout.on_each(self.replica_nodes(shard_id, location),
                                  lambda node: node.request(method, shard_relpath(shard_id)))
 
     def refresh_shard(self, shard_id: str, location: ShardLocation) -> bool:
@@ -397,7 +367,7 @@ class NodesBackend(Backend):
         else:
             log.warning("shard %s not repaired: no good copy answered", shard_id[:16])
             return []
-        errors = self._on_each(where, self._put, relpath, data, hashlib.sha256(data).hexdigest())
+        errors = self._fanout.on_each(where, self._put, relpath, data, hashlib.sha256(data).hexdigest())
         for name, error in errors.items():
             log.warning("copy of shard %s on %s not repaired: %s", shard_id[:16], name, error)
         repaired = [name for name in where if name not in errors]
@@ -417,7 +387,7 @@ class NodesBackend(Backend):
         A node that cannot be listed is left out with a warning (its orphans stay
         until the next run); when no node answers, the listing fails.
         """
-        results, errors = self._gather(self.names, stored_shards)
+        results, errors = self._fanout.gather(self.names, stored_shards)
         if not results:
             raise combined_error("cannot list shards", errors)
         for name, e in errors.items():
@@ -448,7 +418,7 @@ class NodesBackend(Backend):
         up = [name for name in self.names if not self.nodes[name].is_down()] or self.names
         if len(up) < len(self.names):
             self.counters.add(skipped_down=len(self.names) - len(up))
-        errors = self._on_each(up, delete_if_old)
+        errors = self._fanout.on_each(up, delete_if_old)
         kept = [n for n, e in errors.items() if isinstance(e, PreconditionFailed)]
         if kept:
             log.info("%s was rewritten on %s since it was listed; kept there", item.name, ", ".join(kept))
