@@ -62,11 +62,13 @@ def _generations_in_use(store: Store, state: LineageState) -> list[int]:
 def grant(store: Store, pattern: str, hosts: list[PublicKey]) -> dict[str, LineageState]:
     """Give each of ``hosts`` the keys of every name ``pattern`` means."""
     done = {}
+    granted = {host.fingerprint for host in hosts}
     for name, state in matching_states(store, pattern).items():
         generations = _generations_in_use(store, state)
         for host in hosts:
             store.keyring.grant(name, host, generations)
-        done[name] = store.append(name, lambda s: s.next("grant"))
+        done[name] = store.append(name, lambda s: s.next(
+            "grant", revoked=tuple(fp for fp in s.revoked if fp not in granted)))
         log.info("granted %s (key generations %s) to %s", name, generations,
                  ", ".join(h.fingerprint for h in hosts))
     return done
@@ -80,7 +82,8 @@ def revoke(store: Store, name: str, fingerprint: str) -> tuple[int, LineageState
     store.lineage(check_name(name))
     count = store.keyring.revoke(name, fingerprint)  # the revocation itself: the host's keys are gone
     try:
-        return count, store.append(name, lambda s: s.next("revoke"))
+        return count, store.append(name, lambda s: s.next(
+            "revoke", revoked=tuple(sorted({*s.revoked, fingerprint}))))
     except ModelfsError as e:
         raise type(e)(f"the host's {count} key(s) of {name} were deleted (its new mounts cannot open "
                       f"it), but the catalog record of the revocation was not written: {e}") from e
@@ -93,9 +96,9 @@ class Rotation:
     name: str
     generation: int
     state: LineageState
-    #: host fingerprints the new key is wrapped for, and those left out (no publisher's grant)
+    #: host fingerprints the new key is wrapped for, and those left out (with why)
     hosts: list[str] = field(default_factory=list)
-    dropped_hosts: list[str] = field(default_factory=list)
+    dropped_hosts: dict[str, str] = field(default_factory=dict)
     #: old version id → new version id
     renamed: dict[str, str] = field(default_factory=dict)
     shards: int = 0
@@ -112,7 +115,15 @@ def rotate(store: Store, name: str, progress: Progress | None = None) -> Rotatio
 
     A name with no version (never pushed, or freed) is refused before anything is written."""
     state = store.live_lineage(name)
-    made = store.keyring.new_generation(name)
+    _, newest = store.sealed.read_record(name, state.seq)
+    proof_key = store.keyring.proof_key()
+    proven = proof_key is not None and LineageState.proven(newest.body, proof_key)
+    if not proven:
+        log.warning("the newest record of %s (%d) carries no proof that a holder of the store key "
+                    "wrote it (written before records were proven, or by a host): the new key is "
+                    "wrapped for no host; `modelfs grant` the hosts that should read %s again",
+                    name, state.seq, name)
+    made = store.keyring.new_generation(name, revoked=frozenset(state.revoked) if proven else None)
     generation = made.number
     keys = store.keyring.keys(name, generation)
     rotation = Rotation(name, generation, state, hosts=made.hosts, dropped_hosts=made.dropped)
@@ -125,7 +136,7 @@ def rotate(store: Store, name: str, progress: Progress | None = None) -> Rotatio
         manifests = []
         with store.backend.shard_writer(version_id) as writer:
             for manifest in store.load_manifests(name, version):
-                manifests.append(_reencrypt(store, manifest, store.cipher(name, manifest),
+                manifests.append(_reencrypt(store, manifest, store.cipher(name, manifest, check_ids=True),
                                             ShardCipher(keys), version_id, writer, rotation))
                 done += manifest.size
                 if progress:
@@ -141,7 +152,8 @@ def rotate(store: Store, name: str, progress: Progress | None = None) -> Rotatio
             shard_count=sum(m.shard_count for m in manifests)))
 
     def change(current: LineageState) -> LineageState:
-        if [v.version_id for v in current.versions] != list(rotation.renamed):
+        if [v.version_id for v in current.versions] != list(rotation.renamed) \
+                or set(current.revoked) - set(state.revoked) & set(rotation.hosts):
             raise ModelfsError(f"{name!r} changed while it was being rotated; nothing was "
                                f"published, run rotate again")
         earlier = {old: rotation.renamed.get(new, new) for old, new in current.renamed.items()}
@@ -157,14 +169,15 @@ def rotate(store: Store, name: str, progress: Progress | None = None) -> Rotatio
 
 def _reencrypt(store: Store, manifest: Manifest, old: ShardCipher, new: ShardCipher,
                version_id: str, writer, rotation: Rotation) -> Manifest:
-    """Decrypt each stored shard and encrypt it again under the new keys (no recompression)."""
+    """Decrypt each stored shard and encrypt it again under the new keys (no recompression).
+    ``old`` checks ids: a new id is made from the bytes, so unchecked bytes would be laundered."""
     entries = []
     known = rotation.written
     for index, shard_id in enumerate(manifest.shard_ids):
         length, codec = int(manifest.lengths[index]), int(manifest.codecs[index])
         payload = store.backend.read_shard_verified(
             shard_id.hex(), manifest.location(index), int(manifest.stored_lengths[index]),
-            functools.partial(old.decrypt, shard_id))
+            functools.partial(old.open, shard_id, codec_params(codec, length)))
         rotation.bytes_read += int(manifest.stored_lengths[index])
         new_id = new.shard_id(codec_params(codec, length), payload)
         entry = known.get(new_id)

@@ -129,10 +129,14 @@ class Store:
         """The keys of the newest generation of ``name`` (generation 1 made on first push)."""
         return self.keyring.current(name, create)[1]
 
-    def cipher(self, name: str, manifest: Manifest) -> ShardCipher:
-        """The shard cipher of the key generation a loaded manifest was sealed under."""
+    def cipher(self, name: str, manifest: Manifest, check_ids: bool | None = None) -> ShardCipher:
+        """The shard cipher of the key generation a loaded manifest was sealed under; it checks
+        shard ids against their bytes when asked, and by default where publishers are trusted
+        (their signatures cover the ids, so the ids must cover the bytes)."""
         generation = self.manifest_generation[(manifest.version_id, manifest.file_name)]
-        return ShardCipher(self.keyring.keys(name, generation))
+        if check_ids is None:
+            check_ids = self.keyring.access.trusted is not None
+        return ShardCipher(self.keyring.keys(name, generation), check_ids)
 
     # -- catalog state -----------------------------------------------------------
     def state_at(self, name: str, seq: int) -> LineageState:

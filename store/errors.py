@@ -117,6 +117,17 @@ def from_os_error(error: OSError) -> ModelfsError:
     return ModelfsError(message)
 
 
+def error_class(kind: str) -> type[ModelfsError]:
+    """The error class a counter names (``cache-stats`` counts errors by class name)."""
+    pending: list[type[ModelfsError]] = [ModelfsError]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == kind:
+            return cls
+        pending += cls.__subclasses__()
+    return ModelfsError
+
+
 def errno_of(error: ModelfsError) -> int:
     """The errno a reader of a file sees: EACCES for a refused credential, everything else EIO
     (never wrong bytes). A shard missing from the store is an I/O failure too, not a missing file."""

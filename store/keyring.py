@@ -32,6 +32,7 @@ from .format.crypto import (
     grant_mac,
     load_key_file,
     new_data_key,
+    record_proof_key,
     unwrap_key,
     wrap_key,
 )
@@ -62,7 +63,8 @@ class Generation:
 
     number: int
     hosts: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
+    #: host fingerprint → why it was left out
+    dropped: dict[str, str] = field(default_factory=dict)
 
 
 def parse_key_object(key: str) -> tuple[str, int, str] | None:
@@ -170,6 +172,10 @@ class Keyring:
         """Load this host's key now: a missing or unreadable key file is an error up front."""
         self.host_key() if self.uses_host_key else self.store_key()
 
+    def proof_key(self) -> bytes | None:
+        """The key of records' proofs (``record_proof_key``); None for a host: it has no store key."""
+        return None if self.uses_host_key else record_proof_key(self.store_key())
+
     # -- generations and recipients -------------------------------------------------
     def _objects(self, name: str, everywhere: bool = False) -> list[tuple[int, str]]:
         """(generation, recipient) of every key object of ``name``; ``everywhere``: from every
@@ -263,9 +269,11 @@ class Keyring:
         return 1, keys
 
     # -- changing who holds the key --------------------------------------------------
-    def new_generation(self, name: str, keep_hosts: bool = True) -> Generation:
+    def new_generation(self, name: str, keep_hosts: bool = True,
+                       revoked: frozenset[str] | None = frozenset()) -> Generation:
         """A fresh data key for ``name``, wrapped for the store and (``keep_hosts``) every host
-        a publisher granted the newest one."""
+        a publisher granted the newest one and did not revoke since (``revoked``, from the
+        newest record; None when that record is not proven a publisher's: then no host)."""
         newest = self.generations(name)
         if not newest:
             raise NotFound(f"no key for model {name!r} in this store")
@@ -276,9 +284,12 @@ class Keyring:
             raise ModelfsError(f"another rotation of {name!r} is running; try again when it is done")
         self._keys[(name, made.number)] = LineageKeys.derive(data_key)
         for fp in self.recipients(name, newest[-1]) if keep_hosts else ():
+            if revoked is None or fp in revoked:
+                made.dropped[fp] = "revoked" if revoked is not None else "the newest record is no publisher's"
+                continue
             host = self._granted_host(name, newest[-1], fp)
             if host is None:
-                made.dropped.append(fp)
+                made.dropped[fp] = "no publisher's grant"
                 log.warning("host %s holds the key of %s but no publisher's grant of it (a grant "
                             "from before grants were proven, or written by someone without the store "
                             "key): not carried over; `modelfs grant` it again if it should read %s",

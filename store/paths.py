@@ -17,3 +17,11 @@ def user_path(path: str | os.PathLike, what: str) -> Path:
         return Path(path).expanduser()
     except RuntimeError:
         raise InvalidInput(f"{what} {path}: no such user's home folder") from None
+
+
+def refuse_inside_mountpoint(path: str | os.PathLike, mountpoint: str | os.PathLike, what: str) -> None:
+    """A file or folder the daemon keeps may not be inside its own mountpoint: the mount hides
+    it (and a single-threaded daemon reading there waits on itself)."""
+    inner, outer = os.path.abspath(path), os.path.join(os.path.abspath(mountpoint), "")
+    if inner.startswith(outer) or inner == outer.rstrip(os.sep):
+        raise InvalidInput(f"{what} {path} is inside the mountpoint {mountpoint}: the mount would hide it")

@@ -17,6 +17,7 @@ from .api import Store
 from .config import OPEN_MODEL_CACHE
 from .errors import IntegrityError, InvalidInput, ModelfsError, NotFound
 from .format.catalog import LineageState, VersionRecord, manifest_key, record_key
+from .format.codec import codec_params
 from .publish import Progress
 from .read.cache import ShardCache
 from .read.reader import ModelReader
@@ -90,12 +91,13 @@ def scrub(store: Store, spec: str, progress: Progress | None = None, repair: boo
     done = 0
     for manifest in store.load_manifests(state.name, version):
         stats = Stats()
-        cipher = store.cipher(state.name, manifest)
+        cipher = store.cipher(state.name, manifest, check_ids=True)
         reader = ModelReader(manifest, backend, cipher, ShardCache(OPEN_MODEL_CACHE, stats), stats)
         digest = hashlib.sha256()
         for index, shard_id in enumerate(manifest.shard_ids):
             digest.update(reader.shard(index))
-            check = functools.partial(cipher.decrypt, shard_id)
+            params = codec_params(int(manifest.codecs[index]), int(manifest.lengths[index]))
+            check = functools.partial(cipher.open, shard_id, params)
             location, length = manifest.location(index), int(manifest.stored_lengths[index])
             judged = {where: _judged(e) for where, e in backend.bad_copies(shard_id.hex(), location,
                                                                             length, check).items()}

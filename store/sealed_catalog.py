@@ -79,7 +79,8 @@ class SealedCatalog:
 
     def write_record(self, state: LineageState, generation: int) -> bool:
         """Create record ``state.seq``; False when another writer took that number first."""
-        body = state.to_record(self.keyring.keys(state.name, generation).mac_key)
+        body = state.to_record(self.keyring.keys(state.name, generation).mac_key,
+                               self.keyring.proof_key())
         place = record_place(state.name, state.seq)
         return self.catalog.backend.put_object_if_absent(
             record_key(state.name, state.seq), self._seal(state.name, generation, RECORD, place, body))

@@ -480,8 +480,9 @@ def test_ls_with_a_bad_key_file_fails_as_verify_and_tag_do(tmp_path, model_file,
             r = fails(*args, "--store", str(store_dir), "--key-file", str(tmp_path / label))
             assert r.returncode == code and "BROKEN" not in r.stdout + r.stderr, (label, args, r)
     nothing = {f"MODELFS_{kind}": str(tmp_path / "none" / kind) for kind in ("KEY_FILE", "HOST_KEY")}
-    listing = run_modelfs("ls", "--store", str(store_dir), env=nothing)  # no key at all: names unreadable
+    listing = run_modelfs("ls", "--store", str(store_dir), env=nothing, check=False)  # no key: unreadable
     assert "BROKEN" in listing.stdout and "does not exist" in listing.stdout
+    assert listing.returncode == 6 and "1 of 1 model(s) BROKEN" in listing.stderr
 
 
 def test_unknown_and_malformed_names_say_so(model_file, key_file, store_dir):
@@ -657,3 +658,22 @@ def test_the_home_of_a_user_that_does_not_exist_is_bad_input(model_file, key_fil
     assert result.returncode == 2, result.stderr
     assert result.stderr == f"modelfs: {what}: no such user's home folder\n"
     assert not os.path.ismount(tmp_path / "mnt")
+
+
+def test_an_empty_model_file_an_empty_o_value_and_an_unknown_option_are_refused(tmp_path, key_file):
+    """An empty file was published (0 shards, a new store made for it) while an empty folder was
+    refused; ``-o key_file=`` was taken when --key-file was given too; an unknown option of a
+    command pointed at ``modelfs --help``, which does not list the command's options."""
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    store = tmp_path / "store"
+    r = fails("push", str(empty), "m", "--store", str(store), "--key-file", str(key_file))
+    assert r.returncode == 2 and "is empty" in r.stderr and not store.exists(), r
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = fails("mount", str(tmp_path), str(mnt), "--key-file", str(key_file), "-o", "key_file=")
+    assert r.returncode == 2 and "needs a value" in r.stderr and not os.path.ismount(mnt), r
+    for argv, command in ((["push", "--bogus", "a", "b"], "push"),
+                          (["keys", "show", "--force"], "keys show")):
+        r = fails(*argv)
+        assert r.returncode == 2 and f"(see `modelfs {command} --help`)" in r.stderr, r

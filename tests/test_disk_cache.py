@@ -371,3 +371,45 @@ def test_a_cache_folder_replaced_by_a_file_is_warned_about_once_not_once_per_sha
             assert cache.get(f"{i:064x}", 100) is None
     warnings = [r for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(warnings) == 1 and "Not a directory" in warnings[0].getMessage()
+
+
+def test_entries_serve_when_the_cache_cannot_be_marked_as_used(tiny_tmpfs, caplog):
+    """A hit sets the entry's mtime; on a read-only cache (or another user's) that fails, and the
+    entry was then taken for unreadable: a warmed cache did not cover a store outage."""
+    import logging
+
+    from modelfs.store.backends.disk_cache import DiskCache
+    cache = DiskCache(tiny_tmpfs / "cache", 1 << 20)
+    ids = [f"{i:064x}" for i in range(3)]
+    for shard_id in ids:
+        cache.write(shard_id, shard_id.encode())
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
+    with caplog.at_level(logging.WARNING, logger="modelfs.store.backends.disk_cache"):
+        assert [cache.get(shard_id, 64) for shard_id in ids] == [shard_id.encode() for shard_id in ids]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "cannot mark entries as used" in warnings[0], warnings
+
+
+def test_warmup_fills_the_disk_cache_also_for_a_file_in_the_page_cache(tmp_path, key_file):
+    """A file read once is in the kernel's page cache; its shards later left the disk cache (another
+    mount's eviction). Warmup read the pages, reached no daemon, said "warmed" and dropped them:
+    the file was then cached nowhere. And reads failing for a reason the mount counted (here the
+    store's shards gone) ended warmup with exit 1 ("any other failure"), and the disk tier counted
+    the failed fetches as fetched from the store."""
+    store, cache = tmp_path / "store", tmp_path / "cache"
+    data = np.random.default_rng(5).integers(0, 256, 256 * SHARD, dtype=np.uint8).tobytes()
+    (tmp_path / "big").write_bytes(data)
+    push(store, key_file, tmp_path / "big", "big")
+    ids = set(shard_ids(store, key_file, "big"))
+    with mounted(store, key_file, "2MiB", "--disk-cache", str(cache)) as mnt:
+        assert (mnt / "big").read_bytes() == data
+        settled(mnt)
+        shutil.rmtree(cache / "shards")
+        run_modelfs("warmup", str(mnt / "big"))
+        assert len(set(cached(cache)) & ids) > len(ids) // 2     # all but those the memory tier held
+        shutil.rmtree(cache / "shards")
+        hide_shards(store)
+        fetched = read_stats(mnt)["disk_cache"]["miss_bytes"]
+        failed = run_modelfs("warmup", str(mnt / "big"), check=False)
+        assert failed.returncode == 3 and "ranges could not be read" in failed.stderr, failed.stderr
+        assert read_stats(mnt)["disk_cache"]["miss_bytes"] == fetched   # shown as "fetched from store"

@@ -321,3 +321,20 @@ def test_hdfs_gc_removes_old_temporary_and_unpublished_packs(hdfs_cluster, tmp_p
     remaining = objects(url)
     assert old_manifest not in remaining and young_manifest in remaining
     check_mount(url, key_file, models)
+
+
+def test_gc_quiet_prints_its_summary_and_no_line_per_deletion(tmp_path, key_file):
+    """``-q`` (only errors) still got one info line per deleted shard on stderr."""
+    store = tmp_path / "store"
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(300_000))
+    keys = ("--store", str(store), "--key-file", str(key_file))
+    run_modelfs("push", str(src), "m", "--shard-size", "64KiB", *keys)
+    run_modelfs("push", str(tmp_path / "m.bin"), "other", "--shard-size", "64KiB", *keys)
+    run_modelfs("rm", "m", *keys)
+    src.write_bytes(os.urandom(300_000))
+    run_modelfs("push", str(src), "n", "--shard-size", "64KiB", *keys)
+    run_modelfs("rm", "n", *keys)
+    quiet = run_modelfs("gc", "--grace", "0", "-q", *keys)
+    assert quiet.stderr == "" and quiet.stdout.startswith("deleted "), quiet
+    assert not quiet.stdout.startswith("deleted 0 "), quiet.stdout

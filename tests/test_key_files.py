@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,67 @@ def test_a_new_name_pushed_with_a_key_that_opens_no_other_name_is_warned_about(t
     run_modelfs("keygen", "--key-file", str(other))
     warned = run_modelfs("push", str(src), "third", "--store", str(store), "--key-file", str(other))
     assert f"{other} opens none of this store's names (tried first, second)" in warned.stderr
+
+
+def test_each_key_option_says_the_same_of_the_same_fault(tmp_path: Path, key_file: Path) -> None:
+    """An empty key file was "wrong key" (4) as --key-file and bad input (2) as --host-key; a
+    missing trust file was 6 as --trust and 2 as --trust-file; a public key given as the store
+    key was told to chmod 600, and then that it has the wrong length."""
+    store = tmp_path / "store"
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(100_000))
+    run_modelfs("push", str(src), "m", "--store", str(store), "--key-file", str(key_file))
+    empty = tmp_path / "empty.key"
+    empty.write_bytes(b"")
+    empty.chmod(0o600)
+    run_modelfs("keys", "host-init", "--key-file", str(tmp_path / "host.key"))
+    public = tmp_path / "host.pub"
+    ls = ["ls", "--store", str(store)]
+    for argv, code, says in (([*ls, "--key-file", str(empty)], 4, "is not a modelfs key"),
+                             ([*ls, "--host-key", str(empty)], 4, "is not a modelfs host key"),
+                             (["tag", "m", "t", "--store", str(store), "--key-file", str(key_file),
+                               "--publisher-key", str(empty)], 4, "is not a modelfs publisher key"),
+                             ([*ls, "--key-file", str(public)], 4, "is a public key file"),
+                             ([*ls, "--host-key", str(public)], 4, "is a public key file")):
+        result = run_modelfs(*argv, check=False)
+        assert result.returncode == code and says in result.stderr, (argv, result)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for trust in ("--trust", "--trust-file"):
+        result = run_modelfs("mount", str(store), str(mnt), "--key-file", str(key_file), trust,
+                             str(tmp_path / "nonexistent.pub"), check=False)
+        assert result.returncode == 6 and "does not exist" in result.stderr, (trust, result)
+    assert not os.path.ismount(mnt)
+    fifo = tmp_path / "fifo.pub"
+    os.mkfifo(fifo)
+    grant = run_modelfs("grant", "m", "--to", str(fifo), "--store", str(store), "--key-file", str(key_file),
+                        check=False, timeout=60)
+    assert grant.returncode == 2 and "is not a regular file" in grant.stderr, grant
+
+
+def test_ls_of_names_no_key_here_opens_fails_after_listing(tmp_path: Path, key_file: Path) -> None:
+    """With another store's key every name is BROKEN ("wrong key") and ls said so with exit 0."""
+    store = tmp_path / "store"
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(100_000))
+    run_modelfs("push", str(src), "m", "--store", str(store), "--key-file", str(key_file))
+    other = tmp_path / "other.key"
+    run_modelfs("keygen", "--key-file", str(other))
+    result = run_modelfs("ls", "--store", str(store), "--key-file", str(other), check=False)
+    assert "BROKEN" in result.stdout and "wrong key" in result.stdout
+    assert result.returncode == 4 and "1 of 1 model(s) BROKEN, the first m: wrong key" in result.stderr
+
+
+def test_key_pairs_made_under_umask_0_are_not_writable_by_others(tmp_path: Path) -> None:
+    """ssh-keygen makes ~/.ssh owner-only whatever the umask; a key folder others may write lets
+    them replace the keys."""
+    private = tmp_path / "config" / "modelfs" / "host.key"
+    script = ("import os, sys; os.umask(0); from modelfs.tools.cli import main; "
+              f"sys.argv = ['modelfs', 'keys', 'host-init', '--key-file', {str(private)!r}]; main()")
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    modes = {p: p.stat().st_mode & 0o777 for p in (private.parent.parent, private.parent, private,
+                                                     private.with_suffix(".pub"))}
+    assert list(modes.values()) == [0o700, 0o700, 0o600, 0o644], modes
+    nothing = {f"MODELFS_{kind}": str(tmp_path / "none" / kind) for kind in ("HOST_KEY", "PUBLISHER_KEY")}
+    shown = run_modelfs("keys", "show", env=nothing, check=False)
+    assert shown.returncode == 6 and "no key pair yet" in shown.stderr, shown

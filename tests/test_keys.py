@@ -151,7 +151,7 @@ def test_not_granted_and_wrong_key_say_different_things(tmp_path, key_file):
         open_store(str(store), key_file=other).lineage("m")
     assert not isinstance(caught.value, NotGranted)
     listing = cli(store, other, "ls", check=False)
-    assert listing.returncode == 0 and "wrong key" in listing.stdout
+    assert listing.returncode == AccessDenied.exit_code and "wrong key" in listing.stdout  # then fails
     for command in ("ls", "verify"):                  # named: both say "not granted", exit 4
         named = run_modelfs(command, "m", "--store", str(store), "--host-key",
                             str(tmp_path / "a" / "host.key"), check=False)
@@ -207,7 +207,9 @@ def test_trust_serves_only_what_a_trusted_publisher_signed(tmp_path, key_file):
     data[-20] ^= 1
     flipped.write_bytes(bytes(data))
 
-    ls = cli(store, key_file, "ls").stdout.splitlines()
+    listing = cli(store, key_file, "ls", check=False)
+    assert listing.returncode == 3 and "1 of 4 model(s) BROKEN, the first flipped" in listing.stderr
+    ls = listing.stdout.splitlines()
     assert any(line.startswith("signed ") and p_fp in line for line in ls), ls
     assert any(line.startswith("unsigned ") and p_fp not in line and " - " in line for line in ls), ls
 
@@ -393,7 +395,7 @@ def test_rotate_carries_over_only_hosts_a_publisher_granted(tmp_path, key_file):
     planted.write_bytes(evil_raw + b"\0" * 80)                  # a host key file nobody granted
     (planted.with_suffix(".grant")).write_bytes(b"\1" * 32)       # and a made-up proof
     out = cli(store, key_file, "rotate", "org/m").stdout
-    assert f"wrapped for hosts: {a_fp}; not carried over (no publisher's grant): {evil_fp}" in out
+    assert f"wrapped for hosts: {a_fp}; not carried over: {evil_fp} (no publisher's grant)" in out
     evil = run_modelfs("verify", "org/m", "--store", str(store), "--host-key", str(evil_key), check=False)
     assert evil.returncode == NotGranted.exit_code, evil
     granted = run_modelfs("verify", "org/m", "--store", str(store), "--host-key", str(a_key))

@@ -96,7 +96,7 @@ def test_helper_mounts_rw_read_only_with_a_warning(model, key_file, store_dir, m
     ("ro,umask=9", "bad value"), ("ro,umask=7777777", "at most 777"),
     ("ro,uid=99999999999", "out of range"), ("ro,gid=4294967295", "out of range"),
     ("ro,allow_other=no", "takes no value"), ("ro,nosuid=1", "takes no value"),
-    ("ro,key_file={key},key_file=", "a path is needed"), ("ro,disk_cache=", "needs a value"),
+    ("ro,key_file={key},key_file=", "needs a value"), ("ro,disk_cache=", "needs a value"),
     ("ro,metrics=", "needs a value"), ("ro,cache_size", "needs a value"), ("ro,=x", "without a name"),
     ("ro=1", "takes no value"), ("rw=0", "takes no value")])
 def test_helper_refuses_bad_options(model, key_file, store_dir, mountpoint, opts, message):
@@ -505,13 +505,16 @@ def test_a_bad_owner_or_umask_option_says_what_it_wants(store_dir, mountpoint, o
     assert "<lambda>" not in result.stderr and "_id value" not in result.stderr
 
 
-def test_a_log_file_inside_the_mountpoint_is_refused_before_it_is_made(model, key_file, store_dir,
-                                                                        mountpoint):
-    """It was created, and then the mountpoint was "not empty" for this mount and every later one."""
-    result = run_modelfs("mount", store_dir, mountpoint, "--key-file", key_file, "--log-file",
-                         mountpoint / "mount.log", check=False)
-    assert result.returncode == 2 and "is inside the mountpoint" in result.stderr, result.stderr
-    assert not os.path.ismount(mountpoint) and not any(mountpoint.iterdir())
+def test_a_log_file_or_disk_cache_in_the_mountpoint_is_refused_before_it_is_made(model, key_file, store_dir,
+                                                                                 mountpoint):
+    """It was created, and then the mountpoint was "not empty" for this mount and every later one;
+    a disk cache there was hidden by the mount (a single-threaded daemon reading it hung)."""
+    for option in (["--log-file", mountpoint / "mount.log"],
+                   ["--disk-cache", mountpoint / "cache"],   # reads there waited on the mount itself
+                   ["--single-thread", "-o", f"disk_cache={mountpoint}"]):
+        result = run_modelfs("mount", store_dir, mountpoint, "--key-file", key_file, *option, check=False)
+        assert result.returncode == 2 and "is inside the mountpoint" in result.stderr, result.stderr
+        assert not os.path.ismount(mountpoint) and not any(mountpoint.iterdir())
 
 
 def test_a_log_file_that_cannot_be_written_is_named(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from modelfs.bench.nodes import start_node
 from modelfs.store.api import open_store
+from modelfs.store.errors import NotGranted
 
 
 def modelfs(*args: str) -> subprocess.CompletedProcess:
@@ -123,6 +124,11 @@ def test_repair_never_writes_back_a_host_key_a_revoke_deleted(nodes3, tmp_path, 
     repair = modelfs("verify", "--repair", "o", *store)
     assert repair.returncode == 0 and "repaired 1 stored copies" in repair.stdout, repair.stdout
     assert holders() == [away.name] and modelfs("verify", "o", *store).returncode == 0
+    # the key the node kept is still there with its grant's proof; the record says it was revoked
+    rotate = modelfs("rotate", "o", *store)
+    assert rotate.returncode == 0 and f"not carried over: {fingerprint} (revoked)" in rotate.stdout
+    host = modelfs("verify", "o", "--store", url, "--host-key", str(tmp_path / "host.key"))
+    assert host.returncode == NotGranted.exit_code and "not granted" in host.stderr
 
 
 def test_verify_does_not_pass_copies_it_could_not_check(nodes3, tmp_path, key_file):
@@ -188,3 +194,20 @@ def test_a_revoke_whose_record_cannot_be_written_says_the_keys_are_gone(nodes3, 
     assert revoke.returncode == 5 and "key(s) of o were deleted" in revoke.stderr, revoke.stderr
     assert not any(list((node.data / "objects" / "keys").rglob(f"{fingerprint}.key"))
                    for node in nodes3.nodes if node is not primary)
+
+
+def test_repair_with_no_name_rewrites_every_version_not_only_the_latest(nodes3, tmp_path, key_file):
+    """After a disk was replaced, ``verify --repair`` said all was well and older listed versions
+    kept their lost copies: with no name it checked the latest version of each model only."""
+    url = nodes3.url(replicas=2, extra="&timeout=2")
+    store = ("--store", url, "--key-file", str(key_file))
+    push_model(tmp_path, store)
+    old = modelfs("ls", "o", *store).stdout.splitlines()[1].split()[1]
+    push_model(tmp_path, store)
+    lost = nodes3.nodes[1]
+    shutil.rmtree(lost.data / "objects")
+    shutil.rmtree(lost.data / "shards")
+    repair = modelfs("verify", "--repair", *store)
+    assert repair.returncode == 0 and f"ok o@{old}" in repair.stdout, repair.stdout + repair.stderr
+    again = modelfs("verify", f"o@{old}", *store)
+    assert again.returncode == 0, again.stderr

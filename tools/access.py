@@ -42,9 +42,9 @@ def cmd_rotate(args) -> int:
           f"wrote {format_size(done.bytes_written)} in {seconds:.1f}s; old shards go at the next gc")
     for old, new in done.renamed.items():
         print(f"  {args.name}@{old} -> {args.name}@{new}")
+    left_out = ", ".join(f"{fp} ({why})" for fp, why in done.dropped_hosts.items())
     print(f"  wrapped for hosts: {', '.join(done.hosts) or 'none'}"
-          + (f"; not carried over (no publisher's grant): {', '.join(done.dropped_hosts)}"
-             if done.dropped_hosts else ""))
+          + (f"; not carried over: {left_out}" if left_out else ""))
     return 0
 
 

@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
 
 from modelfs.store.errors import EXIT_CODES, AccessDenied, InvalidInput, ModelfsError, from_os_error
-from modelfs.store.paths import user_path
+from modelfs.store.paths import refuse_inside_mountpoint, user_path
 
 from . import access, bench, keys, models, mounting, node, stats, warmup
 from .mounthelper import helper_argv
@@ -54,6 +54,13 @@ def commands_below(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPar
             for command in action.choices.values():
                 found += [command, *commands_below(command)]
     return found
+
+
+def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command ``args`` were parsed for (``modelfs keys show``)."""
+    words = [getattr(args, dest) for dest in ("command", "keys_command") if getattr(args, dest, None)]
+    prog = " ".join([parser.prog, *words])
+    return next((p for p in commands_below(parser) if p.prog == prog), parser)
 
 
 class Parser(argparse.ArgumentParser):
@@ -112,10 +119,8 @@ def setup_logging(args: argparse.Namespace) -> None:
     handler: logging.Handler
     if args.log_file:
         path = str(user_path(args.log_file, "log file"))
-        mountpoint = args.mountpoint if args.command == "mount" else None
-        if mountpoint and os.path.abspath(path).startswith(os.path.join(os.path.abspath(mountpoint), "")):
-            raise InvalidInput(f"log file {path} is inside the mountpoint {mountpoint}: the mount would "
-                               f"hide it")
+        if args.command == "mount":
+            refuse_inside_mountpoint(path, args.mountpoint, "log file")
         try:
             handler = logging.handlers.WatchedFileHandler(path)  # reopened after logrotate moves it
         except OSError as e:  # no permission is access denied (4); anything else a bad path (2)
@@ -143,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     argv = helper_argv(argv, parser.commands)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # found by the top parser, whose help does not list the command's options
+        command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = argv
     try:
         setup_logging(args)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelfs.store.errors import InvalidInput
+from modelfs.store.errors import InvalidInput, NotFound
 from modelfs.store.paths import user_path
 
 
@@ -12,6 +12,7 @@ def _public_path(private: Path) -> Path:
 
 
 def _init(kind_cls, default: Path, args, what: str) -> int:
+    from modelfs.store.format.keyfiles import write_public_file
     path = user_path(args.key_file or default, "key file")
     public_path = _public_path(path)
     if public_path == path:
@@ -29,7 +30,7 @@ def _init(kind_cls, default: Path, args, what: str) -> int:
     if args.comment:
         public = type(public)(public.kind, public.raw, args.comment)
     try:
-        public_path.write_text(public.to_line() + "\n")
+        write_public_file(public_path, public.to_line() + "\n")
     except OSError:
         path.unlink(missing_ok=True)  # no private key without its public half
         raise
@@ -52,7 +53,11 @@ def cmd_publisher_init(args) -> int:
 def cmd_show(args) -> int:
     from modelfs.store.format.keyfiles import HOST_KIND, PUBLISHER_KIND, PublicKey
     from modelfs.store.format.recipients import DEFAULT_HOST_KEY, DEFAULT_PUBLISHER_KEY
-    for path in args.files or [_public_path(DEFAULT_HOST_KEY), _public_path(DEFAULT_PUBLISHER_KEY)]:
+    defaults = [_public_path(DEFAULT_HOST_KEY), _public_path(DEFAULT_PUBLISHER_KEY)]
+    if not args.files and not any(Path(path).exists() for path in defaults):
+        raise NotFound(f"this host has no key pair yet ({' or '.join(map(str, defaults))}); "
+                       f"`modelfs keys host-init` makes one")
+    for path in args.files or defaults:
         path = Path(path)
         if not args.files and not path.exists():
             continue

@@ -62,7 +62,7 @@ def cmd_ls(args) -> int:
                            "signed_by": {v.version_id: store.signed_by.get(v.version_id)
                                          for v in (x.state.versions if x.state else ())}}
                           for x in lineages], indent=1))
-        return 0
+        return _listed(lineages)
     rows = [("NAME", "VERSION", "FILES", "SIZE", "STORED", "NEW", "PUBLISHED", "SIGNED BY", "TAGS")]
     for x in lineages:
         if x.broken:
@@ -78,7 +78,18 @@ def cmd_ls(args) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join([c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)] + [row[-1]]).rstrip())
-    return 0
+    return _listed(lineages)
+
+
+def _listed(lineages) -> int:
+    """0 when every name listed reads; else, after the listing, fail as reading the first broken
+    one fails (a wrong key file: 4), so that a script or health check sees it."""
+    broken = [x for x in lineages if x.broken]
+    if not broken:
+        return 0
+    first = broken[0]
+    error = type(first.error) if first.error is not None else ModelfsError
+    raise error(f"{len(broken)} of {len(lineages)} model(s) BROKEN, the first {first.name}: {first.broken}")
 
 
 def cmd_verify(args) -> int:
@@ -94,8 +105,11 @@ def cmd_verify(args) -> int:
             raise
         except ModelfsError:
             pass  # a broken name: verifying it says why
-    specs = args.names or [x.name for x in store.lineages() if not isinstance(x.error, NotGranted)
-                           and (x.broken or (x.state is not None and x.state.versions))]
+    listed = [] if args.names else [x for x in store.lineages() if not isinstance(x.error, NotGranted)
+                                    and (x.broken or (x.state is not None and x.state.versions))]
+    # a repair (a node's disk replaced) means every listed version; a check, the latest of each
+    specs = args.names or [spec for x in listed for spec in (
+        [f"{x.name}@{v.version_id}" for v in x.state.versions] if args.repair and x.state else [x.name])]
     failed: list[tuple[str, ModelfsError]] = []
     for spec in specs:
         progress = ProgressBar(f"{'repair' if args.repair else 'verify'} {spec}")
@@ -146,7 +160,8 @@ def cmd_gc(args) -> int:
     from modelfs.store.gc import collect_garbage
     from modelfs.store.sizes import format_duration, parse_duration
     grace = parse_duration(args.grace)
-    logging.getLogger("modelfs.store.gc").setLevel(logging.INFO)  # one line per deletion
+    if not args.quiet:
+        logging.getLogger("modelfs.store.gc").setLevel(logging.INFO)  # one line per deletion
     report = collect_garbage(open_store(args.store, key_file=args.key_file), grace, args.dry_run)
     print(f"{'would delete' if report.dry_run else 'deleted'} {report.items} unreferenced shards/packs "
           f"({format_size(report.bytes)}) and {report.manifests} unreferenced manifests; kept "
@@ -179,7 +194,8 @@ def register(sub) -> None:
 
     s = sub.add_parser("verify", help="read models back from the store and check every byte")
     s.add_argument("names", nargs="*", metavar="NAME[@VERSION|@TAG]",
-                   help="versions to check (default: the latest of every model)")
+                   help="versions to check (default: the latest of every model; with --repair, "
+                        "every version of every model)")
     s.add_argument("--repair", action="store_true",
                    help="rewrite each damaged stored copy (missing or corrupt) from a good one")
     add_store_arguments(s, reads=True)

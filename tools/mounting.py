@@ -10,7 +10,7 @@ import pwd
 from pathlib import Path
 
 from modelfs.store.errors import InvalidInput
-from modelfs.store.paths import user_path
+from modelfs.store.paths import refuse_inside_mountpoint, user_path
 
 from .console import HOST_KEY_HELP, KEY_HELP, STORE_HELP, access_options, add_read_options, read_options
 
@@ -64,15 +64,8 @@ def _umask(value: str) -> int:
     return umask
 
 
-def _path(value: str) -> str:
-    if not value:
-        raise BadValue("a path is needed")
-    return value
-
-
 #: ``-o`` names with a value: how the text becomes the value of the argument of the same name
-VALUE_OPTIONS = {"uid": _user_id, "gid": _group_id, "umask": _umask, "key_file": _path,
-                 "host_key": _path}
+VALUE_OPTIONS = {"uid": _user_id, "gid": _group_id, "umask": _umask, "key_file": str, "host_key": str}
 
 
 def apply_mount_options(args: argparse.Namespace, option_lists: list[str]) -> None:
@@ -104,7 +97,7 @@ def apply_mount_options(args: argparse.Namespace, option_lists: list[str]) -> No
             elif name not in args.kernel_flags:
                 args.kernel_flags.append(name)
         elif attr in VALUE_OPTIONS or attr in read_names:
-            if not value and attr not in VALUE_OPTIONS:  # as the command line refuses --disk-cache ""
+            if not value:  # as the command line refuses --disk-cache "", even where it gives one
                 raise InvalidInput(f"mount option {name} needs a value: {item!r}")
             values[attr] = (name, value)
         else:
@@ -126,7 +119,10 @@ def mount_options(args: argparse.Namespace):
     apply_mount_options(args, args.options)
     access = access_options(args)
     access.check()  # a missing or too readable host key is reported before the daemon starts
-    return MountOptions(args.store, Path(args.mountpoint), args.key_file, read_options(args),
+    read = read_options(args)
+    if read.disk_cache:
+        refuse_inside_mountpoint(user_path(read.disk_cache, "disk cache"), args.mountpoint, "disk cache")
+    return MountOptions(args.store, Path(args.mountpoint), args.key_file, read,
                         args.allow_other, args.debug, args.single_thread, args.uid, args.gid,
                         args.umask or 0, tuple(args.kernel_flags), access)
 

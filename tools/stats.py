@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import sys
 import time
@@ -10,6 +11,8 @@ from pathlib import Path
 
 from modelfs.store.errors import InvalidInput, ModelfsError
 from modelfs.store.sizes import format_size, parse_duration
+
+log = logging.getLogger(__name__)
 
 #: counters whose change per second ``--watch`` prints (label, key, bytes?)
 RATES = (("served", "bytes_served", True), ("fetched", "bytes_fetched", True),
@@ -120,7 +123,7 @@ def read_all(mounts: list[Path], read_stats) -> dict[str, dict]:
         try:
             docs[str(mount)] = read_stats(mount)
         except ModelfsError as e:
-            print(f"modelfs: skipping {mount}: {e}", file=sys.stderr)
+            log.warning("skipping %s: %s", mount, e)
     if not docs:
         raise ModelfsError("no modelfs mount on this host answered")
     return docs

@@ -19,11 +19,12 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelfs.store.errors import InvalidInput, ModelfsError, NotFound
+from modelfs.store.errors import InvalidInput, ModelfsError, NotFound, error_class
 from modelfs.store.sizes import format_size
 
 from .console import ProgressBar
@@ -111,7 +112,10 @@ def warm_range(file: WarmFile, start: int, end: int, progress: Progress, drop_pa
     try:
         offset = start
         while offset < end and not stop.is_set():
-            data = os.pread(fd, min(CHUNK, end - offset), offset)
+            length = min(CHUNK, end - offset)
+            if drop_pages:  # pages already cached would answer the read: the disk cache saw none
+                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+            data = os.pread(fd, length, offset)
             if not data:
                 break
             if drop_pages:
@@ -167,13 +171,26 @@ def cmd_warmup(args) -> int:
             raise
     after = {m: written(m, read_stats) for m in mounts}
     seconds = time.monotonic() - started
-    print(f"warmed {len(files)} files, {format_size(progress.done)} in {seconds:.1f} s "
+    files_warmed = f"{len(files)} file{'' if len(files) == 1 else 's'}"
+    print(f"warmed {files_warmed}, {format_size(progress.done)} in {seconds:.1f} s "
           f"({format_size(progress.done / max(seconds, 1e-6))}/s)")
     for m in mounts:
         print(f"  {m}: {warm_summary(before[m], after[m])}")
     if failed:
-        raise ModelfsError(f"{len(failed)} ranges could not be read: " + "; ".join(failed[:5]))
+        raise failure_class(before, after)(f"{len(failed)} ranges could not be read: "
+                                           + "; ".join(failed[:5]))
     return 0
+
+
+def failure_class(before: dict[Path, dict], after: dict[Path, dict]) -> type[ModelfsError]:
+    """Why the reads failed, as the mounts counted it (a read only sees EIO): the error kind that
+    grew most, so that warmup exits as the command meeting that error would (a store away: 5)."""
+    grown: Counter[str] = Counter()
+    for mount in after:
+        grown.update(after[mount]["errors"])
+        grown.subtract(before[mount]["errors"])
+    kind, count = max(grown.items(), key=lambda item: item[1], default=("", 0))
+    return error_class(kind) if count > 0 else ModelfsError
 
 
 def written(mount: Path, read_stats) -> dict:

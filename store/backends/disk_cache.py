@@ -133,10 +133,15 @@ class DiskCache:
                 return None
             with open(fd, "rb", buffering=0, closefd=True) as f:
                 data = f.read(length + 1)
-            os.utime(path)  # recency for every mount of this directory
         except OSError as e:
             self._unreadable(path, e)
             return None
+        try:
+            os.utime(path)  # recency for every mount of this directory
+        except OSError as e:  # a read-only or another user's directory: the entry still serves
+            if self._first_of_its_kind("mark used", e):
+                log.warning("disk cache %s: cannot mark entries as used (%s); they still serve, "
+                            "but eviction may take recent ones first", self.directory, e.strerror)
         with self._lock:
             if shard_id not in self._entries:
                 self._entries[shard_id] = len(data)
@@ -332,10 +337,10 @@ class DiskCachedBackend(Backend):
 
         def verify_and_keep(fetched: bytes | memoryview) -> T:
             result = verify(fetched)
+            self.cache.count(misses=1, miss_bytes=length)  # as shown: fetched from the store
             self.cache.put(shard_id, bytes(fetched))  # a copy where the backend answers with a view
             return result
 
-        self.cache.count(misses=1, miss_bytes=length)
         return self.inner.read_shard_verified(shard_id, location, length, verify_and_keep)
 
     # -- everything else is the wrapped backend's ---------------------------------

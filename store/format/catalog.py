@@ -155,6 +155,9 @@ class LineageState:
     #: version ids a rotation replaced → the ids of the same files under the new key, so that
     #: ``NAME@OLD`` paths pinned before a rotation keep resolving
     renamed: dict[str, str] = field(default_factory=dict)
+    #: fingerprints of the hosts revoked (and not granted since): a node away during ``revoke``
+    #: keeps their key files, and ``rotate`` must not carry them over from there
+    revoked: tuple[str, ...] = ()
 
     @property
     def latest(self) -> VersionRecord | None:
@@ -184,10 +187,22 @@ class LineageState:
         return json.dumps({"format": RECORD_FORMAT, **asdict(self)}, sort_keys=True,
                           separators=(",", ":")).encode()
 
-    def to_record(self, mac_key: bytes) -> bytes:
+    def to_record(self, mac_key: bytes, proof_key: bytes | None = None) -> bytes:
+        """The record as stored (before sealing). ``proof_key`` (from the store key) adds the
+        proof that a publisher wrote it: ``mac_key`` is a key every granted host holds."""
         body = self.body()
         envelope = {"body": body.decode(), "mac": _mac(mac_key, body).hex()}
+        if proof_key is not None:
+            envelope["proof"] = _mac(proof_key, body).hex()
         return RECORD_MAGIC + json.dumps(envelope, sort_keys=True).encode()
+
+    @staticmethod
+    def proven(data: bytes, proof_key: bytes) -> bool:
+        """Whether a record ``from_record`` accepted carries a proof under ``proof_key``."""
+        envelope = json.loads(data[len(RECORD_MAGIC):])
+        proof = envelope.get("proof")
+        return isinstance(proof, str) and hmac.compare_digest(
+            _mac(proof_key, envelope["body"].encode()).hex(), proof)
 
     @classmethod
     def from_record(cls, data: bytes, mac_key: bytes, name: str, seq: int) -> LineageState:
@@ -258,8 +273,15 @@ def _state_from_json(obj: dict) -> LineageState:
     renamed = {_version_id(old): _version_id(new) for old, new in dict(obj.get("renamed", {})).items()}
     if _str(obj["event"]) not in EVENTS:
         raise ValueError(f"unknown event {obj['event']!r}")
+    revoked = tuple(_fingerprint(fp) for fp in obj.get("revoked", ()))
     return LineageState(check_name(obj["name"]), _int(obj["seq"]), obj["event"],
-                        _float(obj["time"]), tuple(versions), tags, renamed)
+                        _float(obj["time"]), tuple(versions), tags, renamed, revoked)
+
+
+def _fingerprint(value: Any) -> str:
+    if not re.fullmatch(r"[0-9a-f]{16}", _str(value)):
+        raise ValueError(f"bad host fingerprint {value!r}")
+    return value
 
 
 def check_relpath(path: str) -> str:

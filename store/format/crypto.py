@@ -92,6 +92,14 @@ def grant_mac(store_key: bytes, name: str, generation: int, host_raw: bytes) -> 
     return hmac.new(key, body, hashlib.sha256).digest()
 
 
+def record_proof_key(store_key: bytes) -> bytes:
+    """The key of a catalog record's proof that a holder of the store key wrote it. A record's
+    own MAC is under a key every granted host holds; only this proof makes its revocations
+    count for ``rotate`` (a revoked host could write a record without itself in them)."""
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+                info=b"modelfs-record-proof\x01").derive(store_key)
+
+
 def new_data_key() -> bytes:
     return secrets.token_bytes(KEY_BYTES)
 
@@ -106,9 +114,14 @@ class ShardCipher:
     reused for different plaintexts (deterministic, misuse-resistant by design).
     """
 
-    def __init__(self, keys: LineageKeys) -> None:
+    def __init__(self, keys: LineageKeys, check_ids: bool = False) -> None:
         self._id_key = keys.id_key
         self._aead = AESGCM(keys.enc_key)
+        #: also check that the plaintext is what the id names. GCM alone cannot tell: every host
+        #: granted the lineage holds its keys, so one that can write to the store could encrypt
+        #: other bytes under an existing id. Only a signed manifest (``--trust``) or a publisher
+        #: rewriting shards (``rotate``, ``verify``) has ids worth that HMAC pass over each shard.
+        self.check_ids = check_ids
 
     def shard_id(self, codec_params: bytes, stored_plaintext: bytes | memoryview) -> bytes:
         mac = hmac.new(self._id_key, codec_params, hashlib.sha256)
@@ -137,6 +150,15 @@ class ShardCipher:
         except InvalidTag:
             raise IntegrityError(f"shard {shard_id.hex()[:16]} failed authentication "
                                  f"(corrupt, truncated or tampered)") from None
+
+    def open(self, shard_id: bytes, codec_params: bytes, ciphertext: bytes | memoryview,
+             out: np.ndarray | None = None) -> bytes | memoryview:
+        """``decrypt``, and with ``check_ids`` the check that the plaintext is what the id names."""
+        plain = self.decrypt(shard_id, ciphertext, out)
+        if self.check_ids and not hmac.compare_digest(self.shard_id(codec_params, plain), shard_id):
+            raise IntegrityError(f"shard {shard_id.hex()[:16]} holds other bytes than its id names "
+                                 f"(encrypted anew by a holder of the model's key)")
+        return plain
 
 
 def manifest_mac(mac_key: bytes, body: bytes) -> bytes:

@@ -29,7 +29,8 @@ def write_private_file(path: str | os.PathLike, data: bytes, overwrite: bool = F
     path = user_path(path, "key file")
     if path.is_dir():
         raise InvalidInput(f"key file {path} is a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    for folder in reversed([p for p in (path.parent, *path.parent.parents) if not p.exists()]):
+        folder.mkdir(mode=0o700, exist_ok=True)  # as ssh-keygen makes ~/.ssh: whatever the umask
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
     try:
         fd = os.open(path, flags, 0o600)
@@ -43,6 +44,14 @@ def write_private_file(path: str | os.PathLike, data: bytes, overwrite: bool = F
     return path
 
 
+def write_public_file(path: Path, text: str) -> None:
+    """A public key file: readable by all, writable by its owner only, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o644)
+        f.write(text)
+
+
 def read_private_file(path: str | os.PathLike, what: str) -> bytes:
     """The bytes of a private key file, refused when anyone but its owner may read it."""
     path = user_path(path, what)
@@ -53,6 +62,9 @@ def read_private_file(path: str | os.PathLike, what: str) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise InvalidInput(f"{what} {path} is not a regular file")
         if info.st_mode & 0o077:
+            if _is_public_key_file(path):
+                raise AccessDenied(f"{what} {path} is a public key file; give the private key "
+                                   f"(the file without .pub)")
             raise AccessDenied(f"{what} {path} is readable by group or others (mode "
                                f"{stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`")
         return path.read_bytes()
@@ -60,6 +72,16 @@ def read_private_file(path: str | os.PathLike, what: str) -> bytes:
         raise NotFound(f"{what} {path} does not exist") from None
     except PermissionError:
         raise AccessDenied(f"{what} {path} is not readable") from None
+
+
+def _is_public_key_file(path: Path) -> bool:
+    """Whether a file starts like a public key line (it is readable by others, as those are)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(PUBLISHER_KIND) + 1)
+    except OSError:
+        return False
+    return head.startswith((HOST_KIND.encode() + b":", PUBLISHER_KIND.encode() + b":"))
 
 
 def fingerprint(kind: str, raw_public: bytes) -> str:
@@ -98,6 +120,8 @@ class PublicKey:
     @classmethod
     def load(cls, path: str | os.PathLike, kind: str) -> PublicKey:
         path = user_path(path, "public key file")
+        if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO would block the read
+            raise InvalidInput(f"public key file {path} is not a regular file")
         try:
             text = path.read_text()
         except FileNotFoundError:
@@ -122,6 +146,8 @@ def load_trusted(key_files: list[str], trust_files: list[str]) -> frozenset[byte
         except UnicodeDecodeError:
             raise InvalidInput(f"trust file {path} is not text: one publisher public key line per "
                                f"line") from None
+        except FileNotFoundError:
+            raise NotFound(f"trust file {path} does not exist") from None
         except OSError as e:
             raise InvalidInput(f"cannot read trust file {path}: {e.strerror}") from None
         for number, line in enumerate(lines, 1):

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import AccessDenied, IntegrityError, InvalidInput
+from ..errors import AccessDenied, IntegrityError
 from .keyfiles import (
     CONFIG_DIR,
     HOST_KIND,
@@ -95,7 +95,8 @@ class _KeyPair:
         path = path or cls._DEFAULT
         raw = read_private_file(path, f"{cls._WHAT} key file")
         if len(raw) != RAW_KEY_BYTES:
-            raise InvalidInput(f"{cls._WHAT} key file {path} is not a modelfs {cls._WHAT} key")
+            raise AccessDenied(f"{cls._WHAT} key file {path} is not a modelfs {cls._WHAT} key "
+                               f"({len(raw)} bytes, expected {RAW_KEY_BYTES})")  # as a store key's
         return cls(cls._ALGORITHM.from_private_bytes(raw))
 
 

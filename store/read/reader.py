@@ -19,7 +19,7 @@ import numpy as np
 from ..backends.base import READ_ALIGNMENT, Backend
 from ..errors import IntegrityError, ModelfsError, NotFound
 from ..format.chunking import tensor_offsets
-from ..format.codec import decode
+from ..format.codec import codec_params, decode
 from ..format.crypto import ShardCipher
 from ..format.manifest import Manifest
 from ..stats import Stats
@@ -34,7 +34,8 @@ def decode_shard(cipher: ShardCipher, shard_id: bytes, codec: int, length: int, 
                  out: np.ndarray, workspace: Workspace) -> np.ndarray:
     """Authenticate, decrypt and decode one stored shard into ``out`` (``length`` bytes), with the
     payload and the decompressed planes in ``workspace``."""
-    payload = cipher.decrypt(shard_id, stored, workspace.buffer("payload", len(stored)))
+    payload = cipher.open(shard_id, codec_params(codec, length), stored,
+                          workspace.buffer("payload", len(stored)))
     owner = decode(codec, length, payload, out, workspace.buffer("scratch", length)).obj
     assert isinstance(owner, np.ndarray)  # decode always answers with a view of an array it wrote
     return owner
@@ -95,8 +96,8 @@ class ModelReader:
                     self._keys[index], m.location(index), stored_length, verify,
                     workspace.buffer("stored", -(-stored_length // READ_ALIGNMENT) * READ_ALIGNMENT).data)
         except ModelfsError as e:
-            self._stats.error(type(e).__name__)
             kind = IntegrityError if isinstance(e, NotFound) else type(e)  # a published shard gone: damage
+            self._stats.error(kind.__name__)
             error = kind(f"model {m.name} (version {m.version_id}) shard {index} "
                          f"({self._keys[index][:16]}): {e}")
             if index not in self._reported:  # one log line per bad shard, not one per read

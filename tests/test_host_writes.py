@@ -1,0 +1,118 @@
+"""What a granted host that can also write to the store (the node token, a shared folder) cannot
+do: have trusting mounts serve bytes it encrypted, or be carried over to a rotated key after it
+was revoked, by putting back files it saved or that a node kept while it was away."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from helpers import mount_log, mounted, run_modelfs, sha256_of
+from test_keys import SHARD, cli, host_pair, publisher_pair, write
+
+from modelfs.store.api import open_store
+from modelfs.store.errors import IntegrityError, NotGranted
+from modelfs.store.keyring import Access
+
+
+@pytest.fixture(autouse=True)
+def no_default_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELFS_KEY_FILE", str(tmp_path / "no-default-store.key"))
+    monkeypatch.setenv("MODELFS_HOST_KEY", str(tmp_path / "no-default-host.key"))
+    monkeypatch.setenv("MODELFS_PUBLISHER_KEY", str(tmp_path / "no-default-publisher.key"))
+
+
+def forge_shard(store: Path, host_key: Path, name: str, index: int) -> tuple[int, int]:
+    """As the granted host: decrypt shard ``index``, flip its bytes, encrypt them under the same
+    id (the host holds the model's keys, so GCM accepts it). The shard's (offset, length)."""
+    s = open_store(str(store), access=Access(host_key_file=host_key))
+    manifest = s.load_manifests(name, s.open_version(name)[1])[0]
+    cipher = s.cipher(name, manifest)
+    shard_id = manifest.shard_ids[index]
+    path = next((store / "shards").rglob(shard_id.hex()))
+    plain = bytes(cipher.decrypt(shard_id, path.read_bytes()))
+    path.write_bytes(cipher.encrypt(shard_id, bytes(b ^ 0xFF for b in plain)))
+    return int(manifest.offsets[index]), int(manifest.lengths[index])
+
+
+def test_a_shard_a_granted_host_encrypted_anew_is_never_served_under_trust(tmp_path, key_file):
+    store = tmp_path / "store"
+    src = write(tmp_path, "src", 8 * 65536)
+    p_key, p_pub, _ = publisher_pair(tmp_path, "p")
+    a_key, a_pub, _ = host_pair(tmp_path, "a")
+    cli(store, key_file, "push", str(src), "org/m", "--shard-size", SHARD, "--publisher-key", str(p_key))
+    cli(store, key_file, "grant", "org/m", "--to", str(a_pub), "--publisher-key", str(p_key))
+    version = open_store(str(store), key_file=key_file).lineage("org/m").latest.version_id
+    offset, length = forge_shard(store, a_key, "org/m", 2)
+    original, page = src.read_bytes(), 4096
+    lo, hi = -(-offset // page) * page, (offset + length) // page * page
+    assert hi > lo
+
+    for credential in (["--host-key", str(a_key)], ["--key-file", str(key_file)]):
+        with mounted(store, None, "1MiB", *credential, "--trust", str(p_pub)) as mnt:
+            with open(mnt / "org" / "m", "rb", buffering=0) as f:
+                with pytest.raises(OSError) as caught:
+                    os.pread(f.fileno(), hi - lo, lo)
+                assert caught.value.errno == errno.EIO
+                before = offset // page * page                     # the whole pages before it
+                assert os.pread(f.fileno(), before, 0) == original[:before]
+            assert "holds other bytes than its id names" in mount_log(mnt)
+
+    checked = cli(store, key_file, "verify", "org/m", check=False)
+    assert checked.returncode == IntegrityError.exit_code
+    assert "holds other bytes than its id names" in checked.stderr
+    # a rotation makes new ids from the bytes it reads: it must not turn forged bytes into signed ones
+    rotated = cli(store, key_file, "rotate", "org/m", "--publisher-key", str(p_key), check=False)
+    assert rotated.returncode == IntegrityError.exit_code, rotated
+    assert open_store(str(store), key_file=key_file).lineage("org/m").latest.version_id == version
+
+
+def test_grant_files_put_back_after_a_revoke_are_not_carried_over_by_rotate(tmp_path, key_file):
+    """The host's wrapped key and the proof of its grant are plain objects in the store: a host
+    that saved them and can write there puts them back after ``revoke``; they are still a
+    publisher's grant, but the newest record names the host revoked."""
+    store = tmp_path / "store"
+    src = write(tmp_path, "src", 300_000)
+    cli(store, key_file, "push", str(src), "org/m", "--shard-size", SHARD)
+    a_key, a_pub, a_fp = host_pair(tmp_path, "a")
+    b_key, b_pub, b_fp = host_pair(tmp_path, "b")
+    cli(store, key_file, "grant", "org/m", "--to", str(a_pub), "--to", str(b_pub))
+    generation = store / "objects" / "keys" / "org" / "m" / "@000001"
+    saved = {path.name: path.read_bytes() for path in generation.glob(f"{a_fp}.*")}
+    assert sorted(saved) == [f"{a_fp}.grant", f"{a_fp}.key"]
+    cli(store, key_file, "revoke", "org/m", "--host", a_fp)
+    for file_name, data in saved.items():
+        (generation / file_name).write_bytes(data)
+
+    out = cli(store, key_file, "rotate", "org/m").stdout
+    assert f"wrapped for hosts: {b_fp}; not carried over: {a_fp} (revoked)" in out
+    a = run_modelfs("verify", "org/m", "--store", str(store), "--host-key", str(a_key), check=False)
+    assert a.returncode == NotGranted.exit_code, a
+    assert run_modelfs("verify", "org/m", "--store", str(store), "--host-key", str(b_key)).returncode == 0
+
+    cli(store, key_file, "grant", "org/m", "--to", str(a_pub))    # granted again: carried over again
+    out = cli(store, key_file, "rotate", "org/m").stdout
+    assert f"wrapped for hosts: {', '.join(sorted([a_fp, b_fp]))}\n" in out
+    with mounted(store, None, "16MiB", "--host-key", str(a_key)) as mnt:
+        assert sha256_of(mnt / "org" / "m") == sha256_of(src)
+
+
+def test_a_record_a_host_wrote_carries_no_host_over(tmp_path, key_file):
+    """A granted host holds the keys a record is sealed and authenticated with, so it can write
+    the next record with any list of revoked hosts; only a publisher's record proves that list."""
+    store = tmp_path / "store"
+    src = write(tmp_path, "src", 300_000)
+    cli(store, key_file, "push", str(src), "org/m", "--shard-size", SHARD)
+    a_key, a_pub, a_fp = host_pair(tmp_path, "a")
+    cli(store, key_file, "grant", "org/m", "--to", str(a_pub))
+    as_host = open_store(str(store), access=Access(host_key_file=a_key))
+    written = as_host.append("org/m", lambda state: state.next("tag", tags={"mine": state.latest.version_id}))
+    publisher_view = open_store(str(store), key_file=key_file).lineage("org/m")
+    assert publisher_view.tags == {"mine": written.latest.version_id}
+
+    rotated = cli(store, key_file, "rotate", "org/m")
+    assert f"not carried over: {a_fp} (the newest record is no publisher's)" in rotated.stdout
+    assert "carries no proof that a holder of the store key wrote it" in rotated.stderr
+    a = run_modelfs("verify", "org/m", "--store", str(store), "--host-key", str(a_key), check=False)
+    assert a.returncode == NotGranted.exit_code, a
