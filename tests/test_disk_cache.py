@@ -413,3 +413,18 @@ def test_warmup_fills_the_disk_cache_also_for_a_file_in_the_page_cache(tmp_path,
         failed = run_modelfs("warmup", str(mnt / "big"), check=False)
         assert failed.returncode == 3 and "ranges could not be read" in failed.stderr, failed.stderr
         assert read_stats(mnt)["disk_cache"]["miss_bytes"] == fetched   # shown as "fetched from store"
+
+
+def test_entries_removed_outside_the_mount_leave_its_figures(tmp_path):
+    """After ``rm -rf DIR/shards/*`` cache-stats went on showing the entries and bytes that were
+    gone, also once new ones were written."""
+    from modelfs.store.backends.disk_cache import DiskCache
+    cache = DiskCache(tmp_path / "cache", 1 << 20)
+    for i in range(20):
+        cache.write(f"{i:02x}" * 32, bytes(1000))
+    assert cache.stats()["entries"] == 20
+    for prefix in (tmp_path / "cache" / "shards").iterdir():
+        shutil.rmtree(prefix)
+    cache.write("05" + "ee" * 31, bytes(500))   # a prefix it had written before
+    stats = cache.stats()
+    assert (stats["entries"], stats["used_bytes"]) == (1, 500), stats

@@ -141,3 +141,28 @@ def test_a_push_reusing_a_removed_versions_shards_survives_gc_nodes(tmp_path, no
 def test_a_push_reusing_a_removed_versions_shards_survives_gc_hdfs(tmp_path, hdfs_cluster, key_file,
                                                                     monkeypatch):
     removal_race(hdfs_cluster.fresh_url("gcremoved"), key_file, tmp_path, monkeypatch, shards=12)
+
+
+def test_a_temporary_pack_deleted_under_a_push_fails_it_as_vanished_hdfs(tmp_path, hdfs_cluster, key_file,
+                                                                         monkeypatch):
+    """gc with a grace period shorter than a push deletes its temporary pack; the push failed with
+    "not found in hdfs://…" (exit 6, as if the store were missing) where the other backends say
+    the shards vanished (exit 5)."""
+    from modelfs.store.backends.hdfs import packs
+    from modelfs.store.errors import BackendError
+    url = hdfs_cluster.fresh_url("vanish")
+    store = open_store(url, key_file=key_file, create=True)
+    put = packs.HdfsPackWriter.put
+
+    def collected_meanwhile(self, shard_id, data, index):
+        location = put(self, shard_id, data, index)
+        if index == 3:
+            self._hdfs.client().delete(self._tmp, False)
+        return location
+
+    monkeypatch.setattr(packs.HdfsPackWriter, "put", collected_meanwhile)
+    with pytest.raises(BackendError, match="vanished while it was written"):
+        store.publish(source(tmp_path, "a", 12, 1), "m", shard_size=SHARD)
+    monkeypatch.undo()
+    assert not store.catalog.heads()
+    store.close()

@@ -402,7 +402,7 @@ def test_writes_fail_when_a_target_replica_is_down(tmp_path):
         key = next(f"catalog/m/{n:06d}" for n in range(1, 100)       # a record whose primary is dead
                    if rendezvous_order(f"catalog/m/{n:06d}", backend.names)[0] == dead)
         with pytest.raises(BackendError, match=f"its primary node {dead}, which decides between writers, "
-                           "does not answer .connection refused.; nothing was changed"):
+                           f"does not answer .connection refused.; {key} was not created"):
             backend.put_object_if_absent(key, b"record")
         backend.close()
     finally:

@@ -192,6 +192,7 @@ def test_a_revoke_whose_record_cannot_be_written_says_the_keys_are_gone(nodes3, 
     primary.kill()
     revoke = modelfs("revoke", "o", "--host", fingerprint, *store)
     assert revoke.returncode == 5 and "key(s) of o were deleted" in revoke.stderr, revoke.stderr
+    assert "nothing was changed" not in revoke.stderr and "was not created" in revoke.stderr
     assert not any(list((node.data / "objects" / "keys").rglob(f"{fingerprint}.key"))
                    for node in nodes3.nodes if node is not primary)
 

@@ -196,8 +196,12 @@ class DiskCache:
         tmp = path.with_name(f"{path.name}{TMP_SUFFIX}{uuid.uuid4().hex}")
         try:
             if not path.parent.is_dir():  # new prefix, or the directory was emptied under the mount
+                with self._lock:
+                    emptied = any(known.startswith(shard_id[:2]) for known in self._entries)
                 self._prepare()
                 path.parent.mkdir(exist_ok=True)
+                if emptied:  # entries it counted are gone (rm -rf DIR/shards/*): count them again
+                    self.trim()
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)

@@ -5,7 +5,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ...errors import InvalidInput, ModelfsError
+from ...errors import BackendError, InvalidInput, ModelfsError, NotFound
 from ..base import ShardLocation, ShardWriter
 from ..layout import TMP_SUFFIX, check_shard_id
 
@@ -57,7 +57,7 @@ class HdfsPackWriter(ShardWriter):
             self._writer.write(data)
         except Exception as e:
             self._hdfs.counters.error("write")
-            raise self._hdfs.error(f"cannot write {self.container}", e) from e
+            raise self._vanished_or(self._hdfs.error(f"cannot write {self.container}", e)) from e
         location = ShardLocation(container=self.container, offset=self._offset)
         self._offset += len(data)
         self._placed[shard_id] = location
@@ -79,10 +79,19 @@ class HdfsPackWriter(ShardWriter):
         except Exception as e:
             self._hdfs.counters.error("commit")
             self.abort()
-            raise self._hdfs.error(f"cannot commit {self.container}", e) from e
+            raise self._vanished_or(self._hdfs.error(f"cannot commit {self.container}", e)) from e
         self._done = True
         self._hdfs.counters.add(requests=2)
         log.info("committed %s (%d shards, %d bytes)", self.container, len(self._placed), self._offset)
+
+    def _vanished_or(self, error: ModelfsError) -> ModelfsError:
+        """The temporary pack gone while this push wrote it is what a gc with a grace period shorter
+        than the push does: say that, as the other backends do, not that the store is missing."""
+        if self._created and isinstance(error, NotFound):
+            return BackendError(f"the temporary pack of {self.container} vanished while it was written "
+                                f"(garbage collection with a grace period shorter than the push or "
+                                f"rotation?); nothing was published, run it again")
+        return error
 
     def abort(self) -> None:
         if self._done:

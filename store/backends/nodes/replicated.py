@@ -149,8 +149,8 @@ class NodesBackend(Backend):
             return False
         except NodeDown as e:
             raise NodeDown(f"cannot create {key}: its primary node {primary}, which decides between "
-                           f"writers, does not answer ({failure_reason(e)}); nothing was changed, try "
-                           f"again when it is back") from None
+                           f"writers, does not answer ({failure_reason(e)}); {key} was not created, "
+                           f"try again when it is back") from None
         errors = self._fanout.on_each(others, self._put, f"objects/{key}", data, digest)
         if len(self.names) - len(errors) < self.placement.replicas:
             log.warning("object %s reached %d of %d nodes", key, len(self.names) - len(errors),
