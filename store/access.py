@@ -80,13 +80,16 @@ def revoke(store: Store, name: str, fingerprint: str) -> tuple[int, LineageState
         raise InvalidInput(f"{fingerprint!r} is not a host key fingerprint (16 hex digits, as "
                            f"`modelfs keys show` prints it)")
     store.lineage(check_name(name))
-    count = store.keyring.revoke(name, fingerprint)  # the revocation itself: the host's keys are gone
+    store.keyring.held_by(name, fingerprint)  # a host that holds none: nothing to revoke
+    # the record first: once it names the host revoked no rotation carries it over, whatever
+    # key files a node that misses the deletions below keeps; if it fails, nothing changed
+    state = store.append(name, lambda s: s.next("revoke", revoked=tuple(sorted({*s.revoked, fingerprint}))))
     try:
-        return count, store.append(name, lambda s: s.next(
-            "revoke", revoked=tuple(sorted({*s.revoked, fingerprint}))))
+        return store.keyring.revoke(name, fingerprint), state
     except ModelfsError as e:
-        raise type(e)(f"the host's {count} key(s) of {name} were deleted (its new mounts cannot open "
-                      f"it), but the catalog record of the revocation was not written: {e}") from e
+        raise type(e)(f"record {state.seq} of {name} revokes host {fingerprint} (no rotation carries it "
+                      f"over), but its keys were not deleted, so its new mounts still open {name}: "
+                      f"{e}; run revoke again") from e
 
 
 @dataclass
@@ -115,15 +118,13 @@ def rotate(store: Store, name: str, progress: Progress | None = None) -> Rotatio
 
     A name with no version (never pushed, or freed) is refused before anything is written."""
     state = store.live_lineage(name)
-    _, newest = store.sealed.read_record(name, state.seq)
-    proof_key = store.keyring.proof_key()
-    proven = proof_key is not None and LineageState.proven(newest.body, proof_key)
-    if not proven:
+    proven = store.record_proven[name] is True
+    made = store.keyring.new_generation(name, revoked=frozenset(state.revoked) if proven else None)
+    if made.dropped and not proven:
         log.warning("the newest record of %s (%d) carries no proof that a holder of the store key "
                     "wrote it (written before records were proven, or by a host): the new key is "
                     "wrapped for no host; `modelfs grant` the hosts that should read %s again",
                     name, state.seq, name)
-    made = store.keyring.new_generation(name, revoked=frozenset(state.revoked) if proven else None)
     generation = made.number
     keys = store.keyring.keys(name, generation)
     rotation = Rotation(name, generation, state, hosts=made.hosts, dropped_hosts=made.dropped)

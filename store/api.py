@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .backends.base import Backend, ShardLocation
 from .backends.urls import local_path, open_backend, store_url
@@ -114,8 +114,10 @@ class Store:
         self.record_generation: dict[str, int] = {}
         self.manifest_generation: dict[tuple[str, str], int] = {}
         self.signed_by: dict[str, str | None] = {}
-        #: who signed the newest record read of each name (None: nobody)
+        #: who signed the newest record read of each name (None: nobody), and whether a holder of
+        #: the store key wrote it (None: this host holds no store key to tell)
         self.record_signer: dict[str, str | None] = {}
+        self.record_proven: dict[str, bool | None] = {}
         self.seen = SeenRecords(repr(backend))
 
     def __repr__(self) -> str:
@@ -151,6 +153,8 @@ class Store:
         state, opened = self.sealed.read_record(name, seq)
         self.record_generation[name] = opened.generation
         self.record_signer[name] = opened.signed_by
+        proof_key = self.keyring.proof_key()  # None for a host: it cannot tell
+        self.record_proven[name] = None if proof_key is None else LineageState.proven(opened.body, proof_key)
         self.seen.raise_to(name, seq)
         return state
 
@@ -230,6 +234,8 @@ class Store:
             if head and self.record_generation[name] > generation:
                 raise ModelfsError(f"the key of {name!r} was rotated while this ran; nothing was "
                                    f"published, run it again")
+            if head and self.record_proven[name] is False:
+                current = replace(current, revoked=self._revoked_by_publishers(name, head, current.revoked))
             if head and _freed(current) and self.record_generation[name] >= generation:
                 # its next push gets a new key no host holds; this one's key was the old name's
                 raise ModelfsError(f"{name!r} was removed (freed) while this ran; nothing was "
@@ -242,6 +248,23 @@ class Store:
             log.info("record %d of %s was taken by another writer; retrying", new.seq, name)
         raise ModelfsError(f"could not write a catalog record of {name!r}: "
                            f"{APPEND_ATTEMPTS} concurrent writers won")
+
+    def _revoked_by_publishers(self, name: str, head: int, revoked: tuple[str, ...]) -> tuple[str, ...]:
+        """The newest record is no publisher's: a host holds the keys records are sealed with and
+        could have written it without itself among the revoked hosts. The next record keeps those
+        of the newest record a publisher wrote too."""
+        log.warning("record %d of %s carries no proof that a holder of the store key wrote it (written "
+                    "by a host, or before records were proven); keeping the hosts revoked before it",
+                    head, name)
+        proof_key = self.keyring.proof_key()
+        for seq in range(head - 1, 0, -1):
+            try:
+                state, opened = self.sealed.read_record(name, seq)
+            except ModelfsError:
+                break
+            if proof_key is not None and LineageState.proven(opened.body, proof_key):
+                return tuple(sorted({*revoked, *state.revoked}))
+        return revoked
 
     def _warn_if_unsigning(self, name: str, head: int) -> None:
         """An unsigned record on top of a signed one makes every host that mounts with ``--trust``

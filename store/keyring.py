@@ -322,11 +322,16 @@ class Keyring:
         for generation in generations:
             self._write_host(name, generation, self._unwrap_store(name, generation), host)
 
-    def revoke(self, name: str, fingerprint: str) -> int:
-        """Delete every key of ``name`` wrapped for the host ``fingerprint``; how many there were."""
+    def held_by(self, name: str, fingerprint: str) -> list[int]:
+        """The generations of ``name`` whose key is wrapped for host ``fingerprint`` (at least one)."""
         held = [g for g, r in self._objects(name) if r == fingerprint]
         if not held:
             raise NotFound(f"host {fingerprint} holds no key of model {name!r}")
+        return held
+
+    def revoke(self, name: str, fingerprint: str) -> int:
+        """Delete every key of ``name`` wrapped for the host ``fingerprint``; how many there were."""
+        held = self.held_by(name, fingerprint)
         for generation in held:
             self.backend.delete_object(key_object(name, generation, fingerprint))
             self.backend.delete_object(key_object(name, generation, fingerprint, "grant"))

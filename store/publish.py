@@ -107,10 +107,7 @@ def collect_sources(path: str | os.PathLike) -> tuple[str, list[tuple[str, Path]
         raise InvalidInput("empty source path: name a model file or folder")
     path = Path(path)
     if not path.is_dir():
-        source = check_source(path)
-        if source.stat().st_size == 0:  # as a folder with no files; an empty file inside one is kept
-            raise InvalidInput(f"{path} is empty: no model to publish")
-        return "file", [(path.name, source)]
+        return "file", [(path.name, check_source(path))]
     files = []
     above: dict[str, tuple[int, int]] = {}  # the folders walked, by path: (device, inode)
     for dirpath, dirnames, filenames in os.walk(path, onerror=_refuse_unlistable, followlinks=True):

@@ -116,3 +116,27 @@ def test_a_record_a_host_wrote_carries_no_host_over(tmp_path, key_file):
     assert "carries no proof that a holder of the store key wrote it" in rotated.stderr
     a = run_modelfs("verify", "org/m", "--store", str(store), "--host-key", str(a_key), check=False)
     assert a.returncode == NotGranted.exit_code, a
+
+
+def test_a_publisher_writing_on_a_record_a_host_wrote_keeps_the_hosts_revoked_before(tmp_path, key_file):
+    """A revoked host that put its key files back wrote the next record without itself among the
+    revoked; a publisher's tag then built on that record and proved it, and rotate carried the
+    host over. A publisher's record on top of one no publisher wrote keeps the hosts revoked in
+    the newest one a publisher wrote."""
+    store = tmp_path / "store"
+    cli(store, key_file, "push", str(write(tmp_path, "src", 300_000)), "org/m", "--shard-size", SHARD)
+    a_key, a_pub, a_fp = host_pair(tmp_path, "a")
+    _, b_pub, b_fp = host_pair(tmp_path, "b")
+    cli(store, key_file, "grant", "org/m", "--to", str(a_pub), "--to", str(b_pub))
+    generation = store / "objects" / "keys" / "org" / "m" / "@000001"
+    saved = {path.name: path.read_bytes() for path in generation.glob(f"{a_fp}.*")}
+    cli(store, key_file, "revoke", "org/m", "--host", a_fp)
+    for file_name, data in saved.items():
+        (generation / file_name).write_bytes(data)
+    open_store(str(store), access=Access(host_key_file=a_key)).append(
+        "org/m", lambda state: state.next("tag", revoked=()))
+
+    tagged = cli(store, key_file, "tag", "org/m", "stable")
+    assert "carries no proof that a holder of the store key wrote it" in tagged.stderr
+    out = cli(store, key_file, "rotate", "org/m").stdout
+    assert f"wrapped for hosts: {b_fp}; not carried over: {a_fp} (revoked)" in out, out

@@ -88,13 +88,17 @@ def test_each_key_option_says_the_same_of_the_same_fault(tmp_path: Path, key_fil
     empty.chmod(0o600)
     run_modelfs("keys", "host-init", "--key-file", str(tmp_path / "host.key"))
     public = tmp_path / "host.pub"
+    private_pub = tmp_path / "copy.key"   # a public key copied to a 0600 file
+    private_pub.write_bytes(public.read_bytes())
+    private_pub.chmod(0o600)
     ls = ["ls", "--store", str(store)]
     for argv, code, says in (([*ls, "--key-file", str(empty)], 4, "is not a modelfs key"),
                              ([*ls, "--host-key", str(empty)], 4, "is not a modelfs host key"),
                              (["tag", "m", "t", "--store", str(store), "--key-file", str(key_file),
                                "--publisher-key", str(empty)], 4, "is not a modelfs publisher key"),
                              ([*ls, "--key-file", str(public)], 4, "is a public key file"),
-                             ([*ls, "--host-key", str(public)], 4, "is a public key file")):
+                             ([*ls, "--host-key", str(public)], 4, "is a public key file"),
+                             ([*ls, "--host-key", str(private_pub)], 4, "is a public key file")):
         result = run_modelfs(*argv, check=False)
         assert result.returncode == code and says in result.stderr, (argv, result)
     mnt = tmp_path / "mnt"

@@ -61,10 +61,10 @@ def read_private_file(path: str | os.PathLike, what: str) -> bytes:
             raise InvalidInput(f"{what} {path}: Is a directory, not a key file")
         if not stat.S_ISREG(info.st_mode):
             raise InvalidInput(f"{what} {path} is not a regular file")
+        if _is_public_key_file(path):
+            raise AccessDenied(f"{what} {path} is a public key file; give the private key "
+                               f"(the file without .pub)")
         if info.st_mode & 0o077:
-            if _is_public_key_file(path):
-                raise AccessDenied(f"{what} {path} is a public key file; give the private key "
-                                   f"(the file without .pub)")
             raise AccessDenied(f"{what} {path} is readable by group or others (mode "
                                f"{stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`")
         return path.read_bytes()
@@ -75,7 +75,7 @@ def read_private_file(path: str | os.PathLike, what: str) -> bytes:
 
 
 def _is_public_key_file(path: Path) -> bool:
-    """Whether a file starts like a public key line (it is readable by others, as those are)."""
+    """Whether a file starts like a public key line: a public key given where a private one is wanted."""
     try:
         with open(path, "rb") as f:
             head = f.read(len(PUBLISHER_KIND) + 1)
