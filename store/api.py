@@ -406,8 +406,10 @@ class Store:
             if version.kind != "file":
                 raise InvalidInput(f"{spec} is a folder model: name one of its files")
             index = 0
+        elif isinstance(file, (str, os.PathLike)):
+            index, _ = version.file(str(os.fspath(file)))  # a pathlib.Path too, as everywhere
         else:
-            index, _ = version.file(file)
+            raise InvalidInput(f"file must be a path inside the folder model, not {file!r}")
         manifest = self.load_manifests(state.name, version)[index]
         stats = Stats()
         return ModelReader(manifest, self.backend, self.cipher(state.name, manifest),
@@ -438,4 +440,7 @@ def check_push(url: str | None, path: str | os.PathLike, name: str, *, shard_siz
 
 def open_store(url: str | os.PathLike | None = None, key_file: str | os.PathLike | None = None,
                create: bool = False, access: Access | None = None) -> Store:
+    for what, value in (("store URL", url), ("key file", key_file)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise InvalidInput(f"{what} must be a path or URL string, not {value!r}")
     return Store(open_backend(url, create=create), key_file, access)

@@ -142,6 +142,11 @@ class MountCollector(Collector):
         yield from families.values()
 
 
+#: connections the metrics endpoint serves at once, and how long one may idle (seconds)
+SCRAPERS = 16
+SCRAPE_IDLE = 10.0
+
+
 class MetricsServer:
     """``/metrics`` over HTTP; binds at construction (a busy port fails the mount before it
     starts), serves from ``start`` (after the FUSE daemon forked)."""
@@ -152,7 +157,10 @@ class MetricsServer:
         registry.register(MountCollector(stats))
         ProcessCollector(registry=registry)
         host = host.strip("[]")
-        server = _IPv6Server if ":" in host else ThreadingWSGIServer  # [::1]:9567
+        server = _IPv6Server if ":" in host else _ScrapeServer  # [::1]:9567
+        if host in ("0.0.0.0", "::", ""):
+            log.warning("metrics on every interface (%s): anyone who reaches this host reads the "
+                        "names of the models it serves, with no token", listen)
         try:
             self._httpd = make_server(host, int(port), make_wsgi_app(registry), server,
                                       handler_class=_QuietHandler)
@@ -176,10 +184,33 @@ class MetricsServer:
         self._httpd.server_close()
 
 
-class _IPv6Server(ThreadingWSGIServer):
+class _ScrapeServer(ThreadingWSGIServer):
+    """A thread per connection, as prometheus_client serves, but at most ``SCRAPERS`` at once:
+    connections that open and send nothing must not pile up threads in the daemon."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(SCRAPERS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # a scraper retries; a flood is turned away
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _IPv6Server(_ScrapeServer):
     address_family = socket.AF_INET6
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = SCRAPE_IDLE  # a connection that sends nothing for this long is closed
+
     def log_message(self, format, *args) -> None:
         pass  # one line per scrape would flood the mount log

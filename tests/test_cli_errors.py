@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import MODELFS, detach, mounted, run_modelfs
 
@@ -630,9 +631,25 @@ def test_the_python_api_refuses_wrong_types_as_bad_input_and_takes_paths(tmp_pat
     from modelfs.store.errors import InvalidInput
     run_modelfs("push", str(model_file), "m", "--store", str(store_dir), "--key-file", str(key_file))
     store = open_store(store_dir, key_file=key_file)  # a Path, not only a string
-    assert store.open_model("m").read(0, 100) == model_file.read_bytes()[:100]
+    reader = store.open_model("m")
+    assert reader.read(0, 100) == model_file.read_bytes()[:100]
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text('{"a": 1}')
+    (folder / "sub" / "w.bin").write_bytes(os.urandom(5000))
+    run_modelfs("push", str(folder), "f", "--store", str(store_dir), "--key-file", str(key_file))
+    for file in ("config.json", Path("config.json")):   # the README: paths may be pathlib.Path
+        config = store.open_model("f", file=file)
+        assert config.read(0, config.size) == b'{"a": 1}'
+    nested = store.open_model("f", file=Path("sub/w.bin"))
+    assert nested.read(0, 5000) == (folder / "sub" / "w.bin").read_bytes()
+    assert reader.read(np.int64(10), np.uint32(20)) == model_file.read_bytes()[10:30]   # numpy ints too
     for call in (lambda: store.open_model(None), lambda: store.open_model("m", cache_size=-1),
                  lambda: open_store(store_dir, key_file=""),
+                 lambda: open_store(5), lambda: open_store(store_dir, key_file=5),
+                 lambda: reader.read(-1, 10), lambda: reader.read(0, -5), lambda: reader.read("0", 10),
+                 lambda: reader.read(0.5, 10), lambda: reader.read(0, None),
+                 lambda: store.open_model("m", file=3),
                  lambda: store.publish(model_file, "m", shard_size="4MiB"),
                  lambda: store.publish(model_file, "m", shard_size=2.5 * 2**20)):
         with pytest.raises(InvalidInput):

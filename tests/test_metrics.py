@@ -102,3 +102,36 @@ def test_metrics_serve_on_an_ipv6_address(tmp_path, key_file, store_dir):
         body = urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=30).read().decode()
     served = {s.name: s.value for f in text_string_to_metric_families(body) for s in f.samples}
     assert served["modelfs_bytes_served_total"] == len(data)
+
+
+def test_connections_that_send_nothing_cannot_pile_up_threads_in_the_daemon(tmp_path, key_file, store_dir):
+    """Each connection to the metrics endpoint got a thread of its own with no idle timeout:
+    900 silent ones made 900 daemon threads that stayed."""
+    import os
+    import time
+    data = push_random(str(store_dir), key_file, tmp_path, "x", 3 * SHARD, 4)
+    port = free_port()
+    with mounted(store_dir, key_file, "256MiB", "--metrics", f"127.0.0.1:{port}") as mnt:
+        assert (mnt / "x").read_bytes() == data
+        pid = read_stats(mnt)["pid"]
+        before = len(os.listdir(f"/proc/{pid}/task"))
+        silent = []
+        for _ in range(100):
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.sendall(b"GET /metr")
+            silent.append(s)
+        try:
+            time.sleep(1)
+            assert len(os.listdir(f"/proc/{pid}/task")) <= before + 16
+            deadline = time.monotonic() + 60
+            while True:  # the silent ones are closed after their idle time: scrapes are served again
+                try:
+                    served = scrape_metrics(port)
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline
+                    time.sleep(1)
+            assert served[("modelfs_bytes_served_total", ())] == len(data)
+        finally:
+            for s in silent:
+                s.close()

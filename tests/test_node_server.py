@@ -337,3 +337,51 @@ def test_a_node_removes_at_start_the_temporary_files_of_uploads_a_crash_cut_shor
     finally:
         node.stop()
     assert "removed 1 temporary files of uploads cut short" in node.log.read_text()
+
+
+def test_readers_and_writers_that_hang_up_are_no_server_fault_and_sighup_stops_cleanly(node):
+    """A GET whose reader closed early logged a BrokenPipeError traceback and counted a 500; a PUT
+    cut short counted a 507 ("cannot write": the disk); SIGHUP killed the node with no line."""
+    assert put(node.port, "/objects/big", os.urandom(30 * MiB)) == 201
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
+            s.sendall(f"GET /objects/big HTTP/1.1\r\nHost: x\r\n"
+                      f"Authorization: Bearer {TOKEN}\r\n\r\n".encode())
+            s.recv(1000)
+    with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
+        s.sendall(f"PUT /objects/cut HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                  f"{DIGEST_HEADER}: {'0' * 64}\r\nContent-Length: 10\r\n\r\nabc".encode())
+    deadline = time.monotonic() + 30
+    while (gone := scrape_metrics(node.port).get(("modelfs_node_refused_total",
+                                                  (("reason", "client_gone"),)), 0)) < 4:
+        assert time.monotonic() < deadline, gone
+        time.sleep(0.2)
+    statuses = {labels: value for (name, labels), value in scrape_metrics(node.port).items()
+                if name == "modelfs_node_requests_total" and value}
+    assert not [labels for labels in statuses if dict(labels)["status"].startswith("5")], statuses
+    assert request(node.port, "GET", "/objects/big", headers=auth())[0] == 200   # still serving
+    node.proc.send_signal(signal.SIGHUP)
+    assert node.proc.wait(30) == 0
+    log = node.log.read_text()
+    assert "Traceback" not in log and "shutting down (SIGHUP)" in log, log[-3000:]
+
+
+def test_a_data_dir_that_cannot_take_a_write_answers_507_with_the_reason(tmp_path):
+    """Creating the file or its folders failing (read-only, out of inodes) was a 500 and a
+    traceback; a name too long for the file system too."""
+    root = tmp_path / "ro"
+    node = start_limited_node(root)
+    try:
+        assert put(node.port, "/objects/" + "a" * 300, b"x") == 400
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(node.data / "objects")],
+                       check=True)
+        try:
+            subprocess.run(["mount", "-o", "remount,ro", str(node.data / "objects")], check=True)
+            status, body = request(node.port, "PUT", "/objects/x/y",
+                                   b"1", auth({DIGEST_HEADER: hashlib.sha256(b"1").hexdigest()}))[:2]
+            assert status == 507 and b"Read-only file system" in body, (status, body)
+        finally:
+            subprocess.run(["umount", "-l", str(node.data / "objects")], check=False)
+    finally:
+        node.stop()
+    assert "Traceback" not in node.log.read_text()

@@ -9,6 +9,7 @@ whole shards on a shared thread pool.
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from bisect import bisect_right
@@ -17,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from ..backends.base import READ_ALIGNMENT, Backend
-from ..errors import IntegrityError, ModelfsError, NotFound
+from ..errors import IntegrityError, InvalidInput, ModelfsError, NotFound
 from ..format.chunking import tensor_offsets
 from ..format.codec import codec_params, decode
 from ..format.crypto import ShardCipher
@@ -158,8 +159,14 @@ class ModelReader:
     def read_pieces(self, offset: int, length: int) -> list[np.ndarray]:
         """The bytes of a range as read-only views of the cached shards it spans, in order
         (none past the end): no copy, so hold them only as long as needed."""
-        if offset < 0 or length < 0:
-            raise ValueError("negative offset or length")
+        try:
+            start, count = operator.index(offset), operator.index(length)  # numpy ints too
+        except TypeError:
+            start = count = -1
+        if start < 0 or count < 0:
+            raise InvalidInput(f"offset and length are byte counts (integers of at least 0), not "
+                               f"{offset!r} and {length!r}")
+        offset, length = start, count
         length = min(length, self.size - offset)
         if length <= 0:
             return []

@@ -207,23 +207,37 @@ async def handle_put(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
     async with node.uploads:
-        # the one place a PUT's target is checked: a link or a folder there is refused
-        upload = await asyncio.to_thread(Upload, node.files, relpath)
+        try:  # the one place a PUT's target is checked: a link or a folder there is refused
+            upload = await asyncio.to_thread(Upload, node.files, relpath)
+        except OSError as e:
+            raise _cannot_write(relpath, e) from None
         try:
             await _receive(request, upload, node.limits)
             await asyncio.to_thread(upload.commit, declared,
                                     request.headers.get(IF_ABSENT_HEADER) == "*")
         except FileExistsError:
             raise web.HTTPPreconditionFailed(text="exists\n") from None
+        except ConnectionError:  # the client went away mid-body: no fault of this node's disk
+            log.debug("PUT %s: the client went away before the body ended", relpath)
+            node.metrics.refused.labels("client_gone").inc()
+            raise web.HTTPBadRequest(text="request body ended early\n") from None
         except OSError as e:
-            if e.errno in (errno.EISDIR, errno.ENOTDIR):
-                raise NotAFile(f"{relpath} collides with a folder") from None
-            log.error("cannot write %s: %s", relpath, e)
-            raise web.HTTPInsufficientStorage(text=f"cannot write: {e.strerror}\n") from None
+            raise _cannot_write(relpath, e) from None
         finally:
             await asyncio.to_thread(upload.abort)      # nothing left behind unless committed
     node.metrics.received.inc(upload.size)
     return web.Response(status=201, text="stored\n")
+
+
+def _cannot_write(relpath: str, error: OSError) -> Exception:
+    """The answer to a PUT the data directory refused: a clash with a folder (409), a name too
+    long (400), else the disk (507, with the reason: full, read-only, out of inodes)."""
+    if error.errno in (errno.EISDIR, errno.ENOTDIR):
+        return NotAFile(f"{relpath} collides with a folder")
+    if error.errno == errno.ENAMETOOLONG:
+        return InvalidInput(f"{relpath}: name too long for this node's file system")
+    log.error("cannot write %s: %s", relpath, error.strerror or error)
+    return web.HTTPInsufficientStorage(text=f"cannot write: {error.strerror or error}\n")
 
 
 async def _receive(request: web.Request, upload: Upload, limits: NodeLimits) -> None:
@@ -346,11 +360,10 @@ async def _serve(data_dir: str, host: str, port: int, token: str, limits: NodeLi
         log.info("%s (at most %d connections, %d uploads at once)", line, guard.cap,
                  limits.max_uploads)
         print(line, flush=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("shutting down")
+        stopped_by: asyncio.Future[str] = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: a closed terminal, as mounts
+            loop.add_signal_handler(sig, _stop_by, stopped_by, sig.name)
+        log.info("shutting down (%s)", await stopped_by)
     finally:
         sweeper.cancel()
         if listener is not None:
@@ -359,9 +372,14 @@ async def _serve(data_dir: str, host: str, port: int, token: str, limits: NodeLi
         await runner.cleanup()
 
 
+def _stop_by(stopped_by: asyncio.Future[str], signal_name: str) -> None:
+    if not stopped_by.done():
+        stopped_by.set_result(signal_name)
+
+
 def serve(data_dir: str, host: str, port: int, token_file: str | None,
           limits: NodeLimits | None = None) -> None:
-    """Run a storage node until SIGTERM/SIGINT; return after a clean shutdown."""
+    """Run a storage node until SIGTERM, SIGINT or SIGHUP; return after a clean shutdown."""
     if not data_dir:
         raise InvalidInput("--data wants a directory, got ''")
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):

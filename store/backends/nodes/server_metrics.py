@@ -23,7 +23,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 #: why a node turned a request or a connection away (the ``reason`` label)
 REFUSAL_REASONS = ("auth", "bad_request", "bad_range", "symlink", "conflict", "too_large",
-                   "digest", "busy", "body_timeout", "idle_timeout", "connection_limit")
+                   "digest", "busy", "body_timeout", "idle_timeout", "connection_limit", "client_gone")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

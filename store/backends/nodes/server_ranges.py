@@ -56,7 +56,8 @@ async def send_range(request: web.Request, fd: int, start: int, end: int, limits
     """Send bytes ``[start, end)`` of ``fd`` after the headers with sendfile: the kernel copies
     them from the page cache to the socket, with no Python bytes on the way (half the node's CPU
     per byte of a read through ``pread``). The range is paged in already (``open_range``). One
-    chunk at a time, each within the body timeout; False when the reader stalled and was cut off."""
+    chunk at a time, each within the body timeout; False when the reader stalled and was cut off,
+    or went away."""
     loop = asyncio.get_running_loop()
     transport = request.transport
     if transport is None:
@@ -70,6 +71,10 @@ async def send_range(request: web.Request, fd: int, start: int, end: int, limits
                                               limits.body_timeout)
             except asyncio.TimeoutError:
                 metrics.refused.labels("body_timeout").inc()
+                request.protocol.force_close()
+                return False
+            except ConnectionError:  # the reader went away (killed, failed over): not a node fault
+                metrics.refused.labels("client_gone").inc()
                 request.protocol.force_close()
                 return False
             if not sent:
