@@ -351,7 +351,7 @@ def test_readers_and_writers_that_hang_up_are_no_server_fault_and_sighup_stops_c
     with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
         s.sendall(f"PUT /objects/cut HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
                   f"{DIGEST_HEADER}: {'0' * 64}\r\nContent-Length: 10\r\n\r\nabc".encode())
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while (gone := scrape_metrics(node.port).get(("modelfs_node_refused_total",
                                                   (("reason", "client_gone"),)), 0)) < 4:
         assert time.monotonic() < deadline, gone

@@ -60,28 +60,32 @@ async def send_range(request: web.Request, fd: int, start: int, end: int, limits
     or went away."""
     loop = asyncio.get_running_loop()
     transport = request.transport
-    if transport is None:
-        raise ConnectionResetError("connection lost")
     with open(fd, "rb", closefd=False) as file:
         position = start
         while position < end:
             count = min(limits.chunk_size, end - position)
+            if transport is None or transport.is_closing():  # the reader went away (killed, failed
+                return _cut_off(request, metrics, "client_gone")  # over): no fault of the node's
             try:
                 sent = await asyncio.wait_for(loop.sendfile(transport, file, position, count),
                                               limits.body_timeout)
             except asyncio.TimeoutError:
-                metrics.refused.labels("body_timeout").inc()
-                request.protocol.force_close()
-                return False
-            except ConnectionError:  # the reader went away (killed, failed over): not a node fault
-                metrics.refused.labels("client_gone").inc()
-                request.protocol.force_close()
-                return False
+                return _cut_off(request, metrics, "body_timeout")
+            except (ConnectionError, RuntimeError) as e:  # RuntimeError: "Transport is closing"
+                if isinstance(e, RuntimeError) and not transport.is_closing():
+                    raise
+                return _cut_off(request, metrics, "client_gone")
             if not sent:
                 raise BackendError(f"{request.path} shrank while it was sent")
             metrics.sent.inc(sent)  # past aiohttp's writer, so not in the response's body_length
             position += sent
     return True
+
+
+def _cut_off(request: web.Request, metrics: NodeMetrics, reason: str) -> bool:
+    metrics.refused.labels(reason).inc()
+    request.protocol.force_close()
+    return False
 
 
 def open_range(files: DataDir, relpath: str, range_header: str | None, page: bool
