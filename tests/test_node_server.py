@@ -211,7 +211,10 @@ def test_symlinks_in_the_data_dir_are_never_followed(node, tmp_path):
         assert request(node.port, "DELETE", path, headers=auth())[0] == 403, path
     assert secret.read_bytes() == b"not yours" and (outside / sid).exists()
     assert sorted(p.name for p in outside.iterdir()) == sorted(["secret", sid])
-    assert scrape_metrics(node.port)[("modelfs_node_refused_total", (("reason", "symlink"),))] == 12
+    # a listing through the folder link named the files outside (`{"keys": ["dirlink/secret"]}`)
+    assert request(node.port, "GET", "/list/objects/dirlink/", headers=auth())[0] == 403
+    assert b"secret" not in request(node.port, "GET", "/list/objects/", headers=auth())[1]
+    assert scrape_metrics(node.port)[("modelfs_node_refused_total", (("reason", "symlink"),))] == 13
 
 
 def test_malformed_headers_get_4xx(node):

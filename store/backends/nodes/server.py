@@ -289,6 +289,10 @@ async def handle_list(request: web.Request) -> web.Response:
     prefix = request.match_info["prefix"]
     if prefix:
         check_key(prefix.rstrip("/"))
+        objects = os.path.realpath(store.root / "objects")
+        if os.path.realpath(store.root / "objects" / prefix.rstrip("/")) != os.path.join(
+                objects, prefix.rstrip("/")):  # a link on the way: its target is not this node's
+            raise SymlinkRefused(f"objects/{prefix} passes through a symbolic link")
     keys = await asyncio.to_thread(lambda: sorted(store.list_objects(prefix)))
     return web.json_response({"keys": keys})
 
