@@ -64,19 +64,22 @@ class ConnectionGuard:
         self.cap = limits.connection_cap()
         self._idle_since: dict[RequestHandler, float] = {}
         self._busy: dict[RequestHandler, int] = {}
+        #: closed by the guard, still listed by aiohttp until the loop runs their connection_lost:
+        #: not to be picked (and counted) again
+        self._closing: set[RequestHandler] = set()
         metrics.count_connections(lambda: len(server.connections))
 
     def protocol_factory(self) -> RequestHandler:
         """For ``loop.create_server``: make room when at the cap, then a normal aiohttp handler."""
         connections = self._server.connections
-        if len(connections) >= self.cap:
-            self._make_room(connections, len(connections) - self.cap + 1)
+        if len(connections) - len(self._closing) >= self.cap:
+            self._make_room(connections, len(connections) - len(self._closing) - self.cap + 1)
         handler = self._server()
         self._idle_since[handler] = time.monotonic()
         return handler
 
     def _make_room(self, connections: list[RequestHandler], count: int) -> None:
-        idle = sorted((h for h in connections if h not in self._busy),
+        idle = sorted((h for h in connections if h not in self._busy and h not in self._closing),
                       key=lambda h: self._idle_since.get(h, 0.0))
         for handler in idle[:count]:
             self._close(handler, "connection_limit")
@@ -84,6 +87,7 @@ class ConnectionGuard:
     def _close(self, handler: RequestHandler, reason: str) -> None:
         self._metrics.refused.labels(reason).inc()
         self._idle_since.pop(handler, None)
+        self._closing.add(handler)
         handler.force_close()
 
     def request_started(self, handler: RequestHandler) -> None:
@@ -99,14 +103,15 @@ class ConnectionGuard:
         """Close connections idle for longer than ``idle_timeout``; forget closed ones."""
         now = time.monotonic()
         connections = self._server.connections
-        if len(connections) > self.cap:
-            self._make_room(connections, len(connections) - self.cap)
+        alive = set(connections)
+        self._closing &= alive
+        if len(connections) - len(self._closing) > self.cap:
+            self._make_room(connections, len(connections) - len(self._closing) - self.cap)
         for handler in connections:
-            if handler in self._busy:
+            if handler in self._busy or handler in self._closing:
                 continue
             if now - self._idle_since.setdefault(handler, now) > self._limits.idle_timeout:
                 self._close(handler, "idle_timeout")
-        alive = set(connections)
         for handler in [h for h in self._idle_since if h not in alive]:
             del self._idle_since[handler]
 
