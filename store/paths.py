@@ -22,6 +22,6 @@ def user_path(path: str | os.PathLike, what: str) -> Path:
 def refuse_inside_mountpoint(path: str | os.PathLike, mountpoint: str | os.PathLike, what: str) -> None:
     """A file or folder the daemon keeps may not be inside its own mountpoint: the mount hides
     it (and a single-threaded daemon reading there waits on itself)."""
-    inner, outer = os.path.abspath(path), os.path.join(os.path.abspath(mountpoint), "")
+    inner, outer = os.path.realpath(path), os.path.join(os.path.realpath(mountpoint), "")  # links too
     if inner.startswith(outer) or inner == outer.rstrip(os.sep):
         raise InvalidInput(f"{what} {path} is inside the mountpoint {mountpoint}: the mount would hide it")

@@ -412,6 +412,7 @@ def test_warmup_fills_the_disk_cache_also_for_a_file_in_the_page_cache(tmp_path,
         fetched = read_stats(mnt)["disk_cache"]["miss_bytes"]
         failed = run_modelfs("warmup", str(mnt / "big"), check=False)
         assert failed.returncode == 3 and "ranges could not be read" in failed.stderr, failed.stderr
+        assert "warmed" not in failed.stdout
         assert read_stats(mnt)["disk_cache"]["miss_bytes"] == fetched   # shown as "fetched from store"
 
 

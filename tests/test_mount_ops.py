@@ -509,10 +509,14 @@ def test_a_log_file_or_disk_cache_in_the_mountpoint_is_refused_before_it_is_made
                                                                                  mountpoint):
     """It was created, and then the mountpoint was "not empty" for this mount and every later one;
     a disk cache there was hidden by the mount (a single-threaded daemon reading it hung)."""
-    for option in (["--log-file", mountpoint / "mount.log"],
-                   ["--disk-cache", mountpoint / "cache"],   # reads there waited on the mount itself
-                   ["--single-thread", "-o", f"disk_cache={mountpoint}"]):
-        result = run_modelfs("mount", store_dir, mountpoint, "--key-file", key_file, *option, check=False)
+    link = mountpoint.parent / "models-link"   # the mountpoint or the cache given through a link
+    link.symlink_to(mountpoint)
+    for target, option in ((mountpoint, ["--log-file", mountpoint / "mount.log"]),
+                           (mountpoint, ["--disk-cache", mountpoint / "cache"]),  # reads waited on the mount
+                           (mountpoint, ["--single-thread", "-o", f"disk_cache={mountpoint}"]),
+                           (link, ["--single-thread", "--disk-cache", mountpoint / "cache"]),
+                           (mountpoint, ["--log-file", link / "mount.log"])):
+        result = run_modelfs("mount", store_dir, target, "--key-file", key_file, *option, check=False)
         assert result.returncode == 2 and "is inside the mountpoint" in result.stderr, result.stderr
         assert not os.path.ismount(mountpoint) and not any(mountpoint.iterdir())
 

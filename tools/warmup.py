@@ -170,15 +170,15 @@ def cmd_warmup(args) -> int:
             pool.shutdown(cancel_futures=True)
             raise
     after = {m: written(m, read_stats) for m in mounts}
+    if failed:  # no "warmed" line: what was read is not what was asked
+        raise failure_class(before, after)(f"{len(failed)} ranges could not be read: "
+                                           + "; ".join(failed[:5]))
     seconds = time.monotonic() - started
     files_warmed = f"{len(files)} file{'' if len(files) == 1 else 's'}"
     print(f"warmed {files_warmed}, {format_size(progress.done)} in {seconds:.1f} s "
           f"({format_size(progress.done / max(seconds, 1e-6))}/s)")
     for m in mounts:
         print(f"  {m}: {warm_summary(before[m], after[m])}")
-    if failed:
-        raise failure_class(before, after)(f"{len(failed)} ranges could not be read: "
-                                           + "; ".join(failed[:5]))
     return 0
 
 

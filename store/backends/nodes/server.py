@@ -187,7 +187,10 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
         if span:
             response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         response.content_length = end - start
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            return _client_gone(request)
         if request.method != "HEAD" and not await send_range(request, fd, start, end, node.limits,
                                                              node.metrics):
             return response
@@ -217,16 +220,22 @@ async def handle_put(request: web.Request) -> web.Response:
                                     request.headers.get(IF_ABSENT_HEADER) == "*")
         except FileExistsError:
             raise web.HTTPPreconditionFailed(text="exists\n") from None
-        except ConnectionError:  # the client went away mid-body: no fault of this node's disk
-            log.debug("PUT %s: the client went away before the body ended", relpath)
-            node.metrics.refused.labels("client_gone").inc()
-            raise web.HTTPBadRequest(text="request body ended early\n") from None
+        except ConnectionError:  # mid-body: no fault of this node's disk (it was a 507)
+            return _client_gone(request)
         except OSError as e:
             raise _cannot_write(relpath, e) from None
         finally:
             await asyncio.to_thread(upload.abort)      # nothing left behind unless committed
     node.metrics.received.inc(upload.size)
     return web.Response(status=201, text="stored\n")
+
+
+def _client_gone(request: web.Request) -> web.Response:
+    """The client hung up mid-request (a reader killed or failing over, a PUT cut short): no
+    fault of this node's. Counted, logged at debug level, answered 499, which nobody reads."""
+    request.app[_NODE_KEY].metrics.refused.labels("client_gone").inc()
+    log.debug("%s %s: the client went away", request.method, request.path)
+    return web.Response(status=499, reason="Client Closed Request")
 
 
 def _cannot_write(relpath: str, error: OSError) -> Exception:
