@@ -140,3 +140,36 @@ def test_a_publisher_writing_on_a_record_a_host_wrote_keeps_the_hosts_revoked_be
     assert "carries no proof that a holder of the store key wrote it" in tagged.stderr
     out = cli(store, key_file, "rotate", "org/m").stdout
     assert f"wrapped for hosts: {b_fp}; not carried over: {a_fp} (revoked)" in out, out
+
+
+def test_a_holder_of_one_models_key_cannot_feed_its_bytes_to_another_model(tmp_path, key_file):
+    """A mount cached decoded shards by id alone, for every model: one that holds model X's keys
+    and can write to the store lists model Y's shard id in a manifest of X and stores bytes under
+    that id that X's keys accept; once X was read, reads of Y got X's bytes from the cache."""
+    import dataclasses
+    store = tmp_path / "store"
+    y_src = tmp_path / "y.bin"
+    y_src.write_bytes(os.urandom(12 * 65536))   # random: stored as it is, so lengths are known
+    cli(store, key_file, "push", str(y_src), "y", "--shard-size", SHARD)
+    s = open_store(str(store), key_file=key_file)
+    y = s.load_manifests("y", s.lineage("y").latest)[0]
+    taken, offset, length = y.shard_ids[5], int(y.offsets[5]), int(y.lengths[5])
+    x_src = tmp_path / "x.bin"
+    x_src.write_bytes(os.urandom(length))
+    cli(store, key_file, "push", str(x_src), "x", "--shard-size", "1MiB")   # one shard
+    s = open_store(str(store), key_file=key_file)   # as a holder of x's keys only would
+    x = s.load_manifests("x", s.lineage("x").latest)[0]
+    assert x.shard_count == 1 and int(x.lengths[0]) == length
+    s.sealed.put_manifest(dataclasses.replace(x, shard_ids=[taken]), 0,
+                          s.manifest_generation[(x.version_id, x.file_name)])
+    forged = s.cipher("x", x).encrypt(taken, x_src.read_bytes())
+    next((store / "shards").rglob(taken.hex())).write_bytes(forged)
+
+    with mounted(store, key_file, "64MiB") as mnt:
+        assert (mnt / "x").read_bytes() == x_src.read_bytes()   # x's keys accept it: x is theirs
+        with open(mnt / "y", "rb", buffering=0) as f:
+            page = 4096
+            lo, hi = -(-offset // page) * page, (offset + length) // page * page
+            with pytest.raises(OSError) as caught:
+                os.pread(f.fileno(), hi - lo, lo)
+            assert caught.value.errno == errno.EIO

@@ -117,6 +117,10 @@ class ShardCipher:
     def __init__(self, keys: LineageKeys, check_ids: bool = False) -> None:
         self._id_key = keys.id_key
         self._aead = AESGCM(keys.enc_key)
+        #: names these keys without giving them away: a decoded shard is cached under it and its
+        #: id, as an id is only the bytes it names under the keys that checked them (a holder of
+        #: another model's keys can store anything under any id, checked by those keys)
+        self.scope = hashlib.sha256(b"modelfs-cache-scope\x01" + keys.id_key).digest()[:8]
         #: also check that the plaintext is what the id names. GCM alone cannot tell: every host
         #: granted the lineage holds its keys, so one that can write to the store could encrypt
         #: other bytes under an existing id. Only a signed manifest (``--trust``) or a publisher

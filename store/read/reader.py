@@ -56,6 +56,7 @@ class ModelReader:
         self._pool: ThreadPoolExecutor | None = None
         # per-shard facts as plain Python values, once, so a read does no numpy scalar work
         self._keys = [sid.hex() for sid in manifest.shard_ids]
+        self._cache_keys = [(cipher.scope, key) for key in self._keys]  # see ShardCipher.scope
         self._offsets: list[int] = manifest.offsets.tolist()
         self._lengths: list[int] = manifest.lengths.tolist()
         self._reported: set[int] = set()
@@ -120,7 +121,7 @@ class ModelReader:
 
     def _shard(self, index: int, prefetch: bool = False) -> tuple[np.ndarray, bool]:
         """The decoded shard, and whether it came from the cache (or another reader's load)."""
-        return self._cache.get(self._keys[index], lambda: self._load(index),
+        return self._cache.get(self._cache_keys[index], lambda: self._load(index),
                                self._lengths[index], prefetch=prefetch)
 
     def prefetch(self, index: int) -> Future:
@@ -137,10 +138,10 @@ class ModelReader:
 
     def release(self, index: int) -> None:
         """A stream is done with this shard (see ``ReadaheadWindow``)."""
-        self._cache.drop(self._keys[index])
+        self._cache.drop(self._cache_keys[index])
 
     def is_loaded(self, index: int) -> bool:
-        return self._keys[index] in self._cache
+        return self._cache_keys[index] in self._cache
 
     # -- byte ranges -----------------------------------------------------------
     def shard_span(self, offset: int, length: int) -> tuple[int, int]:
