@@ -153,8 +153,9 @@ def rotate(store: Store, name: str, progress: Progress | None = None) -> Rotatio
             shard_count=sum(m.shard_count for m in manifests)))
 
     def change(current: LineageState) -> LineageState:
+        revoked_meanwhile = set(current.revoked) - set(state.revoked)
         if [v.version_id for v in current.versions] != list(rotation.renamed) \
-                or set(current.revoked) - set(state.revoked) & set(rotation.hosts):
+                or revoked_meanwhile & set(rotation.hosts):
             raise ModelfsError(f"{name!r} changed while it was being rotated; nothing was "
                                f"published, run rotate again")
         earlier = {old: rotation.renamed.get(new, new) for old, new in current.renamed.items()}

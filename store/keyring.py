@@ -120,6 +120,7 @@ class Keyring:
         self._key_file_is_default = key_file_is_default
         self.access = access or Access()
         self._store_key: bytes | None = None
+        self._proof_key: bytes | None = None
         self._host: HostKey | None = None
         self._publisher: PublisherKey | None = None
         self._publisher_looked_up = False
@@ -174,7 +175,11 @@ class Keyring:
 
     def proof_key(self) -> bytes | None:
         """The key of records' proofs (``record_proof_key``); None for a host: it has no store key."""
-        return None if self.uses_host_key else record_proof_key(self.store_key())
+        if self.uses_host_key:
+            return None
+        if self._proof_key is None:  # derived once: every record read and written asks
+            self._proof_key = record_proof_key(self.store_key())
+        return self._proof_key
 
     # -- generations and recipients -------------------------------------------------
     def _objects(self, name: str, everywhere: bool = False) -> list[tuple[int, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,37 @@ def test_a_holder_of_one_models_key_cannot_feed_its_bytes_to_another_model(tmp_p
             with pytest.raises(OSError) as caught:
                 os.pread(f.fileno(), hi - lo, lo)
             assert caught.value.errno == errno.EIO
+
+
+def test_a_forged_copy_on_one_storage_node_is_read_around_under_trust(nodes3, tmp_path, key_file):
+    """The id check fails a copy the way GCM fails a corrupt one: the read moves on to the other
+    replica, right bytes, while a new signed version is published and read through the same mount."""
+    from modelfs.store.backends.nodes.placement import rendezvous_order
+    url = nodes3.url(replicas=2, extra="&timeout=2")
+    p_key, p_pub, _ = publisher_pair(tmp_path, "p")
+    a_key, a_pub, _ = host_pair(tmp_path, "a")
+    signed = ("--store", url, "--key-file", str(key_file), "--publisher-key", str(p_key))
+    src = write(tmp_path, "src", 8 * 65536)
+    run_modelfs("push", str(src), "org/m", "--shard-size", SHARD, *signed)
+    run_modelfs("grant", "org/m", "--to", str(a_pub), *signed)
+    s = open_store(url, access=Access(host_key_file=a_key))
+    manifest = s.load_manifests("org/m", s.open_version("org/m")[1])[0]
+    cipher, shard_id = s.cipher("org/m", manifest), manifest.shard_ids[2]
+    first = rendezvous_order(shard_id.hex(), [node.name for node in nodes3.nodes])[0]
+    copy = next((nodes3.node(first).data / "shards").rglob(shard_id.hex()))
+    plain = bytes(cipher.decrypt(shard_id, copy.read_bytes()))
+    copy.write_bytes(cipher.encrypt(shard_id, bytes(b ^ 0xFF for b in plain)))   # the copy read first
+
+    with mounted(url, None, "1MiB", "--host-key", str(a_key), "--trust", str(p_pub), "--refresh", "1") as mnt:
+        assert (mnt / "org" / "m").read_bytes() == src.read_bytes()
+        assert "holds other bytes than its id names" in mount_log(mnt)
+        newer = write(tmp_path, "newer", 6 * 65536)
+        run_modelfs("push", str(newer), "org/m", "--shard-size", SHARD, *signed)
+        for _ in range(300):  # until the mount's next poll serves the new version, and then it whole
+            data = (mnt / "org" / "m").read_bytes()
+            assert data in (src.read_bytes(), newer.read_bytes())
+            if data == newer.read_bytes():
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the new version never appeared")
