@@ -30,6 +30,7 @@ from .format.codec import codec_params
 from .format.crypto import ShardCipher
 from .format.keyfiles import PublicKey
 from .format.manifest import Manifest, ShardEntry
+from .leases import WriteLease
 from .publish import Progress, check_shards_present
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,14 @@ class Rotation:
 def rotate(store: Store, name: str, progress: Progress | None = None) -> Rotation:
     """A new data key generation for ``name``, every live version re-encrypted under it.
 
-    A name with no version (never pushed, or freed) is refused before anything is written."""
+    A name with no version (never pushed, or freed) is refused before anything is written. The
+    re-encrypted shards are unreferenced until the rotation publishes: a lease keeps gc off them."""
     state = store.live_lineage(name)
+    with WriteLease(store.backend, f"rotation of {name}"):
+        return _rotate(store, name, state, progress)
+
+
+def _rotate(store: Store, name: str, state: LineageState, progress: Progress | None) -> Rotation:
     proven = store.record_proven[name] is True
     made = store.keyring.new_generation(name, revoked=frozenset(state.revoked) if proven else None)
     if made.dropped and not proven:

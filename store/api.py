@@ -31,6 +31,7 @@ from .format.catalog import (
 from .format.crypto import DEFAULT_KEY_FILE, LineageKeys, ShardCipher
 from .format.manifest import Manifest
 from .keyring import Access, Keyring, check_key_files
+from .leases import WriteLease
 from .library import Library
 from .paths import user_path
 from .publish import (
@@ -293,19 +294,20 @@ class Store:
         for version in previous.versions if previous else ():
             for manifest in self.load_manifests(name, version):
                 known.update((sid, manifest.location(i)) for i, sid in enumerate(manifest.shard_ids))
-        version_id = new_version_id()
-        stored = store_files(self.backend, ShardCipher(keys), name, version_id, files,
-                             shard_size=shard_size, known=known, progress=progress)
-        for index, manifest in enumerate(stored.manifests):
-            self.sealed.put_manifest(manifest, index, generation)
-        check_shards_present(self.backend, stored.manifests)
-        record = VersionRecord(
-            version_id=version_id, created=time.time(), kind=kind,
-            files=tuple(FileRecord(m.file_name, m.size, m.sha256) for m in stored.manifests),
-            stored_size=sum(m.stored_size for m in stored.manifests), new_stored=stored.new_stored,
-            shard_count=sum(m.shard_count for m in stored.manifests))
-        state = self.append(name, lambda s: s.next("publish", versions=s.versions + (record,)),
-                            generation)
+        with WriteLease(self.backend, f"push of {name}"):
+            version_id = new_version_id()
+            stored = store_files(self.backend, ShardCipher(keys), name, version_id, files,
+                                 shard_size=shard_size, known=known, progress=progress)
+            for index, manifest in enumerate(stored.manifests):
+                self.sealed.put_manifest(manifest, index, generation)
+            check_shards_present(self.backend, stored.manifests)
+            record = VersionRecord(
+                version_id=version_id, created=time.time(), kind=kind,
+                files=tuple(FileRecord(m.file_name, m.size, m.sha256) for m in stored.manifests),
+                stored_size=sum(m.stored_size for m in stored.manifests), new_stored=stored.new_stored,
+                shard_count=sum(m.shard_count for m in stored.manifests))
+            state = self.append(name, lambda s: s.next("publish", versions=s.versions + (record,)),
+                                generation)
         log.info("published %s version %s (record %d): %d bytes in %d files, %d new stored bytes",
                  name, version_id, state.seq, record.size, len(record.files), record.new_stored)
         return Published(state, record)

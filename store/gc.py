@@ -17,6 +17,8 @@ The rules, in order:
   the grace period (default one hour): a push in progress uploads its shards
   before its catalog entry appears, and those must stay. The grace period must
   be longer than the longest push.
+* **Writes in progress.** A push or rotation holds a lease (``leases``) while it runs; while one is
+  live, nothing written after it began is deleted, whatever the grace period (``--grace 0`` too).
 * **Unpublished manifests** (no catalog entry) go once the push that wrote them
   started longer ago than the grace period (the version id holds that time).
 
@@ -33,6 +35,7 @@ from .api import Store
 from .backends.base import StoredItem
 from .errors import InvalidInput, ModelfsError, NotFound
 from .format.catalog import VersionRecord, version_time
+from .leases import CLOCK_SKEW, Lease, read_leases
 from .sizes import format_duration, format_size
 
 log = logging.getLogger(__name__)
@@ -54,8 +57,12 @@ class GcReport:
     manifests: int = 0
     #: items some published version references
     kept_live: int = 0
-    #: unreferenced items and manifests younger than the grace period
+    #: unreferenced items and manifests younger than the grace period (or a write in progress)
     kept_young: int = 0
+    #: pushes and rotations in progress (live leases): what they write is kept
+    writes_in_progress: int = 0
+    #: leases of writes that died, deleted
+    expired_leases: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,9 +131,11 @@ def collect_garbage(store: Store, grace_seconds: float = DEFAULT_GRACE,
                        "(name the store's key with --key-file)") from None
     report = GcReport(dry_run=dry_run, grace=grace_seconds)
     now = time.time()
-    cutoff = now - grace_seconds
     verb = "would delete" if dry_run else "deleted"
     backend = store.backend
+    # Leases are read first: a write that begins after this stores only what is younger than `now`.
+    leases = read_leases(backend)
+    cutoff = _cutoff(leases, now, grace_seconds, report)
 
     # Manifests are listed before the catalog is read: a manifest is written before
     # its catalog entry, so a version published in between is seen as published.
@@ -170,4 +179,24 @@ def collect_garbage(store: Store, grace_seconds: float = DEFAULT_GRACE,
         log.info("%s unreferenced %s (its version was made %s ago)", verb, key,
                  format_duration(now - started))
         report.manifests += 1
+    for lease in leases:
+        if not lease.live(now):
+            if not dry_run:
+                backend.delete_object(lease.key)
+            log.info("%s the lease of a %s that stopped %s ago (%s)", verb, lease.what,
+                     format_duration(now - lease.renewed), lease.key)
+            report.expired_leases += 1
     return report
+
+
+def _cutoff(leases: list[Lease], now: float, grace_seconds: float, report: GcReport) -> float:
+    """The time before which an unreferenced item may go: the grace period's, or earlier, the
+    start of the oldest write in progress."""
+    cutoff = now - grace_seconds
+    for lease in leases:
+        if lease.live(now):
+            report.writes_in_progress += 1
+            log.info("a %s is in progress (%s, started %s ago): keeping what it may have written",
+                     lease.what, lease.key, format_duration(max(0.0, now - lease.started)))
+            cutoff = min(cutoff, lease.started - CLOCK_SKEW)
+    return cutoff

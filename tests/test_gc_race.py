@@ -8,17 +8,19 @@ verifies, byte for byte.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import publish_failing_at
+from helpers import publish_failing_at, run_modelfs
 
 from modelfs.store.api import open_store
 from modelfs.store.errors import ModelfsError
 from modelfs.store.gc import collect_garbage
+from modelfs.store.leases import EXPIRES_AFTER, LEASE_PREFIX
 from modelfs.store.scrub import verify
 
 SHARD = 64 * 1024
@@ -165,4 +167,114 @@ def test_a_temporary_pack_deleted_under_a_push_fails_it_as_vanished_hdfs(tmp_pat
         store.publish(source(tmp_path, "a", 12, 1), "m", shard_size=SHARD)
     monkeypatch.undo()
     assert not store.catalog.heads()
+    store.close()
+
+
+@pytest.fixture(params=["local", "nodes", "hdfs"])
+def store_url(request, tmp_path) -> str:
+    if request.param == "nodes":
+        return request.getfixturevalue("nodes3").url(replicas=2)
+    if request.param == "hdfs":
+        return request.getfixturevalue("hdfs_cluster").fresh_url("gczero")
+    return str(tmp_path / "store")
+
+
+def test_gc_grace_zero_during_a_push_keeps_what_it_publishes(store_url, tmp_path, key_file, monkeypatch):
+    """`modelfs gc --grace 0` (its own process) runs after a push's last check of its shards and
+    before its record: the push's lease keeps what it wrote, and the version reads back whole
+    (before leases, gc deleted every shard of the version the push then published)."""
+    import modelfs.store.api as api
+    src = source(tmp_path, "a", 8, 4)
+    store = open_store(store_url, key_file=key_file, create=True)
+    store.publish(source(tmp_path, "b", 2, 5), "other", shard_size=SHARD)  # gc has a name to read
+    check = api.check_shards_present
+    collected = []
+
+    def collected_meanwhile(backend, manifests, what="push"):
+        check(backend, manifests, what)
+        collected.append(run_modelfs("gc", "--store", store_url, "--key-file", str(key_file), "--grace", "0"))
+
+    monkeypatch.setattr(api, "check_shards_present", collected_meanwhile)
+    published = store.publish(src, "m", shard_size=SHARD)
+    monkeypatch.undo()
+    assert "deleted 0 unreferenced shards/packs" in collected[0].stdout
+    assert "1 push(es)/rotation(s) in progress" in collected[0].stdout
+    assert_reads_back(store, f"m@{published.version.version_id}", src)
+    assert list(store.backend.list_objects(LEASE_PREFIX)) == []  # the push ended: its lease is gone
+    after = collect_garbage(store, 0)
+    assert (after.items, after.writes_in_progress, after.expired_leases) == (0, 0, 0)
+    store.close()
+
+
+def test_gc_grace_zero_during_a_rotation_keeps_the_reencrypted_shards(tmp_path, key_file, monkeypatch):
+    import modelfs.store.access as access
+    url, src = str(tmp_path / "store"), source(tmp_path, "a", 8, 6)
+    store = open_store(url, key_file=key_file, create=True)
+    old_shards = store.publish(src, "m", shard_size=SHARD).version.shard_count
+    check = access.check_shards_present
+    collected = []
+
+    def collected_meanwhile(backend, manifests, what="push"):
+        check(backend, manifests, what)
+        collector = open_store(url, key_file=key_file)
+        try:
+            collected.append(collect_garbage(collector, 0))
+        finally:
+            collector.close()
+
+    monkeypatch.setattr(access, "check_shards_present", collected_meanwhile)
+    access.rotate(store, "m")
+    monkeypatch.undo()
+    # the new generation's shards were kept; the old generation's (no longer referenced once the
+    # rotation publishes, but still referenced while gc ran) go at the next gc
+    assert collected[0].writes_in_progress == 1 and collected[0].items == 0
+    reopened = open_store(url, key_file=key_file)
+    assert_reads_back(reopened, "m", src)
+    assert collect_garbage(reopened, 0).items == old_shards
+    assert_reads_back(reopened, "m", src)
+    reopened.close()
+    store.close()
+
+
+def test_a_lease_that_stopped_being_renewed_no_longer_keeps_anything(tmp_path, key_file, monkeypatch):
+    """A push killed part-way leaves its lease: while it is live gc keeps what the push wrote, and
+    once it is older than EXPIRES_AFTER, gc takes it for a dead push, deletes the orphans and it."""
+    url = str(tmp_path / "store")
+    store = open_store(url, key_file=key_file, create=True)
+    store.publish(source(tmp_path, "b", 2, 5), "other", shard_size=SHARD)
+    began = time.time()
+    lease = f"{LEASE_PREFIX}{int((began - 1) * 1000):012x}{'ab' * 5}"  # as a push that began before
+    publish_failing_at(store, source(tmp_path, "a", 8, 7), "m", SHARD, 6, monkeypatch)
+    time.sleep(0.05)
+
+    def write_lease(renewed: float) -> None:
+        store.backend.put_object(lease, json.dumps({"what": "push of m", "renewed": renewed}).encode())
+
+    write_lease(time.time())
+    kept = collect_garbage(store, 0)
+    assert (kept.items, kept.writes_in_progress, kept.expired_leases) == (0, 1, 0)
+    orphans = kept.kept_young  # what the failed push stored
+    assert orphans > 0
+    write_lease(time.time() - EXPIRES_AFTER - 1)  # its push died
+    dry = collect_garbage(store, 0, dry_run=True)
+    assert (dry.items, dry.expired_leases) == (orphans, 1) and list(store.backend.list_objects(LEASE_PREFIX))
+    gone = collect_garbage(store, 0)
+    assert (gone.items, gone.writes_in_progress, gone.expired_leases) == (orphans, 0, 1)
+    assert list(store.backend.list_objects(LEASE_PREFIX)) == []
+    assert_reads_back(store, "other", tmp_path / "b")
+    store.close()
+
+
+def test_a_write_lease_is_renewed_while_held_and_deleted_after(tmp_path, key_file, monkeypatch):
+    import modelfs.store.leases as leases
+    monkeypatch.setattr(leases, "RENEW_EVERY", 0.05)
+    store = open_store(str(tmp_path / "store"), key_file=key_file, create=True)
+    with leases.WriteLease(store.backend, "push of m") as held:
+        first = leases.read_leases(store.backend)
+        time.sleep(0.3)
+        later = leases.read_leases(store.backend)
+        assert [x.key for x in first] == [x.key for x in later] == [held.key]
+        assert first[0].what == "push of m" and later[0].renewed > first[0].renewed
+        assert first[0].started <= first[0].renewed
+    assert leases.read_leases(store.backend) == []
     store.close()

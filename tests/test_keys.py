@@ -336,9 +336,11 @@ def test_tampered_swapped_and_truncated_shards_fail_under_a_host_key(tmp_path, k
                     assert os.pread(f.fileno(), hi - lo, lo) == original[lo:hi]
 
 
-def test_a_rotation_whose_new_shards_gc_removed_publishes_nothing(tmp_path, key_file):
-    """gc with a short grace running during a rotation sees its new shards unreferenced and
-    deletes them; the rotation must then fail as a push does, not publish versions with holes."""
+def test_a_rotation_whose_new_shards_gc_removed_publishes_nothing(tmp_path, key_file, monkeypatch):
+    """gc with a short grace that takes a rotation for a dead one (its lease expired: its host was
+    stopped longer than a lease lives) sees its new shards unreferenced and deletes them; the
+    rotation must then fail as a push does, not publish versions with holes."""
+    import modelfs.store.leases as leases
     from modelfs.store.access import rotate
     from modelfs.store.errors import BackendError
     from modelfs.store.gc import collect_garbage
@@ -349,6 +351,7 @@ def test_a_rotation_whose_new_shards_gc_removed_publishes_nothing(tmp_path, key_
     store = open_store(str(store_dir), key_file=key_file)
     before = store.lineage("org/m")
     collected = []
+    monkeypatch.setattr(leases, "EXPIRES_AFTER", -1.0)  # every lease looks as if renewal stopped
 
     def gc_in_the_middle(done: int, total: int) -> None:
         collected.append(collect_garbage(open_store(str(store_dir), key_file=key_file), 0).items)

@@ -165,7 +165,9 @@ def cmd_gc(args) -> int:
     report = collect_garbage(open_store(args.store, key_file=args.key_file), grace, args.dry_run)
     print(f"{'would delete' if report.dry_run else 'deleted'} {report.items} unreferenced shards/packs "
           f"({format_size(report.bytes)}) and {report.manifests} unreferenced manifests; kept "
-          f"{report.kept_live} in use and {report.kept_young} younger than {format_duration(grace)}")
+          f"{report.kept_live} in use and {report.kept_young} younger than {format_duration(grace)}"
+          + (f" or than the start of {report.writes_in_progress} push(es)/rotation(s) in progress"
+             if report.writes_in_progress else ""))
     return 0
 
 
