@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -490,18 +491,22 @@ def test_a_hung_node_costs_one_timeout_then_is_skipped(nodes3):
     backend.close()
 
 
-def test_gc_deletes_past_a_hung_node_after_one_timeout(nodes3):
+def test_gc_deletes_past_a_hung_node_after_one_timeout(nodes3, caplog):
     """gc's deletions skip a node marked down (its copies stay for a later gc) instead of waiting
-    out a timeout for every item; the copies on the other nodes go."""
+    out a timeout for every item; the copies on the other nodes go. The item whose deletion timed
+    out there says that its copy there stays."""
     backend = NodesBackend.from_url(nodes3.url(replicas=2, extra="&timeout=1&backoff=600"))
     write_shards(backend, make_shards(30, size=4000))
     items = list(backend.list_stored())
     hung = nodes3.nodes[0]
     hung.proc.send_signal(signal.SIGSTOP)          # accepts connections, never answers
     try:
-        assert all(backend.delete_stored(item) for item in items)
+        with caplog.at_level(logging.WARNING, logger="modelfs.store.backends.nodes.replicated"):
+            assert all(backend.delete_stored(item) for item in items)
         stats = backend.stats()
         assert stats["nodes"][hung.name]["errors"] == 1          # one timeout, then skipped
+        stays = [r.getMessage() for r in caplog.records if "stay until a later gc" in r.getMessage()]
+        assert len(stays) == 1 and hung.name in stays[0], stays
         assert stats["skipped_down"] >= len(items) - 1
     finally:
         hung.proc.send_signal(signal.SIGCONT)

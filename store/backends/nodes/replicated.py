@@ -425,6 +425,9 @@ class NodesBackend(Backend):
         failed = {n: e for n, e in errors.items() if n not in kept}
         if len(failed) == len(up):
             raise combined_error(f"cannot delete {relpath}", failed)
+        if failed:  # counted as deleted: the rest go at the next gc that reaches those nodes
+            log.warning("%s: the copies on %s stay until a later gc (%s)", item.name, ", ".join(failed),
+                        "; ".join(str(e) for e in failed.values()))
         return not kept
 
     # -- statistics --------------------------------------------------------------
