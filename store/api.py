@@ -33,6 +33,7 @@ from .format.manifest import Manifest
 from .keyring import Access, Keyring, check_key_files
 from .leases import WriteLease
 from .library import Library
+from .namespace import check_no_clash, withdraw_if_clashing
 from .paths import user_path
 from .publish import (
     DEFAULT_SHARD_SIZE,
@@ -281,7 +282,7 @@ class Store:
                 progress: Progress | None = None) -> Published:
         """Store a file or a folder as a new version of ``name`` and make it the latest."""
         kind, files = check_inputs(path, name, shard_size)  # before any key is created: claims nothing
-        self.check_no_clash(name)
+        check_no_clash(self, name)
         self.keyring.publisher()  # a bad publisher key file fails before anything is stored
         self.check_store_key(name)
         self._finish_freeing(name)
@@ -308,6 +309,7 @@ class Store:
                 shard_count=sum(m.shard_count for m in stored.manifests))
             state = self.append(name, lambda s: s.next("publish", versions=s.versions + (record,)),
                                 generation)
+            withdraw_if_clashing(self, name, version_id)
         log.info("published %s version %s (record %d): %d bytes in %d files, %d new stored bytes",
                  name, version_id, state.seq, record.size, len(record.files), record.new_stored)
         return Published(state, record)
@@ -357,18 +359,6 @@ class Store:
         if not state.versions:
             self.keyring.new_generation(name, keep_hosts=False)
         return state, dropped
-
-    def check_no_clash(self, name: str) -> None:
-        """In the mount a name is a file and its prefixes are directories: they may not collide."""
-        for other in self.catalog.heads():
-            if other != name and (other.startswith(name + "/") or name.startswith(other + "/")):
-                try:
-                    if not self.lineage(other).versions:
-                        continue  # removed: the name is free
-                except ModelfsError:
-                    pass
-                raise InvalidInput(f"model name {name!r} clashes with existing model {other!r} "
-                                   f"(one would be a directory of the other)")
 
     # -- read ----------------------------------------------------------------------
     def load_manifests(self, name: str, version: VersionRecord) -> list[Manifest]:

@@ -21,6 +21,7 @@ from .backends.disk_cache import DiskCache, DiskCachedBackend
 from .config import ReadOptions
 from .errors import AccessDenied, ModelfsError, NotGranted, Untrusted
 from .format.catalog import LineageState, VersionRecord
+from .namespace import servable
 from .read.cache import ShardCache
 from .read.reader import ModelReader
 from .stats import Stats
@@ -70,6 +71,7 @@ class Library:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.RLock()
         self._names: dict[str, NameView] = {}
+        self._clashing: dict[str, NameView] = {}  # live names not served: they clash with served ones
         self._heads: dict[str, int] = {}
         self._mounted = False  # the first load is logged as a count; later changes one by one
         self._reported: set[tuple[str, str]] = set()
@@ -129,7 +131,7 @@ class Library:
         with self._lock:
             names: dict[str, NameView] = {}
             for name, seq in heads.items():
-                current = self._names.get(name)
+                current = self._names.get(name) or self._clashing.get(name)
                 if current is not None and current.state.seq == seq:
                     names[name] = current
                     continue
@@ -193,22 +195,15 @@ class Library:
         return view
 
     def _without_clashes(self, names: dict[str, NameView]) -> dict[str, NameView]:
-        """A name that would be a directory of another (or the reverse) is not served."""
-        result = {n: v for n, v in names.items() if not v.state.versions}
-        served: set[str] = set()
-        prefixes: set[str] = set()
-        for name in sorted(n for n, v in names.items() if v.state.versions):  # shorter first
-            parts = name.split("/")
-            mine = {"/".join(parts[:i]) for i in range(1, len(parts))}
-            clash = next(iter(mine & served), None) or (name if name in prefixes else None)
-            if clash is not None:
-                self._report(name, "clash", f"not serving {name}: it clashes with another model's "
-                             f"path ({clash})")
-                continue
-            served.add(name)
-            prefixes |= mine
-            result[name] = names[name]
-        return result
+        """A name that would be a directory of another (or the reverse) is not served. Of two that
+        clash, one served already stays (the push of the other withdraws it), else the shorter."""
+        live = sorted((n for n, v in names.items() if v.state.versions),
+                      key=lambda n: (n not in self._names, n))
+        served, left_out = servable(live)
+        for name, clash in left_out.items():
+            self._report(name, "clash", f"not serving {name}: it clashes with another model's path ({clash})")
+        self._clashing = {n: names[n] for n in left_out}  # kept, so a refresh does not load them again
+        return {n: v for n, v in names.items() if n not in left_out}
 
     def _open_version(self, name: str, record: VersionRecord) -> VersionView:
         manifests = self.store.load_manifests(name, record)

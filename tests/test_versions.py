@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import mounted, run_modelfs, sha256_of
+from helpers import mount_log, mounted, run_modelfs, sha256_of
 
 from modelfs.fs.operations import VERSION_XATTR
 from modelfs.store.api import open_store
@@ -273,3 +273,62 @@ def test_python_api_opens_versions_and_tags(tmp_path, key_file):
     assert verified.count(f"ok m@{id1}") == 2
     with pytest.raises(Exception, match="no version or tag"):
         s.open_model("m@nope")
+
+
+def test_a_push_of_a_clashing_name_that_ran_alongside_is_withdrawn(tmp_path, key_file):
+    """`org/zz/sub` checks its name before it stores anything; `org/zz` is pushed meanwhile. After
+    its record the first push sees the clash, withdraws its version and fails (exit 2 in the CLI),
+    so the store never keeps both (before, both published, the mount served one, and every later
+    push of either name was refused)."""
+    import modelfs.store.api as api
+    from modelfs.store.errors import InvalidInput
+    store = tmp_path / "store"
+    parent, child = make_versions(tmp_path, 2, 300_000)
+    publisher = open_store(str(store), key_file=key_file, create=True)
+    check = api.check_shards_present
+    pushed = []
+
+    def parent_pushed_meanwhile(backend, manifests, what="push"):
+        check(backend, manifests, what)
+        api.check_shards_present = check  # the parent's push checks as ever
+        pushed.append(push(store, key_file, parent, "org/zz"))
+
+    api.check_shards_present = parent_pushed_meanwhile
+    try:
+        with pytest.raises(InvalidInput, match="clashes with the now existing model 'org/zz'.*withdrawn"):
+            publisher.publish(child, "org/zz/sub", shard_size=SHARD)
+    finally:
+        api.check_shards_present = check
+    reader = open_store(str(store), key_file=key_file)
+    assert [v.version_id for v in reader.lineage("org/zz").versions] == pushed
+    assert reader.lineage("org/zz/sub").versions == ()  # withdrawn: the name is free again
+    again = run_modelfs("push", str(child), "org/zz/sub", "--store", str(store), "--key-file", str(key_file),
+                        check=False)
+    assert again.returncode == 2 and "clashes with existing model 'org/zz'" in again.stderr
+    with mounted(store, key_file, "8MiB") as mnt:
+        assert (mnt / "org" / "zz").read_bytes() == parent.read_bytes()
+    reader.close()
+    publisher.close()
+
+
+def test_a_mount_keeps_serving_a_name_when_a_clashing_one_appears(tmp_path, key_file, monkeypatch):
+    """A store that holds two clashing names (written without the check, or a withdrawal that
+    failed): the mount keeps the one it serves, logs the other once, and does not load it again at
+    every refresh."""
+    import modelfs.store.api as api
+    store = tmp_path / "store"
+    first, second, other = make_versions(tmp_path, 3, 200_000)
+    push(store, key_file, first, "org/zz/sub")
+    with mounted(store, key_file, "8MiB", "--refresh", REFRESH) as mnt:
+        assert (mnt / "org" / "zz" / "sub").read_bytes() == first.read_bytes()
+        monkeypatch.setattr(api, "check_no_clash", lambda *a: None)
+        monkeypatch.setattr(api, "withdraw_if_clashing", lambda *a: None)
+        push(store, key_file, second, "org/zz")
+        monkeypatch.undo()
+        wait_for(lambda: "not serving org/zz:" in mount_log(mnt), "the clash in the mount log")
+        for _ in range(3):  # refreshes that see other changes
+            push(store, key_file, other, "unrelated")
+            time.sleep(1.5)
+        assert (mnt / "org" / "zz" / "sub").read_bytes() == first.read_bytes()
+        log = mount_log(mnt)
+        assert log.count("not serving org/zz:") == 1 and log.count("org/zz: record") == 1, log
