@@ -688,3 +688,24 @@ def test_an_empty_o_value_and_an_unknown_option_are_refused(tmp_path, key_file):
                           (["keys", "show", "--force"], "keys show")):
         r = fails(*argv)
         assert r.returncode == 2 and f"(see `modelfs {command} --help`)" in r.stderr, r
+
+
+def test_version_references_bad_and_missing_are_told_apart(model_file, key_file, store_dir):
+    """A reference no tag or version id can be is bad input (2) on every command; a well-formed one
+    the name lacks is not found (6) and, in verify, not called BROKEN; `ls --json` leaves a freed
+    name out, as the table does."""
+    store = ("--store", str(store_dir), "--key-file", str(key_file))
+    run_modelfs("push", str(model_file), "org/m", *store)
+    run_modelfs("push", str(model_file), "org/gone", *store)
+    for argv in (["tag", "org/m@@", "t"], ["tag", "org/m@a@b", "t"], ["rm", "org/m@t0@"],
+                 ["rm", "org/m@t0\n"], ["verify", "org/m@@@"], ["verify", "org/m@\u00e9"]):
+        r = fails(*argv, *store)
+        assert r.returncode == 2 and "neither a version id nor a tag" in r.stderr, (argv, r.stderr)
+    for argv in (["verify", "org/m@nonexist"], ["rm", "org/m@nonexist"], ["tag", "org/m@nonexist", "t"]):
+        r = fails(*argv, *store)
+        assert r.returncode == 6 and "has no version or tag 'nonexist'" in r.stderr, (argv, r.stderr)
+        assert "BROKEN" not in r.stderr
+    run_modelfs("rm", "org/gone", *store)
+    listed = json.loads(run_modelfs("ls", "--json", *store).stdout)
+    assert [x["name"] for x in listed] == ["org/m"]
+    assert "org/gone" not in run_modelfs("ls", *store).stdout

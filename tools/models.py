@@ -53,8 +53,10 @@ def cmd_ls(args) -> int:
     found = [x for x in store.lineages(check_manifests=True) if not args.name or x.name == args.name]
     if args.name and found and isinstance(found[0].error, NotGranted):
         raise found[0].error  # as verify and the mount say it, not "no model named"
-    lineages = [x for x in found if not isinstance(x.error, NotGranted)]  # a host lists only its names
-    if args.name and not any(x.broken or (x.state and x.state.versions) for x in lineages):
+    # a host lists only its names; a name freed by `rm NAME` is no model (in the table or in JSON)
+    lineages = [x for x in found if not isinstance(x.error, NotGranted)
+                and (x.broken or (x.state and x.state.versions))]
+    if args.name and not lineages:
         raise NotFound.model(args.name)  # never pushed, or freed by `rm NAME`
     if args.json:
         print(json.dumps([{"name": x.name, "broken": x.broken,
@@ -100,11 +102,13 @@ def cmd_verify(args) -> int:
     for spec in args.names:
         name = store.known_name(spec)  # a malformed or unknown name is not a failed verification
         try:
-            store.live_lineage(name)  # nor is a freed one
+            state = store.live_lineage(name)  # nor is a freed one
         except NoSuchModel:
             raise
         except ModelfsError:
-            pass  # a broken name: verifying it says why
+            continue  # a broken name: verifying it says why
+        if "@" in spec:
+            state.version(spec.partition("@")[2])  # nor a version or tag it does not have
     listed = [] if args.names else [x for x in store.lineages() if not isinstance(x.error, NotGranted)
                                     and (x.broken or (x.state is not None and x.state.versions))]
     # a repair (a node's disk replaced) means every listed version; a check, the latest of each

@@ -70,6 +70,9 @@ def split_ref(spec: str) -> tuple[str, str | None]:
     check_name(name)
     if sep and not ref:
         raise InvalidInput(f"{spec!r}: nothing after '@' (want NAME@VERSION or NAME@TAG)")
+    if sep and not _COMPONENT.fullmatch(ref):  # what no tag and no version id can be
+        raise InvalidInput(f"{spec!r}: {ref!r} after '@' is neither a version id nor a tag (letters, "
+                           f"digits and . _ + -, starting with a letter or digit)")
     return name, (ref if sep else None)
 
 
