@@ -17,6 +17,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # mfusepy would pick libfuse2 if present
@@ -135,7 +137,7 @@ def prepare_mountpoint(mountpoint: str | os.PathLike) -> Path:
         state = mount_state(path)
     if state == "stuck":
         raise InvalidInput(f"{path} is a mount whose daemon does not answer (stopped or stuck); "
-                           f"`modelfs umount {path}` unmounts it")
+                           f"{umount_command(path)} unmounts it")
     if state == "stale":
         raise InvalidInput(f"{path} is a stale mount that could not be unmounted")
     if not path.exists():
@@ -213,7 +215,10 @@ def tell_parent_ready() -> None:
         os.write(int(fd), b"ready\n")
         os.close(int(fd))
     except (OSError, ValueError) as e:
-        log.warning("could not tell the mount command it serves: %s", e)
+        # the command that started this daemon is gone (interrupted, killed) and did not say the
+        # mount is up: whoever ran it takes the mount for failed, so it must not stay
+        log.warning("the mount command that started this daemon is gone (%s): unmounting", e)
+        os.kill(os.getpid(), signal.SIGTERM)  # the stop path a signal takes (see StopOnSignal)
 
 
 def lock_mountpoint(path: Path) -> int:
@@ -293,6 +298,7 @@ def mount_background(argv: list[str], mountpoint: str | os.PathLike, log_file: P
     mountpoint = prepare_mountpoint(mountpoint)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     ready, told = os.pipe()
+    child: subprocess.Popen | None = None
     try:
         with open(log_file, "ab") as out:
             child = subprocess.Popen([sys.executable, "-m", "modelfs.tools.cli", *argv],
@@ -301,6 +307,10 @@ def mount_background(argv: list[str], mountpoint: str | os.PathLike, log_file: P
                                      env={**os.environ, READY_FD_ENV: str(told)})
         os.close(told)
         said = _wait_readable(ready, READY_TIMEOUT) and os.read(ready, 64)
+    except BaseException:  # Ctrl-C, SIGTERM: this command fails, so no mount may come up after it
+        if child is not None:
+            child.terminate()  # the daemon stops opening the store, or unmounts if it got that far
+        raise
     finally:
         os.close(ready)
     if said == b"ready\n":
@@ -328,6 +338,11 @@ def _last_error(log_file: Path) -> str:
     return lines[-1].removeprefix("modelfs: ") if lines else ""
 
 
+def umount_command(mountpoint: str | os.PathLike) -> str:
+    """The command that unmounts ``mountpoint``, quoted for a shell (paths may hold spaces)."""
+    return f"`modelfs umount {quote(os.fspath(mountpoint))}`"
+
+
 def unmount(mountpoint: str | os.PathLike) -> None:
     """Unmount a modelfs mount, also one whose daemon died or is stopped (fusermount does not
     need the daemon; nothing here stats the mount)."""
@@ -340,8 +355,9 @@ def unmount(mountpoint: str | os.PathLike) -> None:
                            f"unmount it with umount(8)")
     result = fusermount(path)
     if result.returncode != 0:
-        hint = (f" (a process has a file or its working directory there: `fuser -vm {path}` lists "
-                f"them; `umount -l {path}` detaches the mount now and ends it when they are done)"
+        hint = (f" (a process has a file or its working directory there: `fuser -vm {quote(str(path))}` "
+                f"lists them; `umount -l {quote(str(path))}` detaches the mount now and ends it when "
+                f"they are done)"
                 if "busy" in result.stderr else "")
         raise ModelfsError(f"cannot unmount {path}: {result.stderr.strip()}{hint}")
 
@@ -391,14 +407,14 @@ def read_stats(mountpoint: str | os.PathLike, timeout: float = STATS_TIMEOUT) ->
         return probe.result(timeout)
     except concurrent.futures.TimeoutError:
         raise ModelfsError(f"{mountpoint} does not answer (its daemon is stopped or stuck); "
-                           f"`modelfs umount {mountpoint}` unmounts it") from None
+                           f"{umount_command(mountpoint)} unmounts it") from None
 
 
 def _read_stats(mountpoint: str | os.PathLike) -> dict:
     path = Path(mountpoint) / CONTROL_DIR / "stats"
     if is_stale(Path(mountpoint)):
         raise InvalidInput(f"{mountpoint} is a stale mount (its daemon died); unmount it with "
-                           f"`modelfs umount {mountpoint}` or mount it again")
+                           f"{umount_command(mountpoint)} or mount it again")
     if not os.path.lexists(mountpoint):
         raise NotFound(f"{mountpoint} does not exist")
     try:

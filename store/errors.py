@@ -12,7 +12,8 @@ EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "any other failure",
     2: "bad input: usage, option, name, URL, size, mountpoint or file not acceptable",
-    3: "integrity failure: stored bytes failed authentication (corrupt, truncated, tampered)",
+    3: ("integrity failure: stored bytes failed authentication (corrupt, truncated, tampered) or a "
+        "published version's shard is gone"),
     4: "access denied: wrong or unreadable key, not granted, untrusted publisher, no permission",
     5: "backend unreachable or failing: storage node, HDFS, or the local store's disk (full)",
     6: "not found: store, model, version, key file or input file does not exist",

@@ -72,7 +72,8 @@ class Library:
         self._lock = threading.RLock()
         self._names: dict[str, NameView] = {}
         self._clashing: dict[str, NameView] = {}  # live names not served: they clash with served ones
-        self._heads: dict[str, int] = {}
+        #: the listing the names were loaded from; None: load again at the next refresh
+        self._heads: dict[str, int] | None = None
         self._mounted = False  # the first load is logged as a count; later changes one by one
         self._reported: set[tuple[str, str]] = set()
         #: names this host may not open (not granted, or not signed by a trusted publisher), at record seq
@@ -171,7 +172,8 @@ class Library:
                     names[n] is not self._names[n] for n in names):
                 self.generation += 1
             self._names = names
-            self._heads = heads if not errors else {}  # retry what failed next time
+            self._heads = heads if not errors else None  # retry what failed next time (an empty
+            # listing must not look like it: a store that went away would never be noticed)
             self._mounted = True
             largest = max((r.manifest.shard_size for view in names.values()
                            for v in view.versions.values() for r in v.readers.values()), default=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import time
@@ -127,3 +128,56 @@ def test_a_watch_interval_that_is_no_positive_duration_is_refused_before_anythin
     result = run_modelfs("cache-stats", str(tmp_path), "--watch", interval, check=False)
     assert result.returncode == 2, result.stderr
     assert result.stdout == "" and "Traceback" not in result.stderr
+
+
+def test_watching_every_mount_says_when_one_is_unmounted(warm_mount, tmp_path, key_file):
+    live, _, _ = warm_mount
+    with mounted(tmp_path / "store", key_file, "64MiB") as leaving:
+        watch = subprocess.Popen([*MODELFS, "cache-stats", "--watch", "0.2"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            while watch.stdout.readline() != "\n":  # the full view of both is out: it is watching
+                pass
+            run_modelfs("umount", str(leaving))
+            ready, _, _ = select.select([watch.stderr], [], [], 30)  # a bound, never a measured time
+            line = watch.stderr.readline() if ready else "(nothing in 30 s)"
+        finally:
+            watch.kill()
+            watch.wait()
+    assert line == f"modelfs: {leaving} was unmounted\n"
+
+
+def test_the_umount_command_a_stale_mount_suggests_works_pasted_into_a_shell(tmp_path, key_file):
+    store = tmp_path / "store"
+    push_random(str(store), key_file, tmp_path, "org/m", 2 * SHARD, 7)
+    mnt = tmp_path / "models (a)"
+    mnt.mkdir()
+    run_modelfs("mount", str(store), str(mnt), "--key-file", str(key_file))
+    try:
+        pid = json.loads((mnt / ".modelfs" / "stats").read_bytes())["pid"]
+        os.kill(pid, signal.SIGKILL)  # "Transport endpoint is not connected"
+        while Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+        result = run_modelfs("cache-stats", str(mnt), check=False)
+        assert result.returncode == 2 and "stale mount" in result.stderr, result.stderr
+        suggested = re.search(r"`(modelfs umount [^`]+)`", result.stderr).group(1)
+        pasted = subprocess.run(["bash", "-c", suggested.replace("modelfs", " ".join(MODELFS), 1)],
+                                capture_output=True, text=True, timeout=60)
+        assert pasted.returncode == 0, pasted.stderr
+        assert not os.path.ismount(mnt)
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+
+
+def test_no_mounts_at_all_is_an_empty_answer_not_an_error():
+    """A monitoring script that asks every mount gets `{}` on a host with none (it got exit 1 and
+    no JSON); mounts that exist but all fail to answer are still an error."""
+    from modelfs.store.errors import ModelfsError
+    from modelfs.tools.stats import read_all
+    assert read_all([], read_stats=None) == {}
+
+    def refuse(mount):
+        raise ModelfsError(f"{mount} does not answer")
+
+    with pytest.raises(ModelfsError, match="no modelfs mount on this host answered"):
+        read_all([Path("/nowhere")], refuse)

@@ -63,13 +63,21 @@ def test_ten_concurrent_first_pushes_all_publish(tmp_path, key_file):
             assert sha256_of(pinned) == sha256_of(by_size[version.size])
 
 
-def test_a_store_that_vanishes_under_a_mount_is_said_to_be_gone_not_rolled_back(tmp_path, key_file):
+@pytest.mark.parametrize("unreadable_name", [False, True])
+def test_a_store_that_vanishes_under_a_mount_is_said_to_be_gone_not_rolled_back(tmp_path, key_file,
+                                                                                unreadable_name):
     """A moved or unmounted store directory lists nothing: one line about the store, not a
-    rollback warning per name; what was mounted is still served, and comes back with the store."""
+    rollback warning per name; what was mounted is still served, and comes back with the store.
+    Also when the store holds a name this mount cannot read (before, that name kept the mount
+    from ever noticing an empty listing)."""
     store = tmp_path / "store"
     a, b = write(tmp_path, "a", 100_000), write(tmp_path, "b", 60_000)
     cli(store, key_file, "push", str(a), "m")
     cli(store, key_file, "push", str(b), "n")
+    if unreadable_name:
+        other_key = tmp_path / "other.key"
+        run_modelfs("keygen", "--key-file", str(other_key))
+        cli(store, other_key, "push", str(b), "foreign")
     with mounted(store, key_file, "8MiB", "--refresh", "0.2") as mnt:
         assert (mnt / "m").read_bytes() == a.read_bytes()
         store.rename(tmp_path / "store.gone")

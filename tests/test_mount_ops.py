@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers import MODELFS, detach, mounted, run_modelfs, sha256_of
 
@@ -703,3 +704,44 @@ def test_a_mountpoint_a_lazy_unmount_left_with_an_open_file_mounts_again(model, 
         assert again.returncode == 0, again.stderr
         assert sha256_of(mountpoint / "org" / "m") == sha256_of(model)
         assert held.read() == model.read_bytes()  # the detached mount still serves its file
+
+
+def daemon_of(command: subprocess.Popen) -> psutil.Process:
+    """The mount daemon a background `modelfs mount` started, as soon as it exists."""
+    for _ in range(2000):
+        children = psutil.Process(command.pid).children()
+        if children:
+            return children[0]
+        time.sleep(0.005)
+    raise AssertionError("modelfs mount started no daemon")
+
+
+@pytest.mark.parametrize("how", ["interrupted", "killed"])
+def test_a_mount_command_that_fails_while_its_daemon_starts_leaves_no_mount(model, key_file, store_dir,
+                                                                            mountpoint, tmp_path, how):
+    """The daemon is held (SIGSTOP) before it mounts; the `modelfs mount` that waits for it is
+    interrupted (Ctrl-C: exit 130) or killed. Once the daemon goes on, it stops instead of mounting
+    a filesystem whose command failed (before, it mounted anyway, and a retry got "already a
+    mountpoint")."""
+    log = tmp_path / "held.log"
+    command = subprocess.Popen([*MODELFS, "mount", str(store_dir), str(mountpoint), "--key-file",
+                                str(key_file), "--log-file", str(log)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    daemon = daemon_of(command)
+    daemon.suspend()
+    try:
+        if how == "interrupted":
+            command.send_signal(signal.SIGINT)
+            _, err = command.communicate(timeout=60)
+            assert command.returncode == 130 and err.strip() == "modelfs: interrupted", err
+        else:
+            command.kill()
+            command.wait(timeout=60)
+    finally:
+        daemon.resume()
+    daemon.wait(timeout=120)  # it ends (not our child: psutil cannot tell its status)
+    assert not os.path.ismount(mountpoint), log.read_text()
+    if how == "killed":  # it got as far as mounting, then found nobody to tell
+        assert "the mount command that started this daemon is gone" in log.read_text()
+    run_modelfs("mount", str(store_dir), str(mountpoint), "--key-file", str(key_file))  # a retry mounts
+    assert sha256_of(mountpoint / "org" / "m") == sha256_of(model)

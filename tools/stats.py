@@ -115,16 +115,15 @@ def render_rates(mountpoint: Path, before: dict, after: dict) -> str:
 
 def read_all(mounts: list[Path], read_stats) -> dict[str, dict]:
     """The documents of every mount that answers; one that does not (a stale mount, one
-    unmounted meanwhile) is named on stderr and skipped, so it cannot hide the others."""
-    if not mounts:
-        raise ModelfsError("no modelfs mounts on this host")
+    unmounted meanwhile) is named on stderr and skipped, so it cannot hide the others. No mounts
+    at all is an empty answer, not an error (a monitoring script gets ``{}``)."""
     docs = {}
     for mount in mounts:
         try:
             docs[str(mount)] = read_stats(mount)
         except ModelfsError as e:
             log.warning("skipping %s: %s", mount, e)
-    if not docs:
+    if mounts and not docs:
         raise ModelfsError("no modelfs mount on this host answered")
     return docs
 
@@ -149,9 +148,13 @@ def cmd_cache_stats(args) -> int:
                     print(f"modelfs: {args.mountpoint} was unmounted; stopped watching", file=sys.stderr)
                     return 0
                 raise
+            for gone in previous.keys() - docs.keys():  # every mount is watched: say what left
+                print(f"modelfs: {gone} was unmounted", file=sys.stderr)
             if args.json:  # with --watch: one compact document per line (JSON Lines)
                 doc = next(iter(docs.values())) if args.mountpoint else docs
                 print(json.dumps(doc, indent=None if watch else 1))
+            elif not docs:
+                print("no modelfs mounts on this host", file=sys.stderr)
             elif previous:
                 print("\n".join(render_rates(Path(m), previous[m], d) for m, d in docs.items()
                                 if m in previous))

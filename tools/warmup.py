@@ -129,7 +129,7 @@ def warm_range(file: WarmFile, start: int, end: int, progress: Progress, drop_pa
 def refuse_stuck_mounts(paths: list[str], mounts: list[Path]) -> None:
     """A path inside the mount of a stopped or stuck daemon would hang ``collect`` in the kernel:
     say so instead (the mount is asked on a thread, with a deadline)."""
-    from modelfs.fs.mount import mount_state
+    from modelfs.fs.mount import mount_state, umount_command
     for given in paths:
         try:
             mount = mount_of(Path(os.path.abspath(given)), mounts)
@@ -137,7 +137,7 @@ def refuse_stuck_mounts(paths: list[str], mounts: list[Path]) -> None:
             continue  # perhaps a link into a mount: collect resolves it, or says it is outside
         if mount_state(mount) == "stuck":
             raise ModelfsError(f"{mount} does not answer (its daemon is stopped or stuck); "
-                               f"`modelfs umount {mount}` unmounts it")
+                               f"{umount_command(mount)} unmounts it")
 
 
 def cmd_warmup(args) -> int:
