@@ -313,7 +313,8 @@ def mount_background(argv: list[str], mountpoint: str | os.PathLike, log_file: P
         raise
     finally:
         os.close(ready)
-    if said == b"ready\n":
+    if said == b"ready\n":  # mounted: a stop signal from here on would only make the exit say failed
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
         return
     if said is not False:  # the pipe closed unsaid: the daemon ended
         code = child.wait()

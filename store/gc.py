@@ -35,7 +35,7 @@ from .api import Store
 from .backends.base import StoredItem
 from .errors import InvalidInput, ModelfsError, NotFound
 from .format.catalog import VersionRecord, version_time
-from .leases import CLOCK_SKEW, Lease, read_leases
+from .leases import CLOCK_SKEW, LEASE_PREFIX, Lease, read_leases
 from .sizes import format_duration, format_size
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def collect_garbage(store: Store, grace_seconds: float = DEFAULT_GRACE,
     verb = "would delete" if dry_run else "deleted"
     backend = store.backend
     # Leases are read first: a write that begins after this stores only what is younger than `now`.
-    leases = read_leases(backend)
+    leases, not_leases = read_leases(backend)
     cutoff = _cutoff(leases, now, grace_seconds, report)
 
     # Manifests are listed before the catalog is read: a manifest is written before
@@ -186,6 +186,10 @@ def collect_garbage(store: Store, grace_seconds: float = DEFAULT_GRACE,
             log.info("%s the lease of a %s that stopped %s ago (%s)", verb, lease.what,
                      format_duration(now - lease.renewed), lease.key)
             report.expired_leases += 1
+    for key in not_leases:
+        if not dry_run:
+            backend.delete_object(key)
+        log.info("%s %s: under %s but not a write lease", verb, key, LEASE_PREFIX)
     return report
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -47,7 +48,9 @@ class Lease:
     renewed: float  # the writer's clock at the last renewal
 
     def live(self, now: float) -> bool:
-        return now - self.renewed < EXPIRES_AFTER
+        """Renewed within ``EXPIRES_AFTER``; a renewal further ahead than the clocks may disagree
+        is no renewal (it would keep the lease for ever)."""
+        return now - EXPIRES_AFTER < self.renewed <= now + CLOCK_SKEW
 
 
 def _body(what: str, renewed: float) -> bytes:
@@ -65,28 +68,30 @@ def parse_lease(key: str, data: bytes) -> Lease | None:
         what, renewed = str(body["what"]), float(body["renewed"])
     except (ValueError, TypeError, KeyError):
         return None
-    return Lease(key, what, started, renewed)
+    return Lease(key, what, started, renewed) if math.isfinite(renewed) else None
 
 
-def read_leases(backend: Backend) -> list[Lease]:
-    """Every lease in the store. An object under ``writes/`` that is not a lease counts as one
-    renewed when its id says it began: gc errs on the side of keeping."""
-    leases = []
+def read_leases(backend: Backend) -> tuple[list[Lease], list[str]]:
+    """Every lease in the store, and the keys under ``writes/`` that are no lease at all (gc
+    deletes them: they protect nothing). An object named by a lease id but with a body that is
+    not a lease's counts as one renewed when its id says it began: gc errs on the side of keeping."""
+    leases, junk = [], []
     for key in backend.list_objects(LEASE_PREFIX):
+        started = version_time(key[len(LEASE_PREFIX):])
+        if started is None:
+            log.warning("%s is not a modelfs write lease", key)
+            junk.append(key)
+            continue
         try:
             data = backend.get_object(key)
         except NotFound:
             continue  # its write ended while we listed
         lease = parse_lease(key, data)
         if lease is None:
-            started = version_time(key[len(LEASE_PREFIX):])
-            log.warning("%s is not a modelfs write lease%s", key,
-                        "" if started is None else "; taken as one renewed when it began")
-            if started is None:
-                continue
-            lease = Lease(key, "unknown", started, started)
+            log.warning("%s is not a modelfs write lease; taken as one renewed when it began", key)
+            lease = Lease(key, "unknown write", started, started)
         leases.append(lease)
-    return leases
+    return leases, junk
 
 
 class WriteLease:

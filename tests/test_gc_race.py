@@ -265,16 +265,35 @@ def test_a_lease_that_stopped_being_renewed_no_longer_keeps_anything(tmp_path, k
     store.close()
 
 
+def test_what_is_no_lease_under_writes_protects_nothing_for_ever(tmp_path, key_file, monkeypatch):
+    """A renewal time that is infinite or far in the future would keep a lease (and everything
+    written since its id's time) for ever; an object whose name is no lease id protects nothing
+    and would be warned about at every gc. gc takes the first for a dead write and deletes both."""
+    store = open_store(str(tmp_path / "store"), key_file=key_file, create=True)
+    store.publish(source(tmp_path, "b", 2, 5), "other", shard_size=SHARD)
+    publish_failing_at(store, source(tmp_path, "a", 8, 7), "m", SHARD, 6, monkeypatch)
+    began = f"{int((time.time() - 7200) * 1000):012x}"
+    for n, renewed in enumerate(["1e400", str(time.time() + 3600), "NaN"]):
+        body = f'{{"what": "x", "renewed": {renewed}}}'.encode()
+        store.backend.put_object(f"{LEASE_PREFIX}{began}{n:010x}", body)
+    store.backend.put_object(f"{LEASE_PREFIX}garbage", b"hello")
+    first = collect_garbage(store, 0)
+    assert first.items > 0 and first.writes_in_progress == 0 and first.expired_leases == 3
+    assert list(store.backend.list_objects(LEASE_PREFIX)) == []
+    assert_reads_back(store, "other", tmp_path / "b")
+    store.close()
+
+
 def test_a_write_lease_is_renewed_while_held_and_deleted_after(tmp_path, key_file, monkeypatch):
     import modelfs.store.leases as leases
     monkeypatch.setattr(leases, "RENEW_EVERY", 0.05)
     store = open_store(str(tmp_path / "store"), key_file=key_file, create=True)
     with leases.WriteLease(store.backend, "push of m") as held:
-        first = leases.read_leases(store.backend)
+        first, _ = leases.read_leases(store.backend)
         time.sleep(0.3)
-        later = leases.read_leases(store.backend)
+        later, _ = leases.read_leases(store.backend)
         assert [x.key for x in first] == [x.key for x in later] == [held.key]
         assert first[0].what == "push of m" and later[0].renewed > first[0].renewed
         assert first[0].started <= first[0].renewed
-    assert leases.read_leases(store.backend) == []
+    assert leases.read_leases(store.backend) == ([], [])
     store.close()
