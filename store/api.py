@@ -202,13 +202,14 @@ class Store:
             raise NotFound.model(name)
         return name
 
-    def lineages(self, check_manifests: bool = False) -> list[Lineage]:
-        """Every name in the store, each read on its own: a broken one is reported, not raised.
-
-        With ``check_manifests`` the manifests of every version are loaded and verified too.
-        """
+    def lineages(self, check_manifests: bool = False, only: str | None = None) -> list[Lineage]:
+        """Every name in the store (or ``only`` that one), each read on its own: a broken one is
+        reported, not raised. With ``check_manifests`` the manifests of every version are loaded
+        and verified too."""
         found = []
         heads, legacy = self.catalog.scan()
+        if only is not None:
+            heads, legacy = {n: s for n, s in heads.items() if n == only}, legacy & {only}
         for name in sorted(legacy - heads.keys()):
             found.append(Lineage(name, error=InvalidInput(
                 f"{name!r} was published by an older modelfs (catalog/{name}/@<version>.json "

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 GAUGE_COUNTERS = {"open_files"}
 #: mount-wide gauges: snapshot key -> (metric name, help)
 GAUGES = {"models": ("modelfs_models", "models served"),
+          "versions_open": ("modelfs_versions_open", "versions whose files the mount holds open readers for"),
           "readahead_unread": ("modelfs_readahead_unread", "shards read ahead and not read yet"),
           "peak_rss_bytes": ("modelfs_peak_rss_bytes", "peak resident memory of the daemon"),
           "uptime_s": ("modelfs_uptime_seconds", "seconds since mount")}

@@ -79,6 +79,7 @@ SNAPSHOT_SCHEMA: dict[str, Any] = {
         "cache_budget": _BYTES,
         "readahead_unread": _COUNT,
         "models": _COUNT,
+        "versions_open": _COUNT,
         "backend": _BACKEND,
         "disk_cache": _DISK_CACHE,
     },

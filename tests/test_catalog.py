@@ -317,3 +317,20 @@ def test_create_if_absent_has_exactly_one_winner(any_store_url):
         assert list(backend.list_objects("catalog/")) == ["catalog/x/@000000000001"]
     finally:
         backend.close()
+
+
+def test_ls_of_one_name_reads_only_that_names_manifests(tmp_path, key_file, monkeypatch):
+    """`ls NAME` loaded and verified the manifests of every version of every name, then kept one
+    (7 s for one small name in a store of 600 names): it reads the one name only."""
+    store_dir = tmp_path / "store"
+    for name in ("a", "b", "c"):
+        cli(store_dir, key_file, "push", str(write(tmp_path, name, 20_000)), name)
+    store = open_store(str(store_dir), key_file=key_file)
+    loaded = []
+    real = store.load_manifests
+    monkeypatch.setattr(store, "load_manifests",
+                        lambda name, version: loaded.append(name) or real(name, version))
+    listed = store.lineages(check_manifests=True, only="b")
+    assert [x.name for x in listed] == ["b"] and listed[0].state is not None and loaded == ["b"]
+    assert "b " in cli(store_dir, key_file, "ls", "b").stdout
+    assert cli(store_dir, key_file, "ls", "nope", check=False).returncode == 6

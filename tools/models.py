@@ -50,7 +50,7 @@ def cmd_ls(args) -> int:
     store.keyring.check_key_files()  # a bad key file fails here, not as every name BROKEN
     if args.name:
         check_name(args.name)
-    found = [x for x in store.lineages(check_manifests=True) if not args.name or x.name == args.name]
+    found = store.lineages(check_manifests=True, only=args.name or None)  # one name: its manifests only
     if args.name and found and isinstance(found[0].error, NotGranted):
         raise found[0].error  # as verify and the mount say it, not "no model named"
     # a host lists only its names; a name freed by `rm NAME` is no model (in the table or in JSON)

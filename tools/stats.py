@@ -52,7 +52,8 @@ def _figures(doc: dict) -> str:
 def render_stats(mountpoint: Path, s: dict) -> str:
     """Every figure of the document, in readable units."""
     lines = [
-        f"{mountpoint}  ({s['models']} models, up {s['uptime_s']:.0f}s, {s['open_files']} open files, "
+        f"{mountpoint}  ({s['models']} models, {s.get('versions_open', '?')} versions open, "
+        f"up {s['uptime_s']:.0f}s, {s['open_files']} open files, "
         f"pid {s['pid']}, peak RSS {format_size(s['peak_rss_bytes'])})",
         f"  memory     {format_size(s['cache_bytes'])} used of {format_size(s['cache_budget'])}",
     ]
