@@ -13,6 +13,7 @@ import logging
 import os
 import resource
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from .api import Store
 
 log = logging.getLogger(__name__)
+
+#: seconds before a name that failed to load (a manifest missing or damaged) is tried again
+RETRY_FAILED = 60.0
 
 
 @dataclass
@@ -78,6 +82,8 @@ class Library:
         self._reported: set[tuple[str, str]] = set()
         #: names this host may not open (not granted, or not signed by a trusted publisher), at record seq
         self._refused: dict[str, tuple[int, AccessDenied]] = {}
+        #: names that failed to load otherwise, at record seq, and when (retried after RETRY_FAILED)
+        self._failed: dict[str, tuple[int, ModelfsError, float]] = {}
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         #: bumped whenever the set of names or a name's state changes
@@ -140,16 +146,25 @@ class Library:
                 if refused is not None and refused[0] == seq:
                     errors[name] = refused[1]
                     continue  # a grant or a newly signed record comes with a new record
+                failed = self._failed.get(name)
+                if failed is not None and failed[0] == seq and time.monotonic() < failed[2] + RETRY_FAILED:
+                    errors[name] = failed[1]  # not loaded again at every poll (all its manifests)
+                    if current is not None:
+                        names[name] = current
+                    continue
                 view: NameView | None
                 try:
                     view = self._load(name, seq, current)
                     self._refused.pop(name, None)
+                    self._failed.pop(name, None)
                     if self._mounted:
                         self._log_change(view.state)
                 except ModelfsError as e:
                     errors[name] = e
                     if isinstance(e, AccessDenied):
                         self._refused[name] = (seq, e)
+                    else:  # a missing or damaged object may come back (a node restarted): later
+                        self._failed[name] = (seq, e, time.monotonic())
                     if not isinstance(e, NotGranted):  # not granted is normal: said on open
                         self._report(name, str(seq), f"not serving {name} (record {seq}): {e}",
                                      type(e).__name__)
@@ -168,6 +183,7 @@ class Library:
                         names[name] = current
             names = self._without_clashes(names)
             self._refused = {n: r for n, r in self._refused.items() if n in heads}  # gone: not refused
+            self._failed = {n: f for n, f in self._failed.items() if n in heads}
             if names.keys() != self._names.keys() or any(
                     names[n] is not self._names[n] for n in names):
                 self.generation += 1
