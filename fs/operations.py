@@ -159,8 +159,8 @@ class ModelFS(mfusepy.Operations):
             return None if rest else Node("file", mtime, view=view, file=view.record.files[0].path)
         if inner in view.readers:
             return Node("file", mtime, view=view, file=inner)
-        if inner in view.dirs:
-            entries = _children(list(view.readers) + list(view.dirs - {""}), inner)
+        entries = view.dirs.get(inner)
+        if entries is not None:
             return Node("dir", mtime, entries, view=view)
         return None
 
