@@ -214,14 +214,15 @@ class Store:
             found.append(Lineage(name, error=InvalidInput(
                 f"{name!r} was published by an older modelfs (catalog/{name}/@<version>.json "
                 f"entries, not readable by this version): push it again")))
-        for name, seq in sorted(heads.items()):
-            try:
-                state = self.state_at(name, seq)
-                for version in state.versions if check_manifests else ():
-                    self.load_manifests(name, version)
-                found.append(Lineage(name, state))
-            except ModelfsError as e:
-                found.append(Lineage(name, error=e))
+        with self.seen.batched():
+            for name, seq in sorted(heads.items()):
+                try:
+                    state = self.state_at(name, seq)
+                    for version in state.versions if check_manifests else ():
+                        self.load_manifests(name, version)
+                    found.append(Lineage(name, state))
+                except ModelfsError as e:
+                    found.append(Lineage(name, error=e))
         return sorted(found, key=lambda x: x.name)
 
     def append(self, name: str, change: Callable[[LineageState], LineageState],

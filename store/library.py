@@ -151,7 +151,7 @@ class Library:
         errors: dict[str, ModelfsError] = {}
         if heads == self._heads:
             return errors  # nothing new: one listing was the whole cost
-        with self._lock:
+        with self._lock, self.store.seen.batched():
             names: dict[str, NameView] = {}
             for name, seq in heads.items():
                 current = self._names.get(name) or self._clashing.get(name)

@@ -8,11 +8,13 @@ concurrent commands never lower a number.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class SeenRecords:
         self.store = hashlib.sha256(store_id.encode()).hexdigest()[:32]
         self.path = path or state_dir() / "catalog-seen.json"
         self._seen: dict[str, int] = self._load().get(self.store, {})
+        self._batch: dict[str, int] | None = None  # raised names not written yet (``batched``)
 
     def _load(self) -> dict:
         try:
@@ -61,6 +64,28 @@ class SeenRecords:
         if seq <= self.get(name):
             return
         self._seen[name] = seq
+        if self._batch is not None:
+            self._batch[name] = seq
+            return
+        self._write({name: seq})
+
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Raise many names, write the file once at the end: one write per name made the first
+        listing of a store with 5,000 names rewrite the whole file 5,000 times (11 s)."""
+        if self._batch is not None:  # nested: the outer batch writes
+            yield
+            return
+        self._batch = {}
+        try:
+            yield
+        finally:
+            pending, self._batch = self._batch, None
+            if pending:
+                self._write(pending)
+
+    def _write(self, raised: dict[str, int]) -> None:
+        """Merge ``raised`` into the file under its lock (other processes write it too)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path.with_suffix(".lock"), "a") as lock:
@@ -69,7 +94,8 @@ class SeenRecords:
                 mine = data.setdefault(self.store, {})
                 if not isinstance(mine, dict):
                     mine = data[self.store] = {}
-                mine[name] = max(seq, mine.get(name, 0) if isinstance(mine.get(name), int) else 0)
+                for name, seq in raised.items():
+                    mine[name] = max(seq, mine.get(name, 0) if isinstance(mine.get(name), int) else 0)
                 self._seen.update({k: v for k, v in mine.items() if isinstance(v, int)})
                 tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
                 tmp.write_text(json.dumps(data, sort_keys=True))
