@@ -36,6 +36,7 @@ from .library import Library
 from .namespace import check_no_clash, withdraw_if_clashing
 from .paths import user_path
 from .publish import (
+    DEDUP_VERSIONS,
     DEFAULT_SHARD_SIZE,
     Progress,
     check_inputs,
@@ -294,7 +295,7 @@ class Store:
             previous = self.lineage(name)
         except NotFound:
             previous = None
-        for version in previous.versions if previous else ():
+        for version in previous.versions[-DEDUP_VERSIONS:] if previous else ():  # the newest few
             for manifest in self.load_manifests(name, version):
                 known.update((sid, manifest.location(i)) for i, sid in enumerate(manifest.shard_ids))
         with WriteLease(self.backend, f"push of {name}"):

@@ -385,3 +385,23 @@ def test_catalog_positions_of_many_names_are_written_once_per_listing(tmp_path, 
     assert writes == [500, 1]
     again = SeenRecords("store-a", tmp_path / "seen.json")
     assert [again.get(f"n{i}") for i in (0, 1, 2, 499)] == [7, 9, 3, 500]
+
+
+def test_a_push_reuses_the_shards_of_the_newest_versions_only(tmp_path, key_file, monkeypatch):
+    """A push read the manifests of every version of its name to find shards it could reuse, so
+    each push of a long-lived name was slower than the last; it reads the newest DEDUP_VERSIONS."""
+    from modelfs.store.publish import DEDUP_VERSIONS
+    store = open_store(str(tmp_path / "store"), key_file=key_file, create=True)
+    sources = [write(tmp_path, f"v{i}", 30_000) for i in range(DEDUP_VERSIONS + 2)]
+    for src in sources:
+        store.publish(src, "m", shard_size=SHARD)
+    loaded = []
+    real = store.load_manifests
+    monkeypatch.setattr(store, "load_manifests",
+                        lambda name, version: loaded.append(version.version_id) or real(name, version))
+    recent = store.publish(sources[-DEDUP_VERSIONS], "m", shard_size=SHARD)  # still among the newest
+    assert recent.version.new_stored == 0 and len(loaded) == DEDUP_VERSIONS
+    old = store.publish(sources[0], "m", shard_size=SHARD)  # only the oldest held it
+    assert old.version.new_stored == old.version.stored_size > 0
+    assert store.open_model("m").read(0, 30_000) == sources[0].read_bytes()
+    store.close()
