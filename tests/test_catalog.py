@@ -405,3 +405,17 @@ def test_a_push_reuses_the_shards_of_the_newest_versions_only(tmp_path, key_file
     assert old.version.new_stored == old.version.stored_size > 0
     assert store.open_model("m").read(0, 30_000) == sources[0].read_bytes()
     store.close()
+
+
+def test_a_loaded_manifest_keeps_no_arrow_buffers_alive(tmp_path, key_file):
+    """A mount holds a manifest per file of every version it serves. Its columns were views of the
+    decoded Arrow table, which kept the table (buffers, schema, metadata) alive for each: 12 KB a
+    file, 419 MiB for a mount of 36,000 files; owned arrays made it 220 MiB."""
+    store = open_store(str(tmp_path / "store"), key_file=key_file, create=True)
+    store.publish(write(tmp_path, "src", 300_000), "m", shard_size=SHARD)
+    (manifest,) = store.load_manifests("m", store.lineage("m").latest)
+    for column in (manifest.offsets, manifest.lengths, manifest.stored_lengths, manifest.codecs,
+                   manifest.container_offsets):
+        assert column.base is None and column.flags.owndata  # its own memory, not Arrow's
+    assert store.open_model("m").read(0, 300_000) == (tmp_path / "src").read_bytes()
+    store.close()

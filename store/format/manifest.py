@@ -138,13 +138,13 @@ class Manifest:
                 name=str(meta["name"]), version_id=str(meta["version_id"]),
                 file_name=str(meta["file_name"]), size=int(meta["size"]), sha256=str(meta["sha256"]),
                 shard_size=int(meta["shard_size"]), created=float(meta["created"]),
-                offsets=col("offset").to_numpy(),
-                lengths=col("length").to_numpy(),
+                offsets=col("offset").to_numpy().copy(),
+                lengths=col("length").to_numpy().copy(),
                 shard_ids=col("shard_id").to_pylist(),
-                stored_lengths=col("stored_length").to_numpy(),
-                codecs=col("codec").to_numpy(),
+                stored_lengths=col("stored_length").to_numpy().copy(),
+                codecs=col("codec").to_numpy().copy(),
                 containers=col("container").to_pylist(),
-                container_offsets=col("container_offset").to_numpy(),
+                container_offsets=col("container_offset").to_numpy().copy(),
             )
         except (pa.ArrowException, KeyError, ValueError, TypeError, OverflowError) as e:
             raise IntegrityError(f"manifest does not parse: {e}") from None
