@@ -28,6 +28,7 @@ import mfusepy
 
 from modelfs.store.errors import ModelfsError, errno_of
 from modelfs.store.library import Library, VersionView
+from modelfs.store.namespace import directory_tree
 from modelfs.store.read.reader import ReadStream
 
 from .replies import KernelReply
@@ -57,12 +58,6 @@ class Node:
         return self.view.record.version_id if self.view is not None else None
 
 
-def _children(paths, prefix: str) -> tuple[str, ...]:
-    """The first components under ``prefix`` ("" = top) of slash-separated ``paths``."""
-    start = prefix + "/" if prefix else ""
-    return tuple(sorted({p[len(start):].split("/")[0] for p in paths if p.startswith(start) and p != prefix}))
-
-
 class ModelFS(mfusepy.Operations):
     use_ns = True
 
@@ -78,8 +73,8 @@ class ModelFS(mfusepy.Operations):
         self._uid = os.getuid() if uid is None else uid
         self._gid = os.getgid() if gid is None else gid
         self._umask = umask & 0o777  # applied to the read-only modes (0o444 files, 0o555 directories)
-        self._dir_set: frozenset[str] = frozenset()
-        self._dirs_generation = -1
+        self._name_tree: dict[str, tuple[str, ...]] = {}
+        self._tree_generation = -1
 
     # -- lifecycle -------------------------------------------------------------
     def init_with_config(self, conn, config) -> None:
@@ -98,15 +93,13 @@ class ModelFS(mfusepy.Operations):
         self._library.close()
 
     # -- tree ------------------------------------------------------------------
-    def _prefix_dirs(self) -> frozenset[str]:
-        """Every directory a served name's prefixes make ("" is the root)."""
-        if self._dirs_generation != self._library.generation:
-            dirs = {""}
-            for name in self._library.names():
-                parts = name.split("/")
-                dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
-            self._dir_set, self._dirs_generation = frozenset(dirs), self._library.generation
-        return self._dir_set
+    def _names_tree(self) -> dict[str, tuple[str, ...]]:
+        """Every directory the served names make ("" is the root) → what it holds; built once per
+        change of the names, not at every lookup."""
+        if self._tree_generation != self._library.generation:
+            self._name_tree = directory_tree(self._library.names())
+            self._tree_generation = self._library.generation
+        return self._name_tree
 
     def _dir(self, entries, mtime_ns: int | None = None) -> Node:
         return Node("dir", mtime_ns or self._mounted_ns, tuple(entries))
@@ -124,9 +117,9 @@ class ModelFS(mfusepy.Operations):
         if state is not None:
             return Node("link", int(state.latest.created * 1e9),
                         target=f"{comps[-1]}@{state.latest.version_id}")
-        if joined in self._prefix_dirs() or joined in self._library.refused_dirs():
-            entries = _children(self._library.names(), joined)
-            return self._dir(entries + ((CONTROL_DIR,) if not joined else ()))
+        tree = self._names_tree()
+        if joined in tree or joined in self._library.refused_dirs():
+            return self._dir(tree.get(joined, ()) + ((CONTROL_DIR,) if not joined else ()))
         return None
 
     def _pinned(self, name: str, leaf: str, ref: str, rest: list[str]) -> Node | None:
@@ -172,11 +165,11 @@ class ModelFS(mfusepy.Operations):
         if comps[0] not in LISTINGS:
             return None
         joined = "/".join(comps[1:])
-        names = self._library.names()
         state = self._library.state(joined) if joined else None
         if state is None:
-            if joined in self._prefix_dirs():
-                return self._dir(_children(names, joined))
+            tree = self._names_tree()
+            if joined in tree:
+                return self._dir(tree[joined])
             if not joined or len(comps) < 3:
                 return None
             # a listed entry: .modelfs/<listing>/<name>/<version or tag>

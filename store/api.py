@@ -312,7 +312,10 @@ class Store:
                 shard_count=sum(m.shard_count for m in stored.manifests))
             state = self.append(name, lambda s: s.next("publish", versions=s.versions + (record,)),
                                 generation)
-            withdraw_if_clashing(self, name, version_id)
+            # only a name this push makes can clash: a clashing push's own checks saw one that
+            # was live, and a push onto a name freed meanwhile fails in append
+            if previous is None or not previous.versions:
+                withdraw_if_clashing(self, name, version_id)
         log.info("published %s version %s (record %d): %d bytes in %d files, %d new stored bytes",
                  name, version_id, state.seq, record.size, len(record.files), record.new_stored)
         return Published(state, record)

@@ -14,7 +14,6 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -23,7 +22,7 @@ from .backends.disk_cache import DiskCache, DiskCachedBackend
 from .config import ReadOptions
 from .errors import AccessDenied, ModelfsError, NotGranted, Untrusted
 from .format.catalog import LineageState, VersionRecord
-from .namespace import servable
+from .namespace import directory_tree, servable
 from .read.cache import ShardCache
 from .read.reader import ModelReader
 from .stats import Stats
@@ -53,20 +52,6 @@ class VersionView:
 class NameView:
     state: LineageState
     versions: dict[str, VersionView] = field(default_factory=dict)
-
-
-def folder_entries(files: Iterable[str]) -> dict[str, tuple[str, ...]]:
-    """Every directory that the relative paths of a folder's files make → the names in it."""
-    entries: dict[str, set[str]] = {"": set()}
-    for path in files:
-        parent, _, leaf = path.rpartition("/")
-        entries.setdefault(parent, set()).add(leaf)
-        while parent:  # its parents hold it, up to the root
-            parent, _, leaf = parent.rpartition("/")
-            if leaf in entries.setdefault(parent, set()):
-                break
-            entries[parent].add(leaf)
-    return {d: tuple(sorted(names)) for d, names in entries.items()}
 
 
 class Library:
@@ -252,7 +237,7 @@ class Library:
                                             self.cache, stats) for m in manifests}
         view = VersionView(name, record, readers)
         if record.kind == "folder":
-            view.dirs = folder_entries(readers)
+            view.dirs = directory_tree(readers)
         self._enable_readahead(view)
         return view
 

@@ -17,6 +17,21 @@ def directories(name: str) -> set[str]:
     return {"/".join(parts[:i]) for i in range(1, len(parts))}
 
 
+def directory_tree(paths: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Every directory that slash-separated ``paths`` make ("" is the top) → the names in it, sorted:
+    the files of a folder version, or the model names of a mount."""
+    entries: dict[str, set[str]] = {"": set()}
+    for path in paths:
+        parent, _, leaf = path.rpartition("/")
+        entries.setdefault(parent, set()).add(leaf)
+        while parent:  # its parents hold it, up to the root
+            parent, _, leaf = parent.rpartition("/")
+            if leaf in entries.setdefault(parent, set()):
+                break
+            entries[parent].add(leaf)
+    return {d: tuple(sorted(names)) for d, names in entries.items()}
+
+
 def clashing(name: str, others: Iterable[str], live: Callable[[str], bool]) -> str | None:
     """The first of ``others`` that is a directory of ``name`` or has it as one, and is ``live``
     (a removed name is free)."""

@@ -20,7 +20,7 @@ from helpers import mounted, run_modelfs, sha256_of
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelfs.store.library import folder_entries
+from modelfs.store.namespace import directory_tree
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -160,7 +160,7 @@ def test_the_directory_index_of_a_folder_lists_what_each_directory_holds(paths):
     """A folder version's directories are indexed once (a lookup used to scan every path: walking a
     30,000-file folder took minutes); the index says for each directory what a scan would."""
     files = [p for p in set(paths) if not any(q.startswith(p + "/") for q in paths)]  # leaves only
-    entries = folder_entries(files)
+    entries = directory_tree(files)
     dirs = {""} | {"/".join(f.split("/")[:i]) for f in files for i in range(1, f.count("/") + 1)}
     assert entries.keys() == dirs
     for d in dirs:
